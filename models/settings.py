@@ -1,0 +1,84 @@
+"""The one settings object, read from the environment once (tests build their own explicitly)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_ALLOWED_HOSTS = (".klingai.com", ".kling.ai", ".inkwai.com", ".kwai.net", ".kuaishou.com")
+
+
+class Settings(BaseSettings):
+    """Configuration of every process: webhook, worker, beat, klingctl. Names match DESIGN.md."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    database_url: str = "sqlite:///var/kling.db"
+    celery_broker_url: str = "redis://localhost:6379/0"
+    redis_url: str | None = None
+
+    kling_provider: Literal["kling", "appypie"] = "kling"
+    kling_api_base: str = "https://api-singapore.klingai.com"
+    kling_access_key: str | None = None
+    kling_secret_key: SecretStr | None = None
+    kling_api_key: SecretStr | None = None
+    kling_webhook_secret: SecretStr | None = None
+    kling_concurrency: int = Field(default=5, ge=1)
+
+    appypie_api_base: str = "https://gateway.appypie.com"
+    appypie_subscription_key: SecretStr | None = None
+
+    public_base_url: str | None = None
+    callback_secret: SecretStr | None = None
+    api_token: SecretStr | None = None
+    notify_secret: SecretStr | None = None
+
+    s3_bucket: str = "kling-archive"
+    s3_endpoint_url: str | None = None
+    s3_prefix: str = "images/"
+    aws_region: str | None = None
+
+    archive_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = DEFAULT_ALLOWED_HOSTS
+    archive_max_bytes: int = Field(default=104_857_600, ge=1)
+
+    reconcile_after_seconds: float = Field(default=60, ge=0)
+    reconcile_interval_seconds: float = Field(default=5, gt=0)
+    sweep_interval_seconds: float = Field(default=3600, gt=0)
+    retention_days: int = Field(default=30, ge=6)
+
+    log_level: str = "INFO"
+
+    @field_validator("archive_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, v: object) -> object:
+        if isinstance(v, str):
+            return tuple(h.strip().lower() for h in v.split(",") if h.strip())
+        return v
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _strip_slash(cls, v: str | None) -> str | None:
+        return v.rstrip("/") if v else None
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.public_base_url and not self.callback_secret:
+            raise ValueError("CALLBACK_SECRET is required when PUBLIC_BASE_URL is set")
+        return self
+
+    @property
+    def limiter_redis_url(self) -> str:
+        return self.redis_url or self.celery_broker_url
+
+    @property
+    def alert_after_days(self) -> int:
+        return self.retention_days - 5
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the environment, read once per process."""
+    return Settings()
