@@ -1,0 +1,26 @@
+"""Shared test configuration.
+
+Fixtures live in `tests/fixtures/*.py` (one plugin per area) so every test directory can use
+the simulator, the database, Redis and the S3 endpoint.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Long keys: PyJWT warns (and our pytest config errors) on HMAC keys shorter than 32 bytes.
+TEST_ACCESS_KEY = "test-access-key-0123456789"
+TEST_SECRET_KEY = "test-secret-key-0123456789-abcdefghijklmnop"
+TEST_WEBHOOK_SECRET = "whsec_dGVzdHNlY3JldHRlc3RzZWNyZXR0ZXN0c2VjcmV0MTI="
+TEST_CALLBACK_SECRET = "test-callback-secret-0123456789-abcdefghijkl"
+TEST_API_TOKEN = "test-api-token-0123456789-abcdefghijklmnop"
+
+# Real services the integration tests talk to (CI starts them; see .ci/run).
+POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+pytest_plugins = [
+    name
+    for name in ("tests.fixtures.simulator", "tests.fixtures.db", "tests.fixtures.services")
+    if os.path.exists(os.path.join(os.path.dirname(__file__), "fixtures", name.rsplit(".", 1)[1] + ".py"))
+]
