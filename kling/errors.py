@@ -224,7 +224,7 @@ class SignatureError(KlingError):
 
 # Every code of the table, so `error_for` never guesses for a documented code.
 CODE_TABLE: dict[int, type[KlingError]] = {
-    cls.default_code: cls  # type: ignore[misc]
+    cls.default_code: cls
     for cls in (
         AuthenticationError,
         AuthorizationMissing,

@@ -124,7 +124,8 @@ def _images(value: object) -> tuple[TaskImage, ...]:
         if not isinstance(index, int) or isinstance(index, bool):
             raise UnexpectedResponseError(f"task_result.images[{pos}].index is not an integer")
         wm = img.get("watermark_url")
-        out.append(TaskImage(index=index, url=img["url"], watermark_url=wm if isinstance(wm, str) and wm else None))
+        watermark = wm if isinstance(wm, str) and wm else None
+        out.append(TaskImage(index=index, url=img["url"], watermark_url=watermark))
     return tuple(out)
 
 

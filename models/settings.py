@@ -46,6 +46,10 @@ class Settings(BaseSettings):
 
     reconcile_after_seconds: float = Field(default=60, ge=0)
     reconcile_interval_seconds: float = Field(default=5, gt=0)
+    outbox_relay_seconds: float = Field(default=2, gt=0)
+    # A lease outlives any single submit; a crashed worker's slots come back after it.
+    slot_lease_seconds: float = Field(default=900, gt=0)
+    limiter_key_prefix: str = "kling:limiter"
     sweep_interval_seconds: float = Field(default=3600, gt=0)
     retention_days: int = Field(default=30, ge=6)
 

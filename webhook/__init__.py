@@ -1,0 +1,33 @@
+"""Flask app factory: `gunicorn 'webhook:create_app()'`."""
+
+from __future__ import annotations
+
+from flask import Flask
+from sqlalchemy.orm import Session, sessionmaker
+from werkzeug.exceptions import HTTPException
+
+from models.settings import Settings, get_settings
+from webhook import callbacks, db, health
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def create_app(
+    settings: Settings | None = None, *, session_factory: sessionmaker[Session] | None = None
+) -> Flask:
+    """Build the app. `session_factory` lets tests bind the app to a connection they roll back."""
+    settings = settings or get_settings()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    db.init_app(app, settings, session_factory)
+    health.init_app(app)
+    app.register_blueprint(callbacks.bp)
+    app.register_error_handler(HTTPException, _json_error)
+    return app
+
+
+def _json_error(exc: HTTPException) -> tuple[dict[str, str], int]:
+    return {"error": exc.description or exc.name}, exc.code or 500
+
+
+__all__ = ["MAX_BODY_BYTES", "create_app"]

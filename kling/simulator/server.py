@@ -1,0 +1,415 @@
+"""The `Simulator` handle: state, clock, faults and the threaded HTTP server that serves them."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import string
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
+
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+from kling.simulator import images
+from kling.simulator.config import CALLBACK_FAULT_KNOBS, SimulatorConfig
+from kling.simulator.dispatch import CallbackDelivery, Dispatcher, Pending
+from kling.simulator.state import Kind, SimTask, Status
+
+_ID_ALPHABET = string.ascii_letters + string.digits + "-_"
+# How often the clock thread looks for due status changes while tasks are running.
+_TICK_SECONDS = 0.01
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log line per request: benchmarks send thousands."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        return
+
+
+class CreateRefused(Exception):
+    """A create the account refuses; carries the Kling code and message."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Simulator:
+    """A simulated Kling account served over HTTP. Thread-safe; start it, use `base_url`, stop it."""
+
+    def __init__(self, config: SimulatorConfig | None = None, **knobs: Any) -> None:
+        base = config if config is not None else SimulatorConfig()
+        self._config = base.updated(**knobs) if knobs else base
+        self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)
+        self._rng = random.Random(self._config.seed)  # noqa: S311 - fault dice and ids, not secrets
+        self._tasks: dict[str, SimTask] = {}
+        self._by_ext: dict[str, str] = {}
+        self._create_count = 0
+        self._max_slots = 0
+        self._codes: Counter[int] = Counter()
+        self._dropped_connections = 0
+        # A held-back callback per task, sent after the task's next one (reorder fault).
+        self._held: dict[str, Pending] = {}
+        self._dispatcher = Dispatcher()
+        self._server: BaseWSGIServer | None = None
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+        self._base_url = ""
+
+    # --- lifecycle of the server ------------------------------------------------------------------
+    def start(self) -> Simulator:
+        from kling.simulator.app import create_app
+
+        if self._server is not None:
+            return self
+        cfg = self.config
+        # Bind here so a busy port raises OSError; werkzeug would print and sys.exit() instead.
+        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+        listener = socket.create_server((cfg.host, cfg.port), family=family, backlog=128)
+        try:
+            self._server = make_server(
+                cfg.host,
+                listener.getsockname()[1],
+                create_app(self),
+                threaded=True,
+                request_handler=_QuietHandler,
+                fd=listener.fileno(),
+            )
+        finally:
+            listener.close()  # werkzeug holds its own duplicate of the descriptor
+        host = "127.0.0.1" if cfg.host in ("0.0.0.0", "") else cfg.host  # noqa: S104
+        self._base_url = f"http://{host}:{self._server.port}"
+        self._dispatcher.webhook_secret = cfg.webhook_secret
+        self._dispatcher.timeout = cfg.callback_timeout_seconds
+        self._dispatcher.start()
+        self._stopping = False
+        self._threads = [
+            # A short poll interval keeps stop() fast: shutdown waits for the next poll.
+            threading.Thread(
+                target=self._server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name="sim-http",
+                daemon=True,
+            ),
+            threading.Thread(target=self._clock_loop, name="sim-clock", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        with self._lock:
+            self._stopping = True
+            self._wake.notify_all()
+        self._server.shutdown()
+        self._server.server_close()
+        for t in self._threads:
+            t.join(timeout=5)
+        self._dispatcher.stop()
+        self._server = None
+
+    def __enter__(self) -> Simulator:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        if not self._base_url:
+            raise RuntimeError("the simulator is not started")
+        return self._base_url
+
+    @property
+    def port(self) -> int:
+        return int(self.base_url.rsplit(":", 1)[1])
+
+    @property
+    def public_url(self) -> str:
+        return (self.config.public_url or self.base_url).rstrip("/")
+
+    # --- knobs ------------------------------------------------------------------------------------
+    @property
+    def config(self) -> SimulatorConfig:
+        with self._lock:
+            return self._config
+
+    def configure(self, **knobs: Any) -> SimulatorConfig:
+        """Change knobs at run time; unknown names or bad values raise ValueError, nothing changes."""
+        for fixed in ("host", "port"):
+            if fixed in knobs:
+                raise ValueError(f"{fixed} cannot change while running")
+        with self._lock:
+            self._config = self._config.updated(**knobs)
+            if "seed" in knobs:
+                self._rng.seed(self._config.seed)
+            self._dispatcher.webhook_secret = self._config.webhook_secret
+            self._dispatcher.timeout = self._config.callback_timeout_seconds
+            self._wake.notify_all()
+            return self._config
+
+    def roll(self, rate: float) -> bool:
+        """A seeded coin toss that comes up True with probability `rate`."""
+        if rate <= 0:
+            return False
+        with self._lock:
+            return self._rng.random() < rate
+
+    # --- inspection -------------------------------------------------------------------------------
+    def tasks(self) -> list[dict[str, Any]]:
+        """Every task, oldest first, as `/_sim/tasks` shows it."""
+        with self._lock:
+            self._advance()
+            now, cfg = self.now(), self._config
+            return [t.inspect(self.public_url, now, cfg.retention_seconds) for t in self._tasks.values()]
+
+    def task(self, task_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            self._advance()
+            t = self._tasks.get(task_id)
+            return t.inspect(self.public_url, self.now(), self._config.retention_seconds) if t else None
+
+    def tasks_by_external_id(self, external_task_id: str) -> list[dict[str, Any]]:
+        """Every provider task one external id produced (never more than one, if the client is right)."""
+        return [t for t in self.tasks() if t["external_task_id"] == external_task_id]
+
+    @property
+    def create_count(self) -> int:
+        with self._lock:
+            return self._create_count
+
+    @property
+    def slots_in_use(self) -> int:
+        with self._lock:
+            self._advance()
+            return self._slots_in_use()
+
+    @property
+    def max_slots_in_use(self) -> int:
+        with self._lock:
+            return self._max_slots
+
+    @property
+    def count_by_code(self) -> dict[int, int]:
+        with self._lock:
+            return dict(self._codes)
+
+    @property
+    def dropped_connections(self) -> int:
+        """Creates answered by resetting the connection (accept_then_drop)."""
+        with self._lock:
+            return self._dropped_connections
+
+    @property
+    def deliveries(self) -> list[CallbackDelivery]:
+        """Every callback delivery attempt, including those the fault knobs dropped."""
+        return self._dispatcher.deliveries()
+
+    callbacks = deliveries
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            self._advance()
+            return {
+                "tasks": len(self._tasks),
+                "create_count": self._create_count,
+                "slots_in_use": self._slots_in_use(),
+                "max_slots_in_use": self._max_slots,
+                "concurrency": self._config.concurrency,
+                "count_by_code": {str(k): v for k, v in self._codes.items()},
+                "dropped_connections": self._dropped_connections,
+                "callbacks_pending": self._dispatcher.pending_count() + len(self._held),
+                "deliveries": len(self._dispatcher.deliveries()),
+            }
+
+    def expire(self, task_id: str) -> None:
+        """Make the task's image URLs answer 404 from now on (as after Kling's 30-day deletion)."""
+        with self._lock:
+            self._get(task_id).expired = True
+
+    def reset(self) -> None:
+        """Forget every task, counter and delivery (knobs stay)."""
+        with self._lock:
+            self._tasks.clear()
+            self._by_ext.clear()
+            self._held.clear()
+            self._create_count = 0
+            self._max_slots = 0
+            self._dropped_connections = 0
+            self._codes.clear()
+            self._dispatcher.clear()
+
+    def image_stream(
+        self, task_id: str, index: int, *, watermark: bool = False
+    ) -> tuple[int, Iterator[bytes]]:
+        """(size, chunks) of what an image URL serves; KeyError when it answers 404."""
+        with self._lock:
+            self._advance()
+            t = self._tasks.get(task_id)
+            if t is None or t.status != "succeed" or not 0 <= index < t.image_count:
+                raise KeyError(f"no image {index} for task {task_id}")
+            if t.is_expired(self.now(), self._config.retention_seconds):
+                raise KeyError(f"images of task {task_id} expired")
+            width, height, target = t.image_spec
+        base = images.base_png(f"{task_id}/{index}/{'wm' if watermark else 'raw'}", width, height)
+        plan = images.padding_plan(len(base), target)
+        return images.total_size(base, plan), images.stream_png(base, plan)
+
+    def image_bytes(self, task_id: str, index: int, *, watermark: bool = False) -> bytes:
+        return b"".join(self.image_stream(task_id, index, watermark=watermark)[1])
+
+    def image_sha256(self, task_id: str, index: int, *, watermark: bool = False) -> str:
+        """SHA-256 (hex) of what the image URL serves, without keeping the bytes."""
+        return images.sha256_of(self.image_stream(task_id, index, watermark=watermark)[1])
+
+    def image_size(self, task_id: str, index: int, *, watermark: bool = False) -> int:
+        return self.image_stream(task_id, index, watermark=watermark)[0]
+
+    # --- used by the HTTP app ---------------------------------------------------------------------
+    def now(self) -> float:
+        return time.time() + self._config.clock_offset_seconds
+
+    def record_dropped_connection(self) -> None:
+        with self._lock:
+            self._dropped_connections += 1
+
+    def record_code(self, code: int) -> None:
+        with self._lock:
+            self._codes[code] += 1
+
+    def create_task(self, kind: Kind, params: dict[str, Any]) -> dict[str, Any]:
+        """Create a task or raise CreateRefused (1201 duplicate external id, 1303 no free slots)."""
+        with self._lock:
+            self._advance()
+            cfg = self._config
+            ext = params.get("external_task_id") or None
+            if ext is not None and ext in self._by_ext:
+                raise CreateRefused(1201, "external_task_id already exists")
+            series = kind == "omni" and params.get("result_type") == "series"
+            if series:
+                amount = params.get("series_amount")
+                count = amount if isinstance(amount, int) else 4
+                slots = 1
+            else:
+                count = int(params.get("n") or 1)
+                slots = count
+            if self._slots_in_use() + slots > cfg.concurrency:
+                raise CreateRefused(1303, "parallel task over resource pack limit")
+            prompt = str(params.get("prompt") or "")
+            task = SimTask(
+                task_id=self._new_id(),
+                kind=kind,
+                external_task_id=ext,
+                params=dict(params),
+                slots=slots,
+                image_count=count,
+                series=series,
+                callback_url=params.get("callback_url") or None,
+                created_at=self.now(),
+                submitted_seconds=cfg.submitted_seconds,
+                processing_seconds=cfg.processing_seconds,
+                will_fail=bool(cfg.fail_marker) and cfg.fail_marker in prompt,
+                fail_message=cfg.fail_message,
+                image_spec=(cfg.image_width, cfg.image_height, cfg.image_bytes),
+            )
+            self._tasks[task.task_id] = task
+            if ext is not None:
+                self._by_ext[ext] = task.task_id
+            self._create_count += 1
+            self._max_slots = max(self._max_slots, self._slots_in_use())
+            self._emit(task, "submitted", task.created_at)
+            self._wake.notify_all()
+            return task.task_object(self.public_url)
+
+    def find_task(self, key: str, kind: Kind) -> dict[str, Any] | None:
+        """Task object by task_id or external_task_id."""
+        with self._lock:
+            self._advance()
+            t = self._tasks.get(key) or self._tasks.get(self._by_ext.get(key, ""))
+            if t is None or t.kind != kind:
+                return None
+            return t.task_object(self.public_url)
+
+    def list_tasks(self, kind: Kind, page_num: int, page_size: int) -> list[dict[str, Any]]:
+        """Newest first, like Kling's list."""
+        with self._lock:
+            self._advance()
+            chosen = [t for t in reversed(self._tasks.values()) if t.kind == kind]
+            start = (page_num - 1) * page_size
+            return [t.task_object(self.public_url) for t in chosen[start : start + page_size]]
+
+    # --- internals (call with the lock held) ------------------------------------------------------
+    def _get(self, task_id: str) -> SimTask:
+        t = self._tasks.get(task_id) or self._tasks.get(self._by_ext.get(task_id, ""))
+        if t is None:
+            raise KeyError(f"unknown task {task_id}")
+        return t
+
+    def _new_id(self) -> str:
+        while True:
+            candidate = "".join(self._rng.choice(_ID_ALPHABET) for _ in range(22))
+            if candidate not in self._tasks:
+                return candidate
+
+    def _slots_in_use(self) -> int:
+        return sum(t.slots for t in self._tasks.values() if not t.is_final)
+
+    def _advance(self) -> None:
+        """Apply every status change that is due, emitting its callbacks in order."""
+        now = self.now()
+        for t in self._tasks.values():
+            if t.is_final:
+                continue
+            for status in t.advance(now):
+                self._emit(t, status, t.updated_at if status == t.status else now)
+
+    def _emit(self, task: SimTask, status: Status, at: float) -> None:
+        if not task.callback_url:
+            return
+        cfg = self._config
+        knobs: dict[str, float] = {k: getattr(cfg, k) for k in CALLBACK_FAULT_KNOBS}
+        for key in (task.task_id, task.external_task_id):
+            if key and key in cfg.task_overrides:
+                knobs.update(cfg.task_overrides[key])
+        history_at = dict(task.history).get(status, at)
+        body = json.dumps(task.task_object(self.public_url, status, history_at)).encode()
+        pending = Pending(task.task_id, task.callback_url, status, body)
+        if self._rng.random() < knobs["callback_drop_rate"]:
+            self._dispatcher.record_drop(pending)
+            return
+        delay = 0.0
+        if self._rng.random() < knobs["callback_delay_rate"]:
+            delay = knobs["callback_delay_seconds"]
+            pending.delayed = True
+        batch = [pending]
+        if self._rng.random() < knobs["callback_duplicate_rate"]:
+            batch.append(Pending(task.task_id, task.callback_url, status, body, pending.webhook_id, True))
+        held = self._held.pop(task.task_id, None)
+        if held is not None:
+            batch.append(held)
+        elif status not in ("succeed", "failed") and self._rng.random() < knobs["callback_reorder_rate"]:
+            # Held back until the task's next callback has gone out.
+            pending.reordered = True
+            self._held[task.task_id] = pending
+            batch.remove(pending)
+        for p in batch:
+            self._dispatcher.schedule(p, delay if p is pending else 0.0)
+
+    def _clock_loop(self) -> None:
+        with self._lock:
+            while not self._stopping:
+                self._advance()
+                busy = any(not t.is_final for t in self._tasks.values())
+                self._wake.wait(_TICK_SECONDS if busy else 0.5)

@@ -1,0 +1,3 @@
+from klingctl.cli import main
+
+main()

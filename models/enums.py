@@ -1,0 +1,46 @@
+"""Status vocabularies stored as strings (CHECK constraints keep the database honest)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    SUBMITTED = "submitted"
+    PROCESSING = "processing"
+    SUCCEEDED = "succeeded"
+    ARCHIVED = "archived"
+    FAILED = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (JobStatus.ARCHIVED, JobStatus.FAILED)
+
+
+class ImageStatus(StrEnum):
+    PENDING = "pending"
+    ARCHIVED = "archived"
+    EXPIRED = "expired"
+    FAILED = "failed"
+
+
+class TransitionSource(StrEnum):
+    API = "api"
+    WORKER = "worker"
+    CALLBACK = "callback"
+    POLL = "poll"
+    ARCHIVER = "archiver"
+    SWEEP = "sweep"
+
+
+class EventOutcome(StrEnum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    STALE = "stale"
+    REJECTED = "rejected"
+
+
+def sql_in(column: str, values: type[StrEnum]) -> str:
+    """A CHECK expression limiting a column to an enum's values."""
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"

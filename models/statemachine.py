@@ -1,0 +1,298 @@
+"""The one place that decides which job status moves are allowed, and applies them.
+
+Order: queued < submitted < processing < succeeded < archived. `failed` is reachable from any
+non-terminal status; `archived` and `failed` absorb everything; `archived` is reached only from
+`succeeded`. Skipping provider states is allowed and writes a single transition row
+(queued -> succeeded), never invented intermediate rows.
+
+Every function here works inside the caller's transaction; the caller commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from kling.types import Task, TaskStatus
+from models.base import utcnow
+from models.enums import EventOutcome, JobStatus, TransitionSource
+from models.outbox import ARCHIVE_JOB, NOTIFY, RELEASE_SLOTS, SUBMIT_JOB, enqueue
+from models.tables import CallbackEvent, Image, Job, Transition, new_job_id
+
+_RANK = {
+    JobStatus.QUEUED: 0,
+    JobStatus.SUBMITTED: 1,
+    JobStatus.PROCESSING: 2,
+    JobStatus.SUCCEEDED: 3,
+    JobStatus.ARCHIVED: 4,
+}
+
+PROVIDER_TO_JOB = {
+    TaskStatus.SUBMITTED: JobStatus.SUBMITTED,
+    TaskStatus.PROCESSING: JobStatus.PROCESSING,
+    TaskStatus.SUCCEEDED: JobStatus.SUCCEEDED,
+    TaskStatus.FAILED: JobStatus.FAILED,
+}
+
+PROVIDER_FAILED = "provider_failed"
+
+# Statuses after which provider reports cannot move a job (only our own code can).
+_PROVIDER_DONE = frozenset({JobStatus.SUCCEEDED, JobStatus.ARCHIVED, JobStatus.FAILED})
+
+
+class JobNotFound(LookupError):
+    """No job with that id."""
+
+
+class TaskMismatch(ValueError):
+    """The provider task does not belong to this job."""
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    outcome: EventOutcome
+    job_status: JobStatus
+    from_status: JobStatus
+
+    @property
+    def changed(self) -> bool:
+        return self.outcome is EventOutcome.APPLIED
+
+
+def can_move(current: JobStatus | str, target: JobStatus | str) -> bool:
+    """Whether `current -> target` is an allowed (forward, non-empty) move."""
+    current, target = JobStatus(current), JobStatus(target)
+    if current.is_terminal or current == target:
+        return False
+    if target is JobStatus.FAILED:
+        return True
+    if target is JobStatus.ARCHIVED:
+        # Archived means "every image is in S3": only the archiver, after success, may say so.
+        return current is JobStatus.SUCCEEDED
+    return _RANK[target] > _RANK[current]
+
+
+def _slots(params: Mapping[str, Any]) -> int:
+    n = params.get("n", 1)
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else 1
+
+
+def create_job(
+    session: Session,
+    params: Mapping[str, Any],
+    *,
+    provider: str,
+    webhook_url: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    idempotency_key: str | None = None,
+) -> Job:
+    """Insert a queued job, its first transition and the outbox row that submits it.
+
+    With an `idempotency_key` already used (even by a concurrent request), return that job.
+    """
+    if idempotency_key is not None:
+        existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+        if existing is not None:
+            return existing
+    job = Job(
+        id=new_job_id(),
+        provider=provider,
+        params=dict(params),
+        status=JobStatus.QUEUED.value,
+        webhook_url=webhook_url,
+        meta=dict(metadata) if metadata is not None else None,
+        idempotency_key=idempotency_key,
+        slots=_slots(params),
+    )
+    try:
+        with session.begin_nested():
+            session.add(job)
+            session.flush()
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+        if existing is None:
+            raise
+        return existing
+    session.add(Transition(job_id=job.id, from_status=None, to_status=JobStatus.QUEUED.value, source="api"))
+    enqueue(session, SUBMIT_JOB, job.id)
+    return job
+
+
+def _lock_job(session: Session, job_id: str) -> Job | None:
+    # FOR UPDATE serialises concurrent appliers on PostgreSQL; SQLite serialises writers anyway
+    # (our engines BEGIN IMMEDIATE) and SQLAlchemy renders no FOR UPDATE there.
+    stmt = select(Job).where(Job.id == job_id).with_for_update().execution_options(populate_existing=True)
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def _move(
+    session: Session,
+    job: Job,
+    target: JobStatus,
+    *,
+    source: str,
+    now: datetime,
+    detail: Mapping[str, Any] | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
+) -> None:
+    """Write the transition row and update the job; the move must already be checked."""
+    TransitionSource(source)
+    session.add(
+        Transition(
+            job_id=job.id,
+            from_status=job.status,
+            to_status=target.value,
+            source=source,
+            at=now,
+            detail=dict(detail) if detail else None,
+        )
+    )
+    if job.submitted_at is None and target not in (JobStatus.QUEUED, JobStatus.FAILED):
+        job.submitted_at = now
+    job.status = target.value
+    job.updated_at = now
+    if target is JobStatus.FAILED:
+        job.error_code = error_code or "failed"
+        job.error_message = error_message
+    if target.is_terminal:
+        job.finished_at = now
+        if job.webhook_url:
+            enqueue(session, NOTIFY, job.id)
+
+
+def transition(
+    session: Session,
+    job: Job,
+    to_status: JobStatus | str,
+    *,
+    source: str,
+    detail: Mapping[str, Any] | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
+    provider_task_id: str | None = None,
+) -> bool:
+    """A move made by our own code (submit, archive, expiry). Returns False if not allowed now.
+
+    `provider_task_id` records the provider's task id (queued -> submitted); it is kept even when
+    a callback already moved the job further.
+    """
+    target = JobStatus(to_status)
+    # Flush first: refresh would silently drop this session's unflushed changes to the job.
+    session.flush()
+    session.refresh(job, with_for_update=True)
+    if provider_task_id is not None:
+        if job.provider_task_id is None:
+            job.provider_task_id = provider_task_id
+        elif job.provider_task_id != provider_task_id:
+            raise TaskMismatch(f"job {job.id} already has provider task {job.provider_task_id}")
+    if not can_move(job.status, target):
+        return False
+    _move(
+        session,
+        job,
+        target,
+        source=source,
+        now=utcnow(),
+        detail=detail,
+        error_code=error_code,
+        error_message=error_message,
+    )
+    return True
+
+
+def _check_task(job: Job, task: Task) -> None:
+    if job.provider_task_id is None:
+        # Before our submit commits, a task is ours only if it carries our job id.
+        if task.external_task_id != job.id:
+            raise TaskMismatch(f"task {task.task_id} is not known to belong to job {job.id}")
+        job.provider_task_id = task.task_id
+    elif task.task_id != job.provider_task_id:
+        raise TaskMismatch(f"task {task.task_id} does not belong to job {job.id}")
+
+
+def _outcome(current: JobStatus, target: JobStatus) -> EventOutcome:
+    if current == target or (current is JobStatus.ARCHIVED and target is JobStatus.SUCCEEDED):
+        return EventOutcome.DUPLICATE
+    # Once the provider said `succeed` it has nothing newer to say: a later `failed` is stale.
+    if current in _PROVIDER_DONE or not can_move(current, target):
+        return EventOutcome.STALE
+    return EventOutcome.APPLIED
+
+
+def _add_images(session: Session, job: Job, task: Task, now: datetime) -> None:
+    existing = set(session.scalars(select(Image.index).where(Image.job_id == job.id)))
+    created = task.created_at or now
+    for image in (*task.images, *task.series_images):
+        if image.index in existing:
+            continue
+        existing.add(image.index)
+        session.add(
+            Image(job_id=job.id, index=image.index, source_url=image.url, provider_created_at=created)
+        )
+
+
+def apply_provider_task(
+    session: Session,
+    job_id: str,
+    task: Task,
+    *,
+    source: str,
+    event: CallbackEvent | None = None,
+) -> ApplyResult:
+    """Apply a provider task state (from a callback or a poll) to a job, in the caller's transaction.
+
+    Raises `JobNotFound` or `TaskMismatch` (nothing written). `event`, when given, is a new
+    `CallbackEvent` (dedupe_key, headers, body set); it is stored with its outcome, unless its
+    dedupe key was seen before, in which case the answer is `duplicate` and nothing is written.
+    """
+    job = _lock_job(session, job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    current = job.job_status
+    if event is not None and session.scalar(
+        select(CallbackEvent.id).where(CallbackEvent.dedupe_key == event.dedupe_key)
+    ):
+        return ApplyResult(EventOutcome.DUPLICATE, current, current)
+    _check_task(job, task)
+
+    now = utcnow()
+    target = PROVIDER_TO_JOB[task.status]
+    outcome = _outcome(current, target)
+    if outcome is EventOutcome.APPLIED:
+        detail: dict[str, Any] = {"provider_status": task.status.value}
+        if task.status_message:
+            detail["message"] = task.status_message
+        _move(
+            session,
+            job,
+            target,
+            source=source,
+            now=now,
+            detail=detail,
+            error_code=PROVIDER_FAILED,
+            error_message=task.status_message or "the provider reported the task failed",
+        )
+        if target is JobStatus.SUCCEEDED:
+            _add_images(session, job, task, now)
+            enqueue(session, ARCHIVE_JOB, job.id)
+        if task.status.is_final:
+            enqueue(session, RELEASE_SLOTS, job.id)
+    if outcome is not EventOutcome.STALE:
+        job.last_provider_update_at = now
+    if source == TransitionSource.POLL:
+        job.last_polled_at = now
+    if event is not None:
+        event.job_id = job.id
+        event.task_status = task.status.value
+        event.outcome = outcome.value
+        session.add(event)
+    return ApplyResult(outcome, job.job_status, current)

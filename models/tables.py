@@ -1,0 +1,181 @@
+"""The tables. Alembic migrations are written to match these exactly (`alembic check` enforces it)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from models.base import Base, JSONType, UTCDateTime
+from models.enums import EventOutcome, ImageStatus, JobStatus, TransitionSource, sql_in
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(sql_in("status", JobStatus), name="status"),
+        # Reconciler ("silent jobs in status X") and the API's status filter.
+        Index(None, "status", "updated_at"),
+        # API list ordered by a (created_at, id) cursor.
+        Index(None, "created_at", "id"),
+    )
+    __mapper_args__ = {"eager_defaults": True}
+
+    # Also sent to the provider as external_task_id.
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_job_id)
+    provider: Mapped[str] = mapped_column(String(32))
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    # A plain UNIQUE already allows many NULLs on both PostgreSQL and SQLite.
+    provider_task_id: Mapped[str | None] = mapped_column(String(128), unique=True)
+    status: Mapped[str] = mapped_column(String(16), server_default=JobStatus.QUEUED.value)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    # `metadata` is reserved on declarative classes.
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    slots: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_provider_update_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    images: Mapped[list[Image]] = relationship(
+        back_populates="job", order_by="Image.index", cascade="all, delete-orphan", passive_deletes=True
+    )
+    transitions: Mapped[list[Transition]] = relationship(
+        back_populates="job", order_by="Transition.id", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    @property
+    def external_task_id(self) -> str:
+        return self.id
+
+    @property
+    def job_status(self) -> JobStatus:
+        return JobStatus(self.status)
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (
+        UniqueConstraint("job_id", "index"),
+        CheckConstraint(sql_in("status", ImageStatus), name="status"),
+        # The retention sweep: pending images by age.
+        Index(None, "status", "provider_created_at"),
+    )
+    __mapper_args__ = {"eager_defaults": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(Integer)
+    source_url: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), server_default=ImageStatus.PENDING.value)
+    s3_bucket: Mapped[str | None] = mapped_column(String(255))
+    s3_key: Mapped[str | None] = mapped_column(Text)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    bytes: Mapped[int | None] = mapped_column(Integer)
+    content_type: Mapped[str | None] = mapped_column(String(255))
+    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Starts the provider's 30-day deletion clock.
+    provider_created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+
+    job: Mapped[Job] = relationship(back_populates="images")
+
+
+class Transition(Base):
+    __tablename__ = "transitions"
+    __table_args__ = (
+        # One row per (job, to-status) is what makes repeated deliveries harmless.
+        UniqueConstraint("job_id", "to_status"),
+        CheckConstraint(sql_in("source", TransitionSource), name="source"),
+    )
+    __mapper_args__ = {"eager_defaults": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+
+    job: Mapped[Job] = relationship(back_populates="transitions")
+
+
+class CallbackEvent(Base):
+    """Every callback that passed authentication, stored raw whether or not it changed anything."""
+
+    __tablename__ = "callback_events"
+    __table_args__ = (CheckConstraint(sql_in("outcome", EventOutcome), name="outcome"),)
+    __mapper_args__ = {"eager_defaults": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
+    # `webhook-id` header, or the SHA-256 of the body when the sender gives none.
+    dedupe_key: Mapped[str] = mapped_column(String(255), unique=True)
+    task_status: Mapped[str | None] = mapped_column(String(16))
+    headers: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    body: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    outcome: Mapped[str] = mapped_column(String(16))
+
+
+class Outbox(Base):
+    """Transactional outbox: tasks written with the state change, published after commit."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index(
+            "ix_outbox_undispatched",
+            "available_at",
+            postgresql_where=text("dispatched_at IS NULL"),
+            sqlite_where=text("dispatched_at IS NULL"),
+        ),
+    )
+    __mapper_args__ = {"eager_defaults": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task: Mapped[str] = mapped_column(String(64))
+    args: Mapped[list[Any]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    available_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+
+
+class Notification(Base):
+    """Downstream webhook deliveries (`webhook_url`), one row per (job, event)."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (UniqueConstraint("job_id", "event"),)
+    __mapper_args__ = {"eager_defaults": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(32))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)

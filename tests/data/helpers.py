@@ -1,0 +1,91 @@
+"""Builders shared by the data-layer tests: provider task bodies, signed headers, DB snapshots."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from kling.callbacks import sign_callback
+from models.tables import CallbackEvent, Image, Job, Outbox, Transition
+from tests.conftest import TEST_WEBHOOK_SECRET
+
+KLING_STATUS = {
+    "submitted": "submitted",
+    "processing": "processing",
+    "succeeded": "succeed",
+    "failed": "failed",
+}
+
+
+def legacy_body(
+    task_id: str,
+    status: str,
+    *,
+    external_task_id: str | None = None,
+    n_images: int = 2,
+    message: str = "",
+    updated_at: int = 1_781_080_794_151,
+) -> dict[str, Any]:
+    """A legacy Kling task object as a callback body (`status` in our spelling)."""
+    body: dict[str, Any] = {
+        "task_id": task_id,
+        "task_status": KLING_STATUS[status],
+        "task_status_msg": message,
+        "created_at": 1_781_080_778_802,
+        "updated_at": updated_at,
+    }
+    if external_task_id is not None:
+        body["task_info"] = {"external_task_id": external_task_id}
+    if status == "succeeded":
+        body["task_result"] = {
+            "images": [
+                {"index": i, "url": f"https://cdn.klingai.com/{task_id}/{i}.png"} for i in range(n_images)
+            ]
+        }
+    return body
+
+
+def encode(body: Any) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def signed_headers(
+    body: bytes, *, secret: str = TEST_WEBHOOK_SECRET, msg_id: str | None = None, timestamp: int | None = None
+) -> dict[str, str]:
+    msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
+    ts = int(time.time()) if timestamp is None else timestamp
+    return {
+        "content-type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(ts),
+        "webhook-signature": sign_callback(secret, msg_id, ts, body),
+    }
+
+
+def snapshot(session: Session) -> dict[str, Any]:
+    """Everything a callback could change, to assert that a rejected one changed nothing."""
+    session.expire_all()
+    counts = {
+        model.__tablename__: session.scalar(select(func.count()).select_from(model))
+        for model in (Job, Transition, CallbackEvent, Image, Outbox)
+    }
+    jobs = {
+        row.id: (row.status, row.provider_task_id, row.error_code) for row in session.scalars(select(Job))
+    }
+    return {"counts": counts, "jobs": jobs}
+
+
+def transitions_of(session: Session, job_id: str) -> list[tuple[str | None, str, str]]:
+    session.expire_all()
+    rows = session.scalars(select(Transition).where(Transition.job_id == job_id).order_by(Transition.id))
+    return [(t.from_status, t.to_status, t.source) for t in rows]
+
+
+def outbox_tasks(session: Session, job_id: str) -> list[str]:
+    rows = session.scalars(select(Outbox).order_by(Outbox.id))
+    return [row.task for row in rows if row.args == [job_id]]

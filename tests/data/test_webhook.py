@@ -1,0 +1,268 @@
+"""The callback receiver, in-process, on both backends; each test's writes are rolled back."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import pytest
+from flask.testing import FlaskClient
+from prometheus_client import REGISTRY
+from pydantic import SecretStr
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+import kling.callbacks
+from models import CallbackEvent, Image, Job, callback_token, callback_url, create_job, transition
+from models.settings import Settings
+from tests.conftest import TEST_CALLBACK_SECRET, TEST_WEBHOOK_SECRET
+from tests.data.helpers import encode, legacy_body, signed_headers, snapshot, transitions_of
+from webhook import create_app
+
+
+@dataclass
+class Env:
+    client: FlaskClient
+    session: Session
+
+    def new_job(self, provider_task_id: str | None = "task-1") -> Job:
+        job = create_job(self.session, {"prompt": "p", "n": 2}, provider="kling")
+        if provider_task_id:
+            transition(self.session, job, "submitted", source="worker", provider_task_id=provider_task_id)
+        self.session.commit()
+        return job
+
+    def post(
+        self, job_id: str, body: bytes, *, token: str | None = None, headers: dict[str, str] | None = None
+    ):
+        token = token if token is not None else callback_token(TEST_CALLBACK_SECRET, job_id)
+        return self.client.post(
+            f"/callbacks/kling/{job_id}/{token}",
+            data=body,
+            headers=headers or {"content-type": "application/json"},
+        )
+
+
+def settings(*, signed: bool, database_url: str = "sqlite://") -> Settings:
+    return Settings(
+        database_url=database_url,
+        public_base_url="https://hooks.example.com",
+        callback_secret=SecretStr(TEST_CALLBACK_SECRET),
+        kling_webhook_secret=SecretStr(TEST_WEBHOOK_SECRET) if signed else None,
+    )
+
+
+def _env(engine: Engine, *, signed: bool) -> Iterator[Env]:
+    with engine.connect() as connection:
+        outer = connection.begin()
+        factory = sessionmaker(
+            bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
+        )
+        app = create_app(settings(signed=signed), session_factory=factory)
+        session = factory()
+        try:
+            yield Env(app.test_client(), session)
+        finally:
+            session.close()
+            outer.rollback()
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    name = "db_engine" if request.param == "postgresql" else "sqlite_engine"
+    engine: Engine = request.getfixturevalue(name)
+    return engine
+
+
+@pytest.fixture
+def env(engine: Engine) -> Iterator[Env]:
+    yield from _env(engine, signed=False)
+
+
+@pytest.fixture
+def signed_env(engine: Engine) -> Iterator[Env]:
+    yield from _env(engine, signed=True)
+
+
+def test_callback_url_carries_the_job_token() -> None:
+    url = callback_url("https://hooks.example.com/", TEST_CALLBACK_SECRET, "job-1")
+    assert (
+        url
+        == f"https://hooks.example.com/callbacks/kling/job-1/{callback_token(TEST_CALLBACK_SECRET, 'job-1')}"
+    )
+    assert callback_token(TEST_CALLBACK_SECRET, "job-1") != callback_token(TEST_CALLBACK_SECRET, "job-2")
+
+
+def test_applies_and_answers_duplicates(env: Env) -> None:
+    job = env.new_job()
+    body = encode(legacy_body("task-1", "succeeded"))
+    answers = [env.post(job.id, body) for _ in range(3)]
+    assert [(a.status_code, a.get_json()["outcome"]) for a in answers] == [
+        (200, "applied"),
+        (200, "duplicate"),
+        (200, "duplicate"),
+    ]
+    env.session.expire_all()
+    assert env.session.get(Job, job.id).status == "succeeded"  # type: ignore[union-attr]
+    assert [t[1] for t in transitions_of(env.session, job.id)] == ["queued", "submitted", "succeeded"]
+    assert len(env.session.scalars(select(Image).where(Image.job_id == job.id)).all()) == 2
+    events = env.session.scalars(select(CallbackEvent).where(CallbackEvent.job_id == job.id)).all()
+    assert [(e.outcome, e.body) for e in events] == [("applied", body.decode())]
+    assert events[0].dedupe_key.startswith("sha256:")
+
+
+def test_out_of_order(env: Env) -> None:
+    job = env.new_job()
+    assert env.post(job.id, encode(legacy_body("task-1", "succeeded"))).get_json() == {"outcome": "applied"}
+    assert env.post(job.id, encode(legacy_body("task-1", "processing"))).get_json() == {"outcome": "stale"}
+    failed = env.post(job.id, encode(legacy_body("task-1", "failed", message="late")))
+    assert (failed.status_code, failed.get_json()) == (200, {"outcome": "stale"})
+    env.session.expire_all()
+    stored = env.session.get(Job, job.id)
+    assert stored is not None
+    assert (stored.status, stored.error_code) == ("succeeded", None)
+    outcomes = env.session.scalars(
+        select(CallbackEvent.outcome).where(CallbackEvent.job_id == job.id).order_by(CallbackEvent.id)
+    ).all()
+    assert outcomes == ["applied", "stale", "stale"]
+
+
+def test_newer_standard_shape_with_external_id_is_adopted(env: Env) -> None:
+    job = env.new_job(provider_task_id=None)
+    body = encode(
+        {"id": "t-9", "status": "succeeded", "external_id": job.id, "outputs": [{"url": "https://x/1.png"}]}
+    )
+    assert env.post(job.id, body).get_json() == {"outcome": "applied"}
+    env.session.expire_all()
+    stored = env.session.get(Job, job.id)
+    assert stored is not None
+    assert (stored.status, stored.provider_task_id) == ("succeeded", "t-9")
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b"{not json", 400),
+        (b"[1, 2]", 400),
+        (encode({"task_status": "succeed"}), 400),
+        (encode({"task_id": "task-1", "task_status": "exploded"}), 400),
+        (b"x" * (2 * 1024 * 1024), 413),
+    ],
+    ids=["malformed", "array", "missing-task-id", "unknown-status", "2MiB"],
+)
+def test_bad_bodies_are_refused_and_write_nothing(env: Env, body: bytes, status: int) -> None:
+    job = env.new_job()
+    before = snapshot(env.session)
+    answer = env.post(job.id, body)
+    assert answer.status_code == status
+    assert answer.get_json()["error"]
+    assert snapshot(env.session) == before
+
+
+def test_unknown_job_and_foreign_task(env: Env) -> None:
+    job = env.new_job()
+    before = snapshot(env.session)
+    unknown = env.post("00000000-0000-0000-0000-000000000000", encode(legacy_body("task-1", "succeeded")))
+    assert unknown.status_code == 404
+    foreign = env.post(job.id, encode(legacy_body("task-2", "succeeded")))
+    assert foreign.status_code == 409
+    assert snapshot(env.session) == before
+
+
+def test_forged_tokens_are_refused(env: Env) -> None:
+    job = env.new_job()
+    victim = env.new_job(provider_task_id="task-v")
+    before = snapshot(env.session)
+    rejected_before = REGISTRY.get_sample_value("kling_callbacks_total", {"outcome": "rejected"}) or 0
+    body = encode(legacy_body("task-1", "succeeded"))
+    assert env.post(job.id, body, token="0" * 64).status_code == 403
+    assert env.post(job.id, body, token=callback_token(TEST_CALLBACK_SECRET, victim.id)).status_code == 403
+    assert (
+        env.post(
+            job.id, body, token=callback_token("another-secret-0123456789-abcdefghijkl", job.id)
+        ).status_code
+        == 403
+    )
+    # Unknown jobs look exactly like forged ones without a valid token.
+    assert env.post("no-such-job", body, token="0" * 64).status_code == 403
+    assert snapshot(env.session) == before
+    assert REGISTRY.get_sample_value("kling_callbacks_total", {"outcome": "rejected"}) == rejected_before + 4
+
+
+def test_signed_callbacks(signed_env: Env) -> None:
+    env = signed_env
+    job = env.new_job()
+    body = encode(legacy_body("task-1", "processing"))
+    before = snapshot(env.session)
+
+    unsigned = env.post(job.id, body)
+    tampered = env.post(job.id, encode(legacy_body("task-1", "succeeded")), headers=signed_headers(body))
+    wrong_secret = env.post(job.id, body, headers=signed_headers(body, secret="whsec_" + "QUJD" * 8))
+    past = env.post(job.id, body, headers=signed_headers(body, timestamp=_now() - 301))
+    future = env.post(job.id, body, headers=signed_headers(body, timestamp=_now() + 301))
+    assert [a.status_code for a in (unsigned, tampered, wrong_secret, past, future)] == [401] * 5
+    assert snapshot(env.session) == before
+
+    headers = signed_headers(body, msg_id="msg_1")
+    assert env.post(job.id, body, headers=headers).get_json() == {"outcome": "applied"}
+    # A redelivery keeps its webhook-id: a duplicate, whatever the new timestamp.
+    assert env.post(job.id, body, headers=signed_headers(body, msg_id="msg_1")).get_json() == {
+        "outcome": "duplicate"
+    }
+    env.session.expire_all()
+    event = env.session.scalars(select(CallbackEvent).where(CallbackEvent.job_id == job.id)).one()
+    assert event.dedupe_key == "webhook-id:msg_1"
+    assert event.headers is not None
+    assert "webhook-signature" not in event.headers
+    assert event.headers["webhook-id"] == "msg_1"
+
+
+def test_official_standard_webhooks_vector(signed_env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = signed_env
+    job = env.new_job(provider_task_id="1234567890")
+    body = (
+        b'{"id":"1234567890","status":"succeeded","message":"","create_time":1781080778802,'
+        b'"update_time":1781080794151}'
+    )
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": "9876543210",
+        "webhook-timestamp": "1781080794",
+        "webhook-signature": "v1,UsKlJP00XoQyOn410NM9xv34sP+Gl0jnOO9Lcpr7NJ4=",
+    }
+    monkeypatch.setattr(kling.callbacks, "time", SimpleNamespace(time=lambda: 1781080794.0))
+    answer = env.post(job.id, body, headers=headers)
+    assert (answer.status_code, answer.get_json()) == (200, {"outcome": "applied"})
+    env.session.expire_all()
+    assert env.session.get(Job, job.id).status == "succeeded"  # type: ignore[union-attr]
+
+
+def test_database_down_answers_503() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # Nothing listens on the port once the socket is closed.
+    app = create_app(settings(signed=False, database_url=f"postgresql://postgres@127.0.0.1:{port}/kling"))
+    client = app.test_client()
+    job_id = "00000000-0000-0000-0000-000000000001"
+    token = callback_token(TEST_CALLBACK_SECRET, job_id)
+    answer = client.post(f"/callbacks/kling/{job_id}/{token}", data=encode(legacy_body("t", "succeeded")))
+    assert answer.status_code == 503
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.get_json()["checks"]["database"].startswith("error")
+    assert client.get("/healthz").status_code == 200
+
+
+def test_health(env: Env) -> None:
+    assert env.client.get("/healthz").get_json() == {"status": "ok"}
+    ready = env.client.get("/readyz")
+    assert (ready.status_code, ready.get_json()) == (200, {"status": "ok", "checks": {"database": "ok"}})
+
+
+def _now() -> int:
+    import time
+
+    return int(time.time())

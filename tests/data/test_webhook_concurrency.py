@@ -1,0 +1,93 @@
+"""Repeated and concurrent deliveries against a real threaded HTTP server and a database that commits."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+from pydantic import SecretStr
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+from werkzeug.serving import make_server
+
+from models import CallbackEvent, Image, Job, callback_token, create_job, transition
+from models.db import make_engine, make_sessionmaker, upgrade
+from models.settings import Settings
+from tests.conftest import TEST_CALLBACK_SECRET
+from tests.data.helpers import encode, legacy_body, transitions_of
+from webhook import create_app
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def committing_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "postgresql":
+        url = request.getfixturevalue("committed_pg_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'kling.db'}"
+        upgrade(url)
+    engine = make_engine(url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def server(committing_engine: Engine) -> Iterator[str]:
+    settings = Settings(database_url="sqlite://", callback_secret=SecretStr(TEST_CALLBACK_SECRET))
+    app = create_app(settings, session_factory=make_sessionmaker(committing_engine))
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}"
+    finally:
+        httpd.shutdown()
+        thread.join(timeout=10)
+        httpd.server_close()
+
+
+def _deliver(url: str, body: bytes, webhook_id: str | None) -> tuple[int, str]:
+    headers = {"content-type": "application/json"}
+    if webhook_id:
+        headers["webhook-id"] = webhook_id
+    answer = requests.post(url, data=body, headers=headers, timeout=30)
+    return answer.status_code, answer.json().get("outcome", "")
+
+
+def test_ten_deliveries_per_status_some_concurrent(server: str, committing_engine: Engine) -> None:
+    with Session(committing_engine, expire_on_commit=False) as session:
+        job = create_job(session, {"prompt": "p", "n": 2}, provider="kling")
+        transition(session, job, "submitted", source="worker", provider_task_id="task-1")
+        session.commit()
+    url = f"{server}/callbacks/kling/{job.id}/{callback_token(TEST_CALLBACK_SECRET, job.id)}"
+
+    for status in ("submitted", "processing", "succeeded"):
+        body = encode(legacy_body("task-1", status))
+        # Even deliveries are identical (deduped by body hash); odd ones carry their own webhook-id,
+        # so only the state machine can tell they repeat a status.
+        deliveries = [(body, None if i % 2 == 0 else f"{status}-{i}") for i in range(10)]
+        # The first seven race each other for the one change; the last three repeat it afterwards.
+        with ThreadPoolExecutor(max_workers=7) as pool:
+            answers = list(pool.map(lambda d: _deliver(url, *d), deliveries[:7]))
+        answers += [_deliver(url, *d) for d in deliveries[7:]]
+        assert all(code == 200 for code, _ in answers), answers
+        expected = {"duplicate": 10} if status == "submitted" else {"applied": 1, "duplicate": 9}
+        assert Counter(outcome for _, outcome in answers) == expected
+
+    with Session(committing_engine) as session:
+        assert transitions_of(session, job.id) == [
+            (None, "queued", "api"),
+            ("queued", "submitted", "worker"),
+            ("submitted", "processing", "callback"),
+            ("processing", "succeeded", "callback"),
+        ]
+        stored = session.get(Job, job.id)
+        assert stored is not None
+        assert stored.status == "succeeded"
+        assert len(session.scalars(select(Image).where(Image.job_id == job.id)).all()) == 2
+        # Per status: one row for the identical bodies plus one per distinct webhook-id.
+        assert len(session.scalars(select(CallbackEvent).where(CallbackEvent.job_id == job.id)).all()) == 18

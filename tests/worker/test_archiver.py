@@ -1,0 +1,253 @@
+"""The S3 archiver: a local source server -> SafeFetcher -> moto's S3 server, all over HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import socket
+import threading
+
+import pytest
+from werkzeug import Response
+
+from tests.fixtures.services import assert_no_connection
+from worker.archiver import (
+    ArchivedObject,
+    NotAnImage,
+    archive_image,
+    object_key,
+    object_stem,
+    sniff_image_type,
+)
+from worker.fetch import FetchError, FetchRefused, SafeFetcher, SourceGone, TooLarge
+from worker.s3 import MiB, upload_transfer_config
+
+pytestmark = pytest.mark.integration
+
+PNG = b"\x89PNG\r\n\x1a\n"
+JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"
+WEBP = b"RIFF\x24\x00\x00\x00WEBPVP8 "
+GIF = b"GIF89a\x01\x00\x01\x00"
+META = {"job-id": "job-123", "provider-task-id": "task-abc"}
+
+
+def image_bytes(magic: bytes, size: int, seed: int = 7) -> bytes:
+    return magic + random.Random(seed).randbytes(size - len(magic))
+
+
+def generated_chunks(total: int, chunk: int = MiB, seed: int = 11):
+    """A deterministic large body produced on the fly (never held whole by the server)."""
+    rng = random.Random(seed)
+    sent = 0
+    first = True
+    while sent < total:
+        n = min(chunk, total - sent)
+        data = rng.randbytes(n)
+        if first:
+            data = PNG + data[len(PNG) :]
+            first = False
+        sent += n
+        yield data
+
+
+def objects(s3, bucket):
+    return [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+@pytest.fixture
+def fetcher():
+    with SafeFetcher(["127.0.0.1"], max_bytes=64 * MiB) as f:
+        yield f
+
+
+def archive(s3_client, bucket, url, fetcher, **kwargs) -> ArchivedObject:
+    return archive_image(
+        s3_client,
+        bucket=bucket,
+        key_stem=object_stem("images/", "job-123", 0),
+        url=url,
+        fetcher=fetcher,
+        metadata=META,
+        **kwargs,
+    )
+
+
+def test_keys_are_deterministic():
+    assert object_key("images/", "job-1", 2, "png") == "images/job-1/2.png"
+    assert object_stem("", "job-1", 0) == "job-1/0"
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [(PNG, "image/png"), (JPEG, "image/jpeg"), (WEBP, "image/webp"), (GIF, "image/gif"), (b"<html>", None)],
+)
+def test_sniffing(head, expected):
+    assert sniff_image_type(head + b"\x00" * 8) == expected
+
+
+@pytest.mark.parametrize(
+    ("magic", "content_type", "ext"),
+    [
+        (PNG, "image/png", "png"),
+        (JPEG, "image/jpeg", "jpg"),
+        (WEBP, "image/webp", "webp"),
+        (GIF, "image/gif", "gif"),
+    ],
+)
+def test_archives_an_image_with_hash_size_type_and_metadata(
+    s3_client, s3_bucket, source_server, fetcher, magic, content_type, ext
+):
+    data = image_bytes(magic, 50_000)
+    # The server lies about the type: the bytes decide.
+    source_server.expect_request("/0.bin").respond_with_data(data, content_type="application/octet-stream")
+    result = archive(s3_client, s3_bucket, source_server.url_for("/0.bin"), fetcher)
+
+    assert result.key == f"images/job-123/0.{ext}"
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    assert result.bytes == len(data)
+    assert result.content_type == content_type
+    assert not result.reused
+    stored = s3_client.get_object(Bucket=s3_bucket, Key=result.key)
+    assert stored["Body"].read() == data
+    assert stored["ContentType"] == content_type
+    assert stored["Metadata"] == {**META, "sha256": result.sha256}
+    assert stored["ETag"].strip('"') == result.etag
+    assert objects(s3_client, s3_bucket) == [result.key]
+
+
+def test_rerun_reuses_the_verified_object_without_fetching(s3_client, s3_bucket, source_server, fetcher):
+    data = image_bytes(PNG, 20_000)
+    source_server.expect_request("/img").respond_with_data(data)
+    first = archive(s3_client, s3_bucket, source_server.url_for("/img"), fetcher)
+    source_server.clear()
+    source_server.expect_request("/img").respond_with_data(b"", status=410)  # expired since
+    second = archive(s3_client, s3_bucket, source_server.url_for("/img"), fetcher)
+    assert second.reused
+    assert (second.key, second.sha256, second.bytes) == (first.key, first.sha256, first.bytes)
+    assert source_server.log == []
+    assert objects(s3_client, s3_bucket) == [first.key]
+
+
+def test_forced_rerun_rewrites_the_same_single_object(s3_client, s3_bucket, source_server, fetcher):
+    data = image_bytes(JPEG, 30_000)
+    source_server.expect_request("/img").respond_with_data(data)
+    first = archive(s3_client, s3_bucket, source_server.url_for("/img"), fetcher)
+    second = archive(s3_client, s3_bucket, source_server.url_for("/img"), fetcher, reuse_existing=False)
+    assert len(source_server.log) == 2
+    assert not second.reused
+    assert (second.key, second.sha256, second.bytes) == (first.key, first.sha256, first.bytes)
+    assert objects(s3_client, s3_bucket) == [first.key]
+    assert s3_client.get_object(Bucket=s3_bucket, Key=first.key)["Body"].read() == data
+
+
+def test_unverified_leftover_is_replaced(s3_client, s3_bucket, source_server, fetcher):
+    """A crash between upload and metadata stamp leaves an object without sha256: redo it."""
+    key = "images/job-123/0.png"
+    s3_client.put_object(Bucket=s3_bucket, Key=key, Body=b"partial", Metadata=META)
+    data = image_bytes(PNG, 10_000)
+    source_server.expect_request("/img").respond_with_data(data)
+    result = archive(s3_client, s3_bucket, source_server.url_for("/img"), fetcher)
+    assert not result.reused
+    assert result.key == key
+    head = s3_client.head_object(Bucket=s3_bucket, Key=key)
+    assert head["ContentLength"] == len(data)
+    assert head["Metadata"]["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("status", [404, 410, 403])
+def test_expired_source_is_source_gone_and_stores_nothing(
+    s3_client, s3_bucket, source_server, fetcher, status
+):
+    source_server.expect_request("/gone").respond_with_data(b"NoSuchKey", status=status)
+    with pytest.raises(SourceGone):
+        archive(s3_client, s3_bucket, source_server.url_for("/gone"), fetcher)
+    assert objects(s3_client, s3_bucket) == []
+
+
+def test_not_an_image_stores_nothing(s3_client, s3_bucket, source_server, fetcher):
+    source_server.expect_request("/page").respond_with_data(b"<html>expired</html>", content_type="image/png")
+    with pytest.raises(NotAnImage):
+        archive(s3_client, s3_bucket, source_server.url_for("/page"), fetcher)
+    assert objects(s3_client, s3_bucket) == []
+
+
+def test_disallowed_source_is_never_contacted(s3_client, s3_bucket, silent_listener):
+    port = silent_listener.getsockname()[1]
+    with SafeFetcher(["images.example.com"]) as strict, pytest.raises(FetchRefused):
+        archive(s3_client, s3_bucket, f"http://127.0.0.1:{port}/0.png", strict)
+    assert_no_connection(silent_listener)
+    assert objects(s3_client, s3_bucket) == []
+
+
+def test_cap_exceeded_mid_multipart_upload_leaves_nothing(s3_client, s3_bucket, source_server, fetcher):
+    """No Content-Length, so the cap trips while parts are already uploading: the upload is aborted."""
+    source_server.expect_request("/huge").respond_with_handler(
+        lambda request: Response(generated_chunks(20 * MiB), content_type="image/png")
+    )
+    config = upload_transfer_config(chunk_bytes=5 * MiB, max_chunks_in_memory=2)
+    with pytest.raises(TooLarge):
+        archive(
+            s3_client,
+            s3_bucket,
+            source_server.url_for("/huge"),
+            fetcher,
+            max_bytes=12 * MiB,
+            transfer_config=config,
+        )
+    assert objects(s3_client, s3_bucket) == []
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+
+
+def test_announced_oversize_is_refused_before_upload(s3_client, s3_bucket, source_server, fetcher):
+    source_server.expect_request("/big").respond_with_data(image_bytes(PNG, 4096))
+    with pytest.raises(TooLarge):
+        archive(s3_client, s3_bucket, source_server.url_for("/big"), fetcher, max_bytes=4095)
+    assert objects(s3_client, s3_bucket) == []
+
+
+def test_large_streamed_source_archives_correctly(s3_client, s3_bucket, source_server, fetcher):
+    total = 33 * MiB
+    source_server.expect_request("/large").respond_with_handler(
+        lambda request: Response(generated_chunks(total), content_type="image/png")
+    )
+    expected = hashlib.sha256()
+    for chunk in generated_chunks(total):
+        expected.update(chunk)
+
+    config = upload_transfer_config(chunk_bytes=8 * MiB, max_chunks_in_memory=2)
+    result = archive(s3_client, s3_bucket, source_server.url_for("/large"), fetcher, transfer_config=config)
+
+    assert result.bytes == total
+    assert result.sha256 == expected.hexdigest()
+    assert result.key.endswith("/0.png")
+    stored = hashlib.sha256()
+    body = s3_client.get_object(Bucket=s3_bucket, Key=result.key)["Body"]
+    for chunk in body.iter_chunks(MiB):
+        stored.update(chunk)
+    assert stored.hexdigest() == expected.hexdigest()
+    assert objects(s3_client, s3_bucket) == [result.key]
+
+
+def test_truncated_source_is_a_retryable_error_and_stores_nothing(s3_client, s3_bucket, fetcher):
+    """The connection drops before Content-Length bytes arrived: never archive a short image."""
+    data = image_bytes(PNG, 4000)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve_once():
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4000\r\nContent-Type: image/png\r\n\r\n" + data[:1500]
+            )
+
+    thread = threading.Thread(target=serve_once)
+    thread.start()
+    try:
+        with pytest.raises(FetchError) as info:
+            archive(s3_client, s3_bucket, f"http://127.0.0.1:{listener.getsockname()[1]}/0.png", fetcher)
+        assert info.value.retryable
+    finally:
+        thread.join(timeout=10)
+        listener.close()
+    assert objects(s3_client, s3_bucket) == []

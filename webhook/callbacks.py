@@ -1,0 +1,123 @@
+"""`POST /callbacks/kling/<job_id>/<token>`: the provider's status hints, applied through the state machine.
+
+Checks, in order, each answering before anything is written:
+1. body size over MAX_CONTENT_LENGTH (1 MiB) -> 413;
+2. per-job token (HMAC-SHA256 of the job id, constant-time) -> 403. Done before any database
+   access, so the answer cannot reveal whether a job exists: only holders of CALLBACK_SECRET can
+   mint a valid token, and only they can learn (404) that a job is unknown;
+3. Standard Webhooks signature on the raw body when KLING_WEBHOOK_SECRET is set -> 401;
+4. body shape (`kling.callbacks.parse_callback`, both shapes) -> 400 with a message;
+5. unknown job -> 404; a task that is not the job's -> 409;
+6. state machine in one transaction -> 200 {"outcome": applied|duplicate|stale}.
+The database being unreachable answers 503 so a retrying sender tries again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from flask import Blueprint, request
+from prometheus_client import Counter
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from kling.callbacks import parse_callback, verify_callback_signature
+from kling.errors import CallbackError, SignatureError
+from models.db import session_scope
+from models.enums import EventOutcome, TransitionSource
+from models.statemachine import JobNotFound, TaskMismatch, apply_provider_task
+from models.tables import CallbackEvent
+from models.tokens import check_callback_token
+from webhook.db import app_settings, sessions
+
+log = logging.getLogger(__name__)
+bp = Blueprint("callbacks", __name__)
+
+CALLBACKS = Counter("kling_callbacks_total", "Provider callbacks received, by outcome.", ["outcome"])
+
+# Stored with each event for debugging; signatures and auth headers are left out.
+KEPT_HEADERS = ("content-type", "content-length", "user-agent", "webhook-id", "webhook-timestamp")
+
+Answer = tuple[dict[str, str], int]
+
+
+def dedupe_key(webhook_id: str | None, body: bytes) -> str:
+    if webhook_id:
+        return f"webhook-id:{webhook_id}"
+    return f"sha256:{hashlib.sha256(body).hexdigest()}"
+
+
+def _reject(status: int, reason: str, job_id: str) -> Answer:
+    CALLBACKS.labels(outcome=EventOutcome.REJECTED.value).inc()
+    log.warning("callback rejected: job=%s status=%d reason=%s", job_id, status, reason)
+    return {"error": reason}, status
+
+
+@bp.post("/callbacks/kling/<job_id>/<token>")
+def receive(job_id: str, token: str) -> Answer:
+    try:
+        body = request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        CALLBACKS.labels(outcome=EventOutcome.REJECTED.value).inc()
+        log.warning("callback rejected: job=%s status=413 reason=body too large", job_id)
+        raise
+
+    settings = app_settings()
+    secret = settings.callback_secret
+    if secret is None or not check_callback_token(secret.get_secret_value(), job_id, token):
+        return _reject(403, "invalid callback token", job_id)
+
+    if settings.kling_webhook_secret is not None:
+        try:
+            verify_callback_signature(
+                settings.kling_webhook_secret.get_secret_value(), dict(request.headers), body
+            )
+        except SignatureError as exc:
+            return _reject(401, f"invalid signature: {exc.message}", job_id)
+
+    try:
+        task = parse_callback(body)
+    except CallbackError as exc:
+        return _reject(400, exc.message, job_id)
+
+    key = dedupe_key(request.headers.get("webhook-id"), body)
+    headers = {name: value for name in KEPT_HEADERS if (value := request.headers.get(name)) is not None}
+    event = CallbackEvent(dedupe_key=key, headers=headers, body=body.decode("utf-8", errors="replace"))
+    try:
+        with session_scope(sessions()) as session:
+            result = apply_provider_task(
+                session, job_id, task, source=TransitionSource.CALLBACK.value, event=event
+            )
+    except JobNotFound:
+        return _reject(404, "unknown job", job_id)
+    except TaskMismatch:
+        return _reject(409, "task does not belong to this job", job_id)
+    except IntegrityError:
+        # Two deliveries of one message raced past the dedupe check; the other one was stored.
+        if not _seen(key):
+            raise
+        outcome = EventOutcome.DUPLICATE.value
+    except (OperationalError, PoolTimeoutError) as exc:
+        CALLBACKS.labels(outcome="unavailable").inc()
+        log.error("callback not applied, database unavailable: job=%s (%s)", job_id, type(exc).__name__)
+        return {"error": "database unavailable, retry later"}, 503
+    else:
+        outcome = result.outcome.value
+        log.info(
+            "callback %s: job=%s task=%s provider_status=%s job_status=%s",
+            outcome,
+            job_id,
+            task.task_id,
+            task.status.value,
+            result.job_status.value,
+        )
+    CALLBACKS.labels(outcome=outcome).inc()
+    return {"outcome": outcome}, 200
+
+
+def _seen(key: str) -> bool:
+    with sessions()() as session:
+        return session.scalar(select(CallbackEvent.id).where(CallbackEvent.dedupe_key == key)) is not None

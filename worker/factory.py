@@ -1,0 +1,56 @@
+"""Build the Celery app from one Settings object (the entry point `worker/__init__.py` calls this)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from celery import Celery
+
+from models.settings import Settings, get_settings
+
+# Redis redelivers an unacked task after the visibility timeout; a task must finish (or be killed)
+# well before that, or a slow archive would run twice in parallel.
+VISIBILITY_TIMEOUT = 3600
+TASK_TIME_LIMIT = 1800
+TASK_SOFT_TIME_LIMIT = 1700
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    app = Celery("kling_orchestrator", set_as_current=False)
+    app.conf.update(
+        broker_url=settings.celery_broker_url,
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+        broker_connection_retry_on_startup=True,
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=TASK_TIME_LIMIT,
+        task_soft_time_limit=TASK_SOFT_TIME_LIMIT,
+        task_serializer="json",
+        accept_content=["json"],
+        timezone="UTC",
+        worker_hijack_root_logger=False,
+        beat_schedule={
+            "relay-outbox": {
+                "task": "kling.relay_outbox",
+                "schedule": timedelta(seconds=settings.outbox_relay_seconds),
+            },
+            "reconcile": {
+                "task": "kling.reconcile",
+                "schedule": timedelta(seconds=settings.reconcile_interval_seconds),
+            },
+            "sweep": {
+                "task": "kling.sweep",
+                "schedule": timedelta(seconds=settings.sweep_interval_seconds),
+            },
+        },
+    )
+    app.conf.kling_settings = settings
+    # Registers the tasks on this app (they are bound via `app.task` in the module).
+    from worker import tasks
+
+    tasks.register(app)
+    return app

@@ -1,0 +1,353 @@
+"""Global concurrency limiter: Kling counts concurrency per account in slots (an image task holds `n`).
+
+Every worker process on every host asks the same limiter before creating a provider task, so the
+slots in flight never exceed the account limit (DESIGN.md rule 3).
+
+Semantics shared by both implementations:
+
+- `acquire(holder, slots)` grants a lease of `slots` slots to `holder` (a job id) when
+  `in_use + slots <= limit`, subject to the fairness rule below. It never blocks: a refused caller
+  retries later (Celery `retry(countdown=...)`) and keeps its place in the queue.
+  Re-acquiring a lease the holder already has refreshes it and returns True (the original slot
+  count is kept): a redelivered task does not take slots twice.
+- Leases expire `lease_seconds` after the last acquire/renew, so a killed worker cannot leak slots.
+  Expired leases are purged on every call and never count.
+- `release(holder)` frees the lease and drops the holder from the wait queue; it is idempotent.
+
+Fairness rule (no starvation): every refused holder joins a wait queue ordered by its first
+attempt. A waiter that has waited longer than `starve_after` seconds *reserves* its slots: holders
+that joined after it are only granted what is left once every such starving waiter ahead of them is
+counted as already holding its slots. Before that, later small jobs may use free slots (so capacity
+is not left idle while a big job waits), but once a big job has waited `starve_after` seconds the
+stream of small jobs stops overtaking it, and it gets in as soon as enough leases end.
+`starve_after=0` gives strict FIFO. A waiter that stops asking for `waiter_ttl` seconds (its worker
+died, its job was cancelled) leaves the queue so it cannot block others forever.
+
+`limit` may be changed at run time (property setter); lowering it never revokes leases, it only
+refuses new ones until enough have ended.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import redis
+
+
+@runtime_checkable
+class SlotLimiter(Protocol):
+    """What the submit task needs from a concurrency limiter."""
+
+    @property
+    def limit(self) -> int: ...
+
+    def acquire(self, holder_id: str, slots: int) -> bool:
+        """Take `slots` slots for `holder_id`; True if granted (or already held)."""
+        ...
+
+    def release(self, holder_id: str) -> None:
+        """Free the holder's lease and its place in the queue (idempotent)."""
+        ...
+
+    def renew(self, holder_id: str) -> bool:
+        """Extend a live lease; False if the holder has none (it expired or was released)."""
+        ...
+
+    def in_use(self) -> int:
+        """Slots held by live leases."""
+        ...
+
+    def holders(self) -> dict[str, int]:
+        """Live leases: holder id -> slots."""
+        ...
+
+
+def _check_slots(slots: int, limit: int) -> None:
+    if slots < 1:
+        raise ValueError(f"slots must be >= 1, got {slots}")
+    if slots > limit:
+        raise ValueError(f"slots ({slots}) exceed the concurrency limit ({limit}); it could never be granted")
+
+
+def _check_limit(limit: int) -> int:
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    return limit
+
+
+# Keys: leases (zset holder -> expiry ms), slots (hash holder -> n), waitq (zset holder -> first
+# attempt ms), wslots (hash holder -> n wanted), wseen (zset holder -> waiter expiry ms).
+# The clock is Redis' own TIME so hosts with skewed clocks agree (Redis 7 replicates script effects).
+_PURGE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+if #expired > 0 then
+  redis.call('HDEL', KEYS[2], unpack(expired))
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+end
+local gone = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now)
+if #gone > 0 then
+  redis.call('ZREM', KEYS[3], unpack(gone))
+  redis.call('HDEL', KEYS[4], unpack(gone))
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+end
+local function used()
+  local total = 0
+  for _, v in ipairs(redis.call('HVALS', KEYS[2])) do total = total + tonumber(v) end
+  return total
+end
+local function unwait(holder)
+  redis.call('ZREM', KEYS[3], holder)
+  redis.call('HDEL', KEYS[4], holder)
+  redis.call('ZREM', KEYS[5], holder)
+end
+"""
+
+# ARGV: holder, slots, limit, lease_ms, starve_ms, waiter_ttl_ms
+_ACQUIRE = (
+    _PURGE
+    + """
+local holder, n, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local lease_ms, starve_ms, waiter_ttl_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+if redis.call('ZSCORE', KEYS[1], holder) then
+  redis.call('ZADD', KEYS[1], now + lease_ms, holder)
+  unwait(holder)
+  return 1
+end
+local ticket = redis.call('ZSCORE', KEYS[3], holder)
+if not ticket then
+  redis.call('ZADD', KEYS[3], now, holder)
+  ticket = now
+end
+ticket = tonumber(ticket)
+redis.call('HSET', KEYS[4], holder, n)
+redis.call('ZADD', KEYS[5], now + waiter_ttl_ms, holder)
+local reserved = 0
+local ahead = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ticket, 'WITHSCORES')
+for i = 1, #ahead, 2 do
+  local other = ahead[i]
+  if other == holder then break end
+  if now - tonumber(ahead[i + 1]) >= starve_ms then
+    reserved = reserved + tonumber(redis.call('HGET', KEYS[4], other) or '0')
+  end
+end
+if used() + reserved + n <= limit then
+  redis.call('ZADD', KEYS[1], now + lease_ms, holder)
+  redis.call('HSET', KEYS[2], holder, n)
+  unwait(holder)
+  return 1
+end
+return 0
+"""
+)
+
+_RELEASE = (
+    _PURGE
+    + """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+unwait(ARGV[1])
+return 1
+"""
+)
+
+_RENEW = (
+    _PURGE
+    + """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+  return 1
+end
+return 0
+"""
+)
+
+_HOLDERS = (
+    _PURGE
+    + """
+return redis.call('HGETALL', KEYS[2])
+"""
+)
+
+
+class RedisSlotLimiter:
+    """The limiter shared by every process and host, kept in Redis and changed only by Lua scripts."""
+
+    def __init__(
+        self,
+        redis_client_or_url: redis.Redis | str,
+        *,
+        limit: int,
+        lease_seconds: float,
+        key_prefix: str = "kling:limiter",
+        starve_after: float = 10.0,
+        waiter_ttl: float = 120.0,
+    ) -> None:
+        if isinstance(redis_client_or_url, str):
+            redis_client_or_url = redis.Redis.from_url(
+                redis_client_or_url, socket_timeout=10, socket_connect_timeout=5
+            )
+        if lease_seconds <= 0 or waiter_ttl <= 0 or starve_after < 0:
+            raise ValueError("lease_seconds and waiter_ttl must be > 0, starve_after >= 0")
+        self._redis = redis_client_or_url
+        self._limit = _check_limit(limit)
+        self.lease_seconds = lease_seconds
+        self.starve_after = starve_after
+        self.waiter_ttl = waiter_ttl
+        # The hash tag keeps every key in one Redis Cluster slot, as multi-key scripts require.
+        tag = "{" + key_prefix + "}"
+        self._keys = [f"{tag}:{name}" for name in ("leases", "slots", "waitq", "wslots", "wseen")]
+        self._acquire = self._redis.register_script(_ACQUIRE)
+        self._release = self._redis.register_script(_RELEASE)
+        self._renew = self._redis.register_script(_RENEW)
+        self._holders = self._redis.register_script(_HOLDERS)
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @limit.setter
+    def limit(self, value: int) -> None:
+        self._limit = _check_limit(value)
+
+    @property
+    def keys(self) -> list[str]:
+        """The Redis keys this limiter uses (for operators and test cleanup)."""
+        return list(self._keys)
+
+    def acquire(self, holder_id: str, slots: int) -> bool:
+        _check_slots(slots, self._limit)
+        args: list[str | int] = [
+            holder_id,
+            slots,
+            self._limit,
+            _ms(self.lease_seconds),
+            _ms(self.starve_after),
+            _ms(self.waiter_ttl),
+        ]
+        return bool(self._acquire(keys=self._keys, args=args))
+
+    def release(self, holder_id: str) -> None:
+        self._release(keys=self._keys, args=[holder_id])
+
+    def renew(self, holder_id: str) -> bool:
+        return bool(self._renew(keys=self._keys, args=[holder_id, _ms(self.lease_seconds)]))
+
+    def holders(self) -> dict[str, int]:
+        flat = self._holders(keys=self._keys)
+        return {_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    def in_use(self) -> int:
+        return sum(self.holders().values())
+
+    def waiting(self) -> list[str]:
+        """Holders in the wait queue, oldest first (waiters past `waiter_ttl` may still show)."""
+        members: list[bytes | str] = self._redis.zrange(self._keys[2], 0, -1)  # type: ignore[assignment]
+        return [_text(m) for m in members]
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000)) if seconds > 0 else 0
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass
+class _Waiter:
+    ticket: float
+    slots: int
+    seen_until: float
+
+
+class LocalSlotLimiter:
+    """The same semantics in one process (the single-process demo and unit tests)."""
+
+    def __init__(
+        self,
+        limit: int,
+        *,
+        lease_seconds: float = 600.0,
+        starve_after: float = 10.0,
+        waiter_ttl: float = 120.0,
+    ) -> None:
+        self._limit = _check_limit(limit)
+        self.lease_seconds = lease_seconds
+        self.starve_after = starve_after
+        self.waiter_ttl = waiter_ttl
+        self._lock = threading.Lock()
+        self._leases: dict[str, tuple[int, float]] = {}
+        self._waiters: dict[str, _Waiter] = {}
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @limit.setter
+    def limit(self, value: int) -> None:
+        self._limit = _check_limit(value)
+
+    def _purge(self, now: float) -> None:
+        for holder in [h for h, (_, exp) in self._leases.items() if exp <= now]:
+            del self._leases[holder]
+        for holder in [h for h, w in self._waiters.items() if w.seen_until <= now]:
+            del self._waiters[holder]
+
+    def acquire(self, holder_id: str, slots: int) -> bool:
+        _check_slots(slots, self._limit)
+        with self._lock:
+            now = time.monotonic()
+            self._purge(now)
+            if holder_id in self._leases:
+                self._leases[holder_id] = (self._leases[holder_id][0], now + self.lease_seconds)
+                self._waiters.pop(holder_id, None)
+                return True
+            me = self._waiters.get(holder_id)
+            ticket = me.ticket if me else now
+            self._waiters[holder_id] = _Waiter(ticket, slots, now + self.waiter_ttl)
+            reserved = sum(
+                w.slots
+                for h, w in self._waiters.items()
+                if h != holder_id
+                and w.ticket <= ticket
+                and now - w.ticket >= self.starve_after
+                # equal tickets: the Redis version orders ties by name, mirror it
+                and (w.ticket < ticket or h < holder_id)
+            )
+            used = sum(n for n, _ in self._leases.values())
+            if used + reserved + slots <= self._limit:
+                self._leases[holder_id] = (slots, now + self.lease_seconds)
+                del self._waiters[holder_id]
+                return True
+            return False
+
+    def release(self, holder_id: str) -> None:
+        with self._lock:
+            self._leases.pop(holder_id, None)
+            self._waiters.pop(holder_id, None)
+
+    def renew(self, holder_id: str) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            self._purge(now)
+            if holder_id not in self._leases:
+                return False
+            self._leases[holder_id] = (self._leases[holder_id][0], now + self.lease_seconds)
+            return True
+
+    def holders(self) -> dict[str, int]:
+        with self._lock:
+            self._purge(time.monotonic())
+            return {h: n for h, (n, _) in self._leases.items()}
+
+    def in_use(self) -> int:
+        return sum(self.holders().values())
+
+    def waiting(self) -> list[str]:
+        with self._lock:
+            return [h for h, _ in sorted(self._waiters.items(), key=lambda kv: (kv[1].ticket, kv[0]))]

@@ -1,0 +1,76 @@
+"""boto3 S3 client and transfer settings used by the archiver, the readiness check and the tests."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+    from models.settings import Settings
+
+MiB = 1024 * 1024
+
+
+def make_s3_client(
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    *,
+    access_key_id: str | None = None,
+    secret_access_key: str | None = None,
+    connect_timeout: float = 5.0,
+    read_timeout: float = 60.0,
+    max_attempts: int = 5,
+    max_pool_connections: int = 16,
+) -> S3Client:
+    """An S3 client with timeouts, standard retries and checksums only where S3 requires them.
+
+    Recent botocore sends CRC checksums by default, which MinIO/moto and other S3-compatible
+    endpoints reject or mishandle on streamed uploads, hence `when_required`. A custom endpoint
+    (MinIO, moto) gets path-style addressing so bucket names need no DNS.
+    """
+    config = Config(
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        retries={"max_attempts": max_attempts, "mode": "standard"},
+        max_pool_connections=max_pool_connections,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        s3={"addressing_style": "path"} if endpoint_url else None,
+    )
+    client: S3Client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=region,
+        aws_access_key_id=access_key_id,
+        aws_secret_access_key=secret_access_key,
+        config=config,
+    )
+    return client
+
+
+def s3_client_from_settings(settings: Settings) -> S3Client:
+    """The client for the configured endpoint; credentials come from boto3's usual chain."""
+    return make_s3_client(settings.s3_endpoint_url, settings.aws_region)
+
+
+def upload_transfer_config(chunk_bytes: int = 8 * MiB, max_chunks_in_memory: int = 3) -> TransferConfig:
+    """Multipart settings for streamed (non-seekable) uploads with bounded memory.
+
+    s3transfer buffers each part of a non-seekable stream in memory; its default of 10 buffered
+    parts would allow 80 MiB per upload, so we cap it: memory ~= chunk_bytes * max_chunks_in_memory.
+    """
+    config = TransferConfig(
+        multipart_threshold=chunk_bytes,
+        multipart_chunksize=chunk_bytes,
+        max_concurrency=max_chunks_in_memory,
+        use_threads=True,
+        preferred_transfer_client="classic",
+    )
+    # Not an __init__ argument of boto3's TransferConfig, but honoured by s3transfer.
+    config.max_in_memory_upload_chunks = max_chunks_in_memory
+    return config

@@ -1,0 +1,81 @@
+"""Per-process handles to the outside world, built lazily from Settings.
+
+Tasks and the webhook get the database, the provider client, the limiter and S3 from here, so
+tests and the demo swap any of them by building a `Services` with explicit parts.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.settings import Settings
+
+if TYPE_CHECKING:
+    from kling.client import ImageProvider
+    from worker.fetch import SafeFetcher
+    from worker.limiter import SlotLimiter
+
+
+@dataclass
+class Services:
+    settings: Settings
+    # Overrides (tests, demo); None = build from settings on first use.
+    provider_override: ImageProvider | None = None
+    limiter_override: SlotLimiter | None = None
+    s3_override: Any = None
+    publish: Callable[[str, list[Any]], None] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @cached_property
+    def engine(self) -> Engine:
+        from models.db import make_engine
+
+        return make_engine(self.settings.database_url)
+
+    @cached_property
+    def sessions(self) -> sessionmaker[Session]:
+        from models.db import make_sessionmaker
+
+        return make_sessionmaker(self.engine)
+
+    @cached_property
+    def provider(self) -> ImageProvider:
+        if self.provider_override is not None:
+            return self.provider_override
+        from worker.provider import make_provider
+
+        return make_provider(self.settings)
+
+    @cached_property
+    def limiter(self) -> SlotLimiter:
+        if self.limiter_override is not None:
+            return self.limiter_override
+        from worker.limiter import RedisSlotLimiter
+
+        return RedisSlotLimiter(
+            self.settings.limiter_redis_url,
+            limit=self.settings.kling_concurrency,
+            lease_seconds=self.settings.slot_lease_seconds,
+            key_prefix=self.settings.limiter_key_prefix,
+        )
+
+    @cached_property
+    def fetcher(self) -> SafeFetcher:
+        from worker.fetch import SafeFetcher
+
+        return SafeFetcher(self.settings.archive_allowed_hosts, max_bytes=self.settings.archive_max_bytes)
+
+    @cached_property
+    def s3(self) -> Any:
+        if self.s3_override is not None:
+            return self.s3_override
+        from worker.s3 import make_s3_client
+
+        return make_s3_client(endpoint_url=self.settings.s3_endpoint_url, region=self.settings.aws_region)

@@ -1,0 +1,97 @@
+"""Celery tasks: thin wrappers that take ids, call worker.pipeline and turn outcomes into retries.
+
+The base task owns the per-process `Services` (database, provider, limiter, S3) and publishes the
+outbox after every run, so work a task made is queued only once its transaction has committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, Task
+
+from models.outbox import ARCHIVE_JOB, NOTIFY, RELEASE_SLOTS, SUBMIT_JOB
+from worker import metrics, pipeline
+from worker.outbox import relay
+from worker.services import Services
+
+log = logging.getLogger(__name__)
+
+# Outbox task name -> Celery task name.
+TASK_NAMES = {
+    SUBMIT_JOB: "kling.submit_job",
+    ARCHIVE_JOB: "kling.archive_job",
+    RELEASE_SLOTS: "kling.release_slots",
+    NOTIFY: "kling.notify",
+}
+
+
+def services_for(app: Celery) -> Services:
+    """One `Services` per app and process, built on first use (after the fork)."""
+    svc: Services | None = getattr(app, "kling_services", None)
+    if svc is None:
+        svc = Services(app.conf.kling_settings)
+        app.kling_services = svc  # type: ignore[attr-defined]
+    if svc.publish is None:
+        svc.publish = lambda name, args: app.send_task(TASK_NAMES[name], args=args)
+    return svc
+
+
+class KlingTask(Task):
+    abstract = True
+
+    @property
+    def services(self) -> Services:
+        return services_for(self.app)
+
+    def after_return(self, *args: Any, **kwargs: Any) -> None:
+        # Publish whatever this run wrote to the outbox (the beat relay is the safety net).
+        try:
+            svc = self.services
+            if svc.publish is not None:
+                relay(svc.sessions, svc.publish)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("outbox relay after %s failed: %s", self.name, exc)
+
+    def finish(self, outcome: pipeline.Outcome) -> str:
+        metrics.tasks_total.labels(task=self.name, outcome=outcome.step.value).inc()
+        if outcome.step is pipeline.Step.RETRY:
+            raise self.retry(countdown=outcome.retry_in, max_retries=None)
+        return outcome.step.value
+
+
+def register(app: Celery) -> None:
+    @app.task(bind=True, base=KlingTask, name="kling.submit_job")
+    def submit_job(self: KlingTask, job_id: str) -> str:
+        return self.finish(pipeline.submit_job(self.services, job_id, attempt=self.request.retries))
+
+    @app.task(bind=True, base=KlingTask, name="kling.archive_job")
+    def archive_job(self: KlingTask, job_id: str) -> str:
+        return self.finish(pipeline.archive_job(self.services, job_id, attempt=self.request.retries))
+
+    @app.task(bind=True, base=KlingTask, name="kling.release_slots")
+    def release_slots(self: KlingTask, job_id: str) -> list[str]:
+        return pipeline.release_slots(self.services, job_id)
+
+    @app.task(bind=True, base=KlingTask, name="kling.notify")
+    def notify(self: KlingTask, job_id: str) -> str:
+        from worker import notify as notify_mod
+
+        return self.finish(notify_mod.notify_job(self.services, job_id, attempt=self.request.retries))
+
+    @app.task(bind=True, base=KlingTask, name="kling.relay_outbox")
+    def relay_outbox(self: KlingTask) -> int:
+        svc = self.services
+        assert svc.publish is not None
+        return relay(svc.sessions, svc.publish)
+
+    @app.task(bind=True, base=KlingTask, name="kling.reconcile")
+    def reconcile(self: KlingTask) -> dict[str, int]:
+        report = pipeline.reconcile(self.services)
+        return {"polled": report.polled, "changed": report.changed, "errors": report.errors}
+
+    @app.task(bind=True, base=KlingTask, name="kling.sweep")
+    def sweep(self: KlingTask) -> dict[str, int]:
+        report = pipeline.sweep(self.services)
+        return {"jobs": len(report.jobs), "pending": report.pending_images, "at_risk": report.at_risk}
