@@ -1,4 +1,4 @@
-"""`klingctl`: one click group, one command per function (others add theirs here)."""
+"""`klingctl`: one click group; the commands live in klingctl.jobs, klingctl.ops and klingctl.demo."""
 
 from __future__ import annotations
 
@@ -8,10 +8,23 @@ from types import FrameType
 
 import click
 
+from klingctl.demo import demo
+from klingctl.errors import FriendlyGroup
+from klingctl.jobs import jobs, show, submit
+from klingctl.ops import beat, db, sweep, webhook, worker
 
-@click.group()
+
+@click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Run and inspect the Kling orchestrator."""
+    """Run and inspect the Kling orchestrator.
+
+    Every command reads its configuration from the environment (DATABASE_URL, CELERY_BROKER_URL,
+    S3_BUCKET, ...; see the README). Set KLINGCTL_DEBUG=1 to see tracebacks behind error lines.
+    """
+
+
+for _command in (submit, jobs, show, webhook, worker, beat, db, sweep, demo):
+    main.add_command(_command)
 
 
 @main.command()

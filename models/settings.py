@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     retention_days: int = Field(default=30, ge=6)
 
     log_level: str = "INFO"
+    # `klingctl demo` only: lets the webhook start without API_TOKEN (the API then answers loopback only).
+    demo_mode: bool = False
 
     @field_validator("archive_allowed_hosts", mode="before")
     @classmethod

@@ -14,6 +14,9 @@ TEST_SECRET_KEY = "test-secret-key-0123456789-abcdefghijklmnop"
 TEST_WEBHOOK_SECRET = "whsec_dGVzdHNlY3JldHRlc3RzZWNyZXR0ZXN0c2VjcmV0MTI="
 TEST_CALLBACK_SECRET = "test-callback-secret-0123456789-abcdefghijkl"
 TEST_API_TOKEN = "test-api-token-0123456789-abcdefghijklmnop"
+# create_app refuses to start without API_TOKEN; tests that build Settings() get the test token
+# from the environment (a test checking the refusal passes api_token=None explicitly).
+os.environ.setdefault("API_TOKEN", TEST_API_TOKEN)
 
 # Real services the integration tests talk to (CI starts them; see .ci/run).
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

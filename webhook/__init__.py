@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Flask
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import HTTPException
 
+from models.logging import configure_logging, install_redaction
 from models.settings import Settings, get_settings
-from webhook import callbacks, db, health
+from webhook import api, callbacks, dashboard, db, health, metrics, openapi
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -19,9 +22,17 @@ def create_app(
     settings = settings or get_settings()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    install_redaction(settings)
+    if not logging.getLogger().handlers:
+        # Nobody configured logging (gunicorn leaves the root logger alone): JSON lines on stderr.
+        configure_logging(settings)
+    api.init_app(app, settings)
     db.init_app(app, settings, session_factory)
     health.init_app(app)
     app.register_blueprint(callbacks.bp)
+    metrics.init_app(app, settings)
+    app.register_blueprint(openapi.bp)
+    dashboard.init_app(app)
     app.register_error_handler(HTTPException, _json_error)
     return app
 

@@ -10,7 +10,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select
+from celery import Celery
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.base import utcnow
@@ -51,6 +52,19 @@ def relay(sessions: sessionmaker[Session], publish: Publish, *, batch: int = 500
 
 
 def backlog(session: Session) -> int:
-    from sqlalchemy import func
-
     return session.scalar(select(func.count()).select_from(Outbox).where(Outbox.dispatched_at.is_(None))) or 0
+
+
+# Publishing from a request handler must not hang on a dead broker: one quick retry, then the row
+# waits in the outbox for the beat relay.
+QUICK_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+
+
+def celery_publisher(app: Celery, *, retry_policy: dict[str, float] | None = None) -> Publish:
+    """`publish(outbox_task_name, args)` sending the matching Celery task on `app`."""
+    from worker.tasks import TASK_NAMES
+
+    def publish(name: str, args: list[Any]) -> None:
+        app.send_task(TASK_NAMES[name], args=args, retry=True, retry_policy=retry_policy)
+
+    return publish

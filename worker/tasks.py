@@ -13,7 +13,7 @@ from celery import Celery, Task
 
 from models.outbox import ARCHIVE_JOB, NOTIFY, RELEASE_SLOTS, SUBMIT_JOB
 from worker import metrics, pipeline
-from worker.outbox import relay
+from worker.outbox import celery_publisher, relay
 from worker.services import Services
 
 log = logging.getLogger(__name__)
@@ -32,13 +32,13 @@ def services_for(app: Celery) -> Services:
     svc: Services | None = getattr(app, "kling_services", None)
     if svc is None:
         svc = Services(app.conf.kling_settings)
-        app.kling_services = svc  # type: ignore[attr-defined]
+        app.kling_services = svc
     if svc.publish is None:
-        svc.publish = lambda name, args: app.send_task(TASK_NAMES[name], args=args)
+        svc.publish = celery_publisher(app)
     return svc
 
 
-class KlingTask(Task):
+class KlingTask(Task):  # type: ignore[misc]  # celery ships no type information
     abstract = True
 
     @property

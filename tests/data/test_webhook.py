@@ -113,6 +113,18 @@ def test_applies_and_answers_duplicates(env: Env) -> None:
     assert events[0].dedupe_key.startswith("sha256:")
 
 
+def test_applied_callback_publishes_its_outbox_after_commit(env: Env, recorded_publishes) -> None:
+    job = env.new_job()
+    recorded_publishes.clear()
+    assert env.post(job.id, encode(legacy_body("task-1", "succeeded"))).status_code == 200
+    published = {(name, tuple(args)) for name, args in recorded_publishes}
+    # The job's own submit row was never relayed here, so it goes out too.
+    assert {("archive_job", (job.id,)), ("release_slots", (job.id,))} <= published
+    recorded_publishes.clear()
+    assert env.post(job.id, encode(legacy_body("task-1", "succeeded"))).get_json() == {"outcome": "duplicate"}
+    assert recorded_publishes == []
+
+
 def test_out_of_order(env: Env) -> None:
     job = env.new_job()
     assert env.post(job.id, encode(legacy_body("task-1", "succeeded"))).get_json() == {"outcome": "applied"}

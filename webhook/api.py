@@ -1,0 +1,453 @@
+"""The job HTTP API (`/v1/jobs`), bearer-token protected. DESIGN.md "HTTP API" is the contract.
+
+- `POST /v1/jobs` validates with the provider's rules (`kling.validation`), writes the job and its
+  outbox row in one transaction, then publishes the outbox (`webhook.db.publish_outbox`). A broker
+  outage is only logged: the row stays in the outbox for the beat relay; the request succeeds.
+- `Idempotency-Key`: the first request creates the job (202); any later request with that key
+  answers 200 with the same job, whatever its body.
+- Lists are newest first with keyset pagination on `(created_at, id)` (the table's index).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Blueprint, Flask, Response, current_app, request
+from sqlalchemy import and_, or_, select
+from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.orm import Session, selectinload
+
+from kling.errors import FieldError
+from kling.validation import Provider, validate_image_params
+from models.db import session_scope
+from models.enums import ImageStatus, JobStatus
+from models.logging import log_context, redact
+from models.settings import Settings
+from models.statemachine import create_job
+from models.tables import Job, Notification, Outbox
+from webhook.db import app_settings, publish_outbox, sessions
+
+log = logging.getLogger(__name__)
+bp = Blueprint("api", __name__)
+
+S3_CLIENT = "kling.s3"
+PROVIDERS: tuple[Provider, ...] = ("kling", "appypie")
+# Provider fields the service fills in itself.
+RESERVED_FIELDS = ("callback_url", "external_task_id")
+# A 10 MB image is ~13.4 MB once base64-encoded.
+API_MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_WEBHOOK_URL = 2048
+MAX_IDEMPOTENCY_KEY = 255
+DEFAULT_LIMIT, MAX_LIMIT = 50, 200
+PRESIGN_SECONDS = 3600
+LOOPBACK = ("127.0.0.1", "::1")
+
+Answer = tuple[dict[str, Any], int] | tuple[dict[str, Any], int, dict[str, str]]
+
+
+class ConfigurationError(RuntimeError):
+    """The app cannot start with these settings."""
+
+
+class ApiError(Exception):
+    """An error answer: `{"error": message, "fields": [...]}` with an HTTP status."""
+
+    def __init__(self, status: int, message: str, fields: Sequence[FieldError] = ()) -> None:
+        super().__init__(message)
+        self.status, self.message, self.fields = status, message, list(fields)
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"error": self.message}
+        if self.fields:
+            out["fields"] = [{"field": f.field, "rule": f.rule, "message": f.message} for f in self.fields]
+        return out
+
+
+# --- app wiring ---------------------------------------------------------------------------------
+def init_app(app: Flask, settings: Settings) -> None:
+    check_settings(settings)
+    app.register_blueprint(bp)
+
+
+def check_settings(settings: Settings) -> None:
+    if not _token(settings) and not settings.demo_mode:
+        raise ConfigurationError(
+            "API_TOKEN is not set: the job API needs a bearer token. Set API_TOKEN "
+            "(e.g. `export API_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')`)."
+        )
+
+
+def s3_client() -> Any:
+    client = current_app.extensions.get(S3_CLIENT)
+    if client is None:
+        from worker.s3 import s3_client_from_settings
+
+        client = current_app.extensions[S3_CLIENT] = s3_client_from_settings(app_settings())
+    return client
+
+
+def presigned_url(bucket: str, key: str) -> str:
+    url: str = s3_client().generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=PRESIGN_SECONDS
+    )
+    return url
+
+
+# --- auth ---------------------------------------------------------------------------------------
+def _token(settings: Settings) -> str:
+    return settings.api_token.get_secret_value() if settings.api_token is not None else ""
+
+
+def require_token() -> Answer | None:
+    """`before_request` hook: None when the request carries the API token, else the 401 answer."""
+    expected = _token(app_settings())
+    if not expected:
+        # Only reachable in demo mode (check_settings): open to this machine only.
+        if request.remote_addr in LOOPBACK:
+            return None
+        return _unauthorized("the API is only open to localhost in demo mode")
+    scheme, _, provided = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not provided:
+        return _unauthorized("missing bearer token")
+    if not hmac.compare_digest(provided.strip().encode(), expected.encode()):
+        return _unauthorized("invalid bearer token")
+    return None
+
+
+def _unauthorized(message: str) -> Answer:
+    return {"error": message}, 401, {"WWW-Authenticate": 'Bearer realm="kling-orchestrator"'}
+
+
+@bp.before_request
+def _before() -> Answer | None:
+    request.max_content_length = API_MAX_BODY_BYTES
+    return require_token()
+
+
+@bp.after_request
+def no_store(response: Response) -> Response:
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+@bp.errorhandler(ApiError)
+def _api_error(exc: ApiError) -> Answer:
+    return exc.body(), exc.status
+
+
+@bp.errorhandler(DataError)
+def _bad_value(exc: DataError) -> Answer:
+    # The database refused a value the checks above let through: the client's input, not our bug.
+    log.warning("API request refused by the database (%s)", type(exc.orig).__name__)
+    return {"error": "a value in the request cannot be stored"}, 400
+
+
+@bp.errorhandler(OperationalError)
+@bp.errorhandler(PoolTimeoutError)
+def database_unavailable(exc: Exception) -> Answer:
+    log.error("API request failed, database unavailable (%s)", type(exc).__name__)
+    return {"error": "database unavailable, retry later"}, 503, {"Retry-After": "5"}
+
+
+# --- views --------------------------------------------------------------------------------------
+@bp.post("/v1/jobs")
+def create() -> Answer:
+    settings = app_settings()
+    body = _json_object()
+    provider, webhook_url, metadata, params, errors = _split_body(body, settings)
+    key = _idempotency_key()
+    errors += validate_image_params(params, provider=provider)
+    if errors:
+        raise ApiError(422, "invalid request", errors)
+
+    with session_scope(sessions()) as session:
+        job = create_job(
+            session,
+            params,
+            provider=provider,
+            webhook_url=webhook_url,
+            metadata=metadata,
+            idempotency_key=key,
+        )
+        # create_job returns an existing job (idempotent replay) without queueing anything.
+        created = any(isinstance(obj, Outbox) for obj in session.new)
+        job_id = job.id
+    with log_context(job_id=job_id):
+        if created:
+            log.info("job created: provider=%s n=%s", provider, job.slots)
+            publish_outbox()
+        else:
+            log.info("job returned for a repeated Idempotency-Key")
+    with sessions()() as session:
+        payload = job_json(_load(session, job_id), _notifications(session, [job_id]))
+    return payload, 202 if created else 200, {"Location": f"/v1/jobs/{job_id}"}
+
+
+@bp.get("/v1/jobs")
+def list_jobs() -> Answer:
+    status = request.args.get("status")
+    if status is not None and status not in JobStatus.__members__.values():
+        raise _bad_query("status", "enum", f"must be one of {', '.join(JobStatus)}")
+    limit = _limit(request.args.get("limit"))
+    cursor = _decode_cursor(request.args["cursor"]) if request.args.get("cursor") else None
+
+    stmt = select(Job).options(selectinload(Job.transitions), selectinload(Job.images))
+    if status is not None:
+        stmt = stmt.where(Job.status == status)
+    if cursor is not None:
+        at, last_id = cursor
+        stmt = stmt.where(or_(Job.created_at < at, and_(Job.created_at == at, Job.id < last_id)))
+    stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    with sessions()() as session:
+        jobs = list(session.scalars(stmt))
+        more = len(jobs) > limit
+        jobs = jobs[:limit]
+        notes = _notifications(session, [j.id for j in jobs])
+        out = [job_json(j, notes) for j in jobs]
+    next_cursor = _encode_cursor(jobs[-1]) if more and jobs else None
+    return {"jobs": out, "next_cursor": next_cursor}, 200
+
+
+@bp.get("/v1/jobs/<job_id>")
+def show(job_id: str) -> Answer:
+    with sessions()() as session:
+        job = _load(session, _job_id(job_id))
+        return job_json(job, _notifications(session, [job.id])), 200
+
+
+@bp.get("/v1/jobs/<job_id>/images/<int:index>")
+def image(job_id: str, index: int) -> Answer | Response:
+    with sessions()() as session:
+        job = _load(session, _job_id(job_id))
+        found = next((i for i in job.images if i.index == index), None)
+    if found is None:
+        raise ApiError(404, f"job {job_id} has no image {index}")
+    if found.status != ImageStatus.ARCHIVED or not found.s3_bucket or not found.s3_key:
+        raise ApiError(409, f"image {index} of job {job_id} is not archived (status {found.status})")
+    response = Response(status=302)
+    response.headers["Location"] = presigned_url(found.s3_bucket, found.s3_key)
+    return response
+
+
+# --- helpers ------------------------------------------------------------------------------------
+def _json_object() -> dict[str, Any]:
+    raw = request.get_data(cache=False)
+    try:
+        body = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ApiError(400, "malformed JSON body") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    if _has_nul(body):
+        # PostgreSQL cannot store NUL in text or JSONB; refuse it here rather than fail there.
+        raise ApiError(400, "strings in the body must not contain NUL characters")
+    return body
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in k or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _job_id(value: str) -> str:
+    """Job ids are UUIDs; anything else is unknown (and never reaches SQL)."""
+    try:
+        return str(uuid.UUID(value)) if len(value) == 36 else _unknown()
+    except ValueError:
+        return _unknown()
+
+
+def _unknown() -> str:
+    raise ApiError(404, "unknown job")
+
+
+def _split_body(
+    body: dict[str, Any], settings: Settings
+) -> tuple[Provider, str | None, dict[str, Any] | None, dict[str, Any], list[FieldError]]:
+    """(provider, webhook_url, metadata, provider params, errors so far); nulls count as absent."""
+    errors: list[FieldError] = []
+    provider: Provider = settings.kling_provider
+    requested = body.pop("provider", None)
+    if requested in PROVIDERS:
+        provider = requested
+    elif requested is not None:
+        errors.append(FieldError("provider", "enum", f"must be one of {', '.join(PROVIDERS)}"))
+
+    webhook_url = body.pop("webhook_url", None)
+    if webhook_url is not None and not _is_http_url(webhook_url):
+        errors.append(FieldError("webhook_url", "url", "must be an http(s) URL with a host"))
+        webhook_url = None
+
+    metadata = body.pop("metadata", None)
+    if metadata is not None and not isinstance(metadata, dict):
+        errors.append(FieldError("metadata", "type", "must be a JSON object"))
+        metadata = None
+
+    for name in RESERVED_FIELDS:
+        if name in body:
+            body.pop(name)
+            errors.append(FieldError(name, "reserved", "is set by the service, not by clients"))
+    params = {k: v for k, v in body.items() if v is not None}
+    return provider, webhook_url, metadata, params, errors
+
+
+def _is_http_url(value: object) -> bool:
+    if not isinstance(value, str) or len(value) > MAX_WEBHOOK_URL:
+        return False
+    try:
+        parts = urlsplit(value)
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        return False
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not key.strip() or len(key) > MAX_IDEMPOTENCY_KEY or "\x00" in key:
+        raise ApiError(400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+    return key
+
+
+def _bad_query(name: str, rule: str, message: str) -> ApiError:
+    return ApiError(400, f"invalid query parameter {name!r}", [FieldError(name, rule, message)])
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_LIMIT
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise _bad_query("limit", "range", f"must be an integer from 1 to {MAX_LIMIT}")
+    return int(raw)
+
+
+def _encode_cursor(job: Job) -> str:
+    raw = json.dumps([job.created_at.isoformat(), job.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at, job_id = json.loads(raw)
+        parsed = datetime.fromisoformat(at)
+        if parsed.tzinfo is None or not isinstance(job_id, str) or len(job_id) != 36:
+            raise ValueError("bad cursor")
+        job_id = str(uuid.UUID(job_id))
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        raise _bad_query("cursor", "cursor", "is not a cursor returned by this API") from None
+    return parsed, job_id
+
+
+def _load(session: Session, job_id: str) -> Job:
+    job = session.scalar(
+        select(Job).where(Job.id == job_id).options(selectinload(Job.transitions), selectinload(Job.images))
+    )
+    if job is None:
+        raise ApiError(404, "unknown job")
+    return job
+
+
+def _notifications(session: Session, job_ids: list[str]) -> dict[str, list[Notification]]:
+    out: dict[str, list[Notification]] = {job_id: [] for job_id in job_ids}
+    if job_ids:
+        stmt = select(Notification).where(Notification.job_id.in_(job_ids)).order_by(Notification.id)
+        for note in session.scalars(stmt):
+            out[note.job_id].append(note)
+    return out
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def public_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The request as stored, with an inline base64 image replaced by a short marker."""
+    out = dict(params)
+    image = out.get("image")
+    if isinstance(image, str) and not image.startswith(("http://", "https://")):
+        out["image"] = f"<base64 image, {len(image)} characters>"
+    return out
+
+
+def job_json(job: Job, notifications: Mapping[str, list[Notification]] | None = None) -> dict[str, Any]:
+    """The API's job document (DESIGN.md "Job")."""
+    return {
+        "id": job.id,
+        "status": job.status,
+        "provider": job.provider,
+        "provider_task_id": job.provider_task_id,
+        "external_task_id": job.external_task_id,
+        "params": public_params(job.params),
+        "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
+        "webhook_url": job.webhook_url,
+        "metadata": job.meta,
+        "created_at": _iso(job.created_at),
+        "updated_at": _iso(job.updated_at),
+        "transitions": [
+            {"from": t.from_status, "to": t.to_status, "source": t.source, "at": _iso(t.at)}
+            for t in job.transitions
+        ],
+        "images": [
+            {
+                "index": i.index,
+                "status": i.status,
+                "source_url": i.source_url,
+                "s3_bucket": i.s3_bucket,
+                "s3_key": i.s3_key,
+                "sha256": i.sha256,
+                "bytes": i.bytes,
+                "content_type": i.content_type,
+                "archived_at": _iso(i.archived_at),
+            }
+            for i in job.images
+        ],
+        "notifications": [
+            {
+                "event": n.event,
+                "attempts": n.attempts,
+                "last_status": n.last_status,
+                "last_error": redact(n.last_error) if n.last_error else None,
+                "created_at": _iso(n.created_at),
+                "delivered_at": _iso(n.delivered_at),
+                "next_attempt_at": _iso(n.next_attempt_at),
+            }
+            for n in (notifications or {}).get(job.id, [])
+        ],
+    }
+
+
+__all__ = [
+    "S3_CLIENT",
+    "ApiError",
+    "ConfigurationError",
+    "bp",
+    "check_settings",
+    "database_unavailable",
+    "init_app",
+    "job_json",
+    "no_store",
+    "presigned_url",
+    "public_params",
+    "require_token",
+]

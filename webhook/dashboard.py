@@ -1,0 +1,94 @@
+"""The dashboard: `GET /` serves a static page; its data comes from `GET /v1/dashboard` (bearer token).
+
+The page itself holds no data and needs no token. The browser asks for the token once (or takes it
+from the URL fragment, `/#token=...`, which browsers never send to the server, so it cannot end up
+in access logs), keeps it in sessionStorage, and sends it as `Authorization: Bearer` on every
+refresh. Thumbnails are presigned S3 URLs made by the same code as `/v1/jobs/{id}/images/{index}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Flask, current_app, render_template
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.orm import selectinload
+
+from models.enums import ImageStatus
+from models.tables import Image, Job
+from webhook import api
+from webhook.db import sessions
+from webhook.metrics import state_snapshot
+
+bp = Blueprint("dashboard", __name__)
+data_bp = Blueprint("dashboard_data", __name__)
+data_bp.before_request(api.require_token)
+data_bp.register_error_handler(OperationalError, api.database_unavailable)
+data_bp.register_error_handler(PoolTimeoutError, api.database_unavailable)
+data_bp.after_request(api.no_store)
+
+RECENT_JOBS = 50
+GALLERY_IMAGES = 48
+
+
+@bp.get("/")
+def page() -> str:
+    return render_template("dashboard.html")
+
+
+@data_bp.get("/v1/dashboard")
+def data() -> api.Answer:
+    snapshot = state_snapshot(current_app._get_current_object())  # type: ignore[attr-defined]
+    database_up = snapshot.get("kling_metrics_source_up{database}") == 1
+    limiter_up = snapshot.get("kling_metrics_source_up{limiter}") == 1
+    with sessions()() as session:
+        jobs = list(
+            session.scalars(
+                select(Job)
+                .options(selectinload(Job.transitions), selectinload(Job.images))
+                .order_by(Job.created_at.desc(), Job.id.desc())
+                .limit(RECENT_JOBS)
+            )
+        )
+        archived = session.scalars(
+            select(Image)
+            .where(Image.status == ImageStatus.ARCHIVED, Image.s3_key.is_not(None))
+            .order_by(Image.archived_at.desc(), Image.id.desc())
+            .limit(GALLERY_IMAGES)
+        ).all()
+        payload: dict[str, Any] = {
+            "counts": {
+                key.split("{", 1)[1].rstrip("}"): int(value)
+                for key, value in snapshot.items()
+                if key.startswith("kling_jobs{")
+            },
+            "slots": {
+                "in_use": int(snapshot["kling_slots_in_use"]) if limiter_up else None,
+                "limit": int(snapshot["kling_slots_limit"]),
+            },
+            "images_at_risk": int(snapshot["kling_images_at_risk"]) if database_up else None,
+            "outbox_backlog": int(snapshot["kling_outbox_backlog"]) if database_up else None,
+            "jobs": [api.job_json(job) for job in jobs],
+            "gallery": [
+                {
+                    "job_id": image.job_id,
+                    "index": image.index,
+                    "url": api.presigned_url(image.s3_bucket or "", image.s3_key or ""),
+                    "href": f"/v1/jobs/{image.job_id}/images/{image.index}",
+                    "sha256": image.sha256,
+                    "bytes": image.bytes,
+                }
+                for image in archived
+            ],
+        }
+    return payload, 200
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)
+    app.register_blueprint(data_bp)
+
+
+__all__ = ["bp", "data_bp", "init_app"]

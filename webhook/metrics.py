@@ -1,0 +1,175 @@
+"""`GET /metrics` (Prometheus text format).
+
+Two kinds of metrics:
+- Counted where they happen (`kling_callbacks_total` here, the worker's `kling_provider_errors_total`,
+  `kling_archive_bytes_total`, `kling_archive_seconds`): this process's values, or every process's
+  when `PROMETHEUS_MULTIPROC_DIR` is set (prometheus_client multiprocess mode: set it, to the same
+  empty directory, for the webhook and every worker on the host).
+- Derived from shared state at scrape time (`kling_jobs`, `kling_images_at_risk`, `kling_outbox_backlog`
+  from the database, `kling_slots_in_use` / `kling_slots_limit` from the limiter): the same answer
+  whichever process serves the scrape. A source that cannot be read is reported by
+  `kling_metrics_source_up{source}` = 0 instead of failing the scrape.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from datetime import timedelta
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+# Imported for their side effect: registering the counters this process may update.
+import webhook.callbacks
+import worker.metrics
+from models.base import utcnow
+from models.enums import ImageStatus, JobStatus
+from models.settings import Settings
+from models.tables import Image, Job, Outbox
+from webhook import db
+
+log = logging.getLogger(__name__)
+bp = Blueprint("metrics", __name__)
+
+REGISTRY_KEY = "kling.metrics_registry"
+STATE_KEY = "kling.metrics_state"
+LIMITER_KEY = "kling.limiter"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Names the scrape-time collector owns; a process-local metric of the same name is dropped.
+DERIVED = frozenset(
+    {"kling_jobs", "kling_images_at_risk", "kling_outbox_backlog", "kling_slots_in_use", "kling_slots_limit"}
+)
+_ = (webhook.callbacks.CALLBACKS, worker.metrics.provider_errors)
+
+
+class StateCollector(Collector):
+    """Gauges computed from the database and the limiter each time Prometheus scrapes."""
+
+    def __init__(
+        self, sessions: sessionmaker[Session], settings: Settings, limiter: Callable[[], Any]
+    ) -> None:
+        self._sessions = sessions
+        self._settings = settings
+        self._limiter = limiter
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "kling_metrics_source_up", "Whether a metrics source answered this scrape", labels=["source"]
+        )
+        try:
+            yield from self._database()
+            up.add_metric(["database"], 1)
+        except Exception as exc:  # noqa: BLE001 (a scrape reports the outage, it does not fail)
+            log.warning("metrics: database unavailable (%s)", type(exc).__name__)
+            up.add_metric(["database"], 0)
+        limit = GaugeMetricFamily("kling_slots_limit", "Provider concurrency limit, in slots")
+        limit.add_metric([], self._settings.kling_concurrency)
+        yield limit
+        try:
+            in_use = GaugeMetricFamily("kling_slots_in_use", "Provider slots held by live leases")
+            in_use.add_metric([], self._limiter().in_use())
+            yield in_use
+            up.add_metric(["limiter"], 1)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("metrics: limiter unavailable (%s)", type(exc).__name__)
+            up.add_metric(["limiter"], 0)
+        yield up
+
+    def _database(self) -> list[Metric]:
+        deadline = utcnow() - timedelta(days=self._settings.alert_after_days)
+        with self._sessions() as session:
+            by_status = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+            at_risk = session.scalar(
+                select(func.count())
+                .select_from(Image)
+                .where(Image.status == ImageStatus.PENDING, Image.provider_created_at <= deadline)
+            )
+            backlog = session.scalar(
+                select(func.count()).select_from(Outbox).where(Outbox.dispatched_at.is_(None))
+            )
+        jobs = GaugeMetricFamily("kling_jobs", "Jobs by status", labels=["status"])
+        for status in JobStatus:
+            jobs.add_metric([status.value], by_status.get(status.value, 0))
+        risk = GaugeMetricFamily(
+            "kling_images_at_risk",
+            "Images not archived yet, within 5 days of the provider's 30-day deletion",
+        )
+        risk.add_metric([], at_risk or 0)
+        outbox = GaugeMetricFamily("kling_outbox_backlog", "Outbox rows not yet published to the broker")
+        outbox.add_metric([], backlog or 0)
+        return [jobs, risk, outbox]
+
+
+class ProcessCollector(Collector):
+    """This process's (or, in multiprocess mode, every process's) counters, minus derived names."""
+
+    def __init__(self, source: Collector | CollectorRegistry) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[Metric]:
+        return [m for m in self._source.collect() if m.name not in DERIVED]
+
+
+def _process_source() -> Collector | CollectorRegistry:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return registry
+    return REGISTRY
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    """Call after `webhook.db.init_app` (the collector reads the app's session factory)."""
+    with app.app_context():
+        sessions = db.sessions()
+
+    def limiter() -> Any:
+        found = app.extensions.get(LIMITER_KEY)
+        if found is None:
+            from worker.limiter import RedisSlotLimiter
+
+            found = app.extensions[LIMITER_KEY] = RedisSlotLimiter(
+                settings.limiter_redis_url,
+                limit=settings.kling_concurrency,
+                lease_seconds=settings.slot_lease_seconds,
+                key_prefix=settings.limiter_key_prefix,
+            )
+        return found
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ProcessCollector(_process_source()))
+    state = StateCollector(sessions, settings, limiter)
+    registry.register(state)
+    app.extensions[REGISTRY_KEY] = registry
+    app.extensions[STATE_KEY] = state
+    app.register_blueprint(bp)
+
+
+def state_snapshot(app: Flask) -> dict[str, float]:
+    """The scrape-time gauges as `{name or name{label}: value}` (the dashboard shows them)."""
+    state: StateCollector = app.extensions[STATE_KEY]
+    out: dict[str, float] = {}
+    for metric in state.collect():
+        for sample in metric.samples:
+            label = ",".join(sample.labels.values())
+            out[f"{sample.name}{{{label}}}" if label else sample.name] = sample.value
+    return out
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    registry: CollectorRegistry = current_app.extensions[REGISTRY_KEY]
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE)
+
+
+__all__ = ["DERIVED", "LIMITER_KEY", "ProcessCollector", "StateCollector", "bp", "init_app", "state_snapshot"]

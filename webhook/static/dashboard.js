@@ -1,0 +1,136 @@
+// Dashboard: polls /v1/dashboard with the bearer token kept in sessionStorage.
+// Everything user-supplied (prompts, ids) goes in via textContent, never innerHTML.
+"use strict";
+
+const REFRESH_MS = 3000;
+const TOKEN_KEY = "kling.apiToken";
+const $ = (id) => document.getElementById(id);
+// Presigned URLs change on every refresh; keep the first one per image so thumbnails do not reload.
+const thumbnails = new Map();
+let timer = null;
+
+function takeTokenFromFragment() {
+  const match = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+  if (match) {
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(match[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+}
+
+function el(tag, attrs = {}, text = null) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+  if (text !== null) node.textContent = String(text);
+  return node;
+}
+
+function badge(status) {
+  return el("span", { class: `badge ${status}`, "data-status": status }, status);
+}
+
+function time(iso) {
+  return iso ? new Date(iso).toLocaleTimeString() : "";
+}
+
+function showLogin(message) {
+  clearTimeout(timer);
+  $("main").hidden = true;
+  $("logout").hidden = true;
+  $("login").hidden = false;
+  $("login-error").hidden = !message;
+  $("login-error").textContent = message || "";
+}
+
+function renderCounts(counts) {
+  const box = $("counts");
+  box.replaceChildren();
+  for (const [status, count] of Object.entries(counts)) {
+    const item = el("span", { "data-count": status });
+    item.append(badge(status), document.createTextNode(` ${count}`));
+    box.append(item);
+  }
+}
+
+function renderJobs(jobs) {
+  const rows = jobs.map((job) => {
+    const tr = el("tr", { "data-job-id": job.id, "data-status": job.status });
+    tr.append(el("td", { class: "id", title: job.id }, job.id.slice(0, 8)));
+    const status = el("td");
+    status.append(badge(job.status));
+    if (job.error) status.append(el("div", { class: "error" }, `${job.error.code}: ${job.error.message || ""}`));
+    tr.append(status);
+    tr.append(el("td", { class: "prompt", title: job.params.prompt || "" }, job.params.prompt || ""));
+    tr.append(el("td", {}, job.params.n || 1));
+    const timeline = el("td");
+    const line = el("div", { class: "timeline" });
+    for (const t of job.transitions) {
+      line.append(badge(t.to), el("time", { datetime: t.at, title: `${t.source} at ${t.at}` }, time(t.at)));
+    }
+    timeline.append(line);
+    tr.append(timeline);
+    return tr;
+  });
+  $("jobs").replaceChildren(...rows);
+}
+
+function renderGallery(gallery) {
+  const figures = gallery.map((image) => {
+    const key = `${image.job_id}/${image.index}`;
+    if (!thumbnails.has(key)) thumbnails.set(key, image.url);
+    const figure = el("figure", { "data-image": key });
+    const img = el("img", { src: thumbnails.get(key), alt: `job ${image.job_id} image ${image.index}`, loading: "lazy" });
+    figure.append(img, el("figcaption", { title: image.sha256 || "" }, `${image.job_id.slice(0, 8)} #${image.index}`));
+    return figure;
+  });
+  $("gallery").replaceChildren(...figures);
+}
+
+async function refresh() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (!token) return showLogin("");
+  let response;
+  try {
+    response = await fetch("/v1/dashboard", { headers: { Authorization: `Bearer ${token}` }, cache: "no-store" });
+  } catch (err) {
+    $("error").hidden = false;
+    $("error").textContent = `cannot reach the server: ${err}`;
+    timer = setTimeout(refresh, REFRESH_MS);
+    return;
+  }
+  if (response.status === 401) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    return showLogin("That token was refused.");
+  }
+  if (!response.ok) {
+    $("error").hidden = false;
+    $("error").textContent = `the server answered ${response.status}`;
+  } else {
+    const data = await response.json();
+    $("error").hidden = true;
+    $("login").hidden = true;
+    $("main").hidden = false;
+    $("logout").hidden = false;
+    $("slots").textContent = data.slots.in_use === null ? `? / ${data.slots.limit}` : `${data.slots.in_use} / ${data.slots.limit}`;
+    $("at-risk").textContent = data.images_at_risk ?? "?";
+    $("backlog").textContent = data.outbox_backlog ?? "?";
+    renderCounts(data.counts);
+    renderJobs(data.jobs);
+    renderGallery(data.gallery);
+    $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  }
+  timer = setTimeout(refresh, REFRESH_MS);
+}
+
+$("login").addEventListener("submit", (event) => {
+  event.preventDefault();
+  sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
+  $("token").value = "";
+  refresh();
+});
+$("logout").addEventListener("click", () => {
+  sessionStorage.removeItem(TOKEN_KEY);
+  showLogin("");
+});
+
+takeTokenFromFragment();
+refresh();

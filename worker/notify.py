@@ -1,0 +1,149 @@
+"""Downstream webhooks: tell the job's `webhook_url` when it is archived or failed.
+
+Events are signed with the Standard Webhooks scheme (`NOTIFY_SECRET`), carry the permanent S3
+locations (never the provider's expiring URLs), and are retried with backoff for up to 24 hours.
+The `webhook-id` is stable per (job, event), so a receiver can drop repeats.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import requests
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from kling.callbacks import sign_callback
+from models.base import utcnow
+from models.db import session_scope
+from models.enums import JobStatus
+from models.tables import Job, Notification
+from worker.pipeline import Outcome, Step
+from worker.services import Services
+
+log = logging.getLogger(__name__)
+
+EVENTS = {JobStatus.ARCHIVED.value: "job.archived", JobStatus.FAILED.value: "job.failed"}
+GIVE_UP_AFTER = timedelta(hours=24)
+TIMEOUT = (5.0, 15.0)
+MAX_BACKOFF_SECONDS = 3600.0
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat() if value else None
+
+
+def event_payload(job: Job, event: str) -> dict[str, Any]:
+    """The event body: the job and where its images are kept for good."""
+    return {
+        "type": event,
+        "timestamp": _iso(utcnow()),
+        "data": {
+            "id": job.id,
+            "status": job.status,
+            "provider": job.provider,
+            "provider_task_id": job.provider_task_id,
+            "external_task_id": job.id,
+            "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
+            "metadata": job.meta,
+            "created_at": _iso(job.created_at),
+            "updated_at": _iso(job.updated_at),
+            "images": [
+                {
+                    "index": img.index,
+                    "status": img.status,
+                    "s3_bucket": img.s3_bucket,
+                    "s3_key": img.s3_key,
+                    "s3_uri": f"s3://{img.s3_bucket}/{img.s3_key}" if img.s3_key else None,
+                    "sha256": img.sha256,
+                    "bytes": img.bytes,
+                    "content_type": img.content_type,
+                    "archived_at": _iso(img.archived_at),
+                }
+                for img in job.images
+            ],
+        },
+    }
+
+
+def notify_job(
+    svc: Services, job_id: str, *, attempt: int = 0, session: requests.Session | None = None
+) -> Outcome:
+    """Deliver the job's final event once; RETRY with backoff on failure, for up to 24 hours."""
+    with session_scope(svc.sessions) as s:
+        job = s.get(Job, job_id)
+        if job is None or not job.webhook_url or job.status not in EVENTS:
+            return Outcome(Step.DONE, detail="nothing to notify")
+        event = EVENTS[job.status]
+        note = _notification(s, job_id, event)
+        if note.delivered_at is not None:
+            return Outcome(Step.DONE, detail="already delivered")
+        if utcnow() - note.created_at > GIVE_UP_AFTER:
+            log.error("notify: giving up on job %s %s after %d attempts", job_id, event, note.attempts)
+            return Outcome(Step.FAILED, detail="gave up after 24 h")
+        url = job.webhook_url
+        body = json.dumps(event_payload(job, event), separators=(",", ":")).encode()
+
+    msg_id = f"msg_{job_id}_{event}"
+    timestamp = int(time.time())
+    headers = {"content-type": "application/json", "webhook-id": msg_id, "webhook-timestamp": str(timestamp)}
+    secret = svc.settings.notify_secret
+    if secret is not None:
+        headers["webhook-signature"] = sign_callback(secret.get_secret_value(), msg_id, timestamp, body)
+
+    status: int | None = None
+    error: str | None = None
+    try:
+        http = session or requests
+        resp = http.post(url, data=body, headers=headers, timeout=TIMEOUT, allow_redirects=False)
+        status = resp.status_code
+        if not 200 <= status < 300:
+            error = f"HTTP {status}"
+    except requests.RequestException as exc:
+        error = type(exc).__name__
+
+    delay = min(MAX_BACKOFF_SECONDS, 5.0 * 2**attempt) * random.uniform(0.5, 1.0)  # noqa: S311
+    with session_scope(svc.sessions) as s:
+        note = _notification(s, job_id, event)
+        note.attempts += 1
+        note.last_status = status
+        note.last_error = error
+        if error is None:
+            note.delivered_at = utcnow()
+            note.next_attempt_at = None
+        else:
+            note.next_attempt_at = utcnow() + timedelta(seconds=delay)
+    if error is None:
+        return Outcome(Step.DONE)
+    log.warning(
+        "notify: job %s %s to %s failed (%s), retry in %.0f s", job_id, event, _host(url), error, delay
+    )
+    return Outcome(Step.RETRY, retry_in=delay, detail=error)
+
+
+def _notification(s: Session, job_id: str, event: str) -> Notification:
+    note = s.scalar(select(Notification).where(Notification.job_id == job_id, Notification.event == event))
+    if note is None:
+        try:
+            with s.begin_nested():
+                note = Notification(job_id=job_id, event=event)
+                s.add(note)
+                s.flush()
+        except IntegrityError:
+            note = s.scalar(
+                select(Notification).where(Notification.job_id == job_id, Notification.event == event)
+            )
+    return note
+
+
+def _host(url: str) -> str:
+    # Logs name the host only: a webhook URL may carry a token in its path or query.
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).hostname or "?"
