@@ -43,12 +43,12 @@ def describe(exc: BaseException) -> tuple[str, int]:
             f"{'.'.join(str(p) for p in e['loc']).upper() or 'settings'}: {e['msg']}" for e in exc.errors()
         )
         return f"configuration: {problems}", 2
-    if isinstance(exc, OperationalError):
-        return f"database unreachable: {first_line(exc.orig or exc)}", 1
     if isinstance(exc, DBAPIError):
         message = first_line(exc.orig or exc)
-        if "no such table" in message or "does not exist" in message:
+        if "no such table" in message or ("relation" in message and "does not exist" in message):
             return f"database: {message} (run `klingctl db upgrade`)", 1
+        if isinstance(exc, OperationalError):
+            return f"database unreachable: {message}", 1
         return f"database: {message}", 1
     if isinstance(exc, SQLAlchemyError):
         return f"database: {first_line(exc)}", 1

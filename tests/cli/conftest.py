@@ -63,7 +63,9 @@ def fresh_sqlite(tmp_path: Path) -> Iterator[tuple[str, Engine]]:
     engine.dispose()
 
 
-def add_job(engine: Engine, status: str = "queued", *, n: int = 1, prompt: str = "a cat", **fields: Any) -> str:
+def add_job(
+    engine: Engine, status: str = "queued", *, n: int = 1, prompt: str = "a cat", **fields: Any
+) -> str:
     """A job moved to `status` the way the pipeline moves it (transitions written, images added)."""
     sessions = make_sessionmaker(engine)
     with session_scope(sessions) as s:

@@ -1,0 +1,287 @@
+"""The worker's plain functions on real parts: PostgreSQL, Redis limiter, moto S3 over HTTP and the
+simulator over HTTP. Celery is left out: these call worker.pipeline directly and record publishes."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import select
+
+from kling import KlingClient, Task, TaskImage, TaskStatus
+from kling.simulator import Simulator
+from models.db import make_engine, make_sessionmaker, session_scope
+from models.settings import Settings
+from models.statemachine import apply_provider_task, create_job, transition
+from models.tables import Image, Job, Outbox
+from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
+from tests.fixtures.services import S3_TEST_ACCESS_KEY, S3_TEST_SECRET_KEY, assert_no_connection
+from worker import pipeline
+from worker.factory import make_celery
+from worker.limiter import RedisSlotLimiter
+from worker.outbox import QUICK_RETRY, celery_publisher, relay
+from worker.pipeline import Step
+from worker.s3 import make_s3_client
+from worker.services import Services
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Harness:
+    def __init__(self, svc: Services, sim: Simulator) -> None:
+        self.svc = svc
+        self.sim = sim
+        self.published: list[tuple[str, list[Any]]] = []
+        svc.publish = lambda name, args: self.published.append((name, args))
+
+    def job(self, params: dict[str, Any] | None = None) -> str:
+        with session_scope(self.svc.sessions) as s:
+            return create_job(s, params or {"prompt": "a lighthouse", "n": 1}, provider="kling").id
+
+    def get(self, job_id: str) -> Job:
+        with session_scope(self.svc.sessions) as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            _ = job.images, job.transitions
+            return job
+
+    def wait_sim_final(self, task_id: str, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.sim.task(task_id)["status"] not in ("succeed", "failed"):
+            assert time.monotonic() < deadline, "simulator task did not finish"
+            time.sleep(0.02)
+
+    def submit_and_finish(self, params: dict[str, Any] | None = None) -> Job:
+        """Submit through the pipeline, let the simulator finish, apply the result as a poll."""
+        job_id = self.job(params)
+        assert pipeline.submit_job(self.svc, job_id).step is Step.DONE
+        job = self.get(job_id)
+        self.wait_sim_final(job.provider_task_id or "")
+        task = self.svc.provider.get_image(job.provider_task_id)
+        with session_scope(self.svc.sessions) as s:
+            apply_provider_task(s, job_id, task, source="poll")
+        return self.get(job_id)
+
+
+@pytest.fixture
+def harness(
+    committed_pg_url: str, s3_endpoint: str, s3_bucket: str, simulator_factory, redis_client
+) -> Iterator[Harness]:
+    sim = simulator_factory(concurrency=10)
+    prefix = f"test:limiter:{secrets.token_hex(4)}"
+    settings = Settings(
+        database_url=committed_pg_url,
+        kling_api_base=sim.base_url,
+        kling_access_key=TEST_ACCESS_KEY,
+        kling_secret_key=TEST_SECRET_KEY,
+        kling_concurrency=10,
+        s3_bucket=s3_bucket,
+        s3_endpoint_url=s3_endpoint,
+        archive_allowed_hosts="127.0.0.1",
+        reconcile_after_seconds=0,
+    )
+    engine = make_engine(committed_pg_url)
+    svc = Services(
+        settings,
+        provider_override=KlingClient(
+            access_key=TEST_ACCESS_KEY, secret_key=TEST_SECRET_KEY, base_url=sim.base_url, max_retries=0
+        ),
+        limiter_override=RedisSlotLimiter(redis_client, limit=10, lease_seconds=60, key_prefix=prefix),
+        s3_override=make_s3_client(
+            s3_endpoint, "us-east-1", access_key_id=S3_TEST_ACCESS_KEY, secret_access_key=S3_TEST_SECRET_KEY
+        ),
+    )
+    svc.__dict__["engine"] = engine
+    svc.__dict__["sessions"] = make_sessionmaker(engine)
+    yield Harness(svc, sim)
+    engine.dispose()
+    keys = list(redis_client.scan_iter(match=f"*{prefix}*"))
+    if keys:
+        redis_client.delete(*keys)
+
+
+# --- submit -----------------------------------------------------------------------------------------
+def test_submit_records_the_provider_task_and_holds_slots(harness: Harness) -> None:
+    job_id = harness.job({"prompt": "p", "n": 3})
+    outcome = pipeline.submit_job(harness.svc, job_id)
+    assert outcome.step is Step.DONE
+    job = harness.get(job_id)
+    assert job.status == "submitted"
+    assert [t["task_id"] for t in harness.sim.tasks_by_external_id(job_id)] == [job.provider_task_id]
+    assert harness.svc.limiter.holders() == {job_id: 3}
+    # A redelivered message does nothing: still one provider task.
+    assert pipeline.submit_job(harness.svc, job_id).step is Step.DONE
+    assert len(harness.sim.tasks_by_external_id(job_id)) == 1
+
+
+def test_no_slots_means_wait_and_the_job_stays_queued(harness: Harness) -> None:
+    harness.svc.limiter.limit = 2
+    job_id = harness.job({"prompt": "p", "n": 2})
+    other = harness.job({"prompt": "q", "n": 1})
+    assert pipeline.submit_job(harness.svc, job_id).step is Step.DONE
+    assert pipeline.submit_job(harness.svc, other).step is Step.WAIT
+    assert harness.get(other).status == "queued"
+    assert harness.sim.tasks_by_external_id(other) == []
+    # When the first one's slots come back, the pump dispatches the waiting job.
+    assert pipeline.release_slots(harness.svc, job_id) == [other]
+    assert ("submit_job", [other]) in harness.published
+
+
+def test_provider_1303_releases_slots_and_requeues(harness: Harness) -> None:
+    harness.sim.configure(concurrency=1)
+    blocker = harness.svc.provider.create_image(__import__("kling").ImageRequest(prompt="x", n=1))
+    job_id = harness.job({"prompt": "p", "n": 1})
+    outcome = pipeline.submit_job(harness.svc, job_id)
+    assert outcome.step is Step.RETRY and outcome.retry_in >= 0
+    assert harness.get(job_id).status == "queued"
+    assert job_id not in harness.svc.limiter.holders()
+    assert harness.sim.count_by_code.get(1303) == 1
+    assert blocker.task_id
+
+
+def test_content_policy_fails_the_job_with_the_provider_code(harness: Harness) -> None:
+    job_id = harness.job({"prompt": "something [policy]", "n": 1})
+    assert pipeline.submit_job(harness.svc, job_id).step is Step.FAILED
+    job = harness.get(job_id)
+    assert (job.status, job.error_code) == ("failed", "1301")
+    assert harness.svc.limiter.holders() == {}
+
+
+def test_accepted_then_dropped_create_is_found_not_repeated(harness: Harness) -> None:
+    harness.sim.configure(accept_then_drop_rate=1.0)
+    job_id = harness.job()
+    assert pipeline.submit_job(harness.svc, job_id).step is Step.DONE
+    assert harness.sim.dropped_connections == 1
+    job = harness.get(job_id)
+    assert job.status == "submitted"
+    assert [t["task_id"] for t in harness.sim.tasks_by_external_id(job_id)] == [job.provider_task_id]
+
+
+def test_5xx_before_processing_retries_without_a_task(harness: Harness) -> None:
+    harness.sim.configure(fault_5000_rate=1.0, faults_on_create_only=True)
+    job_id = harness.job()
+    outcome = pipeline.submit_job(harness.svc, job_id)
+    assert outcome.step is Step.RETRY
+    assert harness.sim.tasks_by_external_id(job_id) == []
+    harness.sim.configure(fault_5000_rate=0.0)
+    assert pipeline.submit_job(harness.svc, job_id).step is Step.DONE
+    assert len(harness.sim.tasks_by_external_id(job_id)) == 1
+
+
+# --- archive ----------------------------------------------------------------------------------------
+def test_archive_copies_every_image_and_marks_the_job_archived(harness: Harness) -> None:
+    job = harness.submit_and_finish({"prompt": "p", "n": 2})
+    assert job.status == "succeeded"
+    assert pipeline.archive_job(harness.svc, job.id).step is Step.DONE
+    job = harness.get(job.id)
+    assert job.status == "archived"
+    for img in job.images:
+        expected = harness.sim.image_sha256(job.provider_task_id, img.index)
+        assert (img.status, img.sha256) == ("archived", expected)
+        obj = harness.svc.s3.get_object(Bucket=img.s3_bucket, Key=img.s3_key)
+        assert hashlib.sha256(obj["Body"].read()).hexdigest() == expected
+        assert obj["Metadata"]["job-id"] == job.id
+    # Running it again changes nothing.
+    assert pipeline.archive_job(harness.svc, job.id).step is Step.DONE
+
+
+def test_image_expired_before_archive_fails_the_job(harness: Harness) -> None:
+    job = harness.submit_and_finish()
+    harness.sim.expire(job.provider_task_id)
+    assert pipeline.archive_job(harness.svc, job.id).step is Step.FAILED
+    job = harness.get(job.id)
+    assert (job.status, job.error_code) == ("failed", "source_expired")
+    assert [img.status for img in job.images] == ["expired"]
+
+
+@pytest.mark.parametrize("host", ["169.254.169.254", "evil.example.com"])
+def test_disallowed_source_is_never_fetched(harness: Harness, silent_listener, host: str) -> None:
+    port = silent_listener.getsockname()[1]
+    job_id = harness.job()
+    with session_scope(harness.svc.sessions) as s:
+        transition(s, s.get(Job, job_id), "submitted", source="worker", provider_task_id="t-" + job_id)
+        task = Task(
+            task_id="t-" + job_id,
+            status=TaskStatus.SUCCEEDED,
+            images=(TaskImage(index=0, url=f"http://{host}:{port}/latest/meta-data"),),
+        )
+        apply_provider_task(s, job_id, task, source="poll")
+    assert pipeline.archive_job(harness.svc, job_id).step is Step.FAILED
+    job = harness.get(job_id)
+    assert (job.status, job.error_code) == ("failed", "archive_refused")
+    assert [img.status for img in job.images] == ["failed"]
+    assert_no_connection(silent_listener)
+
+
+def test_hundred_megabyte_image_archives_intact(harness: Harness) -> None:
+    size = 100 * 1024 * 1024
+    harness.sim.configure(image_bytes=size)
+    job = harness.submit_and_finish()
+    assert pipeline.archive_job(harness.svc, job.id).step is Step.DONE
+    job = harness.get(job.id)
+    (img,) = job.images
+    assert img.bytes == size
+    assert img.sha256 == harness.sim.image_sha256(job.provider_task_id, 0)
+    head = harness.svc.s3.head_object(Bucket=img.s3_bucket, Key=img.s3_key)
+    assert head["ContentLength"] == size and head["Metadata"]["sha256"] == img.sha256
+
+
+# --- reconcile and sweep ----------------------------------------------------------------------------
+def test_reconcile_finishes_a_job_whose_callbacks_were_lost(harness: Harness) -> None:
+    job_id = harness.job({"prompt": "p", "n": 2})
+    assert pipeline.submit_job(harness.svc, job_id).step is Step.DONE
+    harness.wait_sim_final(harness.get(job_id).provider_task_id or "")
+    report = pipeline.reconcile(harness.svc)
+    assert report.changed == 1
+    job = harness.get(job_id)
+    assert job.status == "succeeded"
+    assert len(job.images) == 2
+    assert [t.source for t in job.transitions][-1] == "poll"
+    with session_scope(harness.svc.sessions) as s:
+        queued_work = set(s.scalars(select(Outbox.task).where(Outbox.args[0].as_string() == job_id)))
+    assert {"archive_job", "release_slots"} <= queued_work
+
+
+def test_sweep_dispatches_unarchived_and_counts_images_at_risk(harness: Harness) -> None:
+    job = harness.submit_and_finish()
+    with session_scope(harness.svc.sessions) as s:
+        img = s.scalars(select(Image).where(Image.job_id == job.id)).one()
+        img.provider_created_at = img.provider_created_at.replace(year=img.provider_created_at.year - 1)
+    report = pipeline.sweep(harness.svc, dry_run=True)
+    assert report.jobs == [job.id] and report.at_risk == 1
+    assert all(name != "archive_job" for name, _ in harness.published)
+    pipeline.sweep(harness.svc)
+    assert ("archive_job", [job.id]) in harness.published
+
+
+# --- outbox -----------------------------------------------------------------------------------------
+def test_outbox_survives_a_broker_outage(harness: Harness) -> None:
+    job_id = harness.job()
+    dead = make_celery(Settings(celery_broker_url="redis://127.0.0.1:1/0"))
+    assert relay(harness.svc.sessions, celery_publisher(dead, retry_policy=QUICK_RETRY)) == 0
+    with session_scope(harness.svc.sessions) as s:
+        row = s.scalars(select(Outbox).where(Outbox.args[0].as_string() == job_id)).one()
+        assert row.dispatched_at is None and row.attempts == 1
+    # The broker is back: the same row goes out, once.
+    broker = redis.Redis.from_url("redis://127.0.0.1:6379/13")
+    broker.delete("celery")
+    alive = make_celery(Settings(celery_broker_url="redis://127.0.0.1:6379/13"))
+    assert relay(harness.svc.sessions, celery_publisher(alive)) == 1
+    assert broker.llen("celery") == 1
+    assert relay(harness.svc.sessions, celery_publisher(alive)) == 0
+    broker.delete("celery")
+
+
+def test_docker_compose_file_is_valid() -> None:
+    result = subprocess.run(
+        ["docker-compose", "config", "-q"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
