@@ -44,7 +44,9 @@ def app(db_engine: Engine, s3_client: Any) -> Iterator[Flask]:
     # One rolled-back connection for the whole run: the fuzzer's jobs never outlive it.
     with db_engine.connect() as connection:
         outer = connection.begin()
-        factory = sessionmaker(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+        factory = sessionmaker(
+            bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
+        )
         app, _ = build_app(make_settings(), factory, s3_client)
         set_publisher(app, lambda name, args: None)
         try:

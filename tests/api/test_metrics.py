@@ -1,0 +1,127 @@
+"""`/metrics`: scrape-time gauges from PostgreSQL and the Redis limiter, plus this process's counters."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from kling.callbacks import sign_callback
+from models.base import utcnow
+from models.tables import Image
+from models.tokens import callback_token
+from tests.api.conftest import Api
+from tests.conftest import TEST_CALLBACK_SECRET, TEST_WEBHOOK_SECRET
+from tests.data.helpers import encode, legacy_body
+from webhook.db import set_publisher
+from webhook.metrics import LIMITER_KEY
+from worker import metrics as worker_metrics
+from worker.limiter import RedisSlotLimiter
+
+NAMES = {
+    "kling_jobs",
+    "kling_callbacks",
+    "kling_provider_errors",
+    "kling_slots_in_use",
+    "kling_slots_limit",
+    "kling_archive_bytes",
+    "kling_archive_seconds",
+    "kling_images_at_risk",
+    "kling_outbox_backlog",
+}
+
+
+def scrape(api: Api) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    response = api.client.get("/metrics")
+    assert response.status_code == 200
+    assert response.content_type.startswith("text/plain")
+    text = response.get_data(as_text=True)
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        assert family.name not in out, f"{family.name} exposed twice"
+        out[family.name] = {
+            (sample.name, *sorted(sample.labels.items())): sample.value  # type: ignore[misc]
+            for sample in family.samples
+        }
+    return out
+
+
+def value(metrics: dict[str, Any], family: str, sample: str | None = None, **labels: str) -> float:
+    return metrics[family][(sample or family, *sorted(labels.items()))]
+
+
+def post_callback(api: Api, job_id: str, body: dict[str, Any]) -> int:
+    raw = encode(body)
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": "msg_1",
+        "webhook-timestamp": str(int(utcnow().timestamp())),
+    }
+    headers["webhook-signature"] = sign_callback(
+        TEST_WEBHOOK_SECRET, "msg_1", int(headers["webhook-timestamp"]), raw
+    )
+    token = callback_token(TEST_CALLBACK_SECRET, job_id)
+    response = api.client.post(f"/callbacks/kling/{job_id}/{token}", data=raw, headers=headers)
+    return response.status_code
+
+
+def test_every_metric_is_exposed_with_values_from_the_database(api: Api) -> None:
+    set_publisher(api.app, None)  # nothing published: the outbox keeps every row
+    ids = [api.create({"prompt": f"p{i}", "n": 2}).get_json()["id"] for i in range(3)]
+    assert post_callback(api, ids[0], legacy_body("task-a", "processing", external_task_id=ids[0])) == 200
+    now = utcnow()
+    api.session.add(
+        Image(
+            job_id=ids[1],
+            index=0,
+            source_url="https://cdn.klingai.com/a.png",
+            provider_created_at=now - timedelta(days=26),
+        )
+    )
+    api.session.add(
+        Image(
+            job_id=ids[1],
+            index=1,
+            source_url="https://cdn.klingai.com/b.png",
+            provider_created_at=now - timedelta(days=1),
+        )
+    )
+    api.session.commit()
+    worker_metrics.images_at_risk.set(99)  # the worker's last-sweep value must not be exposed twice
+    api.limiter.acquire(ids[0], 2)
+
+    metrics = scrape(api)
+    assert NAMES <= set(metrics)
+    assert value(metrics, "kling_jobs", status="queued") == 2
+    assert value(metrics, "kling_jobs", status="processing") == 1
+    assert value(metrics, "kling_jobs", status="archived") == 0
+    assert value(metrics, "kling_images_at_risk") == 1
+    assert value(metrics, "kling_outbox_backlog") == 3
+    assert value(metrics, "kling_slots_in_use") == 2
+    assert value(metrics, "kling_slots_limit") == 5
+    assert value(metrics, "kling_callbacks", "kling_callbacks_total", outcome="applied") >= 1
+    assert value(metrics, "kling_metrics_source_up", source="database") == 1
+
+
+def test_slots_come_from_the_shared_redis_limiter(
+    api: Api, redis_client: redis.Redis, redis_key_prefix: str
+) -> None:
+    shared = RedisSlotLimiter(redis_client, limit=5, lease_seconds=60, key_prefix=redis_key_prefix)
+    # Another process (a worker) holds slots; the webhook's scrape sees them through Redis.
+    RedisSlotLimiter(redis_client, limit=5, lease_seconds=60, key_prefix=redis_key_prefix).acquire("job-x", 3)
+    api.app.extensions[LIMITER_KEY] = shared
+    assert value(scrape(api), "kling_slots_in_use") == 3
+    shared.release("job-x")
+    assert value(scrape(api), "kling_slots_in_use") == 0
+
+
+def test_an_unreachable_limiter_is_reported_not_fatal(api: Api) -> None:
+    down = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1, socket_timeout=1)
+    api.app.extensions[LIMITER_KEY] = RedisSlotLimiter(down, limit=5, lease_seconds=60)
+    metrics = scrape(api)
+    assert "kling_slots_in_use" not in metrics
+    assert value(metrics, "kling_slots_limit") == 5
+    assert value(metrics, "kling_metrics_source_up", source="limiter") == 0
+    assert value(metrics, "kling_jobs", status="queued") == 0
