@@ -18,7 +18,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -141,6 +141,7 @@ class Demo:
         self.stamp = time.strftime("%Y%m%d-%H%M%S")
         self.log_path = data_dir / f"demo-{self.stamp}.log"
         self.stack = ExitStack()
+        self.finally_: list[Callable[[], None]] = []
         self.where: dict[str, str] = {}
 
     # --- parts --------------------------------------------------------------------------------------
@@ -236,6 +237,7 @@ class Demo:
         from celery.exceptions import DuplicateTaskNameWarning
 
         from webhook import create_app
+        from webhook.db import set_publisher
         from worker.factory import make_celery
         from worker.limiter import LocalSlotLimiter
         from worker.services import Services
@@ -285,7 +287,8 @@ class Demo:
         }
         self.settings = Settings(**{**self.base.model_dump(), **overrides})
 
-        lazy.app = create_app(self.settings)
+        flask_app = create_app(self.settings)
+        lazy.app = flask_app
         self.stack.enter_context(serve(server, "webhook"))
         self.where["dashboard"] = f"{public}/"
 
@@ -300,11 +303,15 @@ class Demo:
         else:
             # A queue of its own, so workers of a real deployment never pick up demo tasks.
             app.conf.task_default_queue = f"kling-demo-{self.stamp}"
+            # Last of all: stopping the worker puts its unacked messages back on the queue.
+            self.finally_.append(lambda: _delete_queue(app, app.conf.task_default_queue))
         self.where["broker"] = safe_url(broker)
         limiter = LocalSlotLimiter(CONCURRENCY) if embedded_broker else None
         self.svc = Services(self.settings, limiter_override=limiter, s3_override=s3)
         app.kling_services = self.svc
         services_for(app)  # wires publish to this app's broker
+        # The webhook publishes what a callback committed through the same app (and demo queue).
+        set_publisher(flask_app, self.svc.publish)
         self.s3, self.bucket = s3, bucket
         self.stack.callback(self.svc.engine.dispose)
         if not embedded_broker:
@@ -336,7 +343,11 @@ class Demo:
             client.close()
 
     def close(self) -> None:
-        self.stack.close()
+        try:
+            self.stack.close()
+        finally:
+            for cleanup in self.finally_:
+                cleanup()
 
     # --- the batch ----------------------------------------------------------------------------------
     def submit(self, count: int) -> list[DemoJob]:
@@ -436,6 +447,14 @@ class Demo:
         return verdicts
 
 
+def _delete_queue(app: Any, queue: str) -> None:
+    try:
+        with app.connection_for_write() as conn:
+            conn.default_channel.queue_delete(queue)
+    except Exception as exc:  # noqa: BLE001  (leftover keys are harmless; shutdown must go on)
+        log.warning("could not delete the demo queue %s: %s", queue, exc)
+
+
 def results_table(verdicts: list[Verdict]) -> Table:
     table = Table(title="Demo jobs", title_justify="left")
     table.add_column("job", no_wrap=True)
@@ -483,7 +502,8 @@ def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
 )
 @click.option("--timeout", default=50.0, show_default=True, type=click.FloatRange(1), help="Seconds to wait.")
 @click.option("--seed", default=7, show_default=True, type=int, help="Seed of the batch and the fault dice.")
-def demo(*, count: int, data_dir: Path, drop_rate: float, timeout: float, seed: int) -> None:
+@click.option("--serve", is_flag=True, help="Keep everything running after the check, until Ctrl-C.")
+def demo(*, count: int, data_dir: Path, drop_rate: float, timeout: float, seed: int, serve: bool) -> None:
     """Run the whole service in this process on a batch of jobs, then verify every image in S3.
 
     Embedded by default (SQLite file, in-process Celery worker and beat on a memory broker, moto S3,
@@ -507,8 +527,30 @@ def demo(*, count: int, data_dir: Path, drop_rate: float, timeout: float, seed: 
         batch = run.submit(count)
         finished = run.watch(batch, timeout)
         verdicts = run.verify(batch)
+        passed = finished and all(v.ok for v in verdicts)
+        report(
+            out, verdicts, passed=passed, finished=finished, timeout=timeout, began=began, log=run.log_path
+        )
+        if serve:
+            out.print(f"Still serving: dashboard {run.where['dashboard']} (Ctrl-C to stop).")
+            with suppress(KeyboardInterrupt):
+                threading.Event().wait()
     finally:
         run.close()
+    if not passed:
+        raise SystemExit(1)
+
+
+def report(
+    out: Console,
+    verdicts: list[Verdict],
+    *,
+    passed: bool,
+    finished: bool,
+    timeout: float,
+    began: float,
+    log: Path,
+) -> None:
     out.print(results_table(verdicts))
     good = sum(v.ok for v in verdicts)
     images = sum(len(v.keys) for v in verdicts)
@@ -516,10 +558,7 @@ def demo(*, count: int, data_dir: Path, drop_rate: float, timeout: float, seed: 
         f"{good}/{len(verdicts)} jobs reached their expected state; {images} images read back from S3 "
         f"and verified, in {time.monotonic() - began:.1f} s."
     )
-    if good == len(verdicts) and finished:
-        out.print(Text("PASS ", style="bold green") + Text(summary))
-        return
     if not finished:
-        summary += f" Timed out after {timeout:g} s; see {run.log_path}."
-    out.print(Text("FAIL ", style="bold red") + Text(summary))
-    raise SystemExit(1)
+        summary += f" Timed out after {timeout:g} s; see {log}."
+    verdict = Text("PASS ", style="bold green") if passed else Text("FAIL ", style="bold red")
+    out.print(verdict + Text(summary))

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     outbox_relay_seconds: float = Field(default=2, gt=0)
     # A lease outlives any single submit; a crashed worker's slots come back after it.
     slot_lease_seconds: float = Field(default=900, gt=0)
+    # How long a queued job holding a lease, or a succeeded job not yet archived, may stay quiet
+    # before reconcile dispatches its work again (the message was lost with a killed worker).
+    stuck_submit_seconds: float = Field(default=60, gt=0)
+    stuck_archive_seconds: float = Field(default=120, gt=0)
     limiter_key_prefix: str = "kling:limiter"
     sweep_interval_seconds: float = Field(default=3600, gt=0)
     retention_days: int = Field(default=30, ge=6)

@@ -28,7 +28,7 @@ def create_app(
         configure_logging(settings)
     api.init_app(app, settings)
     db.init_app(app, settings, session_factory)
-    health.init_app(app)
+    health.init_app(app, settings)
     app.register_blueprint(callbacks.bp)
     metrics.init_app(app, settings)
     app.register_blueprint(openapi.bp)

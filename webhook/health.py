@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from flask import Blueprint, Flask, current_app
 from sqlalchemy import text
 
+from models.settings import Settings
 from webhook.db import sessions
 
 log = logging.getLogger(__name__)
@@ -27,8 +29,42 @@ def database_check() -> None:
         session.execute(text("SELECT 1"))
 
 
-def init_app(app: Flask) -> None:
+def broker_check(settings: Settings) -> ReadinessCheck:
+    def check() -> None:
+        from kombu.connection import Connection
+
+        conn = Connection(settings.celery_broker_url, connect_timeout=2)  # type: ignore[no-untyped-call]
+        with conn:
+            conn.ensure_connection(max_retries=1, timeout=2)  # type: ignore[no-untyped-call]
+
+    return check
+
+
+def s3_check(settings: Settings) -> ReadinessCheck:
+    client: list[Any] = []
+
+    def check() -> None:
+        if not client:
+            from worker.s3 import make_s3_client
+
+            client.append(
+                make_s3_client(
+                    settings.s3_endpoint_url,
+                    settings.aws_region,
+                    connect_timeout=2,
+                    read_timeout=5,
+                    max_attempts=1,
+                )
+            )
+        client[0].head_bucket(Bucket=settings.s3_bucket)
+
+    return check
+
+
+def init_app(app: Flask, settings: Settings) -> None:
     register_readiness_check(app, "database", database_check)
+    register_readiness_check(app, "broker", broker_check(settings))
+    register_readiness_check(app, "s3", s3_check(settings))
     app.register_blueprint(bp)
 
 

@@ -13,6 +13,7 @@ import random
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from sqlalchemy import select
@@ -128,22 +129,21 @@ def notify_job(
 
 
 def _notification(s: Session, job_id: str, event: str) -> Notification:
-    note = s.scalar(select(Notification).where(Notification.job_id == job_id, Notification.event == event))
-    if note is None:
-        try:
-            with s.begin_nested():
-                note = Notification(job_id=job_id, event=event)
-                s.add(note)
-                s.flush()
-        except IntegrityError:
-            note = s.scalar(
-                select(Notification).where(Notification.job_id == job_id, Notification.event == event)
-            )
+    query = select(Notification).where(Notification.job_id == job_id, Notification.event == event)
+    note = s.scalar(query)
+    if note is not None:
+        return note
+    try:
+        with s.begin_nested():
+            note = Notification(job_id=job_id, event=event)
+            s.add(note)
+            s.flush()
+    except IntegrityError:
+        # A concurrent run created it first.
+        return s.scalars(query).one()
     return note
 
 
 def _host(url: str) -> str:
     # Logs name the host only: a webhook URL may carry a token in its path or query.
-    from urllib.parse import urlsplit
-
     return urlsplit(url).hostname or "?"

@@ -370,16 +370,16 @@ def reconcile(svc: Services, *, limit: int = 200) -> ReconcileReport:
             # Still running at the provider: keep its slots leased.
             svc.limiter.renew(job_id)
 
-    report.rearchived = _redispatch_archives(svc)
+    report.rearchived = _redispatch_archives(svc, stuck_seconds=svc.settings.stuck_archive_seconds)
     report.released = _release_leaked(svc)
-    report.redispatched = pump(svc)
+    report.redispatched = pump(svc, stuck_seconds=svc.settings.stuck_submit_seconds)
     return report
 
 
-def _redispatch_archives(svc: Services) -> list[str]:
+def _redispatch_archives(svc: Services, *, stuck_seconds: float = STUCK_ARCHIVE_SECONDS) -> list[str]:
     if svc.publish is None:
         return []
-    before = utcnow() - timedelta(seconds=STUCK_ARCHIVE_SECONDS)
+    before = utcnow() - timedelta(seconds=stuck_seconds)
     with session_scope(svc.sessions) as s:
         ids = list(
             s.scalars(

@@ -62,36 +62,36 @@ class KlingTask(Task):  # type: ignore[misc]  # celery ships no type information
 
 
 def register(app: Celery) -> None:
-    @app.task(bind=True, base=KlingTask, name="kling.submit_job")
+    @app.task(bind=True, base=KlingTask, shared=False, name="kling.submit_job")
     def submit_job(self: KlingTask, job_id: str) -> str:
         return self.finish(pipeline.submit_job(self.services, job_id, attempt=self.request.retries))
 
-    @app.task(bind=True, base=KlingTask, name="kling.archive_job")
+    @app.task(bind=True, base=KlingTask, shared=False, name="kling.archive_job")
     def archive_job(self: KlingTask, job_id: str) -> str:
         return self.finish(pipeline.archive_job(self.services, job_id, attempt=self.request.retries))
 
-    @app.task(bind=True, base=KlingTask, name="kling.release_slots")
+    @app.task(bind=True, base=KlingTask, shared=False, name="kling.release_slots")
     def release_slots(self: KlingTask, job_id: str) -> list[str]:
         return pipeline.release_slots(self.services, job_id)
 
-    @app.task(bind=True, base=KlingTask, name="kling.notify")
+    @app.task(bind=True, base=KlingTask, shared=False, name="kling.notify")
     def notify(self: KlingTask, job_id: str) -> str:
         from worker import notify as notify_mod
 
         return self.finish(notify_mod.notify_job(self.services, job_id, attempt=self.request.retries))
 
-    @app.task(bind=True, base=KlingTask, name="kling.relay_outbox")
+    @app.task(bind=True, base=KlingTask, shared=False, name="kling.relay_outbox")
     def relay_outbox(self: KlingTask) -> int:
         svc = self.services
         assert svc.publish is not None
         return relay(svc.sessions, svc.publish)
 
-    @app.task(bind=True, base=KlingTask, name="kling.reconcile")
+    @app.task(bind=True, base=KlingTask, shared=False, name="kling.reconcile")
     def reconcile(self: KlingTask) -> dict[str, int]:
         report = pipeline.reconcile(self.services)
         return {"polled": report.polled, "changed": report.changed, "errors": report.errors}
 
-    @app.task(bind=True, base=KlingTask, name="kling.sweep")
+    @app.task(bind=True, base=KlingTask, shared=False, name="kling.sweep")
     def sweep(self: KlingTask) -> dict[str, int]:
         report = pipeline.sweep(self.services)
         return {"jobs": len(report.jobs), "pending": report.pending_images, "at_risk": report.at_risk}

@@ -65,7 +65,7 @@ schema = schemathesis.openapi.from_dict(openapi_document())
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
 )
-def test_api_matches_its_openapi_document(app: Flask, case: schemathesis.Case) -> None:
+def test_api_matches_its_openapi_document(app: Flask, case: schemathesis.Case[Any]) -> None:
     case.call_and_validate(app=app, headers=AUTH, checks=CHECKS)
 
 

@@ -71,18 +71,18 @@ def add_job(
     with session_scope(sessions) as s:
         job = create_job(s, {"prompt": prompt, "n": n, "aspect_ratio": "1:1"}, provider="kling")
         job_id = job.id
-        for key, value in fields.items():
-            setattr(job, key, value)
     if status == "queued":
         return job_id
     task_id = f"task-{uuid.uuid4().hex[:12]}"
     with session_scope(sessions) as s:
-        job = s.get(Job, job_id)
-        assert job is not None
+        moving = s.get(Job, job_id)
+        assert moving is not None
         if status == "failed":
-            transition(s, job, JobStatus.FAILED, source="worker", error_code="1301", error_message="policy")
+            transition(
+                s, moving, JobStatus.FAILED, source="worker", error_code="1301", error_message="policy"
+            )
             return job_id
-        transition(s, job, JobStatus.SUBMITTED, source="worker", provider_task_id=task_id)
+        transition(s, moving, JobStatus.SUBMITTED, source="worker", provider_task_id=task_id)
     if status == "submitted":
         return job_id
     images = tuple(TaskImage(i, f"https://cdn.klingai.com/{task_id}/{i}.png") for i in range(n))

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kombu import Connection
+from kombu.connection import Connection
 from PIL import Image as PILImage
 from sqlalchemy import Engine, func, inspect, select
 

@@ -161,7 +161,8 @@ def test_submit_wait_through_webhook_worker_and_beat(
     assert shown.returncode == 0, shown.stderr
     assert "archiver" in shown.stdout
     # The provider's callbacks went over HTTP to the gunicorn-served webhook.
-    assert "callback" in shown.stdout or "poll" in shown.stdout
+    sources = [line.split("│")[4].strip() for line in shown.stdout.splitlines() if line.count("│") == 6]
+    assert sources[:1] == ["api"] and "callback" in sources and sources[-1] == "archiver", shown.stdout
     listed = procs.klingctl("jobs", "--status", "archived")
     assert job_id in listed.stdout
 

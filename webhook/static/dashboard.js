@@ -4,6 +4,7 @@
 
 const REFRESH_MS = 3000;
 const TOKEN_KEY = "kling.apiToken";
+const STATUS_ORDER = ["queued", "submitted", "processing", "succeeded", "archived", "failed"];
 const $ = (id) => document.getElementById(id);
 // Presigned URLs change on every refresh; keep the first one per image so thumbnails do not reload.
 const thumbnails = new Map();
@@ -44,7 +45,8 @@ function showLogin(message) {
 function renderCounts(counts) {
   const box = $("counts");
   box.replaceChildren();
-  for (const [status, count] of Object.entries(counts)) {
+  for (const status of STATUS_ORDER) {
+    const count = counts[status] ?? 0;
     const item = el("span", { "data-count": status });
     item.append(badge(status), document.createTextNode(` ${count}`));
     box.append(item);

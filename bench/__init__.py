@@ -1,0 +1,1 @@
+"""Benchmarks against baselines (`make bench`, `python -m bench [--smoke] [--only NAME]`)."""

@@ -1,0 +1,91 @@
+"""Archive throughput and memory: `worker.archiver.archive_image` vs a minimal stream-to-S3 script.
+
+Each (size, mode) runs in a fresh child process (bench/archive_child.py) so its peak RSS is its
+own; the simulator (serving the padded PNGs) and moto run in their own processes too.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from bench import infra
+from bench.context import Context
+from bench.report import BenchResult, Figure
+from kling import ImageRequest
+from kling.client import KlingClient
+from kling.simulator.remote import SimulatorRemote
+
+MiB = 1024 * 1024
+CHILD_TIMEOUT = 600
+
+
+def _image_url(client: KlingClient, sim: SimulatorRemote, size: int) -> str:
+    """A finished simulator task whose image is `size` bytes (size is fixed when a task is created)."""
+    sim.configure(image_bytes=size)
+    task = client.create_image(ImageRequest.from_params({"prompt": f"archive {size}", "n": 1}))
+    deadline = time.monotonic() + 30
+    while True:
+        info = sim.task(task.task_id)
+        if info["status"] == "succeed":
+            return str(info["task_object"]["task_result"]["images"][0]["url"])
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"simulator task {task.task_id} not finished: {info['status']}")
+        time.sleep(0.05)  # polling interval of a deadline loop
+
+
+def _child(mode: str, url: str, warm: str, *, ctx: Context, bucket: str, repeats: int) -> dict[str, float]:
+    cmd = [sys.executable, "-m", "bench.archive_child", mode, "--url", url, "--warm-url", warm]
+    cmd += ["--endpoint", ctx.s3_endpoint, "--bucket", bucket, "--repeats", str(repeats)]
+    env = {**infra.settings_env(infra.bench_settings()), "PYTHONPATH": str(infra.ROOT)}
+    out = subprocess.run(
+        cmd, cwd=infra.ROOT, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT, check=False
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"archive child {mode} failed:\n{out.stderr[-3000:]}")
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def run(ctx: Context) -> BenchResult:
+    plan = [(1 * MiB, 2), (10 * MiB, 1)] if ctx.smoke else [(1 * MiB, 10), (10 * MiB, 4), (100 * MiB, 2)]
+    res = BenchResult("archive", 0.0)
+    bucket = infra.new_bucket(ctx.s3_endpoint)
+    with infra.simulator(concurrency=5, task_seconds=0.2) as sim_url:
+        sim = SimulatorRemote(sim_url)
+        client = KlingClient(access_key=infra.ACCESS_KEY, secret_key=infra.SECRET_KEY, base_url=sim_url)
+        warm = _image_url(client, sim, 256 * 1024)
+        runs: dict[str, dict[str, dict[str, float]]] = {}
+        for size, repeats in plan:
+            url = _image_url(client, sim, size)
+            label = f"{size // MiB} MB"
+            runs[label] = {
+                mode: _child(mode, url, warm, ctx=ctx, bucket=bucket, repeats=repeats)
+                for mode in ("baseline", "service")
+            }
+        sim.close()
+    largest = f"{plan[-1][0] // MiB} MB"
+    for label, by_mode in runs.items():
+        svc, base = by_mode["service"], by_mode["baseline"]
+        res.figures.append(
+            Figure(
+                "archive",
+                f"throughput {label}",
+                svc["bytes"] / svc["seconds"] / MiB,
+                "MB/s",
+                base["bytes"] / base["seconds"] / MiB,
+                ">=",
+                0.8,
+                on="ratio",
+            )
+        )
+        target = ("<=", 64.0) if label == largest else (None, None)
+        res.figures.append(
+            Figure(
+                "archive", f"peak RSS growth {label}", svc["growth_mib"], "MiB", base["growth_mib"], *target
+            )
+        )
+    res.details = {"runs": runs}
+    return res

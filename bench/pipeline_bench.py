@@ -1,0 +1,180 @@
+"""The whole deployment under load: provider slot utilisation, and the latency archiving adds.
+
+Processes: the simulator (`klingctl simulator`), the real webhook under gunicorn (callbacks on),
+one `celery -A worker worker --concurrency=2 -B` (two prefork processes plus the embedded beat),
+moto S3, PostgreSQL (a private database) and Redis db 11 (broker and limiter).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+
+from bench import infra
+from bench.context import Context
+from bench.report import BenchResult, Figure, percentile
+from kling.simulator.remote import SimulatorRemote
+from models.db import make_engine, make_sessionmaker, session_scope
+from models.settings import Settings
+from models.statemachine import create_job
+from models.tables import Image, Job
+from worker.factory import make_celery
+from worker.outbox import relay
+from worker.tasks import TASK_NAMES
+
+WORKER_CONCURRENCY = 2
+FINAL = ("archived", "failed")
+
+
+@dataclass
+class Deployment:
+    settings: Settings
+    sim: SimulatorRemote
+    sessions: Any
+    celery: Any
+    worker: infra.Proc
+
+    def submit(self, count: int, prefix: str) -> list[str]:
+        with session_scope(self.sessions) as s:
+            ids = [
+                create_job(s, {"prompt": f"{prefix} {i}", "n": 1, "aspect_ratio": "1:1"}, provider="kling").id
+                for i in range(count)
+            ]
+        relay(self.sessions, lambda name, args: self.celery.send_task(TASK_NAMES[name], args=args))
+        return ids
+
+    def wait_final(self, ids: list[str], timeout: float) -> dict[str, str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            with session_scope(self.sessions) as s:
+                rows = dict(s.execute(select(Job.id, Job.status).where(Job.id.in_(ids))).all())
+            if all(rows.get(j) in FINAL for j in ids):
+                return rows
+            self.worker.check()
+            if time.monotonic() > deadline:
+                left = sum(1 for j in ids if rows.get(j) not in FINAL)
+                raise RuntimeError(f"{left} job(s) not final after {timeout} s\n{self.worker.log()}")
+            time.sleep(0.1)  # polling interval of a deadline loop
+
+
+@contextmanager
+def deployment(ctx: Context, *, slots: int, task_seconds: float, **sim_knobs: Any) -> Iterator[Deployment]:
+    infra.flush_redis()
+    with (
+        infra.private_database() as url,
+        infra.simulator(concurrency=slots, task_seconds=task_seconds, **sim_knobs) as sim_url,
+    ):
+        bucket = infra.new_bucket(ctx.s3_endpoint)
+        probe = infra.bench_settings(
+            database_url=url,
+            kling_api_base=sim_url,
+            kling_concurrency=slots,
+            s3_bucket=bucket,
+            s3_endpoint_url=ctx.s3_endpoint,
+        )
+        with infra.gunicorn("webhook:create_app()", infra.settings_env(probe)) as public:
+            settings = Settings(**{**probe.model_dump(), "public_base_url": public})
+            engine = make_engine(url)
+            with infra.celery_worker(infra.settings_env(settings), concurrency=WORKER_CONCURRENCY) as worker:
+                sim = SimulatorRemote(sim_url)
+                try:
+                    yield Deployment(settings, sim, make_sessionmaker(engine), make_celery(settings), worker)
+                finally:
+                    sim.close()
+                    engine.dispose()
+                    infra.flush_redis()
+
+
+def run_utilisation(ctx: Context) -> BenchResult:
+    jobs, slots, task_seconds = (10, 10, 0.5) if ctx.smoke else (200, 10, 2.0)
+    ideal = jobs * 1 * task_seconds / slots
+    res = BenchResult("utilisation", 0.0)
+    with deployment(ctx, slots=slots, task_seconds=task_seconds) as dep:
+        start = time.time()
+        ids = dep.submit(jobs, "utilisation")
+        statuses = dep.wait_final(ids, timeout=ideal * 4 + 60)
+        with session_scope(dep.sessions) as s:
+            last = s.scalar(select(func.max(Job.finished_at)).where(Job.id.in_(ids)))
+            failed = dict(
+                s.execute(
+                    select(Job.error_code, func.count())
+                    .where(Job.id.in_(ids), Job.status == "failed")
+                    .group_by(Job.error_code)
+                ).all()
+            )
+        stats = dep.sim.stats()
+    assert isinstance(last, datetime)
+    makespan = last.timestamp() - start
+    answers_1303 = int(stats["count_by_code"].get("1303", 0))
+    failed_1303 = sum(n for code, n in failed.items() if code and "1303" in code)
+    res.figures = [
+        Figure(
+            "utilisation", "makespan", makespan, "s", ideal, note="baseline = ideal jobs*n*duration/slots"
+        ),
+        Figure("utilisation", "utilisation", ideal / makespan, "", None, ">=", 0.9),
+        Figure("utilisation", "1303 answers", float(answers_1303)),
+        Figure("utilisation", "jobs failed by 1303", float(failed_1303), "", None, "==", 0.0),
+        Figure(
+            "utilisation",
+            "jobs archived",
+            float(sum(1 for v in statuses.values() if v == "archived")),
+            "",
+            float(jobs),
+            "==",
+            1.0,
+            on="ratio",
+        ),
+    ]
+    res.details = {
+        "jobs": jobs,
+        "slots": slots,
+        "task_seconds": task_seconds,
+        "ideal_seconds": ideal,
+        "worker": f"one celery worker, --concurrency={WORKER_CONCURRENCY} (prefork) + embedded beat",
+        "max_slots_in_use": stats.get("max_slots_in_use"),
+        "create_count": stats.get("create_count"),
+        "failed_by_code": failed,
+    }
+    return res
+
+
+def run_latency(ctx: Context) -> BenchResult:
+    jobs = 5 if ctx.smoke else 30
+    res = BenchResult("latency", 0.0)
+    with deployment(ctx, slots=10, task_seconds=1.0, image_bytes=1_048_576) as dep:
+        ids = dep.submit(jobs, "latency")
+        dep.wait_final(ids, timeout=120)
+        with session_scope(dep.sessions) as s:
+            rows = s.execute(
+                select(Job.provider_task_id, Job.status, Image.archived_at)
+                .join(Image, Image.job_id == Job.id)
+                .where(Job.id.in_(ids))
+            ).all()
+        sent = {
+            d["task_id"]: d["at"]
+            for d in dep.sim.deliveries()
+            if d["task_status"] == "succeed" and d["outcome"] == "delivered"
+        }
+    lat = [
+        archived.timestamp() - sent[task_id]
+        for task_id, status, archived in rows
+        if status == "archived" and archived is not None and task_id in sent
+    ]
+    ms = 1000.0
+    res.figures = [
+        Figure("latency", "succeed -> archived p50", percentile(lat, 50) * ms, "ms", None, "<=", 300.0),
+        Figure("latency", "succeed -> archived p99", percentile(lat, 99) * ms, "ms"),
+        Figure("latency", "jobs measured", float(len(lat)), "", float(jobs), "==", 1.0, on="ratio"),
+    ]
+    res.details = {
+        "jobs": jobs,
+        "image_bytes": 1_048_576,
+        "samples_ms": sorted(round(x * ms, 1) for x in lat),
+    }
+    return res

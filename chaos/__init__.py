@@ -1,0 +1,1 @@
+"""Fault-injection suite: `python -m chaos` (see docs/chaos.md)."""

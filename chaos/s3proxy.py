@@ -1,0 +1,100 @@
+"""A reverse proxy in front of moto that answers 503 SlowDown while `failing` is set.
+
+moto keeps its objects in memory, so stopping it would lose the archive; the proxy lets the suite
+take S3 "down" without losing data.
+"""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import urllib3
+
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "content-length"}
+UNAVAILABLE = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n'
+    b"<Error><Code>ServiceUnavailable</Code><Message>chaos: S3 is down</Message></Error>"
+)
+
+
+class S3FaultProxy:
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.failing = threading.Event()
+        self.refused = 0
+        self._pool = urllib3.PoolManager(maxsize=16, timeout=urllib3.Timeout(connect=5, read=60))
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="s3-proxy", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> S3FaultProxy:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+        self._pool.clear()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                return  # the proxy is silent; the worker logs say what S3 answered
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    parts = []
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                        if size == 0:
+                            self.rfile.readline()
+                            return b"".join(parts)
+                        parts.append(self.rfile.read(size))
+                        self.rfile.readline()
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _forward(self) -> None:
+                body = self._body()
+                if proxy.failing.is_set():
+                    proxy.refused += 1
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(UNAVAILABLE)))
+                    self.end_headers()
+                    self.wfile.write(UNAVAILABLE)
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+                resp = proxy._pool.request(
+                    self.command,
+                    proxy.upstream + self.path,
+                    body=body,
+                    headers=headers,
+                    redirect=False,
+                    retries=False,
+                    decode_content=False,
+                )
+                data = resp.data
+                self.send_response(resp.status)
+                for key, value in resp.headers.items():
+                    if key.lower() not in HOP_BY_HOP:
+                        self.send_header(key, value)
+                # A HEAD answer carries the object's length, not the (empty) body's.
+                length = resp.headers.get("Content-Length", "0") if self.command == "HEAD" else str(len(data))
+                self.send_header("Content-Length", length)
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+        return Handler

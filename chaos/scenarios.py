@@ -1,0 +1,177 @@
+"""The faults, one scenario each, and the run that checks the invariants after every one."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from chaos.procs import wait_until
+from chaos.stack import ChaosStack, Check, JobSpec
+
+IN_FLIGHT = ("submitted", "processing", "succeeded")
+# Simulator knobs every scenario starts from (a scenario's own knobs go on top).
+BASE_KNOBS: dict[str, Any] = {
+    "callback_drop_rate": 0.0,
+    "response_delay_seconds": 0.0,
+    "image_bytes": 64 * 1024,
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of one run: `full` for `make chaos`, `short` for CI."""
+
+    jobs: int
+    kills: int
+    outage_seconds: float
+    redis_down_seconds: float
+    webhook_down_seconds: float
+    timeout: float
+
+
+FULL = Profile(jobs=50, kills=3, outage_seconds=30, redis_down_seconds=5, webhook_down_seconds=10, timeout=240)
+SHORT = Profile(jobs=20, kills=2, outage_seconds=8, redis_down_seconds=2, webhook_down_seconds=3, timeout=120)
+
+
+@dataclass
+class Result:
+    name: str
+    fault: str
+    submitted: int = 0
+    expected_failed: int = 0
+    seconds: float = 0.0
+    check: Check = field(default_factory=Check)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+Inject = Callable[[ChaosStack, Profile, list[str], list[str]], None]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    fault: str
+    inject: Inject
+    knobs: dict[str, Any] = field(default_factory=dict)
+
+
+def _wait_for(stack: ChaosStack, ids: list[str], *states: str, timeout: float = 60.0) -> None:
+    wait_until(lambda: stack.count_status(ids, *states) > 0, timeout=timeout, what=f"a job in {'/'.join(states)}")
+
+
+def kill_during_submit(stack: ChaosStack, p: Profile, ids: list[str], notes: list[str]) -> None:
+    for k in range(p.kills):
+        _wait_for(stack, ids, "queued")
+        queued = stack.count_status(ids, "queued")
+        stack.kill_worker(k % len(stack.workers))
+        notes.append(f"kill {k + 1}: worker{k % len(stack.workers)} SIGKILLed with {queued} job(s) queued")
+        stack.start_worker(k % len(stack.workers))
+    # Creates were slowed down so the kills land inside them; let the rest go at full speed.
+    stack.sim.configure(response_delay_seconds=0.0)
+
+
+def kill_during_archive(stack: ChaosStack, p: Profile, ids: list[str], notes: list[str]) -> None:
+    for k in range(p.kills):
+        _wait_for(stack, ids, "succeeded")
+        archiving = stack.count_status(ids, "succeeded")
+        stack.kill_worker(k % len(stack.workers))
+        notes.append(f"kill {k + 1}: worker{k % len(stack.workers)} SIGKILLed with {archiving} job(s) archiving")
+        stack.start_worker(k % len(stack.workers))
+
+
+def restart_redis(stack: ChaosStack, p: Profile, ids: list[str], notes: list[str]) -> None:
+    _wait_for(stack, ids, *IN_FLIGHT)
+    stack.redis.stop()
+    time.sleep(p.redis_down_seconds)  # the outage itself
+    stack.redis.start()
+    notes.append(f"redis down {p.redis_down_seconds:.0f} s, restarted empty (broker queue and leases lost)")
+
+
+def stop_postgres(stack: ChaosStack, p: Profile, ids: list[str], notes: list[str]) -> None:
+    _wait_for(stack, ids, *IN_FLIGHT)
+    stack.pg.stop()
+    time.sleep(p.outage_seconds)  # the outage itself
+    stack.pg.start()
+    notes.append(f"postgres down {p.outage_seconds:.0f} s")
+
+
+def s3_unavailable(stack: ChaosStack, p: Profile, ids: list[str], notes: list[str]) -> None:
+    stack.proxy.failing.set()
+    try:
+        time.sleep(p.outage_seconds)  # the outage itself
+    finally:
+        stack.proxy.failing.clear()
+    notes.append(f"S3 answered 503 for {p.outage_seconds:.0f} s ({stack.proxy.refused} request(s) refused)")
+
+
+def restart_webhook(stack: ChaosStack, p: Profile, ids: list[str], notes: list[str]) -> None:
+    _wait_for(stack, ids, *IN_FLIGHT)
+    assert stack.webhook is not None
+    stack.webhook.kill()
+    time.sleep(p.webhook_down_seconds)  # the outage itself
+    stack.start_webhook()
+    notes.append(f"webhook SIGKILLed, down {p.webhook_down_seconds:.0f} s")
+
+
+def drop_callbacks(stack: ChaosStack, p: Profile, ids: list[str], notes: list[str]) -> None:
+    notes.append("every callback dropped by the provider")
+
+
+SCENARIOS = [
+    Scenario(
+        "kill-submit",
+        "SIGKILL a worker during submit",
+        kill_during_submit,
+        # Slow creates so a kill lands while a submit is talking to the provider.
+        {"response_delay_seconds": 0.5},
+    ),
+    Scenario(
+        "kill-archive",
+        "SIGKILL a worker during archive",
+        kill_during_archive,
+        # Bigger images keep archives running long enough to be killed in the middle.
+        {"image_bytes": 1024 * 1024},
+    ),
+    Scenario("redis-restart", "restart Redis (no persistence)", restart_redis),
+    Scenario("postgres-stop", "stop PostgreSQL", stop_postgres),
+    Scenario("s3-503", "S3 answers 503", s3_unavailable),
+    Scenario("webhook-restart", "kill and restart the webhook", restart_webhook),
+    Scenario("drop-callbacks", "drop 100% of callbacks", drop_callbacks, {"callback_drop_rate": 1.0}),
+]
+NAMES = [s.name for s in SCENARIOS]
+
+
+def run(stack: ChaosStack, scenario: Scenario, profile: Profile, rng: random.Random, notes: list[str]) -> Result:
+    result = Result(scenario.name, scenario.fault)
+    stack.sim.configure(**{**BASE_KNOBS, **scenario.knobs})
+    started = time.monotonic()
+    specs: list[JobSpec] = []
+    try:
+        specs = stack.submit(f"{scenario.name}-{rng.getrandbits(32):08x}", profile.jobs, rng)
+        ids = [s.id for s in specs]
+        result.submitted = len(specs)
+        result.expected_failed = sum(1 for s in specs if s.expect == "failed")
+        scenario.inject(stack, profile, ids, notes)
+        statuses = stack.wait_final(ids, timeout=profile.timeout)
+        result.seconds = time.monotonic() - started
+        pending = {j: s for j, s in statuses.items() if s not in ("archived", "failed")}
+        if pending or len(statuses) != len(ids):
+            result.problems.append(f"{len(pending) + len(ids) - len(statuses)} job(s) not final: {pending}")
+        result.check = stack.check(specs, statuses, result.problems)
+    except Exception as exc:  # noqa: BLE001  (a broken scenario is a FAIL row, not a crash of the suite)
+        result.seconds = time.monotonic() - started
+        result.problems.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        stack.proxy.failing.clear()
+        healed = stack.heal()
+        if healed:
+            result.problems.append(f"restarted after the scenario: {', '.join(healed)}")
+        stack.sim.configure(**BASE_KNOBS)
+    return result

@@ -1,0 +1,136 @@
+"""The dashboard in headless Debian Chromium, against the app served over HTTP with real PostgreSQL and S3.
+
+Jobs are created through the API; two are then archived by writing the rows the pipeline would
+write and putting real PNGs in the moto S3 endpoint, so thumbnails load through presigned URLs.
+The screenshot is kept in test-artifacts/dashboard.png.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from models.tables import Job
+from tests.api.conftest import AUTH, Served, archive_job
+from tests.conftest import TEST_API_TOKEN
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+WAIT_SECONDS = 30
+
+
+@pytest.fixture
+def browser() -> Iterator[webdriver.Chrome]:
+    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        pytest.fail("chromium and chromium-driver are required: apt-get install -y chromium chromium-driver")
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(WAIT_SECONDS)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def create(served: Served, prompt: str, n: int = 1) -> str:
+    response = requests.post(
+        f"{served.url}/v1/jobs", json={"prompt": prompt, "n": n}, headers=AUTH, timeout=10
+    )
+    assert response.status_code == 202, response.text
+    job_id: str = response.json()["id"]
+    return job_id
+
+
+def loaded_thumbnails(driver: webdriver.Chrome) -> list[str]:
+    script = (
+        "return [...document.querySelectorAll('#gallery figure')]"
+        ".filter(f => { const i = f.querySelector('img'); return i.complete && i.naturalWidth > 0; })"
+        ".map(f => f.dataset.image);"
+    )
+    result: list[str] = driver.execute_script(script)
+    return result
+
+
+def rows(driver: webdriver.Chrome) -> dict[str, str]:
+    return {
+        row.get_attribute("data-job-id") or "": row.get_attribute("data-status") or ""
+        for row in driver.find_elements(By.CSS_SELECTOR, "#jobs tr")
+    }
+
+
+def test_dashboard_shows_jobs_timelines_counts_and_thumbnails(
+    served_api: Served, browser: webdriver.Chrome, s3_client: Any, s3_bucket: str
+) -> None:
+    fox, owl, queued = (
+        create(served_api, "a fox", 2),
+        create(served_api, "an owl"),
+        create(served_api, "waiting"),
+    )
+    with served_api.sessions() as session:
+        for job_id, colors in ((fox, [(220, 40, 40), (40, 40, 220)]), (owl, [(40, 160, 60)])):
+            job = session.get(Job, job_id)
+            assert job is not None
+            archive_job(session, job, s3_client, s3_bucket, colors)
+    served_api.limiter.acquire(queued, 1)
+
+    browser.get(f"{served_api.url}/#token={TEST_API_TOKEN}")
+    wait = WebDriverWait(browser, WAIT_SECONDS, poll_frequency=0.2)
+    expected_images = {f"{fox}/0", f"{fox}/1", f"{owl}/0"}
+    wait.until(lambda d: set(loaded_thumbnails(d)) == expected_images)
+    wait.until(lambda d: rows(d) == {fox: "archived", owl: "archived", queued: "queued"})
+
+    # The token left the address bar (it lives in sessionStorage only).
+    assert TEST_API_TOKEN not in browser.current_url
+    fox_row = browser.find_element(By.CSS_SELECTOR, f'#jobs tr[data-job-id="{fox}"]')
+    timeline = [b.text for b in fox_row.find_elements(By.CSS_SELECTOR, ".timeline .badge")]
+    assert timeline == ["queued", "submitted", "succeeded", "archived"]
+    counts = {
+        e.get_attribute("data-count"): e.text.split()[-1]
+        for e in browser.find_elements(By.CSS_SELECTOR, "#counts [data-count]")
+    }
+    assert counts["archived"] == "2" and counts["queued"] == "1" and counts["failed"] == "0"
+    assert browser.find_element(By.ID, "slots").text == "1 / 5"
+    assert browser.find_element(By.ID, "at-risk").text == "0"
+
+    # It refreshes itself: a job created now shows up without reloading the page.
+    late = create(served_api, "a late job")
+    wait.until(lambda d: rows(d).get(late) == "queued")
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "dashboard.png"))
+
+
+def test_dashboard_asks_for_a_token_and_refuses_a_wrong_one(
+    served_api: Served, browser: webdriver.Chrome
+) -> None:
+    browser.get(served_api.url + "/")
+    wait = WebDriverWait(browser, WAIT_SECONDS, poll_frequency=0.2)
+    wait.until(lambda d: d.find_element(By.ID, "login").is_displayed())
+    browser.find_element(By.ID, "token").send_keys("not-the-token")
+    browser.find_element(By.CSS_SELECTOR, "#login button").click()
+    wait.until(lambda d: d.find_element(By.ID, "login-error").is_displayed())
+    assert not browser.find_element(By.ID, "main").is_displayed()
+    browser.find_element(By.ID, "token").send_keys(TEST_API_TOKEN)
+    browser.find_element(By.CSS_SELECTOR, "#login button").click()
+    wait.until(lambda d: d.find_element(By.ID, "main").is_displayed())

@@ -1,0 +1,179 @@
+"""Structured JSON logs (job id, provider task id) and the rule that no secret is ever logged or answered."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from kling.callbacks import sign_callback
+from models.base import utcnow
+from models.logging import REDACTED, JsonFormatter, install_redaction, log_context, secret_values
+from models.tables import Job
+from models.tokens import callback_token
+from tests.api.conftest import (
+    AUTH,
+    TEST_APPYPIE_KEY,
+    TEST_KLING_API_KEY,
+    TEST_NOTIFY_SECRET,
+    Api,
+    make_settings,
+)
+from tests.conftest import (
+    TEST_API_TOKEN,
+    TEST_CALLBACK_SECRET,
+    TEST_SECRET_KEY,
+    TEST_WEBHOOK_SECRET,
+)
+from tests.data.helpers import encode, legacy_body
+
+TEST_AWS_SECRET = "test-aws-secret-access-key-0123456789abcdef"
+SECRETS = [
+    TEST_API_TOKEN,
+    TEST_CALLBACK_SECRET,
+    TEST_SECRET_KEY,
+    TEST_WEBHOOK_SECRET,
+    TEST_WEBHOOK_SECRET.removeprefix("whsec_"),
+    TEST_KLING_API_KEY,
+    TEST_APPYPIE_KEY,
+    TEST_NOTIFY_SECRET,
+    TEST_AWS_SECRET,
+]
+
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """Everything the process logs, through the production JSON formatter."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+def json_lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+
+
+def test_json_lines_carry_job_and_provider_task_ids(json_log: io.StringIO) -> None:
+    log = logging.getLogger("kling.test")
+    with log_context(job_id="job-1", provider_task_id="task-9"):
+        log.info("submitted %d slots", 2)
+    log.info("explicit", extra={"job_id": "job-2", "attempt": 3})
+    log.info("no ids")
+    first, second, third = json_lines(json_log)[-3:]
+    assert first["message"] == "submitted 2 slots"
+    assert (first["job_id"], first["provider_task_id"]) == ("job-1", "task-9")
+    assert first["level"] == "INFO" and first["logger"] == "kling.test" and first["ts"].endswith("+00:00")
+    assert (second["job_id"], second["attempt"]) == ("job-2", 3) and "provider_task_id" not in second
+    assert "job_id" not in third
+
+
+def test_secrets_are_scrubbed_from_messages_arguments_and_exceptions(
+    json_log: io.StringIO, caplog: pytest.LogCaptureFixture
+) -> None:
+    install_redaction(make_settings())
+    log = logging.getLogger("kling.test")
+    with caplog.at_level(logging.DEBUG):
+        log.warning("calling with key %s", TEST_SECRET_KEY)
+        log.info(f"token={TEST_API_TOKEN}")
+        try:
+            raise RuntimeError(f"upstream echoed {TEST_CALLBACK_SECRET}")
+        except RuntimeError:
+            log.exception("failed")
+    out = json_log.getvalue()
+    for text in (out, caplog.text):
+        assert TEST_SECRET_KEY not in text and TEST_API_TOKEN not in text and TEST_CALLBACK_SECRET not in text
+        assert text.count(REDACTED) >= 3
+    assert json_lines(json_log)[-1]["exc"].endswith(f"RuntimeError: upstream echoed {REDACTED}")
+
+
+def test_secret_values_cover_every_configured_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", TEST_AWS_SECRET)
+    assert secret_values(make_settings()) >= set(SECRETS)
+
+
+def test_no_secret_in_logs_or_api_output_for_a_whole_run(
+    api: Api, json_log: io.StringIO, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", TEST_AWS_SECRET)
+    install_redaction(make_settings())  # what create_app does, now with the AWS secret set
+    logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO)  # SQL and its parameters too
+    answers: list[str] = []
+
+    def keep(response: Any) -> Any:
+        answers.append(f"{response.status_code} {dict(response.headers)} {response.get_data(as_text=True)}")
+        return response
+
+    caplog.set_level(logging.DEBUG)
+    try:
+        job_id = keep(api.create({"prompt": "fox", "n": 2}, **{"Idempotency-Key": "k1"})).get_json()["id"]
+        keep(api.create({"prompt": "fox", "n": 2}, **{"Idempotency-Key": "k1"}))
+        keep(api.create({"prompt": "", "n": 40, "callback_url": "https://x.example.com"}))
+        keep(api.client.post("/v1/jobs", data=b"{oops", headers=AUTH))
+        keep(api.client.get("/v1/jobs", headers={"Authorization": f"Bearer {TEST_API_TOKEN[:-1]}"}))
+        keep(api.client.get("/v1/jobs"))
+        keep(api.get("/v1/jobs?limit=1"))
+        keep(api.get("/v1/jobs?cursor=bogus"))
+        keep(api.get(f"/v1/jobs/{job_id}"))
+        keep(api.get(f"/v1/jobs/{job_id}/images/0"))
+        keep(api.get("/v1/jobs/00000000-0000-4000-8000-000000000000"))
+        keep(api.get("/v1/dashboard"))
+
+        # A provider callback, signed; then a forged token and a bad signature.
+        body = encode(legacy_body("task-1", "processing", external_task_id=job_id))
+        stamp = int(utcnow().timestamp())
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": "msg_leak",
+            "webhook-timestamp": str(stamp),
+            "webhook-signature": sign_callback(TEST_WEBHOOK_SECRET, "msg_leak", stamp, body),
+        }
+        token = callback_token(TEST_CALLBACK_SECRET, job_id)
+        keep(api.client.post(f"/callbacks/kling/{job_id}/{token}", data=body, headers=headers))
+        keep(api.client.post(f"/callbacks/kling/{job_id}/{'0' * 64}", data=body, headers=headers))
+        keep(
+            api.client.post(
+                f"/callbacks/kling/{job_id}/{token}",
+                data=body,
+                headers={**headers, "webhook-id": "msg_2", "webhook-signature": "v1,AAAA"},
+            )
+        )
+        keep(api.client.get("/metrics"))
+        keep(api.client.get("/openapi.json"))
+        keep(api.client.get("/readyz"))
+        keep(api.client.get("/"))
+        # A careless log line in some code path: it must come out scrubbed.
+        logging.getLogger("kling.careless").error("config dump: %s", {"api_token": TEST_API_TOKEN})
+    finally:
+        logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
+
+    # The run really happened and really was logged (so the absence below means something).
+    assert api.session.get(Job, job_id) is not None
+    assert any(
+        line.get("job_id") == job_id and line["message"].startswith("job created")
+        for line in json_lines(json_log)
+    )
+    assert any("callback applied" in r.getMessage() for r in caplog.records)
+    assert REDACTED in json_log.getvalue() and REDACTED in caplog.text
+
+    outputs = {
+        "api": "\n".join(answers),
+        "json log": json_log.getvalue(),
+        "caplog": caplog.text,
+        "records": "\n".join(f"{r.getMessage()} {r.exc_text or ''} {vars(r)}" for r in caplog.records),
+    }
+    for where, text in outputs.items():
+        for secret in SECRETS:
+            assert secret not in text, f"a configured secret appeared in {where}"

@@ -1,0 +1,53 @@
+"""`python -m bench --smoke` runs every benchmark end to end, so `make bench` cannot rot unseen."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCHES = {"ingest", "utilisation", "archive", "latency", "scale"}
+
+
+def test_smoke_run_writes_valid_results(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    doc = json.loads(out.read_text())
+    assert doc["smoke"] is True
+    assert doc["machine"]["nproc"] >= 1
+    by_name = {b["name"]: b for b in doc["benchmarks"]}
+    assert set(by_name) == BENCHES
+    for name, bench in by_name.items():
+        assert bench["error"] is None, (name, bench["error"])
+        assert bench["figures"], name
+        for fig in bench["figures"]:
+            assert isinstance(fig["value"], float | int), (name, fig)
+            assert fig["value"] == fig["value"], (name, fig["name"], "NaN: nothing was measured")
+    # Each benchmark measured real work, not an empty run.
+    ingest = {f["name"]: f for f in by_name["ingest"]["figures"]}
+    assert ingest["callbacks/s"]["value"] > 0 and ingest["callbacks/s"]["baseline"] > 0
+    assert ingest["non-200 answers"]["passed"] is True
+    assert by_name["ingest"]["details"]["event_outcomes"].get("applied") == 120
+    util = {f["name"]: f for f in by_name["utilisation"]["figures"]}
+    assert util["jobs archived"]["passed"] is True
+    assert {f["name"]: f for f in by_name["latency"]["figures"]}["jobs measured"]["passed"] is True
+    assert {f["name"]: f for f in by_name["scale"]["figures"]}["sweep query uses an index"]["passed"] is True
+    archive = {f["name"]: f for f in by_name["archive"]["figures"]}
+    assert archive["throughput 10 MB"]["value"] > 0 and archive["throughput 10 MB"]["baseline"] > 0
+    # The table is printed with every benchmark in it.
+    for name in BENCHES:
+        assert name in proc.stdout
