@@ -57,7 +57,8 @@ def main() -> None:
     for s in statements:
         kinds[s] = kinds.get(s, 0) + 1
     print(
-        f"{n} callbacks in {elapsed:.2f} s = {n / elapsed:.0f}/s on one thread, {1000 * elapsed / n:.2f} ms each"
+        f"{n} callbacks in {elapsed:.2f} s = {n / elapsed:.0f}/s on one thread, "
+        f"{1000 * elapsed / n:.2f} ms each"
     )
     print(f"SQL statements per callback: {len(statements) / n:.1f} {sorted(kinds.items())}")
     print(f"commits per callback: {len(commits) / n:.2f}")

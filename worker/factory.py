@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from celery import Celery
+from celery.signals import setup_logging
 
+from models.logging import configure_logging
 from models.settings import Settings, get_settings
 
 # Redis redelivers an unacked task after the visibility timeout; a task must finish (or be killed)
@@ -49,6 +52,13 @@ def make_celery(settings: Settings | None = None) -> Celery:
         },
     )
     app.conf.kling_settings = settings
+
+    def json_logs(**_: Any) -> None:
+        # Structured JSON lines with job ids, secrets scrubbed, like the webhook's.
+        configure_logging(settings)
+
+    # Connected per app (strong ref) so `celery -A worker worker/beat` logs JSON, not Celery's text.
+    setup_logging.connect(json_logs, weak=False)
     # Registers the tasks on this app (they are bound via `app.task` in the module).
     from worker import tasks
 

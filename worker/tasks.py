@@ -11,6 +11,7 @@ from typing import Any
 
 from celery import Celery, Task
 
+from models.logging import log_context
 from models.outbox import ARCHIVE_JOB, NOTIFY, RELEASE_SLOTS, SUBMIT_JOB
 from worker import metrics, pipeline
 from worker.outbox import celery_publisher, relay
@@ -64,21 +65,25 @@ class KlingTask(Task):  # type: ignore[misc]  # celery ships no type information
 def register(app: Celery) -> None:
     @app.task(bind=True, base=KlingTask, shared=False, name="kling.submit_job")
     def submit_job(self: KlingTask, job_id: str) -> str:
-        return self.finish(pipeline.submit_job(self.services, job_id, attempt=self.request.retries))
+        with log_context(job_id=job_id):
+            return self.finish(pipeline.submit_job(self.services, job_id, attempt=self.request.retries))
 
     @app.task(bind=True, base=KlingTask, shared=False, name="kling.archive_job")
     def archive_job(self: KlingTask, job_id: str) -> str:
-        return self.finish(pipeline.archive_job(self.services, job_id, attempt=self.request.retries))
+        with log_context(job_id=job_id):
+            return self.finish(pipeline.archive_job(self.services, job_id, attempt=self.request.retries))
 
     @app.task(bind=True, base=KlingTask, shared=False, name="kling.release_slots")
     def release_slots(self: KlingTask, job_id: str) -> list[str]:
-        return pipeline.release_slots(self.services, job_id)
+        with log_context(job_id=job_id):
+            return pipeline.release_slots(self.services, job_id)
 
     @app.task(bind=True, base=KlingTask, shared=False, name="kling.notify")
     def notify(self: KlingTask, job_id: str) -> str:
         from worker import notify as notify_mod
 
-        return self.finish(notify_mod.notify_job(self.services, job_id, attempt=self.request.retries))
+        with log_context(job_id=job_id):
+            return self.finish(notify_mod.notify_job(self.services, job_id, attempt=self.request.retries))
 
     @app.task(bind=True, base=KlingTask, shared=False, name="kling.relay_outbox")
     def relay_outbox(self: KlingTask) -> int:
