@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -54,8 +55,10 @@ def make_celery(settings: Settings | None = None) -> Celery:
     app.conf.kling_settings = settings
 
     def json_logs(**_: Any) -> None:
-        # Structured JSON lines with job ids, secrets scrubbed, like the webhook's.
-        configure_logging(settings)
+        # Structured JSON lines with job ids, secrets scrubbed, like the webhook's; a host process
+        # that set up logging itself (the demo, tests) keeps its own.
+        if not logging.getLogger().handlers:
+            configure_logging(settings)
 
     # Connected per app (strong ref) so `celery -A worker worker/beat` logs JSON, not Celery's text.
     setup_logging.connect(json_logs, weak=False)
