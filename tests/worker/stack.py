@@ -28,7 +28,7 @@ from models.db import make_engine, make_sessionmaker, session_scope
 from models.settings import Settings
 from models.statemachine import create_job
 from models.tables import Image, Job
-from tests.conftest import TEST_ACCESS_KEY, TEST_CALLBACK_SECRET, TEST_SECRET_KEY
+from tests.conftest import TEST_ACCESS_KEY, TEST_CALLBACK_SECRET, TEST_SECRET_KEY, TEST_WEBHOOK_SECRET
 from tests.fixtures.services import S3_TEST_ACCESS_KEY, S3_TEST_SECRET_KEY
 from worker.factory import make_celery
 from worker.outbox import relay
@@ -204,6 +204,7 @@ def base_settings(
         reconcile_after_seconds=1.0,
         reconcile_interval_seconds=0.5,
         outbox_relay_seconds=0.5,
+        notify_secret=TEST_WEBHOOK_SECRET,
         **extra,
     )
 

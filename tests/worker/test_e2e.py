@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
+import json
 import random
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from kling.callbacks import verify_callback_signature
 from kling.simulator import Simulator
 from models.settings import Settings
+from tests.conftest import TEST_WEBHOOK_SECRET
 from tests.worker.stack import Stack, base_settings, flush_broker, serve_wsgi
 from webhook import create_app
 
@@ -79,12 +83,28 @@ def assert_all_archived(stack: Stack, job_ids: list[str], s3_client: Any) -> Non
     assert stack.simulator.slots_in_use == 0
 
 
-def test_thirty_jobs_share_six_slots(make_stack, s3_client) -> None:
+def test_thirty_jobs_share_six_slots(make_stack, s3_client, httpserver) -> None:
     stack = make_stack(callbacks=True, concurrency=6)
     rng = random.Random(7)
-    job_ids = [stack.submit(job_params(i, rng)) for i in range(30)]
+    hook = httpserver.url_for("/downstream")
+    httpserver.expect_request("/downstream", method="POST").respond_with_data("ok")
+    job_ids = [stack.submit(job_params(i, rng), webhook_url=hook if i % 10 == 0 else None) for i in range(30)]
     stack.wait_final(job_ids, timeout=180)
     assert_all_archived(stack, job_ids, s3_client)
+    # Jobs with a webhook_url told their receiver, signed, with the S3 locations.
+    notified = {job_ids[i] for i in (0, 10, 20)}
+    deadline = time.monotonic() + 30
+    while len(httpserver.log) < len(notified):
+        assert time.monotonic() < deadline, f"{len(httpserver.log)} downstream deliveries"
+        time.sleep(0.1)
+    seen = set()
+    for request, _ in httpserver.log:
+        body = request.get_data()
+        verify_callback_signature(TEST_WEBHOOK_SECRET, dict(request.headers), body)
+        data = json.loads(body)["data"]
+        seen.add(data["id"])
+        assert all(img["s3_key"] == f"images/{data['id']}/{img['index']}.png" for img in data["images"])
+    assert seen == notified
     sim = stack.simulator
     assert sim.max_slots_in_use <= 6
     assert sim.count_by_code.get(1303, 0) <= 5, sim.count_by_code

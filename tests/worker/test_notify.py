@@ -1,0 +1,125 @@
+"""Downstream webhooks: a receiver verifies the Standard Webhooks signature and gets S3 locations;
+failures are retried and every attempt is visible in `GET /v1/jobs/{id}`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from pytest_httpserver import HTTPServer
+from sqlalchemy.orm import Session
+from werkzeug import Request, Response
+
+from kling.callbacks import verify_callback_signature
+from models.db import make_engine, make_sessionmaker, session_scope
+from models.settings import Settings
+from models.statemachine import create_job, transition
+from models.tables import Image, Job
+from tests.conftest import TEST_API_TOKEN, TEST_WEBHOOK_SECRET
+from webhook import create_app
+from worker.notify import notify_job
+from worker.pipeline import Step
+from worker.services import Services
+
+pytestmark = pytest.mark.integration
+NOTIFY_SECRET = TEST_WEBHOOK_SECRET
+
+
+@pytest.fixture
+def svc(committed_pg_url: str) -> Iterator[Services]:
+    settings = Settings(database_url=committed_pg_url, notify_secret=NOTIFY_SECRET, api_token=TEST_API_TOKEN)
+    engine = make_engine(committed_pg_url)
+    services = Services(settings)
+    services.__dict__["engine"] = engine
+    services.__dict__["sessions"] = make_sessionmaker(engine)
+    yield services
+    engine.dispose()
+
+
+def archived_job(s: Session, webhook_url: str) -> str:
+    job = create_job(
+        s, {"prompt": "p", "n": 1}, provider="kling", webhook_url=webhook_url, metadata={"k": "v"}
+    )
+    transition(s, job, "submitted", source="worker", provider_task_id=f"t-{job.id}")
+    transition(s, job, "succeeded", source="callback")
+    s.add(
+        Image(
+            job_id=job.id,
+            index=0,
+            source_url="https://cdn.klingai.com/expiring.png",
+            status="archived",
+            s3_bucket="kling-archive",
+            s3_key=f"images/{job.id}/0.png",
+            sha256="ab" * 32,
+            bytes=1234,
+            content_type="image/png",
+        )
+    )
+    s.flush()
+    transition(s, job, "archived", source="archiver")
+    return job.id
+
+
+def test_receiver_verifies_signature_and_gets_s3_locations(svc: Services, httpserver: HTTPServer) -> None:
+    received: list[Request] = []
+
+    def handler(request: Request) -> Response:
+        received.append(request)
+        return Response("ok", status=200)
+
+    httpserver.expect_request("/hook", method="POST").respond_with_handler(handler)
+    with session_scope(svc.sessions) as s:
+        job_id = archived_job(s, httpserver.url_for("/hook"))
+
+    assert notify_job(svc, job_id).step is Step.DONE
+    (request,) = received
+    body = request.get_data()
+    verify_callback_signature(NOTIFY_SECRET, dict(request.headers), body)
+    event = json.loads(body)
+    assert event["type"] == "job.archived"
+    assert request.headers["webhook-id"] == f"msg_{job_id}_job.archived"
+    data = event["data"]
+    assert (data["id"], data["status"], data["metadata"]) == (job_id, "archived", {"k": "v"})
+    (image,) = data["images"]
+    assert image["s3_uri"] == f"s3://kling-archive/images/{job_id}/0.png"
+    assert image["sha256"] == "ab" * 32
+    # Never the provider's URL: it is deleted after 30 days.
+    assert "expiring" not in body.decode()
+
+    # Delivered once: running the task again sends nothing.
+    assert notify_job(svc, job_id).step is Step.DONE
+    assert len(received) == 1
+
+
+def test_failures_are_retried_and_attempts_are_visible(svc: Services, httpserver: HTTPServer) -> None:
+    httpserver.expect_ordered_request("/hook").respond_with_data("busy", status=503)
+    httpserver.expect_ordered_request("/hook").respond_with_data("ok", status=204)
+    with session_scope(svc.sessions) as s:
+        job_id = archived_job(s, httpserver.url_for("/hook"))
+
+    first = notify_job(svc, job_id)
+    assert first.step is Step.RETRY and first.retry_in > 0
+    second = notify_job(svc, job_id, attempt=1)
+    assert second.step is Step.DONE
+
+    app = create_app(svc.settings)
+    answer = app.test_client().get(
+        f"/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {TEST_API_TOKEN}"}
+    )
+    assert answer.status_code == 200
+    (note,) = answer.get_json()["notifications"]
+    assert note["attempts"] == 2
+    assert note["last_status"] == 204
+    assert note["delivered_at"] is not None
+
+
+def test_jobs_without_webhook_or_not_final_send_nothing(svc: Services, httpserver: HTTPServer) -> None:
+    with session_scope(svc.sessions) as s:
+        quiet = create_job(s, {"prompt": "p"}, provider="kling").id
+        running = create_job(s, {"prompt": "p"}, provider="kling", webhook_url=httpserver.url_for("/hook")).id
+    assert notify_job(svc, quiet).step is Step.DONE
+    assert notify_job(svc, running).step is Step.DONE
+    assert httpserver.log == []
+    with session_scope(svc.sessions) as s:
+        assert s.get(Job, running).status == "queued"  # type: ignore[union-attr]
