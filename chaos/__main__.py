@@ -63,6 +63,7 @@ def main(*, short: bool, only: tuple[str, ...], seed: int, keep: bool) -> None:
     profile = SHORT if short else FULL
     scenarios = [s for s in SCENARIOS if not only or s.name in only]
     root = Path(tempfile.mkdtemp(prefix="kling-chaos-"))
+    root.chmod(0o755)  # PostgreSQL runs as its own user when we are root and must reach its data dir
     stack = ChaosStack(root, Tuning())
     rng = random.Random(seed)
     results: list[Result] = []

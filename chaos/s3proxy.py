@@ -37,7 +37,8 @@ class S3FaultProxy:
         return self
 
     def close(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():  # shutdown() waits forever for a loop that never started
+            self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
         self._pool.clear()

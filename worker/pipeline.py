@@ -17,6 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import func, select
 
 from kling import ImageRequest, KlingError, Task, ValidationError
+from kling.client import ImageProvider
 from kling.errors import ConcurrencyLimitExceeded, RateLimited
 from kling.http import is_ambiguous, is_not_found
 from models.base import utcnow
@@ -28,6 +29,7 @@ from models.tokens import callback_url
 from worker import metrics
 from worker.archiver import ArchiveVerificationError, NotAnImage, archive_image, object_stem
 from worker.fetch import FetchError, FetchRefused, SourceGone, TooLarge
+from worker.provider import ProviderNotConfigured
 from worker.services import Services
 
 log = logging.getLogger(__name__)
@@ -71,7 +73,13 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0) -> Outcome:
             return Outcome(Step.DONE, detail="no such job")
         if job.status != JobStatus.QUEUED:
             return Outcome(Step.DONE, detail=f"already {job.status}")
-        params, slots = dict(job.params), job.slots
+        params, slots, provider_name = dict(job.params), job.slots, job.provider
+
+    try:
+        provider = svc.provider_for(provider_name)
+    except ProviderNotConfigured as exc:
+        _fail(svc, job_id, code="provider_not_configured", message=f"{provider_name}: {exc}")
+        return Outcome(Step.FAILED, detail=str(exc))
 
     try:
         request = ImageRequest.from_params(params)
@@ -89,7 +97,7 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0) -> Outcome:
         cb_url = callback_url(settings.public_base_url, settings.callback_secret.get_secret_value(), job_id)
 
     try:
-        task = svc.provider.create_image(request, external_task_id=job_id, callback_url=cb_url)
+        task = provider.create_image(request, external_task_id=job_id, callback_url=cb_url)
     except (RateLimited, ConcurrencyLimitExceeded) as exc:
         # Not processed: give the slots back and try again later; the job stays queued.
         metrics.provider_errors.labels(code=str(exc.code)).inc()
@@ -101,7 +109,7 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0) -> Outcome:
             svc.limiter.release(job_id)
             _fail(svc, job_id, code=str(exc.code or exc.http_status or "provider_error"), message=exc.message)
             return Outcome(Step.FAILED, detail=str(exc))
-        found = _find_existing(svc, job_id, exc)
+        found = _find_existing(svc, provider, job_id, exc)
         if isinstance(found, Outcome):
             return found
         task = found
@@ -110,9 +118,11 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0) -> Outcome:
     return Outcome(Step.DONE, detail=task.task_id)
 
 
-def _find_existing(svc: Services, job_id: str, original: KlingError) -> Task | Outcome:
+def _find_existing(
+    svc: Services, provider: ImageProvider, job_id: str, original: KlingError
+) -> Task | Outcome:
     """After an ambiguous create: the task may exist. Never create again before knowing."""
-    if not getattr(svc.provider, "supports_external_task_id", True):
+    if not provider.supports_external_task_id:
         # The gateway cannot look a task up by our id: a retry could bill twice, so stop here.
         svc.limiter.release(job_id)
         _fail(
@@ -123,7 +133,7 @@ def _find_existing(svc: Services, job_id: str, original: KlingError) -> Task | O
         )
         return Outcome(Step.FAILED, detail=str(original))
     try:
-        return svc.provider.get_image(external_task_id=job_id)
+        return provider.get_image(external_task_id=job_id)
     except KlingError as exc:
         if is_not_found(exc):
             # Not created: safe to create again. Keep the lease; we come straight back.
@@ -342,7 +352,7 @@ def reconcile(svc: Services, *, limit: int = 200) -> ReconcileReport:
     cutoff = utcnow() - timedelta(seconds=svc.settings.reconcile_after_seconds)
     with session_scope(svc.sessions) as s:
         quiet = s.execute(
-            select(Job.id, Job.provider_task_id)
+            select(Job.id, Job.provider_task_id, Job.provider)
             .where(
                 Job.status.in_([JobStatus.SUBMITTED, JobStatus.PROCESSING]),
                 Job.updated_at <= cutoff,
@@ -351,13 +361,11 @@ def reconcile(svc: Services, *, limit: int = 200) -> ReconcileReport:
             .order_by(Job.updated_at)
             .limit(limit)
         ).all()
-    for job_id, task_id in quiet:
+    for job_id, task_id, provider_name in quiet:
         try:
-            if task_id:
-                task = svc.provider.get_image(task_id)
-            else:
-                task = svc.provider.get_image(external_task_id=job_id)
-        except KlingError as exc:
+            provider = svc.provider_for(provider_name)
+            task = provider.get_image(task_id) if task_id else provider.get_image(external_task_id=job_id)
+        except (KlingError, ProviderNotConfigured) as exc:
             report.errors += 1
             log.warning("reconcile: job %s: %s", job_id, exc)
             continue

@@ -7,18 +7,23 @@ from kling.client import ImageProvider
 from models.settings import Settings
 
 
-def make_provider(settings: Settings) -> ImageProvider:
+class ProviderNotConfigured(RuntimeError):
+    """A job asks for a provider this deployment has no credentials for."""
+
+
+def make_provider(settings: Settings, name: str | None = None) -> ImageProvider:
     # The worker does its own requeueing (slots, backoff), so the client must not retry behind it.
-    if settings.kling_provider == "appypie":
+    name = name or settings.kling_provider
+    if name == "appypie":
         if settings.appypie_subscription_key is None:
-            raise RuntimeError("APPYPIE_SUBSCRIPTION_KEY is required when KLING_PROVIDER=appypie")
+            raise ProviderNotConfigured("APPYPIE_SUBSCRIPTION_KEY is not set")
         return AppyPieClient(
             subscription_key=settings.appypie_subscription_key.get_secret_value(),
             base_url=settings.appypie_api_base,
             max_retries=0,
         )
     if settings.kling_api_key is None and not (settings.kling_access_key and settings.kling_secret_key):
-        raise RuntimeError("set KLING_ACCESS_KEY and KLING_SECRET_KEY, or KLING_API_KEY")
+        raise ProviderNotConfigured("set KLING_ACCESS_KEY and KLING_SECRET_KEY, or KLING_API_KEY")
     return KlingClient(
         access_key=settings.kling_access_key,
         secret_key=settings.kling_secret_key.get_secret_value() if settings.kling_secret_key else None,

@@ -32,6 +32,7 @@ class Services:
     s3_override: Any = None
     publish: Callable[[str, list[Any]], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _providers: dict[str, ImageProvider] = field(default_factory=dict, repr=False)
 
     @cached_property
     def engine(self) -> Engine:
@@ -47,11 +48,20 @@ class Services:
 
     @cached_property
     def provider(self) -> ImageProvider:
+        """The deployment's default provider (`KLING_PROVIDER`)."""
+        return self.provider_for(self.settings.kling_provider)
+
+    def provider_for(self, name: str) -> ImageProvider:
+        """The client for a job's provider (`kling` or `appypie`), built once per process."""
         if self.provider_override is not None:
             return self.provider_override
-        from worker.provider import make_provider
+        with self._lock:
+            client = self._providers.get(name)
+            if client is None:
+                from worker.provider import make_provider
 
-        return make_provider(self.settings)
+                client = self._providers[name] = make_provider(self.settings, name)
+            return client
 
     @cached_property
     def limiter(self) -> SlotLimiter:

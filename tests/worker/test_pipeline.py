@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis
+from pydantic import SecretStr
 from sqlalchemy import select
 
 from kling import KlingClient, Task, TaskImage, TaskStatus
@@ -285,3 +286,35 @@ def test_docker_compose_file_is_valid() -> None:
         ["docker-compose", "config", "-q"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_each_job_goes_to_its_own_provider(harness: Harness) -> None:
+    settings = harness.svc.settings.model_copy(
+        update={
+            "appypie_api_base": harness.sim.base_url,
+            "appypie_subscription_key": SecretStr("gateway-subscription-key"),
+        }
+    )
+    svc = Services(settings, limiter_override=harness.svc.limiter, s3_override=harness.svc.s3)
+    svc.__dict__["sessions"] = harness.svc.sessions
+    with session_scope(svc.sessions) as s:
+        job_id = create_job(s, {"prompt": "via the gateway", "n": 1}, provider="appypie").id
+    assert pipeline.submit_job(svc, job_id).step is Step.DONE
+    job = harness.get(job_id)
+    assert job.status == "submitted" and job.provider_task_id
+    harness.wait_sim_final(job.provider_task_id)
+    # The gateway cannot look tasks up by our id: the reconciler asks by its task id.
+    assert pipeline.reconcile(svc).changed == 1
+    assert harness.get(job_id).status == "succeeded"
+
+
+def test_a_provider_without_credentials_fails_the_job_clearly(harness: Harness) -> None:
+    svc = Services(harness.svc.settings, limiter_override=harness.svc.limiter)
+    svc.__dict__["sessions"] = harness.svc.sessions
+    with session_scope(svc.sessions) as s:
+        job_id = create_job(s, {"prompt": "p", "n": 1}, provider="appypie").id
+    assert pipeline.submit_job(svc, job_id).step is Step.FAILED
+    job = harness.get(job_id)
+    assert (job.status, job.error_code) == ("failed", "provider_not_configured")
+    assert "APPYPIE_SUBSCRIPTION_KEY" in (job.error_message or "")
+    assert harness.sim.tasks_by_external_id(job_id) == []
