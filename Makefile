@@ -32,5 +32,8 @@ demo: $(STAMP) ## Run the one-command demo (simulator, webhook, worker, embedded
 bench: $(STAMP) ## Run the benchmarks against their baselines (writes bench/results.json)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
+chaos: $(STAMP) ## Fault-injection suite: private stack, 7 faults with 50 jobs in flight (CHAOS_ARGS=--short)
+	$(BIN)/python -m chaos $(CHAOS_ARGS)
+
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

@@ -251,7 +251,6 @@ def celery_worker(env: Mapping[str, str], *, concurrency: int, beat: bool = True
     proc = Proc("celery", cmd, env)
     try:
         with running(proc):
-            proc.wait_for(r"ready\.", timeout=180)  # measuring before the pool is up would charge its start-up
             yield proc
     finally:
         for leftover in schedule.parent.glob(schedule.name + "*"):

@@ -63,6 +63,15 @@ class Deployment:
             time.sleep(0.1)  # polling interval of a deadline loop
 
 
+def wait_worker_ready(celery: Any, worker: infra.Proc, timeout: float = 120.0) -> None:
+    """Measuring before the worker consumes would charge its start-up to the figures."""
+    deadline = time.monotonic() + timeout
+    while not celery.control.ping(timeout=1.0):
+        worker.check()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"celery worker not answering ping after {timeout} s\n{worker.log()}")
+
+
 @contextmanager
 def deployment(ctx: Context, *, slots: int, task_seconds: float, **sim_knobs: Any) -> Iterator[Deployment]:
     infra.flush_redis()
@@ -82,9 +91,11 @@ def deployment(ctx: Context, *, slots: int, task_seconds: float, **sim_knobs: An
             settings = Settings(**{**probe.model_dump(), "public_base_url": public})
             engine = make_engine(url)
             with infra.celery_worker(infra.settings_env(settings), concurrency=WORKER_CONCURRENCY) as worker:
+                celery = make_celery(settings)
+                wait_worker_ready(celery, worker)
                 sim = SimulatorRemote(sim_url)
                 try:
-                    yield Deployment(settings, sim, make_sessionmaker(engine), make_celery(settings), worker)
+                    yield Deployment(settings, sim, make_sessionmaker(engine), celery, worker)
                 finally:
                     sim.close()
                     engine.dispose()

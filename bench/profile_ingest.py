@@ -62,7 +62,7 @@ def main() -> None:
     )
     print(f"SQL statements per callback: {len(statements) / n:.1f} {sorted(kinds.items())}")
     print(f"commits per callback: {len(commits) / n:.2f}")
-    pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
+    pstats.Stats(profiler).sort_stats("cumulative").print_stats(60)
 
 
 if __name__ == "__main__":

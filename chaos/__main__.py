@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import random
 import shutil
@@ -50,22 +51,47 @@ def table(results: list[Result], *, title: str) -> Table:
     return t
 
 
+def parse_tuning(items: tuple[str, ...]) -> Tuning:
+    fields = {f.name: f for f in dataclasses.fields(Tuning)}
+    changes: dict[str, float | int] = {}
+    for item in items:
+        name, _, raw = item.partition("=")
+        if name not in fields:
+            raise click.BadParameter(
+                f"unknown field {name!r}; one of {', '.join(fields)}", param_hint="--tune"
+            )
+        try:
+            changes[name] = int(raw) if fields[name].type == "int" else float(raw)
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: {raw!r} is not a number", param_hint="--tune") from None
+    return dataclasses.replace(Tuning(), **changes)  # type: ignore[arg-type]
+
+
 @click.command()
 @click.option("--short", is_flag=True, help="Fewer jobs and shorter outages (the CI version).")
 @click.option(
     "--only", "only", multiple=True, type=click.Choice(NAMES), help="Run only this scenario (repeatable)."
 )
 @click.option("--seed", default=7, show_default=True, type=int, help="Seed of the job mix.")
-@click.option("--keep", is_flag=True, help="Keep the temp dir (data and logs) even when every scenario passes.")
-def main(*, short: bool, only: tuple[str, ...], seed: int, keep: bool) -> None:
+@click.option(
+    "--keep", is_flag=True, help="Keep the temp dir (data and logs) even when every scenario passes."
+)
+@click.option(
+    "--tune",
+    multiple=True,
+    metavar="FIELD=NUMBER",
+    help="Override a stack timing (chaos.stack.Tuning), e.g. --tune stuck_submit_seconds=300. Repeatable.",
+)
+def main(*, short: bool, only: tuple[str, ...], seed: int, keep: bool, tune: tuple[str, ...]) -> None:
     """Start a private stack, inject each fault with jobs in flight, check nothing is lost or doubled."""
-    console = Console()
+    # A pipe (make, CI logs) gets 80 columns by default, which folds the table past reading.
+    console = Console(width=None if sys.stdout.isatty() else 160)
     profile = SHORT if short else FULL
     scenarios = [s for s in SCENARIOS if not only or s.name in only]
     root = Path(tempfile.mkdtemp(prefix="kling-chaos-"))
     root.chmod(0o755)  # PostgreSQL runs as its own user when we are root and must reach its data dir
-    stack = ChaosStack(root, Tuning())
-    rng = random.Random(seed)
+    stack = ChaosStack(root, parse_tuning(tune))
+    rng = random.Random(seed)  # noqa: S311  (a reproducible job mix, not crypto)
     results: list[Result] = []
     began = time.monotonic()
     console.print(
@@ -95,7 +121,7 @@ def main(*, short: bool, only: tuple[str, ...], seed: int, keep: bool) -> None:
         table(
             results,
             title=f"Fault injection ({'short' if short else 'full'}): {platform.node()}, "
-            f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, {total:.0f} s total",
+            f"{platform.machine()}, Python {platform.python_version()}, {total:.0f} s total",
         )
     )
     failed = [r.name for r in results if not r.passed]

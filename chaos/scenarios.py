@@ -32,7 +32,9 @@ class Profile:
     timeout: float
 
 
-FULL = Profile(jobs=50, kills=3, outage_seconds=30, redis_down_seconds=5, webhook_down_seconds=10, timeout=240)
+FULL = Profile(
+    jobs=50, kills=3, outage_seconds=30, redis_down_seconds=5, webhook_down_seconds=10, timeout=240
+)
 SHORT = Profile(jobs=20, kills=2, outage_seconds=8, redis_down_seconds=2, webhook_down_seconds=3, timeout=120)
 
 
@@ -63,12 +65,19 @@ class Scenario:
 
 
 def _wait_for(stack: ChaosStack, ids: list[str], *states: str, timeout: float = 60.0) -> None:
-    wait_until(lambda: stack.count_status(ids, *states) > 0, timeout=timeout, what=f"a job in {'/'.join(states)}")
+    wait_until(
+        lambda: stack.count_status(ids, *states) > 0, timeout=timeout, what=f"a job in {'/'.join(states)}"
+    )
 
 
 def kill_during_submit(stack: ChaosStack, p: Profile, ids: list[str], notes: list[str]) -> None:
     for k in range(p.kills):
-        _wait_for(stack, ids, "queued")
+        # Mid-way through submitting: some jobs already at the provider, others still queued.
+        wait_until(
+            lambda: stack.count_status(ids, "queued") > 0 and stack.count_status(ids, *IN_FLIGHT) > 0,
+            timeout=60,
+            what="submits under way",
+        )
         queued = stack.count_status(ids, "queued")
         stack.kill_worker(k % len(stack.workers))
         notes.append(f"kill {k + 1}: worker{k % len(stack.workers)} SIGKILLed with {queued} job(s) queued")
@@ -82,7 +91,9 @@ def kill_during_archive(stack: ChaosStack, p: Profile, ids: list[str], notes: li
         _wait_for(stack, ids, "succeeded")
         archiving = stack.count_status(ids, "succeeded")
         stack.kill_worker(k % len(stack.workers))
-        notes.append(f"kill {k + 1}: worker{k % len(stack.workers)} SIGKILLed with {archiving} job(s) archiving")
+        notes.append(
+            f"kill {k + 1}: worker{k % len(stack.workers)} SIGKILLed with {archiving} job(s) archiving"
+        )
         stack.start_worker(k % len(stack.workers))
 
 
@@ -148,7 +159,9 @@ SCENARIOS = [
 NAMES = [s.name for s in SCENARIOS]
 
 
-def run(stack: ChaosStack, scenario: Scenario, profile: Profile, rng: random.Random, notes: list[str]) -> Result:
+def run(
+    stack: ChaosStack, scenario: Scenario, profile: Profile, rng: random.Random, notes: list[str]
+) -> Result:
     result = Result(scenario.name, scenario.fault)
     stack.sim.configure(**{**BASE_KNOBS, **scenario.knobs})
     started = time.monotonic()

@@ -8,6 +8,7 @@ the database, the simulator's `/_sim` inspection and S3.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -89,7 +90,14 @@ class ChaosStack:
         self.sim_port = free_port()
         self.web_port = free_port()
         self.moto = self._proc(
-            "moto", [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(self.moto_port)]
+            "moto",
+            [
+                str(Path(sys.executable).with_name("moto_server")),
+                "-H",
+                "127.0.0.1",
+                "-p",
+                str(self.moto_port),
+            ],
         )
         self.proxy = S3FaultProxy(f"http://127.0.0.1:{self.moto_port}")
         self.api_token = secrets.token_hex(32)
@@ -305,9 +313,9 @@ class ChaosStack:
             if not proc.alive:
                 self.start_worker(i)
                 healed.append(proc.name)
-        for proc in (self.beat, self.sim_proc, self.moto):
-            if proc is not None and not proc.alive:
-                raise RuntimeError(f"{proc.name} exited on its own:\n{proc.tail()}")
+        for other in (self.beat, self.sim_proc, self.moto):
+            if other is not None and not other.alive:
+                raise RuntimeError(f"{other.name} exited on its own:\n{other.tail()}")
         return healed
 
     # --- jobs ---------------------------------------------------------------------------------------
@@ -331,7 +339,9 @@ class ChaosStack:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                resp = self.http.post(f"{self.web_url}/v1/jobs", json=body, headers=headers, timeout=HTTP_TIMEOUT)
+                resp = self.http.post(
+                    f"{self.web_url}/v1/jobs", json=body, headers=headers, timeout=HTTP_TIMEOUT
+                )
                 if resp.status_code in (200, 202):
                     return str(resp.json()["id"])
                 error = f"HTTP {resp.status_code}: {resp.text[:200]}"
@@ -344,7 +354,10 @@ class ChaosStack:
 
     def statuses(self, ids: list[str]) -> dict[str, str]:
         with session_scope(self._sessions) as s:
-            return {job_id: status for job_id, status in s.execute(select(Job.id, Job.status).where(Job.id.in_(ids)))}
+            return {
+                job_id: status
+                for job_id, status in s.execute(select(Job.id, Job.status).where(Job.id.in_(ids)))
+            }
 
     def count_status(self, ids: list[str], *wanted: str) -> int:
         """How many of `ids` are in one of `wanted` (0 while the database is unreachable)."""
@@ -358,10 +371,8 @@ class ChaosStack:
         deadline = time.monotonic() + timeout
         statuses: dict[str, str] = {}
         while True:
-            try:
+            with contextlib.suppress(SQLAlchemyError):  # the database may be down on purpose
                 statuses = self.statuses(ids)
-            except SQLAlchemyError:
-                pass  # the database may be down on purpose
             if len(statuses) == len(ids) and all(s in FINAL for s in statuses.values()):
                 return statuses
             if time.monotonic() > deadline:
@@ -394,7 +405,9 @@ class ChaosStack:
             elif count == 0:
                 problems.append(f"job {spec.id} has no provider task")
 
-        result.bad_images = self._check_images([s for s in specs if statuses.get(s.id) == "archived"], problems)
+        result.bad_images = self._check_images(
+            [s for s in specs if statuses.get(s.id) == "archived"], problems
+        )
         result.leaked_slots = self._wait_slots_free()
         if result.leaked_slots:
             assert self.limiter is not None
@@ -417,8 +430,12 @@ class ChaosStack:
         seen: dict[str, int] = {}
         for job_id, task_id, index, status, key, sha in rows:
             seen[job_id] = seen.get(job_id, 0) + 1
-            source = self.sim.image_sha256(task_id, index)
-            stored = hashlib.sha256(self.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()).hexdigest() if key else ""
+            source = self.sim.image_sha256(task_id or "", index)
+            stored = (
+                hashlib.sha256(self.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()).hexdigest()
+                if key
+                else ""
+            )
             if status != "archived" or not (source == sha == stored):
                 bad += 1
                 problems.append(f"job {job_id} image {index}: {status}, source {source} db {sha} s3 {stored}")

@@ -286,6 +286,9 @@ def apply_provider_task(
             enqueue(session, ARCHIVE_JOB, job.id)
         if task.status.is_final:
             enqueue(session, RELEASE_SLOTS, job.id)
+    elif target is JobStatus.SUCCEEDED and current is JobStatus.SUCCEEDED:
+        # A first `succeed` may have come without images (a bare callback); a later report has them.
+        _add_images(session, job, task, now)
     if outcome is not EventOutcome.STALE:
         job.last_provider_update_at = now
     if source == TransitionSource.POLL:

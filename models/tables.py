@@ -58,6 +58,12 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_provider_update_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # One worker run owns a job's current step (submit or archive) until `claimed_until`; duplicate
+    # messages and re-dispatches find it owned and stop, so provider calls never overlap.
+    claim_token: Mapped[str | None] = mapped_column(String(36))
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Creates sent to the provider: after the first, the task may exist, so look it up first.
+    create_attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
 
     images: Mapped[list[Image]] = relationship(
         back_populates="job", order_by="Image.index", cascade="all, delete-orphan", passive_deletes=True

@@ -167,6 +167,12 @@ def create() -> Answer:
     provider, webhook_url, metadata, params, errors = _split_body(body, settings)
     key = _idempotency_key()
     errors += validate_image_params(params, provider=provider)
+    n = params.get("n", 1)
+    if isinstance(n, int) and not isinstance(n, bool) and n > settings.kling_concurrency:
+        # Kling holds n slots per task: a job bigger than the account could never start.
+        errors.append(
+            FieldError("n", "concurrency", f"must be at most KLING_CONCURRENCY={settings.kling_concurrency}")
+        )
     if errors:
         raise ApiError(422, "invalid request", errors)
 
@@ -193,8 +199,16 @@ def create() -> Answer:
     return payload, 202 if created else 200, {"Location": f"/v1/jobs/{job_id}"}
 
 
+LIST_PARAMETERS = ("status", "limit", "cursor")
+
+
 @bp.get("/v1/jobs")
 def list_jobs() -> Answer:
+    for name in request.args:
+        if name not in LIST_PARAMETERS:
+            raise _bad_query(
+                name or "(empty name)", "unknown", f"unknown parameter; use {', '.join(LIST_PARAMETERS)}"
+            )
     status = request.args.get("status")
     if status is not None and status not in JobStatus.__members__.values():
         raise _bad_query("status", "enum", f"must be one of {', '.join(JobStatus)}")

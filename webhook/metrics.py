@@ -30,10 +30,11 @@ from sqlalchemy.orm import Session, sessionmaker
 import webhook.callbacks
 import worker.metrics
 from models.base import utcnow
-from models.enums import ImageStatus, JobStatus
+from models.enums import JobStatus
 from models.settings import Settings
-from models.tables import Image, Job, Outbox
+from models.tables import Job, Outbox
 from webhook import db
+from worker.pipeline import at_risk_query
 
 log = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)
@@ -87,11 +88,7 @@ class StateCollector(Collector):
         deadline = utcnow() - timedelta(days=self._settings.alert_after_days)
         with self._sessions() as session:
             by_status = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-            at_risk = session.scalar(
-                select(func.count())
-                .select_from(Image)
-                .where(Image.status == ImageStatus.PENDING, Image.provider_created_at <= deadline)
-            )
+            at_risk = session.scalar(at_risk_query(deadline))
             backlog = session.scalar(
                 select(func.count()).select_from(Outbox).where(Outbox.dispatched_at.is_(None))
             )

@@ -25,15 +25,14 @@ from models.base import utcnow
 from models.db import session_scope
 from models.enums import JobStatus
 from models.tables import Job, Notification
-from worker.pipeline import Outcome, Step
+from worker.pipeline import GIVE_UP_AFTER, Outcome, Step
 from worker.services import Services
 
 log = logging.getLogger(__name__)
 
 EVENTS = {JobStatus.ARCHIVED.value: "job.archived", JobStatus.FAILED.value: "job.failed"}
-GIVE_UP_AFTER = timedelta(hours=24)
 TIMEOUT = (5.0, 15.0)
-MAX_BACKOFF_SECONDS = 3600.0
+MAX_BACKOFF_SECONDS = 600.0
 
 
 def _iso(value: datetime | None) -> str | None:

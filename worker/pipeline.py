@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import logging
 import random
+import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from botocore.exceptions import BotoCoreError, ClientError
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, Select, func, or_, select, update
+from sqlalchemy.orm import Session
 
-from kling import ImageRequest, KlingError, Task, ValidationError
+from kling import ImageRequest, KlingError, Task, TaskStatus, ValidationError
 from kling.client import ImageProvider
 from kling.errors import ConcurrencyLimitExceeded, RateLimited
 from kling.http import is_ambiguous, is_not_found
@@ -24,10 +26,10 @@ from models.base import utcnow
 from models.db import session_scope
 from models.enums import ImageStatus, JobStatus
 from models.statemachine import TaskMismatch, apply_provider_task, transition
-from models.tables import Image, Job
+from models.tables import Image, Job, Notification
 from models.tokens import callback_url
 from worker import metrics
-from worker.archiver import ArchiveVerificationError, NotAnImage, archive_image, object_stem
+from worker.archiver import ArchivedObject, ArchiveVerificationError, NotAnImage, archive_image, object_stem
 from worker.fetch import FetchError, FetchRefused, SourceGone, TooLarge
 from worker.provider import ProviderNotConfigured
 from worker.services import Services
@@ -37,17 +39,18 @@ log = logging.getLogger(__name__)
 SOURCE_EXPIRED = "source_expired"
 ARCHIVE_REFUSED = "archive_refused"
 CREATE_UNCERTAIN = "create_uncertain"
-# A queued job that holds a lease but made no progress for this long lost its submit (worker
-# killed mid-call): it is dispatched again and re-uses its own lease.
-STUCK_SUBMIT_SECONDS = 60
-# Succeeded jobs not archived after this long get their archive task again (lost message).
-STUCK_ARCHIVE_SECONDS = 120
+NO_IMAGES = "no_images"
+EXCEEDS_CONCURRENCY = "exceeds_concurrency"
+# A final job with a webhook_url and no delivery row after this long lost its notify message.
+STUCK_NOTIFY_SECONDS = 60.0
+# Downstream deliveries are retried for this long, then given up.
+GIVE_UP_AFTER = timedelta(hours=24)
 
 
 class Step(StrEnum):
     DONE = "done"  # nothing more to do for this message
     WAIT = "wait"  # no slots: the job stays queued, the pump dispatches it when slots free up
-    RETRY = "retry"  # transient failure: run again after `retry_in`
+    RETRY = "retry"  # transient failure: run again after `retry_in`, keeping the claim
     FAILED = "failed"  # the job is now failed
 
 
@@ -56,6 +59,8 @@ class Outcome:
     step: Step
     retry_in: float = 0.0
     detail: str = ""
+    # The claim a RETRY keeps: the retried message presents it to take the job back.
+    claim: str | None = None
 
 
 def backoff(attempt: int, *, base: float = 1.0, cap: float = 300.0) -> float:
@@ -63,8 +68,52 @@ def backoff(attempt: int, *, base: float = 1.0, cap: float = 300.0) -> float:
     return random.uniform(0, min(cap, base * 2**attempt))  # noqa: S311  (jitter, not crypto)
 
 
+# --- claims -----------------------------------------------------------------------------------------
+def _claim(s: Session, job_id: str, status: JobStatus, claim: str | None, hold: float) -> str | None:
+    """Take the job's current step for this run for `hold` seconds, or None if a live run owns it.
+
+    Redelivered messages, re-dispatches by the reconciler and the pump all end here: only one run
+    at a time talks to the provider or S3 for a job. A retry presents the claim it was given. A run
+    that dies leaves its claim to expire (`STUCK_SUBMIT_SECONDS` / `STUCK_ARCHIVE_SECONDS`, longer
+    than the slowest provider or S3 call), then the reconciler dispatches the step again.
+    """
+    token = claim or str(uuid.uuid4())
+    now = utcnow()
+    free = or_(Job.claimed_until.is_(None), Job.claimed_until < now)
+    if claim is not None:
+        free = or_(free, Job.claim_token == claim)
+    result = s.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == status, free)
+        .values(claim_token=token, claimed_until=now + timedelta(seconds=hold))
+        .execution_options(synchronize_session=False)
+    )
+    return token if result.rowcount == 1 else None  # type: ignore[attr-defined]
+
+
+def _keep_claim(svc: Services, job_id: str, token: str, retry_in: float, hold: float) -> Outcome:
+    """Hold the claim through the retry's countdown, so nothing else starts the step meanwhile."""
+    until = utcnow() + timedelta(seconds=retry_in + hold)
+    with session_scope(svc.sessions) as s:
+        s.execute(update(Job).where(Job.id == job_id, Job.claim_token == token).values(claimed_until=until))
+    return Outcome(Step.RETRY, retry_in=retry_in, claim=token)
+
+
+def _unclaim(svc: Services, job_id: str, token: str) -> None:
+    with session_scope(svc.sessions) as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.claim_token == token)
+            .values(claim_token=None, claimed_until=None)
+        )
+
+
+def _unclaimed(now: datetime) -> ColumnElement[bool]:
+    return or_(Job.claimed_until.is_(None), Job.claimed_until < now)
+
+
 # --- submit -----------------------------------------------------------------------------------------
-def submit_job(svc: Services, job_id: str, *, attempt: int = 0) -> Outcome:
+def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | None = None) -> Outcome:
     """Create the provider task for a queued job, at most once (DESIGN.md rules 1 and 3)."""
     with session_scope(svc.sessions) as s:
         job = s.get(Job, job_id)
@@ -73,44 +122,64 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0) -> Outcome:
             return Outcome(Step.DONE, detail="no such job")
         if job.status != JobStatus.QUEUED:
             return Outcome(Step.DONE, detail=f"already {job.status}")
+        token = _claim(s, job_id, JobStatus.QUEUED, claim, svc.settings.stuck_submit_seconds)
+        if token is None:
+            return Outcome(Step.DONE, detail="another run owns this job")
         params, slots, provider_name = dict(job.params), job.slots, job.provider
+        s.refresh(job)
+        tried_before = job.create_attempts > 0
 
     try:
         provider = svc.provider_for(provider_name)
+        request = ImageRequest.from_params(params)
     except ProviderNotConfigured as exc:
         _fail(svc, job_id, code="provider_not_configured", message=f"{provider_name}: {exc}")
         return Outcome(Step.FAILED, detail=str(exc))
-
-    try:
-        request = ImageRequest.from_params(params)
     except ValidationError as exc:
         # The API validates before queueing; this only happens for rows written by hand.
-        _fail(svc, job_id, code="invalid_request", message=str(exc), source="worker")
+        _fail(svc, job_id, code="invalid_request", message=str(exc))
         return Outcome(Step.FAILED, detail=str(exc))
+    hold = svc.settings.stuck_submit_seconds
+    if slots > svc.limiter.limit:
+        message = f"n={slots} needs more slots than KLING_CONCURRENCY={svc.limiter.limit}"
+        _fail(svc, job_id, code=EXCEEDS_CONCURRENCY, message=message)
+        return Outcome(Step.FAILED, detail=message)
 
     if not svc.limiter.acquire(job_id, slots):
+        _unclaim(svc, job_id, token)
         return Outcome(Step.WAIT)
+
+    if tried_before:
+        # An earlier run sent a create and we never learned its fate: ask before creating again.
+        found = _find_existing(svc, provider, job_id, token, None)
+        if isinstance(found, Task):
+            _record_submitted(svc, job_id, found)
+            return Outcome(Step.DONE, detail=found.task_id)
+        if found.step is not Step.DONE:
+            return found
 
     settings = svc.settings
     cb_url = None
     if settings.public_base_url and settings.callback_secret:
         cb_url = callback_url(settings.public_base_url, settings.callback_secret.get_secret_value(), job_id)
 
+    with session_scope(svc.sessions) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(create_attempts=Job.create_attempts + 1))
     try:
         task = provider.create_image(request, external_task_id=job_id, callback_url=cb_url)
     except (RateLimited, ConcurrencyLimitExceeded) as exc:
         # Not processed: give the slots back and try again later; the job stays queued.
         metrics.provider_errors.labels(code=str(exc.code)).inc()
         svc.limiter.release(job_id)
-        return Outcome(Step.RETRY, retry_in=exc.retry_after or backoff(attempt), detail=str(exc))
+        return _keep_claim(svc, job_id, token, exc.retry_after or backoff(attempt), hold)
     except KlingError as exc:
         metrics.provider_errors.labels(code=str(exc.code or exc.http_status or "network")).inc()
         if not is_ambiguous(exc):
             svc.limiter.release(job_id)
             _fail(svc, job_id, code=str(exc.code or exc.http_status or "provider_error"), message=exc.message)
             return Outcome(Step.FAILED, detail=str(exc))
-        found = _find_existing(svc, provider, job_id, exc)
-        if isinstance(found, Outcome):
+        found = _find_existing(svc, provider, job_id, token, exc)
+        if not isinstance(found, Task):
             return found
         task = found
 
@@ -119,9 +188,12 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0) -> Outcome:
 
 
 def _find_existing(
-    svc: Services, provider: ImageProvider, job_id: str, original: KlingError
+    svc: Services, provider: ImageProvider, job_id: str, token: str, original: KlingError | None
 ) -> Task | Outcome:
-    """After an ambiguous create: the task may exist. Never create again before knowing."""
+    """A create may have gone through: look the task up by our id. Never create again before knowing.
+
+    Returns the task, DONE when it surely does not exist (create now), or the RETRY/FAILED outcome.
+    """
     if not provider.supports_external_task_id:
         # The gateway cannot look a task up by our id: a retry could bill twice, so stop here.
         svc.limiter.release(job_id)
@@ -129,17 +201,19 @@ def _find_existing(
             svc,
             job_id,
             code=CREATE_UNCERTAIN,
-            message=f"create failed ambiguously and the provider cannot look tasks up by id: {original}",
+            message=f"a create failed ambiguously and the provider cannot look tasks up by id: {original}",
         )
         return Outcome(Step.FAILED, detail=str(original))
     try:
         return provider.get_image(external_task_id=job_id)
     except KlingError as exc:
-        if is_not_found(exc):
-            # Not created: safe to create again. Keep the lease; we come straight back.
-            return Outcome(Step.RETRY, retry_in=backoff(0, base=0.5), detail=str(original))
-        # Lookup failed too: we still don't know. Keep the lease and ask again later.
-        return Outcome(Step.RETRY, retry_in=backoff(1), detail=f"{original}; lookup: {exc}")
+        if not is_not_found(exc):
+            # The lookup failed too: we still don't know. Keep the lease and ask again later.
+            return _keep_claim(svc, job_id, token, backoff(1), svc.settings.stuck_submit_seconds)
+    if original is None:
+        return Outcome(Step.DONE)
+    # Not found right after an ambiguous failure: retry shortly; the next run looks up again first.
+    return _keep_claim(svc, job_id, token, 0.5 + backoff(0, base=0.5), svc.settings.stuck_submit_seconds)
 
 
 def _record_submitted(svc: Services, job_id: str, task: Task) -> None:
@@ -159,7 +233,8 @@ def _record_submitted(svc: Services, job_id: str, task: Task) -> None:
         except TaskMismatch:
             log.error("submit: job %s got task %s but already has another", job_id, task.task_id)
             raise
-        if task.status is not None and task.status.value != "submitted":
+        job.claim_token, job.claimed_until = None, None
+        if task.status is not TaskStatus.SUBMITTED:
             # A lookup after an ambiguous create can find the task further along.
             apply_provider_task(s, job_id, task, source="poll")
 
@@ -169,6 +244,7 @@ def _fail(svc: Services, job_id: str, *, code: str, message: str, source: str = 
         job = s.get(Job, job_id)
         if job is not None:
             transition(s, job, JobStatus.FAILED, source=source, error_code=code, error_message=message)
+            job.claim_token, job.claimed_until = None, None
 
 
 # --- slots ------------------------------------------------------------------------------------------
@@ -178,13 +254,13 @@ def release_slots(svc: Services, job_id: str) -> list[str]:
     return pump(svc)
 
 
-def pump(svc: Services, *, stuck_seconds: float = STUCK_SUBMIT_SECONDS) -> list[str]:
-    """Dispatch submit for queued jobs that fit in the free slots; returns the ids dispatched.
+def pump(svc: Services) -> list[str]:
+    """Dispatch submit for unclaimed queued jobs that fit in the free slots; returns their ids.
 
     Candidates go in the limiter's own queue order (oldest refused first), then the other queued
     jobs oldest first, so the jobs dispatched are the ones the limiter's fairness rule will admit.
-    Queued jobs that hold a lease but went quiet (their submit was lost with a killed worker) are
-    dispatched again and re-use their own lease.
+    A queued job that holds a lease but no live claim lost its submit run (worker killed): it is
+    dispatched again and re-uses its own lease. Claimed jobs are left alone: a run owns them.
     """
     if svc.publish is None:
         return []
@@ -192,37 +268,32 @@ def pump(svc: Services, *, stuck_seconds: float = STUCK_SUBMIT_SECONDS) -> list[
     holders = limiter.holders()
     free = limiter.limit - sum(holders.values())
     waiting: list[str] = getattr(limiter, "waiting", list)()
-    stuck_before = utcnow() - timedelta(seconds=stuck_seconds)
+    now = utcnow()
     with session_scope(svc.sessions) as s:
-        queued = {
-            job_id: (slots, updated_at)
-            for job_id, slots, updated_at in s.execute(
-                select(Job.id, Job.slots, Job.updated_at)
-                .where(Job.status == JobStatus.QUEUED)
+        queued = dict(
+            s.execute(
+                select(Job.id, Job.slots)
+                .where(Job.status == JobStatus.QUEUED, _unclaimed(now))
                 .order_by(Job.created_at, Job.id)
                 .limit(max(100, limiter.limit * 4))
+            ).all()
+        )
+        missing = [w for w in waiting if w not in queued]
+        if missing:
+            queued.update(
+                s.execute(
+                    select(Job.id, Job.slots).where(
+                        Job.id.in_(missing), Job.status == JobStatus.QUEUED, _unclaimed(now)
+                    )
+                ).all()
             )
-        }
-        if waiting:
-            missing = [w for w in waiting if w not in queued]
-            if missing:
-                queued.update(
-                    {
-                        job_id: (slots, updated_at)
-                        for job_id, slots, updated_at in s.execute(
-                            select(Job.id, Job.slots, Job.updated_at).where(
-                                Job.id.in_(missing), Job.status == JobStatus.QUEUED
-                            )
-                        )
-                    }
-                )
-    order = [w for w in waiting if w in queued] + [j for j in queued if j not in set(waiting)]
+    waiting_set = set(waiting)
+    order = [w for w in waiting if w in queued] + [j for j in queued if j not in waiting_set]
     dispatched: list[str] = []
     for job_id in order:
-        slots, updated_at = queued[job_id]
+        slots = queued[job_id]
         if job_id in holders:
-            if updated_at < stuck_before:
-                dispatched.append(job_id)
+            dispatched.append(job_id)
         elif slots <= free:
             free -= slots
             dispatched.append(job_id)
@@ -232,24 +303,40 @@ def pump(svc: Services, *, stuck_seconds: float = STUCK_SUBMIT_SECONDS) -> list[
 
 
 # --- archive ----------------------------------------------------------------------------------------
-def archive_job(svc: Services, job_id: str, *, attempt: int = 0, source: str = "archiver") -> Outcome:
-    """Copy every pending image of a succeeded job into S3, then mark the job archived."""
+def archive_job(
+    svc: Services, job_id: str, *, attempt: int = 0, claim: str | None = None, source: str = "archiver"
+) -> Outcome:
+    """Copy every pending image of a succeeded job into S3, then mark the job archived.
+
+    Every image is tried: one lost image fails the job only after the others are kept.
+    """
     settings = svc.settings
     with session_scope(svc.sessions) as s:
         job = s.get(Job, job_id)
         if job is None or job.status != JobStatus.SUCCEEDED:
             return Outcome(Step.DONE, detail=f"job is {job.status if job else 'gone'}")
-        provider_task_id = job.provider_task_id or ""
-        pending = [
-            (img.id, img.index, img.source_url)
-            for img in s.scalars(
-                select(Image)
-                .where(Image.job_id == job_id, Image.status == ImageStatus.PENDING)
-                .order_by(Image.index)
-            )
-        ]
+        token = _claim(s, job_id, JobStatus.SUCCEEDED, claim, svc.settings.stuck_archive_seconds)
+        if token is None:
+            return Outcome(Step.DONE, detail="another run owns this job")
+        provider_task_id, provider_name = job.provider_task_id or "", job.provider
+        images = list(s.scalars(select(Image).where(Image.job_id == job_id).order_by(Image.index)))
+        pending = [(img.id, img.index, img.source_url) for img in images if img.status == ImageStatus.PENDING]
 
-    fetcher = svc.fetcher
+    if not images:
+        # The provider said `succeed` without images (a bare callback): ask it for them.
+        outcome = _fetch_missing_images(
+            svc,
+            job_id,
+            provider_name=provider_name,
+            provider_task_id=provider_task_id,
+            token=token,
+            attempt=attempt,
+        )
+        if outcome is not None:
+            return outcome
+        return archive_job(svc, job_id, attempt=attempt, claim=token, source=source)
+
+    lost: tuple[str, str] | None = None
     for image_id, index, url in pending:
         started = utcnow()
         try:
@@ -258,77 +345,64 @@ def archive_job(svc: Services, job_id: str, *, attempt: int = 0, source: str = "
                 bucket=settings.s3_bucket,
                 key_stem=object_stem(settings.s3_prefix, job_id, index),
                 url=url,
-                fetcher=fetcher,
+                fetcher=svc.fetcher,
                 max_bytes=settings.archive_max_bytes,
                 metadata={"job-id": job_id, "provider-task-id": provider_task_id},
             )
-        except SourceGone as exc:
-            _image_lost(
-                svc,
-                job_id,
-                image_id=image_id,
-                status=ImageStatus.EXPIRED,
-                code=SOURCE_EXPIRED,
-                message=str(exc),
-                source=source,
-            )
-            return Outcome(Step.FAILED, detail=str(exc))
-        except (FetchRefused, TooLarge, NotAnImage) as exc:
-            _image_lost(
-                svc,
-                job_id,
-                image_id=image_id,
-                status=ImageStatus.FAILED,
-                code=ARCHIVE_REFUSED,
-                message=str(exc),
-                source=source,
-            )
-            return Outcome(Step.FAILED, detail=str(exc))
+        except (SourceGone, FetchRefused, TooLarge, NotAnImage) as exc:
+            expired = isinstance(exc, SourceGone)
+            code = SOURCE_EXPIRED if expired else ARCHIVE_REFUSED
+            _set_image(svc, image_id, ImageStatus.EXPIRED if expired else ImageStatus.FAILED)
+            lost = lost or (code, str(exc))
+            continue
         except (FetchError, ArchiveVerificationError, BotoCoreError, ClientError, OSError) as exc:
             log.warning("archive: job %s image %s: %s (will retry)", job_id, index, exc)
-            return Outcome(Step.RETRY, retry_in=backoff(attempt, base=2.0), detail=str(exc))
-        seconds = (utcnow() - started).total_seconds()
+            return _keep_claim(svc, job_id, token, backoff(attempt, base=2.0), settings.stuck_archive_seconds)
         metrics.archive_bytes.inc(obj.bytes)
-        metrics.archive_seconds.observe(seconds)
-        with session_scope(svc.sessions) as s:
-            img = s.get(Image, image_id)
-            if img is not None and img.status == ImageStatus.PENDING:
-                img.status = ImageStatus.ARCHIVED.value
-                img.s3_bucket, img.s3_key = obj.bucket, obj.key
-                img.sha256, img.bytes, img.content_type = obj.sha256, obj.bytes, obj.content_type
-                img.archived_at = utcnow()
+        metrics.archive_seconds.observe((utcnow() - started).total_seconds())
+        _set_image(svc, image_id, ImageStatus.ARCHIVED, obj)
+        # Still ours for another full period: a job of many large images outlasts one claim.
+        _keep_claim(svc, job_id, token, 0, settings.stuck_archive_seconds)
 
+    if lost is not None:
+        _fail(svc, job_id, code=lost[0], message=lost[1], source=source)
+        return Outcome(Step.FAILED, detail=lost[1])
     with session_scope(svc.sessions) as s:
         job = s.get(Job, job_id)
         if job is None:
             return Outcome(Step.DONE)
-        left = s.scalar(
-            select(func.count())
-            .select_from(Image)
-            .where(Image.job_id == job_id, Image.status != ImageStatus.ARCHIVED)
-        )
-        if left == 0:
-            transition(s, job, JobStatus.ARCHIVED, source=source, detail={"images": len(pending)})
+        transition(s, job, JobStatus.ARCHIVED, source=source, detail={"images": len(images)})
+        job.claim_token, job.claimed_until = None, None
     return Outcome(Step.DONE)
 
 
-def _image_lost(
-    svc: Services,
-    job_id: str,
-    *,
-    image_id: int,
-    status: ImageStatus,
-    code: str,
-    message: str,
-    source: str,
-) -> None:
+def _fetch_missing_images(
+    svc: Services, job_id: str, *, provider_name: str, provider_task_id: str, token: str, attempt: int
+) -> Outcome | None:
+    """Poll the provider for a succeeded job that has no image rows; None when images were added."""
+    try:
+        task = svc.provider_for(provider_name).get_image(provider_task_id or None, external_task_id=None)
+    except (KlingError, ProviderNotConfigured) as exc:
+        log.warning("archive: job %s has no images and the provider lookup failed: %s", job_id, exc)
+        return _keep_claim(svc, job_id, token, backoff(attempt, base=2.0), svc.settings.stuck_archive_seconds)
+    if not (task.images or task.series_images):
+        _fail(svc, job_id, code=NO_IMAGES, message="the provider reported success without any image")
+        return Outcome(Step.FAILED, detail="no images")
+    with session_scope(svc.sessions) as s:
+        apply_provider_task(s, job_id, task, source="poll")
+    return None
+
+
+def _set_image(svc: Services, image_id: int, status: ImageStatus, obj: ArchivedObject | None = None) -> None:
     with session_scope(svc.sessions) as s:
         img = s.get(Image, image_id)
-        if img is not None and img.status == ImageStatus.PENDING:
-            img.status = status.value
-        job = s.get(Job, job_id)
-        if job is not None:
-            transition(s, job, JobStatus.FAILED, source=source, error_code=code, error_message=message)
+        if img is None or img.status != ImageStatus.PENDING:
+            return
+        img.status = status.value
+        if obj is not None:
+            img.s3_bucket, img.s3_key = obj.bucket, obj.key
+            img.sha256, img.bytes, img.content_type = obj.sha256, obj.bytes, obj.content_type
+            img.archived_at = utcnow()
 
 
 # --- reconcile --------------------------------------------------------------------------------------
@@ -338,6 +412,7 @@ class ReconcileReport:
     changed: int = 0
     errors: int = 0
     rearchived: list[str] = field(default_factory=list)
+    renotified: list[str] = field(default_factory=list)
     redispatched: list[str] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
 
@@ -365,40 +440,98 @@ def reconcile(svc: Services, *, limit: int = 200) -> ReconcileReport:
         try:
             provider = svc.provider_for(provider_name)
             task = provider.get_image(task_id) if task_id else provider.get_image(external_task_id=job_id)
-        except (KlingError, ProviderNotConfigured) as exc:
+            with session_scope(svc.sessions) as s:
+                result = apply_provider_task(s, job_id, task, source="poll")
+            if not task.status.is_final:
+                # Still running at the provider: keep its slots leased.
+                svc.limiter.renew(job_id)
+        except Exception as exc:  # noqa: BLE001  (one bad job must not stop the safety net)
             report.errors += 1
-            log.warning("reconcile: job %s: %s", job_id, exc)
+            log.warning("reconcile: job %s: %s: %s", job_id, type(exc).__name__, exc)
+            _mark_polled(svc, job_id)
             continue
         report.polled += 1
-        with session_scope(svc.sessions) as s:
-            result = apply_provider_task(s, job_id, task, source="poll")
         if result.changed:
             report.changed += 1
-        if not task.status.is_final:
-            # Still running at the provider: keep its slots leased.
-            svc.limiter.renew(job_id)
 
-    report.rearchived = _redispatch_archives(svc, stuck_seconds=svc.settings.stuck_archive_seconds)
-    report.released = _release_leaked(svc)
-    report.redispatched = pump(svc, stuck_seconds=svc.settings.stuck_submit_seconds)
+    for name, step in (
+        ("rearchived", _redispatch_archives),
+        ("renotified", _redispatch_notifications),
+        ("released", _release_leaked),
+        ("redispatched", pump),
+    ):
+        try:
+            setattr(report, name, step(svc))
+        except Exception as exc:  # noqa: BLE001
+            report.errors += 1
+            log.warning("reconcile: %s failed: %s: %s", name, type(exc).__name__, exc)
     return report
 
 
-def _redispatch_archives(svc: Services, *, stuck_seconds: float = STUCK_ARCHIVE_SECONDS) -> list[str]:
+def _mark_polled(svc: Services, job_id: str) -> None:
+    # A job whose poll fails goes to the back of the line instead of blocking the others.
+    try:
+        with session_scope(svc.sessions) as s:
+            s.execute(update(Job).where(Job.id == job_id).values(last_polled_at=utcnow()))
+    except Exception as exc:  # noqa: BLE001
+        log.warning("reconcile: could not mark job %s polled: %s", job_id, type(exc).__name__)
+
+
+def _redispatch_archives(svc: Services) -> list[str]:
+    """Succeeded jobs nobody is archiving (their message was lost with a killed worker)."""
     if svc.publish is None:
         return []
-    before = utcnow() - timedelta(seconds=stuck_seconds)
+    now = utcnow()
+    before = now - timedelta(seconds=svc.settings.stuck_archive_seconds)
     with session_scope(svc.sessions) as s:
         ids = list(
             s.scalars(
                 select(Job.id)
-                .where(Job.status == JobStatus.SUCCEEDED, Job.updated_at <= before)
+                .where(Job.status == JobStatus.SUCCEEDED, Job.updated_at <= before, _unclaimed(now))
                 .order_by(Job.updated_at)
                 .limit(100)
             )
         )
     for job_id in ids:
         svc.publish("archive_job", [job_id])
+    return ids
+
+
+def _redispatch_notifications(svc: Services) -> list[str]:
+    """Downstream deliveries whose retry message was lost, and final jobs never notified."""
+    if svc.publish is None:
+        return []
+    now = utcnow()
+    grace = now - timedelta(seconds=STUCK_NOTIFY_SECONDS)
+    with session_scope(svc.sessions) as s:
+        due = set(
+            s.scalars(
+                select(Notification.job_id)
+                .where(
+                    Notification.delivered_at.is_(None),
+                    Notification.next_attempt_at < grace,
+                    Notification.created_at > now - GIVE_UP_AFTER,
+                )
+                .limit(100)
+            )
+        )
+        never = set(
+            s.scalars(
+                select(Job.id)
+                .outerjoin(Notification, Notification.job_id == Job.id)
+                .where(
+                    Job.webhook_url.is_not(None),
+                    Job.status.in_([JobStatus.ARCHIVED, JobStatus.FAILED]),
+                    Job.finished_at < grace,
+                    Job.finished_at > now - GIVE_UP_AFTER,
+                    Notification.id.is_(None),
+                )
+                .limit(100)
+            )
+        )
+    ids = sorted(due | never)
+    for job_id in ids:
+        svc.publish("notify", [job_id])
     return ids
 
 
@@ -423,6 +556,23 @@ def _release_leaked(svc: Services) -> list[str]:
     return [*done, *gone]
 
 
+def at_risk_query(risk_before: datetime) -> Select[int]:
+    """Images of live jobs not archived although the provider made them before `risk_before`.
+
+    Images of failed jobs are out: nothing will archive them, alerting forever helps nobody.
+    """
+    return (
+        select(func.count())
+        .select_from(Image)
+        .join(Job, Job.id == Image.job_id)
+        .where(
+            Image.status == ImageStatus.PENDING,
+            Image.provider_created_at <= risk_before,
+            Job.status == JobStatus.SUCCEEDED,
+        )
+    )
+
+
 # --- sweep ------------------------------------------------------------------------------------------
 @dataclass
 class SweepReport:
@@ -443,17 +593,15 @@ def sweep(svc: Services, *, dry_run: bool = False, limit: int = 1000) -> SweepRe
         rows = s.execute(
             select(Image.job_id, func.min(Image.provider_created_at))
             .join(Job, Job.id == Image.job_id)
-            .where(Image.status == ImageStatus.PENDING, Job.status == JobStatus.SUCCEEDED)
+            .where(
+                Image.status == ImageStatus.PENDING, Job.status == JobStatus.SUCCEEDED, _unclaimed(utcnow())
+            )
             .group_by(Image.job_id)
             .order_by(func.min(Image.provider_created_at))
             .limit(limit)
         ).all()
         pending = s.scalar(select(func.count()).select_from(Image).where(Image.status == ImageStatus.PENDING))
-        at_risk = s.scalar(
-            select(func.count())
-            .select_from(Image)
-            .where(Image.status == ImageStatus.PENDING, Image.provider_created_at <= risk_before)
-        )
+        at_risk = s.scalar(at_risk_query(risk_before))
     report = SweepReport(jobs=[r[0] for r in rows], pending_images=pending or 0, at_risk=at_risk or 0)
     metrics.images_at_risk.set(report.at_risk)
     if report.at_risk:

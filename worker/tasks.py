@@ -14,10 +14,13 @@ from celery import Celery, Task
 from models.logging import log_context
 from models.outbox import ARCHIVE_JOB, NOTIFY, RELEASE_SLOTS, SUBMIT_JOB
 from worker import metrics, pipeline
+from worker.factory import VISIBILITY_TIMEOUT
 from worker.outbox import celery_publisher, relay
 from worker.services import Services
 
 log = logging.getLogger(__name__)
+
+MAX_COUNTDOWN = VISIBILITY_TIMEOUT / 4
 
 # Outbox task name -> Celery task name.
 TASK_NAMES = {
@@ -58,20 +61,27 @@ class KlingTask(Task):  # type: ignore[misc]  # celery ships no type information
     def finish(self, outcome: pipeline.Outcome) -> str:
         metrics.tasks_total.labels(task=self.name, outcome=outcome.step.value).inc()
         if outcome.step is pipeline.Step.RETRY:
-            raise self.retry(countdown=outcome.retry_in, max_retries=None)
+            # The retried message carries the claim, so it (and only it) takes the job back. Its
+            # countdown stays well below the broker's visibility timeout, or Redis would hand the
+            # waiting message to a second worker.
+            kwargs = {**self.request.kwargs, "claim": outcome.claim} if outcome.claim else None
+            countdown = min(outcome.retry_in, MAX_COUNTDOWN)
+            raise self.retry(countdown=countdown, kwargs=kwargs, max_retries=None)
         return outcome.step.value
 
 
 def register(app: Celery) -> None:
     @app.task(bind=True, base=KlingTask, shared=False, name="kling.submit_job")
-    def submit_job(self: KlingTask, job_id: str) -> str:
+    def submit_job(self: KlingTask, job_id: str, claim: str | None = None) -> str:
         with log_context(job_id=job_id):
-            return self.finish(pipeline.submit_job(self.services, job_id, attempt=self.request.retries))
+            outcome = pipeline.submit_job(self.services, job_id, attempt=self.request.retries, claim=claim)
+            return self.finish(outcome)
 
     @app.task(bind=True, base=KlingTask, shared=False, name="kling.archive_job")
-    def archive_job(self: KlingTask, job_id: str) -> str:
+    def archive_job(self: KlingTask, job_id: str, claim: str | None = None) -> str:
         with log_context(job_id=job_id):
-            return self.finish(pipeline.archive_job(self.services, job_id, attempt=self.request.retries))
+            outcome = pipeline.archive_job(self.services, job_id, attempt=self.request.retries, claim=claim)
+            return self.finish(outcome)
 
     @app.task(bind=True, base=KlingTask, shared=False, name="kling.release_slots")
     def release_slots(self: KlingTask, job_id: str) -> list[str]:

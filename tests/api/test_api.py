@@ -157,6 +157,15 @@ def test_provider_rules_follow_the_chosen_provider(api: Api) -> None:
     assert ok.status_code == 202 and ok.get_json()["provider"] == "appypie"
 
 
+def test_n_above_the_account_concurrency_is_refused(api: Api) -> None:
+    # The test settings have KLING_CONCURRENCY=5: a 6-image task could never get its slots.
+    response = api.create({"prompt": "six foxes", "n": 6})
+    assert response.status_code == 422
+    (field,) = response.get_json()["fields"]
+    assert (field["field"], field["rule"]) == ("n", "concurrency")
+    assert api.create({"prompt": "five foxes", "n": 5}).status_code == 202
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [

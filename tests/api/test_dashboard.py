@@ -72,11 +72,38 @@ def loaded_thumbnails(driver: webdriver.Chrome) -> list[str]:
     return result
 
 
+# The page re-renders every few seconds: read it in one script run, never through element handles
+# that a refresh can make stale between two calls.
 def rows(driver: webdriver.Chrome) -> dict[str, str]:
-    return {
-        row.get_attribute("data-job-id") or "": row.get_attribute("data-status") or ""
-        for row in driver.find_elements(By.CSS_SELECTOR, "#jobs tr")
-    }
+    result: dict[str, str] = driver.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll('#jobs tr')]"
+        ".map(r => [r.dataset.jobId || '', r.dataset.status || '']));"
+    )
+    return result
+
+
+def timeline(driver: webdriver.Chrome, job_id: str) -> list[str]:
+    result: list[str] = driver.execute_script(
+        "return [...document.querySelectorAll(`#jobs tr[data-job-id='${arguments[0]}'] .timeline .badge`)]"
+        ".map(b => b.textContent.trim());",
+        job_id,
+    )
+    return result
+
+
+def counts(driver: webdriver.Chrome) -> dict[str, str]:
+    result: dict[str, str] = driver.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll('#counts [data-count]')]"
+        ".map(e => [e.dataset.count, e.textContent.trim().split(/\\s+/).pop()]));"
+    )
+    return result
+
+
+def text_of(driver: webdriver.Chrome, element_id: str) -> str:
+    result: str = driver.execute_script(
+        "return document.getElementById(arguments[0]).textContent.trim();", element_id
+    )
+    return result
 
 
 def test_dashboard_shows_jobs_timelines_counts_and_thumbnails(
@@ -102,16 +129,11 @@ def test_dashboard_shows_jobs_timelines_counts_and_thumbnails(
 
     # The token left the address bar (it lives in sessionStorage only).
     assert TEST_API_TOKEN not in browser.current_url
-    fox_row = browser.find_element(By.CSS_SELECTOR, f'#jobs tr[data-job-id="{fox}"]')
-    timeline = [b.text for b in fox_row.find_elements(By.CSS_SELECTOR, ".timeline .badge")]
-    assert timeline == ["queued", "submitted", "succeeded", "archived"]
-    counts = {
-        e.get_attribute("data-count"): e.text.split()[-1]
-        for e in browser.find_elements(By.CSS_SELECTOR, "#counts [data-count]")
-    }
-    assert counts["archived"] == "2" and counts["queued"] == "1" and counts["failed"] == "0"
-    assert browser.find_element(By.ID, "slots").text == "1 / 5"
-    assert browser.find_element(By.ID, "at-risk").text == "0"
+    assert timeline(browser, fox) == ["queued", "submitted", "succeeded", "archived"]
+    shown = counts(browser)
+    assert shown["archived"] == "2" and shown["queued"] == "1" and shown["failed"] == "0"
+    assert text_of(browser, "slots") == "1 / 5"
+    assert text_of(browser, "at-risk") == "0"
 
     # It refreshes itself: a job created now shows up without reloading the page.
     late = create(served_api, "a late job")

@@ -7,10 +7,11 @@ from typing import Any
 
 import redis
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import update
 
 from kling.callbacks import sign_callback
 from models.base import utcnow
-from models.tables import Image
+from models.tables import Image, Job
 from models.tokens import callback_token
 from tests.api.conftest import Api
 from tests.conftest import TEST_CALLBACK_SECRET, TEST_WEBHOOK_SECRET
@@ -71,6 +72,8 @@ def test_every_metric_is_exposed_with_values_from_the_database(api: Api) -> None
     ids = [api.create({"prompt": f"p{i}", "n": 2}).get_json()["id"] for i in range(3)]
     assert post_callback(api, ids[0], legacy_body("task-a", "processing", external_task_id=ids[0])) == 200
     now = utcnow()
+    # Images exist once the provider succeeded; those of live jobs count towards the risk.
+    api.session.execute(update(Job).where(Job.id == ids[1]).values(status="succeeded"))
     api.session.add(
         Image(
             job_id=ids[1],
@@ -93,7 +96,8 @@ def test_every_metric_is_exposed_with_values_from_the_database(api: Api) -> None
 
     metrics = scrape(api)
     assert set(metrics) >= NAMES
-    assert value(metrics, "kling_jobs", status="queued") == 2
+    assert value(metrics, "kling_jobs", status="queued") == 1
+    assert value(metrics, "kling_jobs", status="succeeded") == 1
     assert value(metrics, "kling_jobs", status="processing") == 1
     assert value(metrics, "kling_jobs", status="archived") == 0
     assert value(metrics, "kling_images_at_risk") == 1

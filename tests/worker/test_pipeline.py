@@ -141,11 +141,34 @@ def test_provider_1303_releases_slots_and_requeues(harness: Harness) -> None:
     blocker = harness.svc.provider.create_image(__import__("kling").ImageRequest(prompt="x", n=1))
     job_id = harness.job({"prompt": "p", "n": 1})
     outcome = pipeline.submit_job(harness.svc, job_id)
-    assert outcome.step is Step.RETRY and outcome.retry_in >= 0
+    assert outcome.step is Step.RETRY and outcome.retry_in >= 0 and outcome.claim
     assert harness.get(job_id).status == "queued"
     assert job_id not in harness.svc.limiter.holders()
     assert harness.sim.count_by_code.get(1303) == 1
     assert blocker.task_id
+
+
+def test_a_create_whose_fate_is_unknown_is_looked_up_before_creating_again(harness: Harness) -> None:
+    job_id = harness.job()
+    # A run sent the create and died before recording it (the worker was killed).
+    task = harness.svc.provider.create_image(
+        __import__("kling").ImageRequest(prompt="a lighthouse", n=1), external_task_id=job_id
+    )
+    with session_scope(harness.svc.sessions) as s:
+        s.get(Job, job_id).create_attempts = 1
+    creates_before = harness.sim.create_count
+    assert pipeline.submit_job(harness.svc, job_id).step is Step.DONE
+    assert harness.sim.create_count == creates_before
+    assert harness.get(job_id).provider_task_id == task.task_id
+
+
+def test_a_job_needing_more_slots_than_the_account_has_fails_clearly(harness: Harness) -> None:
+    harness.svc.limiter.limit = 2
+    job_id = harness.job({"prompt": "p", "n": 3})
+    assert pipeline.submit_job(harness.svc, job_id).step is Step.FAILED
+    job = harness.get(job_id)
+    assert (job.status, job.error_code) == ("failed", "exceeds_concurrency")
+    assert harness.sim.tasks_by_external_id(job_id) == []
 
 
 def test_content_policy_fails_the_job_with_the_provider_code(harness: Harness) -> None:
@@ -173,7 +196,9 @@ def test_5xx_before_processing_retries_without_a_task(harness: Harness) -> None:
     assert outcome.step is Step.RETRY
     assert harness.sim.tasks_by_external_id(job_id) == []
     harness.sim.configure(fault_5000_rate=0.0)
-    assert pipeline.submit_job(harness.svc, job_id).step is Step.DONE
+    # The retry holds the claim: a stray duplicate message does nothing meanwhile.
+    assert pipeline.submit_job(harness.svc, job_id).detail == "another run owns this job"
+    assert pipeline.submit_job(harness.svc, job_id, claim=outcome.claim).step is Step.DONE
     assert len(harness.sim.tasks_by_external_id(job_id)) == 1
 
 
@@ -201,6 +226,32 @@ def test_image_expired_before_archive_fails_the_job(harness: Harness) -> None:
     job = harness.get(job.id)
     assert (job.status, job.error_code) == ("failed", "source_expired")
     assert [img.status for img in job.images] == ["expired"]
+
+
+def test_one_lost_image_does_not_stop_the_others(harness: Harness) -> None:
+    job = harness.submit_and_finish({"prompt": "p", "n": 1})
+    with session_scope(harness.svc.sessions) as s:
+        s.add(Image(job_id=job.id, index=1, source_url=f"{harness.sim.base_url}/images/no-such-task/1.png"))
+    assert pipeline.archive_job(harness.svc, job.id).step is Step.FAILED
+    job = harness.get(job.id)
+    assert (job.status, job.error_code) == ("failed", "source_expired")
+    assert [(img.index, img.status) for img in job.images] == [(0, "archived"), (1, "expired")]
+    assert job.images[0].sha256 == harness.sim.image_sha256(job.provider_task_id, 0)
+
+
+def test_success_reported_without_images_is_completed_from_the_provider(harness: Harness) -> None:
+    job_id = harness.job({"prompt": "p", "n": 2})
+    assert pipeline.submit_job(harness.svc, job_id).step is Step.DONE
+    task_id = harness.get(job_id).provider_task_id or ""
+    harness.wait_sim_final(task_id)
+    with session_scope(harness.svc.sessions) as s:
+        bare = Task(task_id=task_id, status=TaskStatus.SUCCEEDED)
+        apply_provider_task(s, job_id, bare, source="callback")
+    assert harness.get(job_id).images == []
+    assert pipeline.archive_job(harness.svc, job_id).step is Step.DONE
+    job = harness.get(job_id)
+    assert job.status == "archived"
+    assert [img.status for img in job.images] == ["archived", "archived"]
 
 
 @pytest.mark.parametrize("host", ["169.254.169.254", "evil.example.com"])
