@@ -228,6 +228,10 @@ def _outcome(current: JobStatus, target: JobStatus) -> EventOutcome:
     return EventOutcome.APPLIED
 
 
+def _has_images(session: Session, job: Job) -> bool:
+    return session.scalar(select(Image.id).where(Image.job_id == job.id).limit(1)) is not None
+
+
 def _add_images(session: Session, job: Job, task: Task, now: datetime) -> None:
     existing = set(session.scalars(select(Image.index).where(Image.job_id == job.id)))
     created = task.created_at or now
@@ -286,8 +290,9 @@ def apply_provider_task(
             enqueue(session, ARCHIVE_JOB, job.id)
         if task.status.is_final:
             enqueue(session, RELEASE_SLOTS, job.id)
-    elif target is JobStatus.SUCCEEDED and current is JobStatus.SUCCEEDED:
-        # A first `succeed` may have come without images (a bare callback); a later report has them.
+    elif target is JobStatus.SUCCEEDED and current is JobStatus.SUCCEEDED and not _has_images(session, job):
+        # A first `succeed` may have come without images (a bare callback): the first report that
+        # carries them sets them, once.
         _add_images(session, job, task, now)
     if outcome is not EventOutcome.STALE:
         job.last_provider_update_at = now
