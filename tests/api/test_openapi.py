@@ -7,6 +7,7 @@ data that is accepted fails the test.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,7 +48,10 @@ def app(db_engine: Engine, s3_client: Any) -> Iterator[Flask]:
         factory = sessionmaker(
             bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
         )
-        app, _ = build_app(make_settings(), factory, s3_client)
+        # /readyz answers 200 only with every dependency up, the bucket included.
+        bucket = f"openapi-{uuid.uuid4().hex[:12]}"
+        s3_client.create_bucket(Bucket=bucket)
+        app, _ = build_app(make_settings(s3_bucket=bucket), factory, s3_client)
         set_publisher(app, lambda name, args: None)
         try:
             yield app
