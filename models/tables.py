@@ -35,6 +35,8 @@ class Job(Base):
         Index(None, "status", "updated_at"),
         # API list ordered by a (created_at, id) cursor.
         Index(None, "created_at", "id"),
+        # API list filtered by status, newest first, keyset on (created_at, id).
+        Index(None, "status", "created_at", "id"),
     )
     __mapper_args__ = {"eager_defaults": True}
 

@@ -31,7 +31,7 @@ from models.enums import EventOutcome, TransitionSource
 from models.statemachine import JobNotFound, TaskMismatch, apply_provider_task
 from models.tables import CallbackEvent
 from models.tokens import check_callback_token
-from webhook.db import app_settings, publish_outbox, sessions
+from webhook.db import app_settings, provider_finished, publish_outbox, sessions
 
 log = logging.getLogger(__name__)
 bp = Blueprint("callbacks", __name__)
@@ -106,8 +106,11 @@ def receive(job_id: str, token: str) -> Answer:
         return {"error": "database unavailable, retry later"}, 503
     else:
         outcome = result.outcome.value
-        if result.changed:
+        # Only a final provider state enqueues work (archive, release, notify): a `processing`
+        # callback costs no second transaction.
+        if result.changed and task.status.is_final:
             publish_outbox()
+            provider_finished(job_id)
         log.info(
             "callback %s: job=%s task=%s provider_status=%s job_status=%s",
             outcome,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app
 from sqlalchemy.orm import Session, sessionmaker
@@ -13,9 +13,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.db import make_engine, make_sessionmaker
 from models.settings import Settings
 
+if TYPE_CHECKING:
+    from worker.limiter import SlotLimiter
+
 _SESSIONS = "kling.sessions"
 _SETTINGS = "kling.settings"
 _PUBLISH = "kling.publish"
+# The concurrency limiter this process shares with the workers (tests and the demo set their own).
+LIMITER_KEY = "kling.limiter"
 
 log = logging.getLogger(__name__)
 
@@ -74,3 +79,38 @@ def publish_outbox() -> None:
         relay(sessions(), publish)
     except Exception as exc:  # noqa: BLE001
         log.warning("outbox publish after commit failed, the relay will retry: %s", type(exc).__name__)
+
+
+def limiter_for(app: Flask) -> SlotLimiter:
+    found: SlotLimiter | None = app.extensions.get(LIMITER_KEY)
+    if found is None:
+        from worker.limiter import RedisSlotLimiter
+
+        settings: Settings = app.extensions[_SETTINGS]
+        found = app.extensions[LIMITER_KEY] = RedisSlotLimiter(
+            settings.limiter_redis_url,
+            limit=settings.kling_concurrency,
+            lease_seconds=settings.slot_lease_seconds,
+            key_prefix=settings.limiter_key_prefix,
+        )
+    return found
+
+
+def provider_finished(job_id: str) -> None:
+    """A callback just committed the end of a provider task: hand its slots to the next jobs now.
+
+    The `release_slots` outbox row does the same through a worker (and stays as the durable path);
+    doing it here saves a queue hop per slot hand-off, which is most of the idle time per slot.
+    """
+    publish = current_app.extensions.get(_PUBLISH)
+    if publish is None:
+        return
+    from worker.pipeline import release_slots
+    from worker.services import Services
+
+    svc = Services(app_settings(), limiter_override=limiter_for(current_app), publish=publish)
+    svc.__dict__["sessions"] = sessions()
+    try:
+        release_slots(svc, job_id)
+    except Exception as exc:  # noqa: BLE001  (the worker's release_slots task will do it)
+        log.warning("releasing slots after the callback failed, the worker will: %s", type(exc).__name__)

@@ -41,7 +41,7 @@ bp = Blueprint("metrics", __name__)
 
 REGISTRY_KEY = "kling.metrics_registry"
 STATE_KEY = "kling.metrics_state"
-LIMITER_KEY = "kling.limiter"
+LIMITER_KEY = db.LIMITER_KEY
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Names the scrape-time collector owns; a process-local metric of the same name is dropped.
@@ -131,17 +131,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         sessions = db.sessions()
 
     def limiter() -> Any:
-        found = app.extensions.get(LIMITER_KEY)
-        if found is None:
-            from worker.limiter import RedisSlotLimiter
-
-            found = app.extensions[LIMITER_KEY] = RedisSlotLimiter(
-                settings.limiter_redis_url,
-                limit=settings.kling_concurrency,
-                lease_seconds=settings.slot_lease_seconds,
-                key_prefix=settings.limiter_key_prefix,
-            )
-        return found
+        return db.limiter_for(app)
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ProcessCollector(_process_source()))

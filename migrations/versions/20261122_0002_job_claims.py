@@ -1,4 +1,5 @@
-"""Job claims: one worker run owns a job's submit or archive step; count of create attempts.
+"""Job claims (one worker run owns a job's submit or archive step), create attempts, and an index
+for the API's status-filtered list.
 
 Revision ID: 0002
 Revises: 0001
@@ -24,9 +25,13 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("create_attempts", sa.Integer(), server_default=sa.text("0"), nullable=False)
         )
+    op.create_index(
+        op.f("ix_jobs_status_created_at_id"), "jobs", ["status", "created_at", "id"], unique=False
+    )
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_jobs_status_created_at_id"), table_name="jobs")
     with op.batch_alter_table("jobs") as batch:
         batch.drop_column("create_attempts")
         batch.drop_column("claimed_until")
