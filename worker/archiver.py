@@ -131,6 +131,10 @@ class HashingReader(io.RawIOBase):
         view[: len(data)] = data
         return len(data)
 
+    @property
+    def headers(self) -> Any:
+        return self._body.headers
+
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
 
@@ -197,31 +201,45 @@ def archive_image(
         if content_type is None:
             raise NotAnImage("the source is not a PNG, JPEG, WEBP or GIF image", url=url)
         key = f"{key_stem}.{IMAGE_EXTENSIONS[content_type]}"
-        try:
-            s3.upload_fileobj(
-                reader,  # type: ignore[arg-type]  # any object with read() is accepted
-                bucket,
-                key,
-                ExtraArgs={"ContentType": content_type, "Metadata": dict(metadata)},
-                Config=config,
+        if _declared_size(reader) <= config.multipart_threshold:
+            # Small enough to hold (one multipart chunk at most): hash first, then a single PUT that
+            # carries the final metadata, so no copy is needed afterwards.
+            body = reader.read()
+            digest, size = reader.hexdigest(), reader.bytes_read
+            s3.put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=body,
+                ContentType=content_type,
+                Metadata={**metadata, SHA256_METADATA: digest},
             )
-        except Exception as exc:
-            # s3transfer may hand back our own error wrapped; surface the typed fetch error.
-            cause = _fetch_failure_in(exc)
-            if cause is not None and cause is not exc:
-                raise cause from exc
-            raise
-        digest, size = reader.hexdigest(), reader.bytes_read
+            del body
+        else:
+            try:
+                s3.upload_fileobj(
+                    reader,  # type: ignore[arg-type]  # any object with read() is accepted
+                    bucket,
+                    key,
+                    ExtraArgs={"ContentType": content_type, "Metadata": dict(metadata)},
+                    Config=config,
+                )
+            except Exception as exc:
+                # s3transfer may hand back our own error wrapped; surface the typed fetch error.
+                cause = _fetch_failure_in(exc)
+                if cause is not None and cause is not exc:
+                    raise cause from exc
+                raise
+            digest, size = reader.hexdigest(), reader.bytes_read
+            # The hash is known only now: set it on the stored object (a server-side copy).
+            s3.copy_object(
+                Bucket=bucket,
+                Key=key,
+                CopySource={"Bucket": bucket, "Key": key},
+                Metadata={**metadata, SHA256_METADATA: digest},
+                MetadataDirective="REPLACE",
+                ContentType=content_type,
+            )
 
-    final_metadata = {**metadata, SHA256_METADATA: digest}
-    s3.copy_object(
-        Bucket=bucket,
-        Key=key,
-        CopySource={"Bucket": bucket, "Key": key},
-        Metadata=final_metadata,
-        MetadataDirective="REPLACE",
-        ContentType=content_type,
-    )
     head = s3.head_object(Bucket=bucket, Key=key)
     if head["ContentLength"] != size or head.get("Metadata", {}).get(SHA256_METADATA) != digest:
         raise ArchiveVerificationError(
@@ -236,6 +254,12 @@ def archive_image(
         content_type=content_type,
         etag=head["ETag"].strip('"'),
     )
+
+
+def _declared_size(reader: HashingReader) -> float:
+    """The source's Content-Length (urllib3 enforces it), or infinity when it sends none."""
+    raw = reader.headers.get("Content-Length")
+    return int(raw) if raw is not None and raw.isdigit() else float("inf")
 
 
 def _fetch_failure_in(exc: BaseException) -> FetchFailure | None:

@@ -320,7 +320,12 @@ def archive_job(
             return Outcome(Step.DONE, detail="another run owns this job")
         provider_task_id, provider_name = job.provider_task_id or "", job.provider
         images = list(s.scalars(select(Image).where(Image.job_id == job_id).order_by(Image.index)))
-        pending = [(img.id, img.index, img.source_url) for img in images if img.status == ImageStatus.PENDING]
+        # `s3_bucket` on a pending image marks an earlier attempt: an object may already be stored.
+        pending = [
+            (img.id, img.index, img.source_url, img.s3_bucket is not None)
+            for img in images
+            if img.status == ImageStatus.PENDING
+        ]
 
     if not images:
         # The provider said `succeed` without images (a bare callback): ask it for them.
@@ -337,8 +342,10 @@ def archive_job(
         return archive_job(svc, job_id, attempt=attempt, claim=token, source=source)
 
     lost: tuple[str, str] | None = None
-    for image_id, index, url in pending:
+    for image_id, index, url, tried in pending:
         started = utcnow()
+        if not tried:
+            _mark_attempt(svc, image_id, settings.s3_bucket)
         try:
             obj = archive_image(
                 svc.s3,
@@ -348,6 +355,8 @@ def archive_job(
                 fetcher=svc.fetcher,
                 max_bytes=settings.archive_max_bytes,
                 metadata={"job-id": job_id, "provider-task-id": provider_task_id},
+                # Only a re-run can find its own object (saves a LIST per image on the first run).
+                reuse_existing=tried,
             )
         except (SourceGone, FetchRefused, TooLarge, NotAnImage) as exc:
             expired = isinstance(exc, SourceGone)
@@ -391,6 +400,11 @@ def _fetch_missing_images(
     with session_scope(svc.sessions) as s:
         apply_provider_task(s, job_id, task, source="poll")
     return None
+
+
+def _mark_attempt(svc: Services, image_id: int, bucket: str) -> None:
+    with session_scope(svc.sessions) as s:
+        s.execute(update(Image).where(Image.id == image_id).values(s3_bucket=bucket))
 
 
 def _set_image(svc: Services, image_id: int, status: ImageStatus, obj: ArchivedObject | None = None) -> None:

@@ -58,7 +58,7 @@ def s3_client_from_settings(settings: Settings) -> S3Client:
     return make_s3_client(settings.s3_endpoint_url, settings.aws_region)
 
 
-def upload_transfer_config(chunk_bytes: int = 8 * MiB, max_chunks_in_memory: int = 3) -> TransferConfig:
+def upload_transfer_config(chunk_bytes: int = 8 * MiB, max_chunks_in_memory: int = 2) -> TransferConfig:
     """Multipart settings for streamed (non-seekable) uploads with bounded memory.
 
     s3transfer buffers each part of a non-seekable stream in memory; its default of 10 buffered

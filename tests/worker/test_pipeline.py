@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 from pydantic import SecretStr
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from kling import KlingClient, Task, TaskImage, TaskStatus
 from kling.simulator import Simulator
@@ -25,6 +25,7 @@ from models.tables import Image, Job, Outbox
 from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
 from tests.fixtures.services import S3_TEST_ACCESS_KEY, S3_TEST_SECRET_KEY, assert_no_connection
 from worker import pipeline
+from worker.archiver import archive_image, object_stem
 from worker.factory import make_celery
 from worker.limiter import RedisSlotLimiter
 from worker.outbox import QUICK_RETRY, celery_publisher, relay
@@ -217,6 +218,29 @@ def test_archive_copies_every_image_and_marks_the_job_archived(harness: Harness)
         assert obj["Metadata"]["job-id"] == job.id
     # Running it again changes nothing.
     assert pipeline.archive_job(harness.svc, job.id).step is Step.DONE
+
+
+def test_rerun_after_a_crash_reuses_the_stored_object_even_if_the_source_is_gone(harness: Harness) -> None:
+    job = harness.submit_and_finish({"prompt": "p", "n": 1})
+    (img,) = job.images
+    settings = harness.svc.settings
+    # A first run marked its attempt, uploaded, and died before writing the result.
+    with session_scope(harness.svc.sessions) as s:
+        s.execute(update(Image).where(Image.id == img.id).values(s3_bucket=settings.s3_bucket))
+    archive_image(
+        harness.svc.s3,
+        bucket=settings.s3_bucket,
+        key_stem=object_stem(settings.s3_prefix, job.id, 0),
+        url=img.source_url,
+        fetcher=harness.svc.fetcher,
+        metadata={"job-id": job.id},
+    )
+    expected = harness.sim.image_sha256(job.provider_task_id, 0)
+    harness.sim.expire(job.provider_task_id)
+    assert pipeline.archive_job(harness.svc, job.id).step is Step.DONE
+    job = harness.get(job.id)
+    assert job.status == "archived"
+    assert job.images[0].sha256 == expected
 
 
 def test_image_expired_before_archive_fails_the_job(harness: Harness) -> None:
