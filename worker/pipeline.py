@@ -63,7 +63,7 @@ class Outcome:
     claim: str | None = None
 
 
-def backoff(attempt: int, *, base: float = 1.0, cap: float = 300.0) -> float:
+def backoff(attempt: int, *, base: float = 1.0, cap: float = 60.0) -> float:
     """Exponential backoff with full jitter (AWS architecture blog), in seconds."""
     return random.uniform(0, min(cap, base * 2**attempt))  # noqa: S311  (jitter, not crypto)
 
@@ -171,7 +171,8 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
         # Not processed: give the slots back and try again later; the job stays queued.
         metrics.provider_errors.labels(code=str(exc.code)).inc()
         svc.limiter.release(job_id)
-        return _keep_claim(svc, job_id, token, exc.retry_after or backoff(attempt), hold)
+        # Rate and concurrency limits clear within seconds: retry soon, whatever the attempt count.
+        return _keep_claim(svc, job_id, token, exc.retry_after or backoff(attempt, base=0.5, cap=10), hold)
     except KlingError as exc:
         metrics.provider_errors.labels(code=str(exc.code or exc.http_status or "network")).inc()
         if not is_ambiguous(exc):
