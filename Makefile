@@ -24,7 +24,7 @@ test: $(STAMP) ## Run the whole test suite (needs PostgreSQL and Redis on localh
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy kling models worker webhook klingctl
+	$(BIN)/mypy kling models worker webhook klingctl bench chaos
 
 demo: $(STAMP) ## Run the one-command demo (simulator, webhook, worker, embedded S3)
 	$(BIN)/klingctl demo

@@ -28,6 +28,7 @@ from kling.callbacks import parse_callback, verify_callback_signature
 from kling.errors import CallbackError, SignatureError
 from models.db import session_scope
 from models.enums import EventOutcome, TransitionSource
+from models.logging import log_context
 from models.statemachine import JobNotFound, TaskMismatch, apply_provider_task
 from models.tables import CallbackEvent
 from models.tokens import check_callback_token
@@ -58,6 +59,11 @@ def _reject(status: int, reason: str, job_id: str) -> Answer:
 
 @bp.post("/callbacks/kling/<job_id>/<token>")
 def receive(job_id: str, token: str) -> Answer:
+    with log_context(job_id=job_id):
+        return _receive(job_id, token)
+
+
+def _receive(job_id: str, token: str) -> Answer:
     try:
         body = request.get_data(cache=False)
     except RequestEntityTooLarge:
