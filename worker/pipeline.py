@@ -327,6 +327,10 @@ def archive_job(
             for img in images
             if img.status == ImageStatus.PENDING
         ]
+        # Mark this run's attempts in the claim's own transaction (one commit, not one per image).
+        for img in images:
+            if img.status == ImageStatus.PENDING and img.s3_bucket is None:
+                img.s3_bucket = settings.s3_bucket
 
     if not images:
         # The provider said `succeed` without images (a bare callback): ask it for them.
@@ -345,8 +349,6 @@ def archive_job(
     lost: tuple[str, str] | None = None
     for image_id, index, url, tried in pending:
         started = utcnow()
-        if not tried:
-            _mark_attempt(svc, image_id, settings.s3_bucket)
         try:
             obj = archive_image(
                 svc.s3,
@@ -370,9 +372,10 @@ def archive_job(
             return _keep_claim(svc, job_id, token, backoff(attempt, base=2.0), settings.stuck_archive_seconds)
         metrics.archive_bytes.inc(obj.bytes)
         metrics.archive_seconds.observe((utcnow() - started).total_seconds())
-        _set_image(svc, image_id, ImageStatus.ARCHIVED, obj)
         # Still ours for another full period: a job of many large images outlasts one claim.
-        _keep_claim(svc, job_id, token, 0, settings.stuck_archive_seconds)
+        _set_image(
+            svc, image_id, ImageStatus.ARCHIVED, obj, renew=(job_id, token, settings.stuck_archive_seconds)
+        )
 
     if lost is not None:
         _fail(svc, job_id, code=lost[0], message=lost[1], source=source)
@@ -403,21 +406,30 @@ def _fetch_missing_images(
     return None
 
 
-def _mark_attempt(svc: Services, image_id: int, bucket: str) -> None:
-    with session_scope(svc.sessions) as s:
-        s.execute(update(Image).where(Image.id == image_id).values(s3_bucket=bucket))
-
-
-def _set_image(svc: Services, image_id: int, status: ImageStatus, obj: ArchivedObject | None = None) -> None:
+def _set_image(
+    svc: Services,
+    image_id: int,
+    status: ImageStatus,
+    obj: ArchivedObject | None = None,
+    *,
+    renew: tuple[str, str, float] | None = None,
+) -> None:
+    """Record an image's outcome; with `renew` = (job id, claim, seconds), extend the claim too."""
     with session_scope(svc.sessions) as s:
         img = s.get(Image, image_id)
-        if img is None or img.status != ImageStatus.PENDING:
-            return
-        img.status = status.value
-        if obj is not None:
-            img.s3_bucket, img.s3_key = obj.bucket, obj.key
-            img.sha256, img.bytes, img.content_type = obj.sha256, obj.bytes, obj.content_type
-            img.archived_at = utcnow()
+        if img is not None and img.status == ImageStatus.PENDING:
+            img.status = status.value
+            if obj is not None:
+                img.s3_bucket, img.s3_key = obj.bucket, obj.key
+                img.sha256, img.bytes, img.content_type = obj.sha256, obj.bytes, obj.content_type
+                img.archived_at = utcnow()
+        if renew is not None:
+            job_id, token, seconds = renew
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.claim_token == token)
+                .values(claimed_until=utcnow() + timedelta(seconds=seconds))
+            )
 
 
 # --- reconcile --------------------------------------------------------------------------------------
