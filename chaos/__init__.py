@@ -1,1 +1,1 @@
-"""Fault-injection suite: `python -m chaos` (see docs/chaos.md)."""
+"""Fault-injection suite: `python -m chaos` (see README, "Fault injection")."""
