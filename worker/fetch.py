@@ -122,6 +122,10 @@ class _GuardedMixin:
     socket_options: Any
 
     def _new_conn(self) -> socket.socket:
+        # The allowlist is checked again on the host urllib3 will really connect to, in case its URL
+        # parsing ever differs from ours.
+        if not self.policy.host_allowed(self.host):
+            raise _AddressRefused(f"host {self.host!r} is not in the allowed hosts")
         try:
             infos = self.resolver(self.host, self.port, type=socket.SOCK_STREAM)
         except OSError as exc:
