@@ -259,12 +259,7 @@ def celery_worker(env: Mapping[str, str], *, concurrency: int, beat: bool = True
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment variables that make another process build the same Settings."""
-    env: dict[str, str] = {}
-    for name, raw in settings.model_dump().items():
-        if raw is None:
-            continue
-        value = raw.get_secret_value() if hasattr(raw, "get_secret_value") else raw
-        env[name.upper()] = ",".join(value) if isinstance(value, tuple | list) else str(value)
+    env = settings.to_env()
     env["AWS_ACCESS_KEY_ID"] = S3_ACCESS_KEY
     env["AWS_SECRET_ACCESS_KEY"] = S3_SECRET_KEY
     return env

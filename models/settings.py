@@ -79,6 +79,17 @@ class Settings(BaseSettings):
             raise ValueError("CALLBACK_SECRET is required when PUBLIC_BASE_URL is set")
         return self
 
+    def to_env(self) -> dict[str, str]:
+        """Environment variables that make another process (a worker, a webhook) build these
+        same settings; secrets included, so pass the result only to child processes."""
+        env: dict[str, str] = {}
+        for name, raw in self.model_dump().items():
+            if raw is None:
+                continue
+            value = raw.get_secret_value() if isinstance(raw, SecretStr) else raw
+            env[name.upper()] = ",".join(value) if isinstance(value, tuple | list) else str(value)
+        return env
+
     @property
     def limiter_redis_url(self) -> str:
         return self.redis_url or self.celery_broker_url

@@ -39,17 +39,6 @@ BROKER_DB = 13  # Redis db used as the Celery broker by these tests only (flushe
 FINAL = {"archived", "failed"}
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment a worker process needs to build the same Settings."""
-    env: dict[str, str] = {}
-    for name, raw in settings.model_dump().items():
-        if raw is None:
-            continue
-        value = raw.get_secret_value() if hasattr(raw, "get_secret_value") else raw
-        env[name.upper()] = ",".join(value) if isinstance(value, tuple | list) else str(value)
-    return env
-
-
 class Stack:
     def __init__(self, settings: Settings, simulator: Simulator) -> None:
         self.settings = settings
@@ -104,7 +93,7 @@ class Stack:
     def start_worker(self, *, concurrency: int = 4, beat: bool = True) -> None:
         env = {
             **os.environ,
-            **settings_env(self.settings),
+            **self.settings.to_env(),
             "PYTHONPATH": str(ROOT),
             "AWS_ACCESS_KEY_ID": S3_TEST_ACCESS_KEY,
             "AWS_SECRET_ACCESS_KEY": S3_TEST_SECRET_KEY,
