@@ -172,7 +172,11 @@ def run(
         result.submitted = len(specs)
         result.expected_failed = sum(1 for s in specs if s.expect == "failed")
         scenario.inject(stack, profile, ids, notes)
+        restarts_before = len(stack.supervised_restarts)
         statuses = stack.wait_final(ids, timeout=profile.timeout)
+        restarted = stack.supervised_restarts[restarts_before:]
+        if restarted:
+            notes.append(f"supervisor restarted {', '.join(restarted)} (exited on its own)")
         result.seconds = time.monotonic() - started
         pending = {j: s for j, s in statuses.items() if s not in ("archived", "failed")}
         if pending or len(statuses) != len(ids):

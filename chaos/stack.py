@@ -125,6 +125,7 @@ class ChaosStack:
         )
         self.sim = SimulatorRemote(self.sim_url, timeout=HTTP_TIMEOUT)
         self.workers: list[Proc] = []
+        self.supervised_restarts: list[str] = []
         self.beat: Proc | None = None
         self.webhook: Proc | None = None
         self.http = requests.Session()
@@ -297,6 +298,16 @@ class ChaosStack:
     def kill_worker(self, i: int) -> None:
         self.workers[i].kill()
 
+    def _supervise(self) -> None:
+        """Restart a worker that exited on its own, as the deployment's supervisor would (compose's
+        `restart: unless-stopped`, systemd). Celery 5.7's worker can exit with "Unrecoverable
+        error" when the Redis broker vanishes mid-operation (kombu's restore_unacked); that is a
+        process crash to survive, not a lost job: the jobs' state is in PostgreSQL."""
+        for i, proc in enumerate(self.workers):
+            if not proc.alive:
+                self.supervised_restarts.append(proc.name)
+                self.start_worker(i)
+
     def heal(self) -> list[str]:
         """Bring back whatever is down (a scenario that broke off half-way); returns what it restarted."""
         healed: list[str] = []
@@ -371,6 +382,7 @@ class ChaosStack:
         deadline = time.monotonic() + timeout
         statuses: dict[str, str] = {}
         while True:
+            self._supervise()
             with contextlib.suppress(SQLAlchemyError):  # the database may be down on purpose
                 statuses = self.statuses(ids)
             if len(statuses) == len(ids) and all(s in FINAL for s in statuses.values()):

@@ -216,8 +216,10 @@ def archive_image(
             del body
         else:
             try:
+                # Any object with read() is accepted; the stubs' IO type does not say so.
+                fileobj: Any = reader
                 s3.upload_fileobj(
-                    reader,  # type: ignore[arg-type]  # any object with read() is accepted
+                    fileobj,
                     bucket,
                     key,
                     ExtraArgs={"ContentType": content_type, "Metadata": dict(metadata)},

@@ -36,8 +36,11 @@ CHECKS = [
     content_type_conformance,
     response_headers_conformance,
     response_schema_conformance,
-    negative_data_rejection,
 ]
+# Not `negative_data_rejection`: the test adds the bearer token to every case, which turns the
+# fuzzer's "missing Authorization" mutations into valid requests that it then flags as accepted.
+# Rejection of bad input is tested directly (tests/api/test_api.py: auth, fields, query names).
+EXCLUDED = [negative_data_rejection]
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +75,7 @@ schema = schemathesis.openapi.from_dict(openapi_document())
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
 )
 def test_api_matches_its_openapi_document(app: Flask, case: schemathesis.Case[Any]) -> None:
-    case.call_and_validate(app=app, headers=AUTH, checks=CHECKS)
+    case.call_and_validate(app=app, headers=AUTH, checks=CHECKS, excluded_checks=EXCLUDED)
 
 
 def test_served_document_is_the_module_document(app: Flask) -> None:
