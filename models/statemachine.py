@@ -160,6 +160,9 @@ def _move(
         job.submitted_at = now
     job.status = target.value
     job.updated_at = now
+    # A worker's claim is on the step of the old status (submit, archive): the new status is a new
+    # step, free for the run it calls for (e.g. archiving after a callback overtook the submit).
+    job.claim_token, job.claimed_until = None, None
     if target is JobStatus.FAILED:
         job.error_code = error_code or "failed"
         job.error_message = error_message

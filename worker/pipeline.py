@@ -234,7 +234,6 @@ def _record_submitted(svc: Services, job_id: str, task: Task) -> None:
         except TaskMismatch:
             log.error("submit: job %s got task %s but already has another", job_id, task.task_id)
             raise
-        job.claim_token, job.claimed_until = None, None
         if task.status is not TaskStatus.SUBMITTED:
             # A lookup after an ambiguous create can find the task further along.
             apply_provider_task(s, job_id, task, source="poll")
@@ -245,7 +244,6 @@ def _fail(svc: Services, job_id: str, *, code: str, message: str, source: str = 
         job = s.get(Job, job_id)
         if job is not None:
             transition(s, job, JobStatus.FAILED, source=source, error_code=code, error_message=message)
-            job.claim_token, job.claimed_until = None, None
 
 
 # --- slots ------------------------------------------------------------------------------------------
@@ -385,7 +383,6 @@ def archive_job(
         if job is None:
             return Outcome(Step.DONE)
         transition(s, job, JobStatus.ARCHIVED, source=source, detail={"images": len(images)})
-        job.claim_token, job.claimed_until = None, None
     return Outcome(Step.DONE)
 
 

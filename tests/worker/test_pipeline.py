@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 from kling import KlingClient, Task, TaskImage, TaskStatus
 from kling.simulator import Simulator
 from models.db import make_engine, make_sessionmaker, session_scope
+from models.enums import JobStatus
 from models.settings import Settings
 from models.statemachine import apply_provider_task, create_job, transition
 from models.tables import Image, Job, Outbox
@@ -241,6 +242,21 @@ def test_rerun_after_a_crash_reuses_the_stored_object_even_if_the_source_is_gone
     job = harness.get(job.id)
     assert job.status == "archived"
     assert job.images[0].sha256 == expected
+
+
+def test_archive_is_not_blocked_by_a_submit_run_that_a_callback_overtook(harness: Harness) -> None:
+    job_id = harness.job()
+    with session_scope(harness.svc.sessions) as s:
+        # A submit run holds the job: it sent the create and has not recorded the answer yet.
+        assert pipeline._claim(s, job_id, JobStatus.QUEUED, None, 60)
+    request = __import__("kling").ImageRequest(prompt="a lighthouse", n=1)
+    task = harness.svc.provider.create_image(request, external_task_id=job_id)
+    harness.wait_sim_final(task.task_id)
+    with session_scope(harness.svc.sessions) as s:
+        # The `succeed` callback arrives first and moves the job on: a new step, free to claim.
+        apply_provider_task(s, job_id, harness.svc.provider.get_image(task.task_id), source="callback")
+    assert pipeline.archive_job(harness.svc, job_id).step is Step.DONE
+    assert harness.get(job_id).status == "archived"
 
 
 def test_image_expired_before_archive_fails_the_job(harness: Harness) -> None:
