@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 from urllib.parse import quote
 
 import requests
@@ -122,7 +122,47 @@ def one_id(task_id: str | None, external_task_id: str | None) -> str:
     return given[0]
 
 
-class KlingClient:
+class _HttpClient:
+    """What both clients share: one pooled transport with timeouts, the retry policy, lifecycle."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        secrets: Callable[[], Iterable[str]],
+        timeout: Timeout,
+        max_retries: int,
+        backoff_base: float,
+        backoff_max: float,
+        session: requests.Session | None,
+        pool_size: int,
+        sleep: Callable[[float], None] | None,
+    ) -> None:
+        self._http = HttpTransport(
+            base_url, timeout=timeout, session=session, pool_size=pool_size, secrets=secrets
+        )
+        self._retry = RetryPolicy(
+            max_retries=max_retries,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+            sleep=sleep,
+        )
+
+    @property
+    def base_url(self) -> str:
+        return self._http.base_url
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+
+class KlingClient(_HttpClient):
     """Client for Kling's official API (JWT from access + secret key, or a static API key)."""
 
     supports_external_task_id: ClassVar[bool] = True
@@ -152,31 +192,20 @@ class KlingClient:
             else:
                 raise ValueError("give either access_key and secret_key, or api_key")
         self._auth = auth
-        self._http = HttpTransport(
-            base_url, timeout=timeout, session=session, pool_size=pool_size, secrets=auth.secrets
-        )
-        self._retry = RetryPolicy(
+        super().__init__(
+            base_url,
+            secrets=auth.secrets,
+            timeout=timeout,
             max_retries=max_retries,
             backoff_base=backoff_base,
             backoff_max=backoff_max,
+            session=session,
+            pool_size=pool_size,
             sleep=sleep,
         )
 
-    @property
-    def base_url(self) -> str:
-        return self._http.base_url
-
     def __repr__(self) -> str:
         return f"KlingClient(base_url={self.base_url!r}, auth={self._auth!r})"
-
-    def __enter__(self) -> KlingClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._http.close()
 
     # --- image generation -------------------------------------------------------------------
     def create_image(

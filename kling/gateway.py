@@ -7,7 +7,14 @@ from typing import Any, ClassVar
 
 import requests
 
-from kling.client import UnsupportedOperation, envelope_error, extra_fields, one_id, plain_http_error
+from kling.client import (
+    UnsupportedOperation,
+    _HttpClient,
+    envelope_error,
+    extra_fields,
+    one_id,
+    plain_http_error,
+)
 from kling.errors import KlingError, ResourceNotFound, UnexpectedResponseError, ValidationError
 from kling.http import (
     DEFAULT_BACKOFF_BASE,
@@ -16,8 +23,6 @@ from kling.http import (
     DEFAULT_POOL_SIZE,
     DEFAULT_TIMEOUT,
     Answer,
-    HttpTransport,
-    RetryPolicy,
     Timeout,
     create_idempotently,
     log,
@@ -31,7 +36,7 @@ STATUS_PATH = "/kling-ai-polling/v1/getImageStatus"
 KEY_HEADER = "Ocp-Apim-Subscription-Key"
 
 
-class AppyPieClient:
+class AppyPieClient(_HttpClient):
     """Same interface as `KlingClient`, through the gateway.
 
     The gateway has no external task id, no lookup by it and no list: `get_image(external_task_id=...)`
@@ -58,31 +63,20 @@ class AppyPieClient:
         if not subscription_key:
             raise ValueError("subscription_key is required")
         self._key = subscription_key
-        self._http = HttpTransport(
-            base_url, timeout=timeout, session=session, pool_size=pool_size, secrets=lambda: (self._key,)
-        )
-        self._retry = RetryPolicy(
+        super().__init__(
+            base_url,
+            secrets=lambda: (self._key,),
+            timeout=timeout,
             max_retries=max_retries,
             backoff_base=backoff_base,
             backoff_max=backoff_max,
+            session=session,
+            pool_size=pool_size,
             sleep=sleep,
         )
 
-    @property
-    def base_url(self) -> str:
-        return self._http.base_url
-
     def __repr__(self) -> str:
         return f"AppyPieClient(base_url={self.base_url!r})"
-
-    def __enter__(self) -> AppyPieClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._http.close()
 
     def create_image(
         self, request: ImageRequest, *, external_task_id: str | None = None, callback_url: str | None = None
