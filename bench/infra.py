@@ -24,6 +24,7 @@ import requests
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from klingctl.ops import celery_argv
 from models.db import normalize_url, upgrade
 from models.settings import Settings
 
@@ -231,21 +232,18 @@ def wait_http(url: str, proc: Proc | None = None, timeout: float = START_TIMEOUT
 @contextmanager
 def celery_worker(env: Mapping[str, str], *, concurrency: int, beat: bool = True) -> Iterator[Proc]:
     schedule = Path(tempfile.gettempdir()) / f"bench-beat-{secrets.token_hex(4)}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
+    cmd = celery_argv(
         "worker",
-        "worker",
-        "--loglevel=INFO",
-        f"--concurrency={concurrency}",
-        "--pool=prefork",
-        "--without-gossip",
-        "--without-mingle",
-        "-n",
-        f"bench-{secrets.token_hex(3)}@%h",
-    ]
+        (
+            "--loglevel=INFO",
+            f"--concurrency={concurrency}",
+            "--pool=prefork",
+            "--without-gossip",
+            "--without-mingle",
+            "-n",
+            f"bench-{secrets.token_hex(3)}@%h",
+        ),
+    )
     if beat:
         cmd += ["-B", f"--schedule={schedule}"]
     proc = Proc("celery", cmd, env)

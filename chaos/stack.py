@@ -28,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from chaos.procs import POLL, PostgresServer, Proc, RedisServer, free_port, port_open, wait_until
 from chaos.s3proxy import S3FaultProxy
 from kling.simulator import SimulatorRemote
+from klingctl.ops import celery_argv
 from models.db import make_engine, make_sessionmaker, session_scope, upgrade
 from models.tables import Image, Job
 from worker.limiter import RedisSlotLimiter
@@ -219,16 +220,7 @@ class ChaosStack:
             self.start_worker(i)
         self.beat = self._proc(
             "beat",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker",
-                "beat",
-                "--loglevel=INFO",
-                f"--schedule={self.root / 'beat-schedule'}",
-            ],
+            celery_argv("beat", ("--loglevel=INFO", f"--schedule={self.root / 'beat-schedule'}")),
             env=self.settings_env(),
         ).start()
 
@@ -271,20 +263,17 @@ class ChaosStack:
     def _worker_proc(self, i: int) -> Proc:
         return self._proc(
             f"worker{i}",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
+            celery_argv(
                 "worker",
-                "worker",
-                "--loglevel=INFO",
-                f"--concurrency={self.tuning.worker_concurrency}",
-                "--without-gossip",
-                "--without-mingle",
-                "-n",
-                f"chaos{i}@%h",
-            ],
+                (
+                    "--loglevel=INFO",
+                    f"--concurrency={self.tuning.worker_concurrency}",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "-n",
+                    f"chaos{i}@%h",
+                ),
+            ),
             env=self.settings_env(),
         )
 

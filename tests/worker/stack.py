@@ -11,7 +11,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from sqlalchemy import select
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from kling.simulator import Simulator
+from klingctl.ops import celery_argv
 from models.db import make_engine, make_sessionmaker, session_scope
 from models.settings import Settings
 from models.statemachine import create_job
@@ -98,20 +98,17 @@ class Stack:
             "AWS_ACCESS_KEY_ID": S3_TEST_ACCESS_KEY,
             "AWS_SECRET_ACCESS_KEY": S3_TEST_SECRET_KEY,
         }
-        cmd = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
+        cmd = celery_argv(
             "worker",
-            "worker",
-            "--loglevel=INFO",
-            f"--concurrency={concurrency}",
-            "--without-gossip",
-            "--without-mingle",
-            "-n",
-            f"test-{secrets.token_hex(3)}@%h",
-        ]
+            (
+                "--loglevel=INFO",
+                f"--concurrency={concurrency}",
+                "--without-gossip",
+                "--without-mingle",
+                "-n",
+                f"test-{secrets.token_hex(3)}@%h",
+            ),
+        )
         if beat:
             cmd += ["-B", f"--schedule={self.log_path.with_suffix('.beat')}"]
         log = self.log_path.open("wb")
