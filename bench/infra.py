@@ -31,7 +31,8 @@ from models.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PG_ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-REDIS_DB = 11
+# Overridable so two benchmark runs on one Redis do not flush each other's keys.
+REDIS_DB = int(os.environ.get("BENCH_REDIS_DB", "11"))
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 
 # Long keys: PyJWT warns on HMAC keys shorter than 32 bytes.
