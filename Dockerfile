@@ -12,4 +12,4 @@ COPY klingctl ./klingctl
 RUN pip install --no-cache-dir . && useradd --system --uid 1000 kling
 USER kling
 EXPOSE 8000
-CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "4", "webhook:create_app()"]
+CMD ["gunicorn", "--config", "python:webhook.gunicorn_conf", "--bind", "0.0.0.0:8000", "--workers", "4", "webhook:create_app()"]

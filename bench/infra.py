@@ -24,7 +24,7 @@ import requests
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from klingctl.ops import celery_argv
+from klingctl.ops import GUNICORN_CONFIG, celery_argv
 from models.db import normalize_url, upgrade
 from models.settings import Settings
 
@@ -197,6 +197,9 @@ def gunicorn(app: str, env: Mapping[str, str], *, ready_path: str = "/healthz") 
     """Serve a WSGI app spec (e.g. `webhook:create_app()`) with the benchmarks' gunicorn settings."""
     cmd = [
         str(BIN / "gunicorn"),
+        # The service's own settings module, for the baseline too: same server settings.
+        "--config",
+        GUNICORN_CONFIG,
         "--bind",
         "127.0.0.1:0",
         "--workers",

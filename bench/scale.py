@@ -8,6 +8,7 @@ the plan checked is the plan of the code as it is, not of a copy of its query.
 
 from __future__ import annotations
 
+import gc
 import random
 import time
 from typing import Any
@@ -18,7 +19,7 @@ from bench import infra
 from bench.context import Context
 from bench.report import BenchResult, Figure, percentile
 from bench.seed import seed_jobs
-from webhook import create_app
+from webhook import create_app, gunicorn_conf
 from worker.pipeline import sweep
 from worker.services import Services
 
@@ -65,6 +66,8 @@ def run(ctx: Context) -> BenchResult:
         seed_seconds = time.monotonic() - seeded_at
         settings = infra.bench_settings(database_url=url)
         app = create_app(settings)
+        # What the webhook's gunicorn workers do once the app is loaded (webhook/gunicorn_conf.py).
+        gunicorn_conf.post_worker_init(worker=None)
         headers = {"Authorization": f"Bearer {infra.API_TOKEN}"}
         client = app.test_client()
         ids = [j for s in STATUSES for j in seeded.job_ids_by_status.get(s, [])]
@@ -89,6 +92,7 @@ def run(ctx: Context) -> BenchResult:
                 get_times.append(elapsed)
 
         plans = _sweep_plans(settings)
+        gc.unfreeze()
     main_plan = next((p for s, p in plans if "GROUP BY" in s.upper()), "")
     ms = 1000.0
     res.figures = [

@@ -28,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from chaos.procs import POLL, PostgresServer, Proc, RedisServer, free_port, port_open, wait_until
 from chaos.s3proxy import S3FaultProxy
 from kling.simulator import SimulatorRemote
-from klingctl.ops import celery_argv
+from klingctl.ops import GUNICORN_CONFIG, celery_argv
 from models.db import make_engine, make_sessionmaker, session_scope, upgrade
 from models.tables import Image, Job
 from worker.limiter import RedisSlotLimiter
@@ -243,6 +243,8 @@ class ChaosStack:
                 sys.executable,
                 "-m",
                 "gunicorn",
+                "--config",
+                GUNICORN_CONFIG,
                 "--bind",
                 f"127.0.0.1:{self.web_port}",
                 "--workers",

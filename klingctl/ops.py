@@ -14,11 +14,17 @@ from klingctl.common import celery_publisher, safe_url, settings
 PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 
 
+# The webhook's gunicorn settings module (webhook/gunicorn_conf.py).
+GUNICORN_CONFIG = "python:webhook.gunicorn_conf"
+
+
 def gunicorn_argv(host: str, port: int, workers: int, extra: tuple[str, ...] = ()) -> list[str]:
     return [
         sys.executable,
         "-m",
         "gunicorn",
+        "--config",
+        GUNICORN_CONFIG,
         "--workers",
         str(workers),
         "--bind",

@@ -14,7 +14,6 @@ from flask import Blueprint, Flask, current_app, render_template
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.orm import selectinload
 
 from models.enums import ImageStatus
 from models.tables import Image, Job
@@ -44,13 +43,8 @@ def data() -> api.Answer:
     database_up = snapshot.get("kling_metrics_source_up{database}") == 1
     limiter_up = snapshot.get("kling_metrics_source_up{limiter}") == 1
     with sessions()() as session:
-        jobs = list(
-            session.scalars(
-                select(Job)
-                .options(selectinload(Job.transitions), selectinload(Job.images))
-                .order_by(Job.created_at.desc(), Job.id.desc())
-                .limit(RECENT_JOBS)
-            )
+        jobs = api.job_documents(
+            session, api.job_select().order_by(Job.created_at.desc(), Job.id.desc()).limit(RECENT_JOBS)
         )
         archived = session.scalars(
             select(Image)
@@ -70,7 +64,7 @@ def data() -> api.Answer:
             },
             "images_at_risk": int(snapshot["kling_images_at_risk"]) if database_up else None,
             "outbox_backlog": int(snapshot["kling_outbox_backlog"]) if database_up else None,
-            "jobs": [api.job_json(job) for job in jobs],
+            "jobs": jobs,
             "gallery": [
                 {
                     "job_id": image.job_id,

@@ -262,6 +262,31 @@ def test_list_is_newest_first_with_cursor_pagination_and_status_filter(api: Api)
     assert only_failed["next_cursor"] is None
 
 
+def test_list_gives_each_job_its_own_transitions_images_and_notifications(
+    api: Api, s3_client: Any, s3_bucket: str
+) -> None:
+    from models.tables import Notification
+
+    hooked = api.create({**BODY, "prompt": "hooked", "webhook_url": "https://example.com/hook"}).get_json()[
+        "id"
+    ]
+    plain = api.create({**BODY, "prompt": "plain"}).get_json()["id"]
+    job = api.session.get(Job, hooked)
+    assert job is not None
+    archive_job(api.session, job, s3_client, s3_bucket, [(255, 0, 0)])
+    api.session.add(Notification(job_id=hooked, event="job.archived", attempts=2, last_status=500))
+    api.session.commit()
+
+    docs = {j["id"]: j for j in api.get("/v1/jobs").get_json()["jobs"]}
+    assert [t["to"] for t in docs[hooked]["transitions"]] == ["queued", "submitted", "succeeded", "archived"]
+    assert [t["to"] for t in docs[plain]["transitions"]] == ["queued"]
+    assert [i["index"] for i in docs[hooked]["images"]] == [0] and docs[plain]["images"] == []
+    assert [(n["event"], n["attempts"]) for n in docs[hooked]["notifications"]] == [("job.archived", 2)]
+    assert docs[plain]["notifications"] == []
+    # A page is the same document as the single-job view.
+    assert docs[hooked] == api.get(f"/v1/jobs/{hooked}").get_json()
+
+
 @pytest.mark.parametrize(
     ("query", "name"),
     [
