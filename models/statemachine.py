@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -23,7 +24,7 @@ from kling.types import Task, TaskStatus
 from models.base import utcnow
 from models.enums import EventOutcome, JobStatus, TransitionSource
 from models.outbox import ARCHIVE_JOB, NOTIFY, RELEASE_SLOTS, SUBMIT_JOB, enqueue
-from models.tables import CallbackEvent, Image, Job, Transition, new_job_id
+from models.tables import CallbackEvent, Image, Job, Outbox, Transition, new_job_id
 
 _RANK = {
     JobStatus.QUEUED: 0,
@@ -59,6 +60,9 @@ class ApplyResult:
     outcome: EventOutcome
     job_status: JobStatus
     from_status: JobStatus
+    # Outbox rows written with this change (their ids are set once the caller commits): the caller
+    # can publish exactly these, instead of scanning the outbox.
+    outbox: tuple[Outbox, ...] = ()
 
     @property
     def changed(self) -> bool:
@@ -143,8 +147,10 @@ def _move(
     detail: Mapping[str, Any] | None = None,
     error_code: str | None = None,
     error_message: str | None = None,
-) -> None:
-    """Write the transition row and update the job; the move must already be checked."""
+) -> list[Outbox]:
+    """Write the transition row and update the job; the move must already be checked.
+
+    Returns the outbox rows it wrote (a terminal job with a webhook_url is notified)."""
     TransitionSource(source)
     session.add(
         Transition(
@@ -169,7 +175,8 @@ def _move(
     if target.is_terminal:
         job.finished_at = now
         if job.webhook_url:
-            enqueue(session, NOTIFY, job.id)
+            return [enqueue(session, NOTIFY, job.id)]
+    return []
 
 
 def transition(
@@ -217,9 +224,35 @@ def _check_task(job: Job, task: Task) -> None:
         # Before our submit commits, a task is ours only if it carries our job id.
         if task.external_task_id != job.id:
             raise TaskMismatch(f"task {task.task_id} is not known to belong to job {job.id}")
-        job.provider_task_id = task.task_id
     elif task.task_id != job.provider_task_id:
         raise TaskMismatch(f"task {task.task_id} does not belong to job {job.id}")
+
+
+def _store_event(session: Session, event: CallbackEvent) -> bool:
+    """Insert the event unless its dedupe key is stored already; True when it was inserted.
+
+    One statement where a lookup and an insert would take two: the unique key decides, also
+    between two deliveries racing in parallel transactions (the second waits, then does nothing).
+    """
+    values = {
+        "job_id": event.job_id,
+        "dedupe_key": event.dedupe_key,
+        "task_status": event.task_status,
+        "headers": event.headers,
+        "body": event.body,
+        "outcome": event.outcome,
+    }
+    dialect = session.get_bind().dialect.name
+    if dialect not in ("postgresql", "sqlite"):
+        raise NotImplementedError(f"callback events need ON CONFLICT support; {dialect} is not supported")
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = (
+        insert(CallbackEvent)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=[CallbackEvent.dedupe_key])
+        .returning(CallbackEvent.id)
+    )
+    return session.execute(stmt).scalar_one_or_none() is not None
 
 
 def _outcome(current: JobStatus, target: JobStatus) -> EventOutcome:
@@ -235,8 +268,9 @@ def _has_images(session: Session, job: Job) -> bool:
     return session.scalar(select(Image.id).where(Image.job_id == job.id).limit(1)) is not None
 
 
-def _add_images(session: Session, job: Job, task: Task, now: datetime) -> None:
-    existing = set(session.scalars(select(Image.index).where(Image.job_id == job.id)))
+def _add_images(session: Session, job: Job, task: Task, now: datetime, *, first: bool = False) -> None:
+    # `first`: the job is just becoming `succeeded`, and only that step adds images: none exist.
+    existing = set() if first else set(session.scalars(select(Image.index).where(Image.job_id == job.id)))
     created = task.created_at or now
     for image in (*task.images, *task.series_images):
         if image.index in existing:
@@ -265,20 +299,25 @@ def apply_provider_task(
     if job is None:
         raise JobNotFound(job_id)
     current = job.job_status
-    if event is not None and session.scalar(
-        select(CallbackEvent.id).where(CallbackEvent.dedupe_key == event.dedupe_key)
-    ):
-        return ApplyResult(EventOutcome.DUPLICATE, current, current)
     _check_task(job, task)
-
-    now = utcnow()
     target = PROVIDER_TO_JOB[task.status]
     outcome = _outcome(current, target)
+    if event is not None:
+        event.job_id = job.id
+        event.task_status = task.status.value
+        event.outcome = outcome.value
+        if not _store_event(session, event):
+            return ApplyResult(EventOutcome.DUPLICATE, current, current)
+    if job.provider_task_id is None:
+        job.provider_task_id = task.task_id
+
+    now = utcnow()
+    outbox: list[Outbox] = []
     if outcome is EventOutcome.APPLIED:
         detail: dict[str, Any] = {"provider_status": task.status.value}
         if task.status_message:
             detail["message"] = task.status_message
-        _move(
+        outbox += _move(
             session,
             job,
             target,
@@ -289,10 +328,10 @@ def apply_provider_task(
             error_message=task.status_message or "the provider reported the task failed",
         )
         if target is JobStatus.SUCCEEDED:
-            _add_images(session, job, task, now)
-            enqueue(session, ARCHIVE_JOB, job.id)
+            _add_images(session, job, task, now, first=True)
+            outbox.append(enqueue(session, ARCHIVE_JOB, job.id))
         if task.status.is_final:
-            enqueue(session, RELEASE_SLOTS, job.id)
+            outbox.append(enqueue(session, RELEASE_SLOTS, job.id))
     elif target is JobStatus.SUCCEEDED and current is JobStatus.SUCCEEDED and not _has_images(session, job):
         # A first `succeed` may have come without images (a bare callback): the first report that
         # carries them sets them, once.
@@ -301,9 +340,4 @@ def apply_provider_task(
         job.last_provider_update_at = now
     if source == TransitionSource.POLL:
         job.last_polled_at = now
-    if event is not None:
-        event.job_id = job.id
-        event.task_status = task.status.value
-        event.outcome = outcome.value
-        session.add(event)
-    return ApplyResult(outcome, job.job_status, current)
+    return ApplyResult(outcome, job.job_status, current, tuple(outbox))

@@ -186,12 +186,13 @@ def create() -> Answer:
             idempotency_key=key,
         )
         # create_job returns an existing job (idempotent replay) without queueing anything.
-        created = any(isinstance(obj, Outbox) for obj in session.new)
+        rows = [obj for obj in session.new if isinstance(obj, Outbox)]
+        created = bool(rows)
         job_id = job.id
     with log_context(job_id=job_id):
         if created:
             log.info("job created: provider=%s n=%s", provider, job.slots)
-            publish_outbox()
+            publish_outbox(rows)
         else:
             log.info("job returned for a repeated Idempotency-Key")
     with sessions()() as session:

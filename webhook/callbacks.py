@@ -29,6 +29,7 @@ from kling.errors import CallbackError, SignatureError
 from models.db import session_scope
 from models.enums import EventOutcome, TransitionSource
 from models.logging import log_context
+from models.outbox import RELEASE_SLOTS
 from models.statemachine import JobNotFound, TaskMismatch, apply_provider_task
 from models.tables import CallbackEvent
 from models.tokens import check_callback_token
@@ -115,8 +116,10 @@ def _receive(job_id: str, token: str) -> Answer:
         # Only a final provider state enqueues work (archive, release, notify): a `processing`
         # callback costs no second transaction.
         if result.changed and task.status.is_final:
-            publish_outbox()
-            provider_finished(job_id)
+            release = [row for row in result.outbox if row.task == RELEASE_SLOTS]
+            publish_outbox([row for row in result.outbox if row.task != RELEASE_SLOTS])
+            # Released here: the row needs no worker. Else a worker releases (and pumps) for us.
+            publish_outbox(release, done=provider_finished(job_id))
         log.info(
             "callback %s: job=%s task=%s provider_status=%s job_status=%s",
             outcome,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app
@@ -14,6 +14,7 @@ from models.db import make_engine, make_sessionmaker
 from models.settings import Settings
 
 if TYPE_CHECKING:
+    from models.tables import Outbox
     from worker.limiter import SlotLimiter
 
 _SESSIONS = "kling.sessions"
@@ -67,16 +68,21 @@ def set_publisher(app: Flask, publish: Callable[[str, list[Any]], None] | None) 
     app.extensions[_PUBLISH] = publish
 
 
-def publish_outbox() -> None:
-    """Publish what the request just committed to the outbox. Never fails the request: rows that
-    cannot go out now stay in the outbox for the worker's relay."""
+def publish_outbox(rows: Sequence[Outbox] | None = None, *, done: bool = False) -> None:
+    """Publish what the request just committed to the outbox: `rows` when the request knows them
+    (one UPDATE marks them), else every due row (the relay). `done=True` marks `rows` dispatched
+    without sending: the request did their work itself. Never fails the request: rows that cannot
+    go out now stay in the outbox for the worker's relay."""
     publish = current_app.extensions.get(_PUBLISH)
     if publish is None:
         return
-    from worker.outbox import relay
+    from worker.outbox import publish_rows, relay
 
     try:
-        relay(sessions(), publish)
+        if rows is None:
+            relay(sessions(), publish)
+        elif rows:
+            publish_rows(sessions(), None if done else publish, rows)
     except Exception as exc:  # noqa: BLE001
         log.warning("outbox publish after commit failed, the relay will retry: %s", type(exc).__name__)
 
@@ -96,15 +102,16 @@ def limiter_for(app: Flask) -> SlotLimiter:
     return found
 
 
-def provider_finished(job_id: str) -> None:
+def provider_finished(job_id: str) -> bool:
     """A callback just committed the end of a provider task: hand its slots to the next jobs now.
 
-    The `release_slots` outbox row does the same through a worker (and stays as the durable path);
-    doing it here saves a queue hop per slot hand-off, which is most of the idle time per slot.
+    The `release_slots` outbox row does the same through a worker and stays the durable path:
+    the caller marks it done only when this returns True. Doing it here saves a queue hop per slot
+    hand-off, which is most of the idle time per slot.
     """
     publish = current_app.extensions.get(_PUBLISH)
     if publish is None:
-        return
+        return False
     from worker.pipeline import release_slots
     from worker.services import Services
 
@@ -114,3 +121,5 @@ def provider_finished(job_id: str) -> None:
         release_slots(svc, job_id)
     except Exception as exc:  # noqa: BLE001  (the worker's release_slots task will do it)
         log.warning("releasing slots after the callback failed, the worker will: %s", type(exc).__name__)
+        return False
+    return True

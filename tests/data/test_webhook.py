@@ -6,6 +6,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
@@ -15,7 +16,8 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 import kling.callbacks
-from models import CallbackEvent, Image, Job, callback_token, callback_url, create_job, transition
+import webhook.db
+from models import CallbackEvent, Image, Job, Outbox, callback_token, callback_url, create_job, transition
 from models.settings import Settings
 from tests.conftest import TEST_CALLBACK_SECRET, TEST_WEBHOOK_SECRET
 from tests.data.helpers import encode, legacy_body, signed_headers, snapshot, transitions_of
@@ -113,16 +115,52 @@ def test_applies_and_answers_duplicates(env: Env) -> None:
     assert events[0].dedupe_key.startswith("sha256:")
 
 
-def test_applied_callback_publishes_its_outbox_after_commit(env: Env, recorded_publishes) -> None:
+def _outbox_of(session: Session, job_id: str) -> dict[str, bool]:
+    """task -> dispatched, for the job's outbox rows."""
+    session.expire_all()
+    rows = session.scalars(select(Outbox)).all()
+    return {row.task: row.dispatched_at is not None for row in rows if row.args == [job_id]}
+
+
+def test_applied_callback_publishes_its_own_outbox_rows_after_commit(env: Env, recorded_publishes) -> None:
     job = env.new_job()
     recorded_publishes.clear()
     assert env.post(job.id, encode(legacy_body("task-1", "succeeded"))).status_code == 200
-    published = {(name, tuple(args)) for name, args in recorded_publishes}
-    # The job's own submit row was never relayed here, so it goes out too.
-    assert {("archive_job", (job.id,)), ("release_slots", (job.id,))} <= published
+    # Only the rows this callback wrote; the slots were released in the request, so that row is
+    # marked done without a worker. The submit row is not this request's: the relay sends it.
+    assert recorded_publishes == [("archive_job", [job.id])]
+    dispatched = _outbox_of(env.session, job.id)
+    assert dispatched == {"submit_job": False, "archive_job": True, "release_slots": True}
     recorded_publishes.clear()
     assert env.post(job.id, encode(legacy_body("task-1", "succeeded"))).get_json() == {"outcome": "duplicate"}
     assert recorded_publishes == []
+
+
+def test_slots_the_request_could_not_release_go_to_a_worker(
+    env: Env, recorded_publishes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class DownLimiter:
+        def release(self, job_id: str) -> None:
+            raise ConnectionError("limiter unreachable")
+
+    monkeypatch.setattr(webhook.db, "limiter_for", lambda _app: DownLimiter())
+    job = env.new_job()
+    recorded_publishes.clear()
+    assert env.post(job.id, encode(legacy_body("task-1", "failed", message="x"))).status_code == 200
+    assert recorded_publishes == [("release_slots", [job.id])]
+    assert _outbox_of(env.session, job.id)["release_slots"] is True
+
+
+def test_a_broker_outage_leaves_the_rows_for_the_relay(env: Env, recorded_publishes) -> None:
+    def down(name: str, args: list[Any]) -> None:
+        raise ConnectionError("broker down")
+
+    job = env.new_job()
+    webhook.db.set_publisher(env.client.application, down)
+    assert env.post(job.id, encode(legacy_body("task-1", "succeeded"))).status_code == 200
+    # The slots were released in the request; archiving waits in the outbox for the relay.
+    dispatched = _outbox_of(env.session, job.id)
+    assert dispatched == {"submit_job": False, "archive_job": False, "release_slots": True}
 
 
 def test_out_of_order(env: Env) -> None:
