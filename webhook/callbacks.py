@@ -116,10 +116,10 @@ def _receive(job_id: str, token: str) -> Answer:
         # Only a final provider state enqueues work (archive, release, notify): a `processing`
         # callback costs no second transaction.
         if result.changed and task.status.is_final:
-            release = [row for row in result.outbox if row.task == RELEASE_SLOTS]
-            publish_outbox([row for row in result.outbox if row.task != RELEASE_SLOTS])
-            # Released here: the row needs no worker. Else a worker releases (and pumps) for us.
-            publish_outbox(release, done=provider_finished(job_id))
+            # Slots first (the next jobs wait on them). Released here, that row needs no worker;
+            # else it goes out and a worker releases (and pumps) instead.
+            released = provider_finished(job_id)
+            publish_outbox(result.outbox, done=(RELEASE_SLOTS,) if released else ())
         log.info(
             "callback %s: job=%s task=%s provider_status=%s job_status=%s",
             outcome,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app
@@ -68,11 +68,11 @@ def set_publisher(app: Flask, publish: Callable[[str, list[Any]], None] | None) 
     app.extensions[_PUBLISH] = publish
 
 
-def publish_outbox(rows: Sequence[Outbox] | None = None, *, done: bool = False) -> None:
+def publish_outbox(rows: Sequence[Outbox] | None = None, *, done: Collection[str] = ()) -> None:
     """Publish what the request just committed to the outbox: `rows` when the request knows them
-    (one UPDATE marks them), else every due row (the relay). `done=True` marks `rows` dispatched
-    without sending: the request did their work itself. Never fails the request: rows that cannot
-    go out now stay in the outbox for the worker's relay."""
+    (one UPDATE marks them), else every due row (the relay). Rows whose task is in `done` are only
+    marked: the request did their work itself. Never fails the request: rows that cannot go out
+    now stay in the outbox for the worker's relay."""
     publish = current_app.extensions.get(_PUBLISH)
     if publish is None:
         return
@@ -82,7 +82,7 @@ def publish_outbox(rows: Sequence[Outbox] | None = None, *, done: bool = False) 
         if rows is None:
             relay(sessions(), publish)
         elif rows:
-            publish_rows(sessions(), None if done else publish, rows)
+            publish_rows(sessions(), publish, rows, done=done)
     except Exception as exc:  # noqa: BLE001
         log.warning("outbox publish after commit failed, the relay will retry: %s", type(exc).__name__)
 
