@@ -29,11 +29,10 @@ from kling.errors import CallbackError, SignatureError
 from models.db import session_scope
 from models.enums import EventOutcome, TransitionSource
 from models.logging import log_context
-from models.outbox import RELEASE_SLOTS
 from models.statemachine import JobNotFound, TaskMismatch, apply_provider_task
 from models.tables import CallbackEvent
 from models.tokens import check_callback_token
-from webhook.db import app_settings, provider_finished, publish_outbox, sessions
+from webhook.db import app_settings, provider_task_ended, sessions
 
 log = logging.getLogger(__name__)
 bp = Blueprint("callbacks", __name__)
@@ -116,10 +115,7 @@ def _receive(job_id: str, token: str) -> Answer:
         # Only a final provider state enqueues work (archive, release, notify): a `processing`
         # callback costs no second transaction.
         if result.changed and task.status.is_final:
-            # Slots first (the next jobs wait on them). Released here, that row needs no worker;
-            # else it goes out and a worker releases (and pumps) instead.
-            released = provider_finished(job_id)
-            publish_outbox(result.outbox, done=(RELEASE_SLOTS,) if released else ())
+            provider_task_ended(job_id, result.outbox)
         log.info(
             "callback %s: job=%s task=%s provider_status=%s job_status=%s",
             outcome,

@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.base import utcnow
@@ -73,10 +73,6 @@ def publish_rows(
         marked.append(row.id)
     if marked:
         with session_scope(sessions) as s:
-            if s.get_bind().dialect.name == "postgresql":
-                # A lost mark only means the relay publishes the row again (tasks are idempotent),
-                # so this commit need not wait for the WAL flush the state change already waited for.
-                s.execute(text("SET LOCAL synchronous_commit = off"))
             s.execute(
                 update(Outbox)
                 .where(Outbox.id.in_(marked), Outbox.dispatched_at.is_(None))

@@ -12,12 +12,13 @@ import pytest
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 import kling.callbacks
 import webhook.db
 from models import CallbackEvent, Image, Job, Outbox, callback_token, callback_url, create_job, transition
+from models.db import session_scope
 from models.settings import Settings
 from tests.conftest import TEST_CALLBACK_SECRET, TEST_WEBHOOK_SECRET
 from tests.data.helpers import encode, legacy_body, signed_headers, snapshot, transitions_of
@@ -347,3 +348,39 @@ def _now() -> int:
     import time
 
     return int(time.time())
+
+
+def test_final_callback_on_a_real_engine_hands_slots_on_and_marks_its_rows(
+    committed_pg_url: str, recorded_publishes
+) -> None:
+    """The after-commit work runs on one autocommit connection of the app's own PostgreSQL pool."""
+    app = create_app(settings(signed=False, database_url=committed_pg_url))
+    with app.app_context():
+        factory = webhook.db.sessions()
+        limiter = webhook.db.limiter_for(app)
+    with session_scope(factory) as s:
+        running = create_job(s, {"prompt": "running", "n": 5}, provider="kling")
+        transition(s, running, "submitted", source="worker", provider_task_id="task-run")
+        waiting = create_job(s, {"prompt": "waiting", "n": 1}, provider="kling")
+    assert limiter.acquire(running.id, 5) and not limiter.acquire(waiting.id, 1)
+    recorded_publishes.clear()
+
+    client = app.test_client()
+    token = callback_token(TEST_CALLBACK_SECRET, running.id)
+    answer = client.post(
+        f"/callbacks/kling/{running.id}/{token}", data=encode(legacy_body("task-run", "succeeded"))
+    )
+    assert answer.get_json() == {"outcome": "applied"}
+
+    assert limiter.holders() == {}
+    assert ("submit_job", [waiting.id]) in recorded_publishes  # the waiting job got the slots
+    assert ("archive_job", [running.id]) in recorded_publishes
+    assert ("release_slots", [running.id]) not in recorded_publishes  # done in the request
+    with factory() as s:
+        assert _outbox_of(s, running.id) == {"submit_job": False, "archive_job": True, "release_slots": True}
+        # The pooled connection went back in its normal mode: this session's work rolls back.
+        s.add(Job(provider="kling", params={}, status="queued"))
+        s.flush()
+        s.rollback()
+        assert s.scalar(select(func.count()).select_from(Job)) == 2
+    app.extensions["kling.sessions"].kw["bind"].dispose()
