@@ -48,8 +48,8 @@ class SlotLimiter(Protocol):
         """Take `slots` slots for `holder_id`; True if granted (or already held)."""
         ...
 
-    def release(self, holder_id: str) -> None:
-        """Free the holder's lease and its place in the queue (idempotent)."""
+    def release(self, holder_id: str) -> bool:
+        """Free the holder's lease and its place in the queue (idempotent); True if a live lease ended."""
         ...
 
     def renew(self, holder_id: str) -> bool:
@@ -148,10 +148,10 @@ return 0
 _RELEASE = (
     _PURGE
     + """
-redis.call('ZREM', KEYS[1], ARGV[1])
+local freed = redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 unwait(ARGV[1])
-return 1
+return freed
 """
 )
 
@@ -231,8 +231,8 @@ class RedisSlotLimiter:
         ]
         return bool(self._acquire(keys=self._keys, args=args))
 
-    def release(self, holder_id: str) -> None:
-        self._release(keys=self._keys, args=[holder_id])
+    def release(self, holder_id: str) -> bool:
+        return bool(self._release(keys=self._keys, args=[holder_id]))
 
     def renew(self, holder_id: str) -> bool:
         return bool(self._renew(keys=self._keys, args=[holder_id, _ms(self.lease_seconds)]))
@@ -326,10 +326,11 @@ class LocalSlotLimiter:
                 return True
             return False
 
-    def release(self, holder_id: str) -> None:
+    def release(self, holder_id: str) -> bool:
         with self._lock:
-            self._leases.pop(holder_id, None)
+            self._purge(time.monotonic())
             self._waiters.pop(holder_id, None)
+            return self._leases.pop(holder_id, None) is not None
 
     def renew(self, holder_id: str) -> bool:
         with self._lock:

@@ -99,15 +99,6 @@ def _keep_claim(svc: Services, job_id: str, token: str, retry_in: float, hold: f
     return Outcome(Step.RETRY, retry_in=retry_in, claim=token)
 
 
-def _unclaim(svc: Services, job_id: str, token: str) -> None:
-    with session_scope(svc.sessions) as s:
-        s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.claim_token == token)
-            .values(claim_token=None, claimed_until=None)
-        )
-
-
 def _unclaimed(now: datetime) -> ColumnElement[bool]:
     return or_(Job.claimed_until.is_(None), Job.claimed_until < now)
 
@@ -128,26 +119,37 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
         params, slots, provider_name = dict(job.params), job.slots, job.provider
         s.refresh(job)
         tried_before = job.create_attempts > 0
+        try:
+            provider = svc.provider_for(provider_name)
+            request = ImageRequest.from_params(params)
+        except (ProviderNotConfigured, ValidationError) as exc:
+            unusable: Exception | None = exc
+        else:
+            unusable = None
+            if slots <= svc.limiter.limit:
+                if not svc.limiter.acquire(job_id, slots):
+                    # No slots (the common case while a batch waits): give the claim back by not
+                    # committing it, one transaction instead of a claim and an unclaim. The lock
+                    # the claim took on the row is held only for the limiter's one Redis call.
+                    s.rollback()
+                    return Outcome(Step.WAIT)
+                # A create may go out from here on: count it in the claim's commit (one commit on
+                # a slot hand-off, not two). Nothing but local checks runs between this commit and
+                # the create, as when the count had a transaction of its own.
+                s.execute(update(Job).where(Job.id == job_id).values(create_attempts=Job.create_attempts + 1))
 
-    try:
-        provider = svc.provider_for(provider_name)
-        request = ImageRequest.from_params(params)
-    except ProviderNotConfigured as exc:
-        _fail(svc, job_id, code="provider_not_configured", message=f"{provider_name}: {exc}")
-        return Outcome(Step.FAILED, detail=str(exc))
-    except ValidationError as exc:
+    if isinstance(unusable, ProviderNotConfigured):
+        _fail(svc, job_id, code="provider_not_configured", message=f"{provider_name}: {unusable}")
+        return Outcome(Step.FAILED, detail=str(unusable))
+    if unusable is not None:
         # The API validates before queueing; this only happens for rows written by hand.
-        _fail(svc, job_id, code="invalid_request", message=str(exc))
-        return Outcome(Step.FAILED, detail=str(exc))
+        _fail(svc, job_id, code="invalid_request", message=str(unusable))
+        return Outcome(Step.FAILED, detail=str(unusable))
     hold = svc.settings.stuck_submit_seconds
     if slots > svc.limiter.limit:
         message = f"n={slots} needs more slots than KLING_CONCURRENCY={svc.limiter.limit}"
         _fail(svc, job_id, code=EXCEEDS_CONCURRENCY, message=message)
         return Outcome(Step.FAILED, detail=message)
-
-    if not svc.limiter.acquire(job_id, slots):
-        _unclaim(svc, job_id, token)
-        return Outcome(Step.WAIT)
 
     if tried_before:
         # An earlier run sent a create and we never learned its fate: ask before creating again.
@@ -163,8 +165,6 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
     if settings.public_base_url and settings.callback_secret:
         cb_url = callback_url(settings.public_base_url, settings.callback_secret.get_secret_value(), job_id)
 
-    with session_scope(svc.sessions) as s:
-        s.execute(update(Job).where(Job.id == job_id).values(create_attempts=Job.create_attempts + 1))
     try:
         task = provider.create_image(request, external_task_id=job_id, callback_url=cb_url)
     except (RateLimited, ConcurrencyLimitExceeded) as exc:
@@ -248,8 +248,16 @@ def _fail(svc: Services, job_id: str, *, code: str, message: str, source: str = 
 
 # --- slots ------------------------------------------------------------------------------------------
 def release_slots(svc: Services, job_id: str) -> list[str]:
-    """The provider task ended: free its slots and dispatch the next waiting jobs."""
-    svc.limiter.release(job_id)
+    """The provider task ended: free its slots and dispatch the next waiting jobs.
+
+    Both the webhook (right after the callback) and the `release_slots` task call this; whichever
+    comes second finds the lease gone and does not pump again. A second pump would dispatch the
+    same waiting job twice while its first message is still queued: a duplicate submit run ahead
+    of other work for every slot hand-off. Slots freed without a pump (a run that died in between)
+    are dispatched by the next release or the reconciler's pump.
+    """
+    if not svc.limiter.release(job_id):
+        return []
     return pump(svc)
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.settings import Settings
@@ -31,6 +31,9 @@ class Services:
     limiter_override: SlotLimiter | None = None
     s3_override: Any = None
     publish: Callable[[str, list[Any]], None] | None = None
+    # Set when a session from `sessions` flushed an outbox row; a Celery task relays after its run
+    # only then (`take_outbox_written`), instead of querying the outbox after every task.
+    outbox_written: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _providers: dict[str, ImageProvider] = field(default_factory=dict, repr=False)
 
@@ -44,7 +47,20 @@ class Services:
     def sessions(self) -> sessionmaker[Session]:
         from models.db import make_sessionmaker
 
-        return make_sessionmaker(self.engine)
+        factory = make_sessionmaker(self.engine)
+        event.listen(factory, "before_flush", self._note_outbox_rows)
+        return factory
+
+    def _note_outbox_rows(self, session: Session, *_: Any) -> None:
+        from models.tables import Outbox
+
+        if any(isinstance(obj, Outbox) for obj in session.new):
+            self.outbox_written = True
+
+    def take_outbox_written(self) -> bool:
+        """Whether outbox rows were written since the last call (which resets it)."""
+        written, self.outbox_written = self.outbox_written, False
+        return written
 
     @cached_property
     def provider(self) -> ImageProvider:

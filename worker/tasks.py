@@ -50,10 +50,12 @@ class KlingTask(Task):  # type: ignore[misc]  # celery ships no type information
         return services_for(self.app)
 
     def after_return(self, *args: Any, **kwargs: Any) -> None:
-        # Publish whatever this run wrote to the outbox (the beat relay is the safety net).
+        # Publish whatever this run wrote to the outbox (the beat relay is the safety net). Most
+        # runs write none (a submit that waits for a slot, a release, a duplicate message): they
+        # skip the outbox query and its commit.
         try:
             svc = self.services
-            if svc.publish is not None:
+            if svc.publish is not None and svc.take_outbox_written():
                 relay(svc.sessions, svc.publish)
         except Exception as exc:  # noqa: BLE001
             log.warning("outbox relay after %s failed: %s", self.name, exc)

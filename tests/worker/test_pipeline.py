@@ -131,11 +131,20 @@ def test_no_slots_means_wait_and_the_job_stays_queued(harness: Harness) -> None:
     other = harness.job({"prompt": "q", "n": 1})
     assert pipeline.submit_job(harness.svc, job_id).step is Step.DONE
     assert pipeline.submit_job(harness.svc, other).step is Step.WAIT
-    assert harness.get(other).status == "queued"
+    waiting = harness.get(other)
+    assert waiting.status == "queued"
+    # The claim of a run that found no slots is not kept, and no create was counted.
+    assert (waiting.claim_token, waiting.claimed_until, waiting.create_attempts) == (None, None, 0)
+    assert harness.get(job_id).create_attempts == 1
     assert harness.sim.tasks_by_external_id(other) == []
     # When the first one's slots come back, the pump dispatches the waiting job.
     assert pipeline.release_slots(harness.svc, job_id) == [other]
     assert ("submit_job", [other]) in harness.published
+    # The second release of the same task (webhook, then the release_slots task) frees nothing and
+    # does not dispatch the waiting job again while its first message is still queued.
+    harness.published.clear()
+    assert pipeline.release_slots(harness.svc, job_id) == []
+    assert harness.published == []
 
 
 def test_provider_1303_releases_slots_and_requeues(harness: Harness) -> None:
