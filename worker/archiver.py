@@ -4,8 +4,9 @@ The body is read in parts of `multipart_chunksize` bytes straight into a buffer;
 updated as bytes arrive and the fetcher enforces the byte cap. The first bytes sniff the image
 type, which picks the extension and so the key `{prefix}{job_id}/{index}.{ext}`.
 
-- A body that fits in one part goes up in a single PUT that carries the final metadata, `sha256`
-  included (the digest is known before the request starts).
+- A body that fits in `multipart_threshold` (by default the memory the multipart path would use
+  anyway, 32 MiB; without a Content-Length, one part) is held whole and goes up in a single PUT
+  that carries the final metadata, `sha256` included (the digest is known before the request).
 - A larger body goes up as a multipart upload whose parts are sent by a few threads while the next
   part is read (memory ~= part size x (parts in flight + 1)). Its metadata is fixed when the upload
   starts, before the digest is known, so the digest is stored as the object tag `sha256` once
@@ -149,7 +150,7 @@ def archive_image(
     cap = fetcher.max_bytes if max_bytes is None else max_bytes
     config = transfer_config or upload_transfer_config()
     part_size = int(config.multipart_chunksize)
-    single_limit = min(int(config.multipart_threshold), part_size)
+    threshold = int(config.multipart_threshold)
     if cap > part_size * MAX_PARTS:
         raise ValueError(f"max_bytes above {part_size * MAX_PARTS} ({MAX_PARTS} parts) is not supported")
     in_flight = max(1, min(config.max_concurrency, getattr(config, "max_in_memory_upload_chunks", 1)))
@@ -161,15 +162,21 @@ def archive_image(
         key = f"{key_stem}.{IMAGE_EXTENSIONS[content_type]}"
         target = _Target(s3, bucket, key, content_type)
         declared = _content_length(body)
-        if declared is not None and declared > single_limit:
-            # Announced as large (urllib3 holds the source to its Content-Length): the upload
-            # starts now and the first part goes up while the second is read.
+        if declared is not None and declared <= threshold:
+            # Announced small enough to hold whole (urllib3 holds the source to its Content-Length):
+            # one PUT with the final metadata, digest included.
+            whole = reader.read_part(head, declared)
+            etag = target.put(whole, {**metadata, SHA256_METADATA: reader.hexdigest()})
+            del whole
+        elif declared is not None:
+            # Announced as large: the upload starts now, the first part goes up while the second
+            # is read.
             etag = target.multipart(reader.parts(head), dict(metadata), in_flight)
         else:
-            first = reader.read_part(head, declared)
-            second = reader.read_part() if declared is None and len(first) == part_size else bytearray()
-            if not second and len(first) <= single_limit:
-                # The whole body is in hand: one PUT with the final metadata, digest included.
+            # No Content-Length: hold at most one part to find out whether that is all.
+            first = reader.read_part(head)
+            second = reader.read_part() if len(first) == part_size else bytearray()
+            if not second and len(first) <= threshold:
                 etag = target.put(first, {**metadata, SHA256_METADATA: reader.hexdigest()})
                 del first
             else:
@@ -221,8 +228,8 @@ class _PartReader:
         return head
 
     def read_part(self, head: bytes = b"", size: int | None = None) -> bytearray:
-        """The next part: `size` (default: part size) bytes, fewer only at the end of the body."""
-        size = self._part_size if size is None else min(size, self._part_size)
+        """The next `size` (default: part size) bytes, fewer only at the end of the body."""
+        size = self._part_size if size is None else size
         buf = bytearray(max(size, len(head)))
         got = len(head)
         with memoryview(buf) as view:

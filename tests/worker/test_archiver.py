@@ -271,7 +271,7 @@ def test_multipart_image_gets_its_digest_as_a_tag_and_is_reused_on_rerun(
         source_server.expect_request("/large").respond_with_handler(
             lambda request: Response(generated_chunks(total), content_type="image/png")
         )
-    config = upload_transfer_config(chunk_bytes=5 * MiB, max_chunks_in_memory=2)
+    config = upload_transfer_config(chunk_bytes=5 * MiB, max_chunks_in_memory=2, single_put_bytes=5 * MiB)
     first = archive(s3_client, s3_bucket, source_server.url_for("/large"), fetcher, transfer_config=config)
 
     digest = hashlib.sha256(data).hexdigest()
@@ -297,7 +297,7 @@ def test_untagged_multipart_leftover_is_replaced(s3_client, s3_bucket, source_se
     s3_client.put_object(Bucket=s3_bucket, Key=key, Body=PNG + b"partial", Metadata=META)
     data = image_bytes(PNG, 6 * MiB)
     source_server.expect_request("/img").respond_with_data(data)
-    config = upload_transfer_config(chunk_bytes=5 * MiB)
+    config = upload_transfer_config(chunk_bytes=5 * MiB, single_put_bytes=5 * MiB)
     result = archive(s3_client, s3_bucket, source_server.url_for("/img"), fetcher, transfer_config=config)
     assert not result.reused
     assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == data
@@ -337,7 +337,7 @@ def test_etags_that_are_not_md5s_are_verified_by_head(s3_client, s3_bucket, sour
     store = StoreWithOtherETags(
         s3_client, lambda etag: fake, calls=("put_object", "complete_multipart_upload", "head_object")
     )
-    config = upload_transfer_config(chunk_bytes=5 * MiB)
+    config = upload_transfer_config(chunk_bytes=5 * MiB, single_put_bytes=5 * MiB)
     result = archive(store, s3_bucket, source_server.url_for("/img"), fetcher, transfer_config=config)
     assert store.heads == 1
     assert result.etag == fake
@@ -352,7 +352,7 @@ def test_object_failing_verification_is_removed_and_never_marked(
     data = image_bytes(PNG, size)
     source_server.expect_request("/img").respond_with_data(data)
     store = StoreWithOtherETags(s3_client, lambda etag: "f" * 32)
-    config = upload_transfer_config(chunk_bytes=5 * MiB)
+    config = upload_transfer_config(chunk_bytes=5 * MiB, single_put_bytes=5 * MiB)
     with pytest.raises(ArchiveVerificationError) as info:
         archive(store, s3_bucket, source_server.url_for("/img"), fetcher, transfer_config=config)
     assert info.value.retryable
@@ -395,3 +395,20 @@ def test_parts_upload_while_the_next_is_read_with_bounded_parts_in_flight(
     assert result.bytes == total
     assert state["parts"] == 6
     assert state["max"] == 2
+
+
+def test_body_announced_within_the_single_put_limit_goes_up_whole_with_its_digest(
+    s3_client, s3_bucket, source_server, fetcher
+):
+    """Larger than a part but no more than the memory the parts would take: one PUT, no tag."""
+    data = image_bytes(PNG, 12 * MiB)
+    source_server.expect_request("/img").respond_with_data(data)
+    config = upload_transfer_config(chunk_bytes=5 * MiB, max_chunks_in_memory=2)
+    assert config.multipart_threshold == 15 * MiB
+    result = archive(s3_client, s3_bucket, source_server.url_for("/img"), fetcher, transfer_config=config)
+    digest = hashlib.sha256(data).hexdigest()
+    assert result.etag == hashlib.md5(data).hexdigest()  # a single PUT's ETag, not "...-N"
+    stored = s3_client.get_object(Bucket=s3_bucket, Key=result.key)
+    assert stored["Body"].read() == data
+    assert stored["Metadata"] == {**META, "sha256": digest}
+    assert tags(s3_client, s3_bucket, result.key) == {}
