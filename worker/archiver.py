@@ -43,6 +43,7 @@ SHA256_METADATA = "sha256"  # object metadata of a single-PUT object
 SHA256_TAG = "sha256"  # object tag of a multipart object (its metadata is fixed before the digest)
 MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
 READ_BYTES = 1024 * 1024  # one read from the source (hashed while still in the CPU cache)
+SNIFF_BYTES = 16  # enough for `sniff_image_type`
 
 # Content type sniffed from the bytes -> object key extension.
 IMAGE_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
@@ -210,18 +211,19 @@ class _PartReader:
         self.content_type = ""
 
     def read_head(self) -> bytes:
-        """The first bytes (up to one read), which tell the content type; NotAnImage if none."""
-        buf = bytearray(READ_BYTES)
+        """The first 16 bytes (fewer if the body is shorter), which tell the content type;
+        NotAnImage if they do not. Small, as `read_part` copies them into the first part."""
+        buf = bytearray(SNIFF_BYTES)
         got = 0
         with memoryview(buf) as view:
-            while got < 16:
+            while got < SNIFF_BYTES:
                 n = self._body.readinto(view[got:])
                 if not n:
                     break
                 got += n
         head = bytes(buf[:got])
         self.bytes_read += got
-        content_type = sniff_image_type(head[:16])
+        content_type = sniff_image_type(head)
         if content_type is None:
             raise NotAnImage("the source is not a PNG, JPEG, WEBP or GIF image", url=self._url)
         self.content_type = content_type
