@@ -187,7 +187,7 @@ def archive_image(
         digest, size = reader.hexdigest(), reader.bytes_read
 
     if not target.etag_verified:
-        target.verify_by_head(etag, size)
+        target.verify_by_head(etag, size, digest)
     if target.multipart_used:
         # Only now, verified: the tag is what marks the object complete for `find_archived`.
         s3.put_object_tagging(
@@ -371,14 +371,20 @@ class _Target:
         )
         return answer["ETag"]
 
-    def verify_by_head(self, etag: str, size: int) -> None:
-        """For stores whose ETags are not MD5s: the object is ours (ETag) and has the streamed size."""
+    def verify_by_head(self, etag: str, size: int, digest: str) -> None:
+        """For stores whose ETags are not MD5s: the object is ours (ETag), has the streamed size
+        and, from a single PUT, the `sha256` metadata."""
         head = self.s3.head_object(Bucket=self.bucket, Key=self.key)
-        if head["ContentLength"] == size and head["ETag"].strip('"') == etag:
+        stored = head.get("Metadata", {}).get(SHA256_METADATA)
+        if (
+            head["ContentLength"] == size
+            and head["ETag"].strip('"') == etag
+            and (self.multipart_used or stored == digest)
+        ):
             return
         error = ArchiveVerificationError(
-            f"s3://{self.bucket}/{self.key} has {head['ContentLength']} bytes / ETag "
-            f"{head['ETag']}, wrote {size} bytes / ETag {etag}"
+            f"s3://{self.bucket}/{self.key} has {head['ContentLength']} bytes / ETag {head['ETag']}"
+            f" / sha256 {stored}, wrote {size} bytes / ETag {etag} / sha256 {digest}"
         )
         # A single PUT already carries `sha256`: never leave that mark on an unverified object.
         self.s3.delete_object(Bucket=self.bucket, Key=self.key)

@@ -412,3 +412,31 @@ def test_body_announced_within_the_single_put_limit_goes_up_whole_with_its_diges
     assert stored["Body"].read() == data
     assert stored["Metadata"] == {**META, "sha256": digest}
     assert tags(s3_client, s3_bucket, result.key) == {}
+
+
+def test_head_fallback_also_checks_the_digest_a_single_put_stored(
+    s3_client, s3_bucket, source_server, fetcher
+):
+    data = image_bytes(PNG, 50_000)
+    source_server.expect_request("/img").respond_with_data(data)
+    fake = "0123456789abcdef" * 2
+    store = StoreWithOtherETags(s3_client, lambda etag: fake, calls=("put_object", "head_object"))
+    real_head = store.__getattr__("head_object")
+
+    class LostMetadata:
+        heads = 0
+
+        def __getattr__(self, name):
+            if name != "head_object":
+                return getattr(store, name)
+
+            def head_object(**kwargs):
+                answer = real_head(**kwargs)
+                answer["Metadata"] = {**answer["Metadata"], "sha256": "0" * 64}
+                return answer
+
+            return head_object
+
+    with pytest.raises(ArchiveVerificationError):
+        archive(LostMetadata(), s3_bucket, source_server.url_for("/img"), fetcher)
+    assert objects(s3_client, s3_bucket) == []
