@@ -7,18 +7,19 @@ type, which picks the extension and so the key `{prefix}{job_id}/{index}.{ext}`.
 - A body that fits in `multipart_threshold` (by default the memory the multipart path would use
   anyway, 32 MiB; without a Content-Length, one part) is held whole and goes up in a single PUT
   that carries the final metadata, `sha256` included (the digest is known before the request).
-- A larger body goes up as a multipart upload whose parts are sent by a few threads while the next
-  part is read (memory ~= part size x (parts in flight + 1)). Its metadata is fixed when the upload
-  starts, before the digest is known, so the digest is stored as the object tag `sha256` once
-  the upload is complete and verified (no server-side copy of the bytes).
+- A larger body is read twice. The first pass only hashes (nothing is kept): a multipart upload's
+  metadata is fixed when it starts, and the digest belongs in it (DESIGN.md rule 6), where the
+  alternative, copying the object onto itself afterwards, rewrites every byte in the store. The
+  second pass streams the parts up, a few threads sending while the next part is read (memory ~=
+  part size x (parts in flight + 1)), hashes again, and completes the upload only if both passes
+  saw the same bytes.
 
 Verification: every request carries `Content-MD5` (S3 and MinIO reject a body that does not match)
 and the ETag each answer returns (the MD5 the store computed over what it stored; for a multipart
 object the MD5 of the parts' MD5s, `-N`) must equal ours, which proves the stored bytes are the
 streamed ones. A store whose ETags are not MD5s (SSE-KMS, SSE-C) falls back to a HEAD that checks
-the size and that it is the object we wrote. An object at the key with a `sha256` (metadata or
-tag) is therefore complete and verified; one without it is the leftover of a crash between
-upload and tagging, or of a failed verification, and is simply overwritten by the next run.
+the size, that it is the object we wrote and its `sha256`; an object failing it is deleted. An
+object at the key with `sha256` metadata is therefore complete and verified, and a re-run reuses it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -39,8 +40,7 @@ from worker.s3 import upload_transfer_config
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-SHA256_METADATA = "sha256"  # object metadata of a single-PUT object
-SHA256_TAG = "sha256"  # object tag of a multipart object (its metadata is fixed before the digest)
+SHA256_METADATA = "sha256"  # object metadata key of the digest
 MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
 READ_BYTES = 1024 * 1024  # one read from the source (hashed while still in the CPU cache)
 SNIFF_BYTES = 16  # enough for `sniff_image_type`
@@ -102,9 +102,6 @@ def find_archived(s3: S3Client, *, bucket: str, key_stem: str) -> ArchivedObject
             continue
         head = s3.head_object(Bucket=bucket, Key=item["Key"])
         digest = head.get("Metadata", {}).get(SHA256_METADATA)
-        if not digest:
-            tags = s3.get_object_tagging(Bucket=bucket, Key=item["Key"]).get("TagSet", [])
-            digest = next((t["Value"] for t in tags if t["Key"] == SHA256_TAG), None)
         if digest:
             return ArchivedObject(
                 bucket=bucket,
@@ -156,6 +153,7 @@ def archive_image(
         raise ValueError(f"max_bytes above {part_size * MAX_PARTS} ({MAX_PARTS} parts) is not supported")
     in_flight = max(1, min(config.max_concurrency, getattr(config, "max_in_memory_upload_chunks", 1)))
 
+    large: tuple[str, int] | None = None  # (digest, size) from the hashing pass of a large body
     with fetcher.open(url, max_bytes=cap) as body:
         reader = _PartReader(body, part_size, url)
         head = reader.read_head()  # sniffs the type, or raises NotAnImage
@@ -163,39 +161,76 @@ def archive_image(
         key = f"{key_stem}.{IMAGE_EXTENSIONS[content_type]}"
         target = _Target(s3, bucket, key, content_type)
         declared = _content_length(body)
+        whole: bytearray | None = None
         if declared is not None and declared <= threshold:
-            # Announced small enough to hold whole (urllib3 holds the source to its Content-Length):
-            # one PUT with the final metadata, digest included.
+            # Announced small enough to hold whole (urllib3 holds the source to its Content-Length).
             whole = reader.read_part(head, declared)
-            etag = target.put(whole, {**metadata, SHA256_METADATA: reader.hexdigest()})
-            del whole
-        elif declared is not None:
-            # Announced as large: the upload starts now, the first part goes up while the second
-            # is read.
-            etag = target.multipart(reader.parts(head), dict(metadata), in_flight)
-        else:
+        elif declared is None:
             # No Content-Length: hold at most one part to find out whether that is all.
             first = reader.read_part(head)
-            second = reader.read_part() if len(first) == part_size else bytearray()
-            if not second and len(first) <= threshold:
-                etag = target.put(first, {**metadata, SHA256_METADATA: reader.hexdigest()})
-                del first
-            else:
-                parts = reader.parts(head, first, second)
-                del first, second  # held by `parts` until each is uploaded
-                etag = target.multipart(parts, dict(metadata), in_flight)
+            head = b""  # hashed with the part
+            if len(first) < part_size and len(first) <= threshold:
+                whole = first
+            del first
+        if whole is not None:
+            # One PUT with the final metadata, digest included.
+            etag = target.put(whole, {**metadata, SHA256_METADATA: reader.hexdigest()})
+            del whole
+        else:
+            reader.drain(head)
+            large = (reader.hexdigest(), reader.bytes_read)
         digest, size = reader.hexdigest(), reader.bytes_read
 
+    if large is not None:
+        etag = _upload_large(
+            target,
+            fetcher=fetcher,
+            url=url,
+            cap=cap,
+            part_size=part_size,
+            metadata=dict(metadata),
+            in_flight=in_flight,
+            expected=large,
+        )
     if not target.etag_verified:
         target.verify_by_head(etag, size, digest)
-    if target.multipart_used:
-        # Only now, verified: the tag is what marks the object complete for `find_archived`.
-        s3.put_object_tagging(
-            Bucket=bucket, Key=key, Tagging={"TagSet": [{"Key": SHA256_TAG, "Value": digest}]}
-        )
     return ArchivedObject(
         bucket=bucket, key=key, sha256=digest, bytes=size, content_type=content_type, etag=etag
     )
+
+
+def _upload_large(
+    target: _Target,
+    *,
+    fetcher: SafeFetcher,
+    url: str,
+    cap: int,
+    part_size: int,
+    metadata: dict[str, str],
+    in_flight: int,
+    expected: tuple[str, int],
+) -> str:
+    """The second pass over a large body: a multipart upload whose metadata carries the digest the
+    first pass computed, completed only if this pass reads the same bytes."""
+    digest, size = expected
+    with fetcher.open(url, max_bytes=cap) as body:
+        reader = _PartReader(body, part_size, url)
+        head = reader.read_head()
+
+        def same_bytes() -> None:
+            if (reader.content_type, reader.hexdigest(), reader.bytes_read) != (
+                target.content_type,
+                digest,
+                size,
+            ):
+                raise ArchiveVerificationError(
+                    f"{url} changed between reads: {reader.bytes_read} bytes / sha256 {reader.hexdigest()}"
+                    f", first read {size} bytes / sha256 {digest}"
+                )
+
+        return target.multipart(
+            reader.parts(head), {**metadata, SHA256_METADATA: digest}, in_flight, before_complete=same_bytes
+        )
 
 
 class _PartReader:
@@ -250,19 +285,24 @@ class _PartReader:
         self.bytes_read += got - len(head)  # read_head counted the head
         return buf
 
-    def parts(self, head: bytes, *read: bytearray) -> Iterator[bytearray]:
-        """Every part of the body: those already `read` (the first holds `head`), then the rest."""
-        if not read:
-            yield self.read_part(head)
-        pending = list(read)
-        del read  # the caller holds each part only while it uploads
-        while pending:
-            part = pending.pop(0)
-            if part:
-                yield part
-            del part
-        while part := self.read_part():
+    def parts(self, head: bytes) -> Iterator[bytearray]:
+        """Every part of the body, the first holding `head`."""
+        part = self.read_part(head)
+        while part:
             yield part
+            part = self.read_part()
+
+    def drain(self, head: bytes = b"") -> None:
+        """Hash `head` (from `read_head`, when no part holds it) and the rest of the body, read
+        into one reused buffer: nothing is kept."""
+        self._hash.update(head)
+        buf = bytearray(READ_BYTES)
+        with memoryview(buf) as view:
+            while n := self._body.readinto(view):
+                chunk = view[:n]
+                self._hash.update(chunk)
+                chunk.release()
+                self.bytes_read += n
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
@@ -277,7 +317,6 @@ class _Target:
         self.key = key
         self.content_type = content_type
         self.etag_verified = False
-        self.multipart_used = False
 
     def put(self, data: bytearray, metadata: dict[str, str]) -> str:
         md5 = hashlib.md5(data, usedforsecurity=False).digest()
@@ -295,14 +334,20 @@ class _Target:
         self.etag_verified = etag == md5.hex()
         return etag
 
-    def multipart(self, parts: Iterator[bytearray], metadata: dict[str, str], in_flight: int) -> str:
+    def multipart(
+        self,
+        parts: Iterator[bytearray],
+        metadata: dict[str, str],
+        in_flight: int,
+        *,
+        before_complete: Callable[[], None] = lambda: None,
+    ) -> str:
         """Upload `parts` with `in_flight` of them on the wire while the next one is read.
 
         Each part's MD5 is computed by another thread while the part uploads (hashlib and socket
         writes release the GIL) and checked against the part's ETag before the upload completes;
         parts are invisible until then, so no Content-MD5 is needed to keep a bad object out.
         """
-        self.multipart_used = True
         uploaded: list[tuple[int, str, bytes]] = []
         # One thread per part in flight for the upload, one for its MD5, one for CreateMultipartUpload.
         with ThreadPoolExecutor(max_workers=2 * in_flight + 1, thread_name_prefix="archive-part") as pool:
@@ -315,6 +360,7 @@ class _Target:
             )
             try:
                 uploaded = self._upload_parts(pool, created, parts, in_flight)
+                before_complete()  # raising here aborts: parts are invisible until completed
                 answer = self.s3.complete_multipart_upload(
                     Bucket=self.bucket,
                     Key=self.key,
@@ -373,20 +419,16 @@ class _Target:
 
     def verify_by_head(self, etag: str, size: int, digest: str) -> None:
         """For stores whose ETags are not MD5s: the object is ours (ETag), has the streamed size
-        and, from a single PUT, the `sha256` metadata."""
+        and the `sha256` metadata."""
         head = self.s3.head_object(Bucket=self.bucket, Key=self.key)
         stored = head.get("Metadata", {}).get(SHA256_METADATA)
-        if (
-            head["ContentLength"] == size
-            and head["ETag"].strip('"') == etag
-            and (self.multipart_used or stored == digest)
-        ):
+        if head["ContentLength"] == size and head["ETag"].strip('"') == etag and stored == digest:
             return
         error = ArchiveVerificationError(
             f"s3://{self.bucket}/{self.key} has {head['ContentLength']} bytes / ETag {head['ETag']}"
             f" / sha256 {stored}, wrote {size} bytes / ETag {etag} / sha256 {digest}"
         )
-        # A single PUT already carries `sha256`: never leave that mark on an unverified object.
+        # The object already carries `sha256`: never leave that mark on an unverified object.
         self.s3.delete_object(Bucket=self.bucket, Key=self.key)
         raise error
 

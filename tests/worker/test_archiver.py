@@ -255,12 +255,8 @@ def test_truncated_source_is_a_retryable_error_and_stores_nothing(s3_client, s3_
     assert objects(s3_client, s3_bucket) == []
 
 
-def tags(s3, bucket, key) -> dict[str, str]:
-    return {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]}
-
-
 @pytest.mark.parametrize("announced", [True, False], ids=["content-length", "streamed"])
-def test_multipart_image_gets_its_digest_as_a_tag_and_is_reused_on_rerun(
+def test_multipart_image_is_read_twice_carries_its_digest_in_metadata_and_is_reused_on_rerun(
     s3_client, s3_bucket, source_server, fetcher, announced
 ):
     total = 12 * MiB
@@ -279,8 +275,9 @@ def test_multipart_image_gets_its_digest_as_a_tag_and_is_reused_on_rerun(
     stored = s3_client.get_object(Bucket=s3_bucket, Key=first.key)
     assert stored["Body"].read() == data
     assert stored["ETag"].strip('"') == first.etag and first.etag.endswith("-3")
-    assert stored["Metadata"] == META  # fixed before the digest was known; no copy to change it
-    assert tags(s3_client, s3_bucket, first.key) == {"sha256": digest}
+    # The first read hashed, the second uploaded with the digest in the metadata (no copy).
+    assert stored["Metadata"] == {**META, "sha256": digest}
+    assert len(source_server.log) == 2
     assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
 
     source_server.clear()
@@ -291,8 +288,23 @@ def test_multipart_image_gets_its_digest_as_a_tag_and_is_reused_on_rerun(
     assert source_server.log == []
 
 
-def test_untagged_multipart_leftover_is_replaced(s3_client, s3_bucket, source_server, fetcher):
-    """A crash between completing the upload and tagging it leaves an object without sha256."""
+def test_source_that_changes_between_the_two_reads_is_not_stored(
+    s3_client, s3_bucket, source_server, fetcher
+):
+    """The digest in the metadata comes from the first read: a second read of other bytes aborts."""
+    bodies = iter([image_bytes(PNG, 12 * MiB), image_bytes(PNG + b"x", 12 * MiB)])
+    source_server.expect_request("/large").respond_with_handler(
+        lambda request: Response(next(bodies), content_type="image/png")
+    )
+    config = upload_transfer_config(chunk_bytes=5 * MiB, max_chunks_in_memory=2, single_put_bytes=5 * MiB)
+    with pytest.raises(ArchiveVerificationError, match="changed between reads"):
+        archive(s3_client, s3_bucket, source_server.url_for("/large"), fetcher, transfer_config=config)
+    assert objects(s3_client, s3_bucket) == []
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+
+
+def test_unverified_multipart_leftover_is_replaced(s3_client, s3_bucket, source_server, fetcher):
+    """An object without sha256 metadata (a crash mid-write, a failed check) is never reused."""
     key = "images/job-123/0.png"
     s3_client.put_object(Bucket=s3_bucket, Key=key, Body=PNG + b"partial", Metadata=META)
     data = image_bytes(PNG, 6 * MiB)
@@ -300,8 +312,9 @@ def test_untagged_multipart_leftover_is_replaced(s3_client, s3_bucket, source_se
     config = upload_transfer_config(chunk_bytes=5 * MiB, single_put_bytes=5 * MiB)
     result = archive(s3_client, s3_bucket, source_server.url_for("/img"), fetcher, transfer_config=config)
     assert not result.reused
-    assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == data
-    assert tags(s3_client, s3_bucket, key) == {"sha256": hashlib.sha256(data).hexdigest()}
+    stored = s3_client.get_object(Bucket=s3_bucket, Key=key)
+    assert stored["Body"].read() == data
+    assert stored["Metadata"] == {**META, "sha256": hashlib.sha256(data).hexdigest()}
 
 
 class StoreWithOtherETags:
@@ -400,7 +413,7 @@ def test_parts_upload_while_the_next_is_read_with_bounded_parts_in_flight(
 def test_body_announced_within_the_single_put_limit_goes_up_whole_with_its_digest(
     s3_client, s3_bucket, source_server, fetcher
 ):
-    """Larger than a part but no more than the memory the parts would take: one PUT, no tag."""
+    """Larger than a part but no more than the memory the parts would take: one PUT, one read."""
     data = image_bytes(PNG, 12 * MiB)
     source_server.expect_request("/img").respond_with_data(data)
     config = upload_transfer_config(chunk_bytes=5 * MiB, max_chunks_in_memory=2)
@@ -411,7 +424,7 @@ def test_body_announced_within_the_single_put_limit_goes_up_whole_with_its_diges
     stored = s3_client.get_object(Bucket=s3_bucket, Key=result.key)
     assert stored["Body"].read() == data
     assert stored["Metadata"] == {**META, "sha256": digest}
-    assert tags(s3_client, s3_bucket, result.key) == {}
+    assert len(source_server.log) == 1
 
 
 def test_head_fallback_also_checks_the_digest_a_single_put_stored(
