@@ -53,8 +53,17 @@ def main() -> None:
 
     def copy(url: str, key: str) -> int:
         if args.mode == "service":
+            # As the worker archives an image the first time (worker.pipeline passes
+            # reuse_existing=tried): every key here is fresh, so the LIST for an earlier copy is
+            # what only a re-run does.
             obj = archive_image(
-                s3, bucket=args.bucket, key_stem=key, url=url, fetcher=fetcher, metadata={"job-id": "bench"}
+                s3,
+                bucket=args.bucket,
+                key_stem=key,
+                url=url,
+                fetcher=fetcher,
+                metadata={"job-id": "bench"},
+                reuse_existing=False,
             )
             return obj.bytes
         # The baseline: the shortest correct streaming copy, boto3's default transfer settings.

@@ -58,14 +58,24 @@ def s3_client_from_settings(settings: Settings) -> S3Client:
     return make_s3_client(settings.s3_endpoint_url, settings.aws_region)
 
 
-def upload_transfer_config(chunk_bytes: int = 8 * MiB, max_chunks_in_memory: int = 2) -> TransferConfig:
+def upload_transfer_config(
+    chunk_bytes: int = 8 * MiB, max_chunks_in_memory: int = 3, single_put_bytes: int | None = None
+) -> TransferConfig:
     """Multipart settings for streamed (non-seekable) uploads with bounded memory.
 
-    s3transfer buffers each part of a non-seekable stream in memory; its default of 10 buffered
-    parts would allow 80 MiB per upload, so we cap it: memory ~= chunk_bytes * max_chunks_in_memory.
+    Each part of a streamed body is buffered in memory while it uploads (boto3's default of 10 parts
+    would allow 80 MiB per upload). The archiver keeps `max_chunks_in_memory` parts uploading while
+    it reads the next one: memory ~= chunk_bytes * (max_chunks_in_memory + 1), 32 MiB by default.
+    Three parts in flight rather than two keep the store busy while a part is read and hashed.
+
+    A body that announces a size up to `single_put_bytes` (default: that same memory, so the peak
+    does not grow) is held whole and sent in one PUT: one request instead of create, parts,
+    complete and tag, and its metadata carries the digest.
     """
     config = TransferConfig(
-        multipart_threshold=chunk_bytes,
+        multipart_threshold=chunk_bytes * (max_chunks_in_memory + 1)
+        if single_put_bytes is None
+        else single_put_bytes,
         multipart_chunksize=chunk_bytes,
         max_concurrency=max_chunks_in_memory,
         use_threads=True,

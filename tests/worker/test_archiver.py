@@ -6,6 +6,7 @@ import hashlib
 import random
 import socket
 import threading
+import time
 
 import pytest
 from werkzeug import Response
@@ -13,6 +14,7 @@ from werkzeug import Response
 from tests.fixtures.services import assert_no_connection
 from worker.archiver import (
     ArchivedObject,
+    ArchiveVerificationError,
     NotAnImage,
     archive_image,
     object_key,
@@ -250,4 +252,204 @@ def test_truncated_source_is_a_retryable_error_and_stores_nothing(s3_client, s3_
     finally:
         thread.join(timeout=10)
         listener.close()
+    assert objects(s3_client, s3_bucket) == []
+
+
+@pytest.mark.parametrize("announced", [True, False], ids=["content-length", "streamed"])
+def test_multipart_image_is_read_twice_carries_its_digest_in_metadata_and_is_reused_on_rerun(
+    s3_client, s3_bucket, source_server, fetcher, announced
+):
+    total = 12 * MiB
+    data = b"".join(generated_chunks(total))
+    if announced:
+        source_server.expect_request("/large").respond_with_data(data, content_type="image/png")
+    else:  # no Content-Length: the archiver finds out it needs parts by reading a second one
+        source_server.expect_request("/large").respond_with_handler(
+            lambda request: Response(generated_chunks(total), content_type="image/png")
+        )
+    config = upload_transfer_config(chunk_bytes=5 * MiB, max_chunks_in_memory=2, single_put_bytes=5 * MiB)
+    first = archive(s3_client, s3_bucket, source_server.url_for("/large"), fetcher, transfer_config=config)
+
+    digest = hashlib.sha256(data).hexdigest()
+    assert (first.sha256, first.bytes, first.reused) == (digest, total, False)
+    stored = s3_client.get_object(Bucket=s3_bucket, Key=first.key)
+    assert stored["Body"].read() == data
+    assert stored["ETag"].strip('"') == first.etag and first.etag.endswith("-3")
+    # The first read hashed, the second uploaded with the digest in the metadata (no copy).
+    assert stored["Metadata"] == {**META, "sha256": digest}
+    assert len(source_server.log) == 2
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+
+    source_server.clear()
+    source_server.expect_request("/large").respond_with_data(b"", status=410)  # expired since
+    second = archive(s3_client, s3_bucket, source_server.url_for("/large"), fetcher)
+    assert second.reused
+    assert (second.key, second.sha256, second.bytes) == (first.key, digest, total)
+    assert source_server.log == []
+
+
+def test_source_that_changes_between_the_two_reads_is_not_stored(
+    s3_client, s3_bucket, source_server, fetcher
+):
+    """The digest in the metadata comes from the first read: a second read of other bytes aborts."""
+    bodies = iter([image_bytes(PNG, 12 * MiB), image_bytes(PNG + b"x", 12 * MiB)])
+    source_server.expect_request("/large").respond_with_handler(
+        lambda request: Response(next(bodies), content_type="image/png")
+    )
+    config = upload_transfer_config(chunk_bytes=5 * MiB, max_chunks_in_memory=2, single_put_bytes=5 * MiB)
+    with pytest.raises(ArchiveVerificationError, match="changed between reads"):
+        archive(s3_client, s3_bucket, source_server.url_for("/large"), fetcher, transfer_config=config)
+    assert objects(s3_client, s3_bucket) == []
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+
+
+def test_unverified_multipart_leftover_is_replaced(s3_client, s3_bucket, source_server, fetcher):
+    """An object without sha256 metadata (a crash mid-write, a failed check) is never reused."""
+    key = "images/job-123/0.png"
+    s3_client.put_object(Bucket=s3_bucket, Key=key, Body=PNG + b"partial", Metadata=META)
+    data = image_bytes(PNG, 6 * MiB)
+    source_server.expect_request("/img").respond_with_data(data)
+    config = upload_transfer_config(chunk_bytes=5 * MiB, single_put_bytes=5 * MiB)
+    result = archive(s3_client, s3_bucket, source_server.url_for("/img"), fetcher, transfer_config=config)
+    assert not result.reused
+    stored = s3_client.get_object(Bucket=s3_bucket, Key=key)
+    assert stored["Body"].read() == data
+    assert stored["Metadata"] == {**META, "sha256": hashlib.sha256(data).hexdigest()}
+
+
+class StoreWithOtherETags:
+    """The real client, but `etag_of` rewrites the ETags some calls answer with (as an SSE-KMS bucket
+    answers ETags that are not MD5s, or as a store that lost bytes would)."""
+
+    def __init__(self, real, etag_of, calls=("put_object", "complete_multipart_upload")):
+        self._real = real
+        self._etag_of = etag_of
+        self._calls = calls
+        self.heads = 0
+
+    def __getattr__(self, name):
+        method = getattr(self._real, name)
+        if name == "head_object":
+            self.heads += 1
+        if name not in self._calls:
+            return method
+
+        def rewritten(**kwargs):
+            answer = method(**kwargs)
+            answer["ETag"] = f'"{self._etag_of(answer["ETag"].strip(chr(34)))}"'
+            return answer
+
+        return rewritten
+
+
+@pytest.mark.parametrize("size", [50_000, 6 * MiB], ids=["single-put", "multipart"])
+def test_etags_that_are_not_md5s_are_verified_by_head(s3_client, s3_bucket, source_server, fetcher, size):
+    data = image_bytes(PNG, size)
+    source_server.expect_request("/img").respond_with_data(data)
+    fake = "0123456789abcdef" * 2
+    store = StoreWithOtherETags(
+        s3_client, lambda etag: fake, calls=("put_object", "complete_multipart_upload", "head_object")
+    )
+    config = upload_transfer_config(chunk_bytes=5 * MiB, single_put_bytes=5 * MiB)
+    result = archive(store, s3_bucket, source_server.url_for("/img"), fetcher, transfer_config=config)
+    assert store.heads == 1
+    assert result.etag == fake
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("size", [50_000, 6 * MiB], ids=["single-put", "multipart"])
+def test_object_failing_verification_is_removed_and_never_marked(
+    s3_client, s3_bucket, source_server, fetcher, size
+):
+    """The store's ETag proves nothing and its HEAD disagrees with what we wrote: retry, leave nothing."""
+    data = image_bytes(PNG, size)
+    source_server.expect_request("/img").respond_with_data(data)
+    store = StoreWithOtherETags(s3_client, lambda etag: "f" * 32)
+    config = upload_transfer_config(chunk_bytes=5 * MiB, single_put_bytes=5 * MiB)
+    with pytest.raises(ArchiveVerificationError) as info:
+        archive(store, s3_bucket, source_server.url_for("/img"), fetcher, transfer_config=config)
+    assert info.value.retryable
+    assert store.heads == 1
+    assert objects(s3_client, s3_bucket) == []
+
+
+def test_parts_upload_while_the_next_is_read_with_bounded_parts_in_flight(
+    s3_client, s3_bucket, source_server, fetcher
+):
+    total = 26 * MiB
+    source_server.expect_request("/large").respond_with_handler(
+        lambda request: Response(generated_chunks(total), content_type="image/png")
+    )
+    lock = threading.Lock()
+    state = {"now": 0, "max": 0, "parts": 0}
+
+    class SlowParts:
+        def __getattr__(self, name):
+            method = getattr(s3_client, name)
+            if name != "upload_part":
+                return method
+
+            def upload_part(**kwargs):
+                with lock:
+                    state["now"] += 1
+                    state["parts"] += 1
+                    state["max"] = max(state["max"], state["now"])
+                try:
+                    time.sleep(0.2)  # a slow store: reading must wait for a free slot, not pile up
+                    return method(**kwargs)
+                finally:
+                    with lock:
+                        state["now"] -= 1
+
+            return upload_part
+
+    config = upload_transfer_config(chunk_bytes=5 * MiB, max_chunks_in_memory=2)
+    result = archive(SlowParts(), s3_bucket, source_server.url_for("/large"), fetcher, transfer_config=config)
+    assert result.bytes == total
+    assert state["parts"] == 6
+    assert state["max"] == 2
+
+
+def test_body_announced_within_the_single_put_limit_goes_up_whole_with_its_digest(
+    s3_client, s3_bucket, source_server, fetcher
+):
+    """Larger than a part but no more than the memory the parts would take: one PUT, one read."""
+    data = image_bytes(PNG, 12 * MiB)
+    source_server.expect_request("/img").respond_with_data(data)
+    config = upload_transfer_config(chunk_bytes=5 * MiB, max_chunks_in_memory=2)
+    assert config.multipart_threshold == 15 * MiB
+    result = archive(s3_client, s3_bucket, source_server.url_for("/img"), fetcher, transfer_config=config)
+    digest = hashlib.sha256(data).hexdigest()
+    assert result.etag == hashlib.md5(data).hexdigest()  # a single PUT's ETag, not "...-N"
+    stored = s3_client.get_object(Bucket=s3_bucket, Key=result.key)
+    assert stored["Body"].read() == data
+    assert stored["Metadata"] == {**META, "sha256": digest}
+    assert len(source_server.log) == 1
+
+
+def test_head_fallback_also_checks_the_digest_a_single_put_stored(
+    s3_client, s3_bucket, source_server, fetcher
+):
+    data = image_bytes(PNG, 50_000)
+    source_server.expect_request("/img").respond_with_data(data)
+    fake = "0123456789abcdef" * 2
+    store = StoreWithOtherETags(s3_client, lambda etag: fake, calls=("put_object", "head_object"))
+    real_head = store.__getattr__("head_object")
+
+    class LostMetadata:
+        heads = 0
+
+        def __getattr__(self, name):
+            if name != "head_object":
+                return getattr(store, name)
+
+            def head_object(**kwargs):
+                answer = real_head(**kwargs)
+                answer["Metadata"] = {**answer["Metadata"], "sha256": "0" * 64}
+                return answer
+
+            return head_object
+
+    with pytest.raises(ArchiveVerificationError):
+        archive(LostMetadata(), s3_bucket, source_server.url_for("/img"), fetcher)
     assert objects(s3_client, s3_bucket) == []

@@ -332,7 +332,8 @@ def test_hundred_megabyte_image_archives_intact(harness: Harness) -> None:
     assert img.bytes == size
     assert img.sha256 == harness.sim.image_sha256(job.provider_task_id, 0)
     head = harness.svc.s3.head_object(Bucket=img.s3_bucket, Key=img.s3_key)
-    assert head["ContentLength"] == size and head["Metadata"]["sha256"] == img.sha256
+    assert head["ContentLength"] == size
+    assert head["Metadata"]["sha256"] == img.sha256
 
 
 # --- reconcile and sweep ----------------------------------------------------------------------------
