@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -10,6 +10,9 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+# A sessionmaker, or anything else that makes a Session when called.
+SessionFactory = Callable[[], Session]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 PG_CONNECT_TIMEOUT_SECONDS = 5
@@ -68,7 +71,7 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 
 @contextmanager
-def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+def session_scope(factory: SessionFactory) -> Iterator[Session]:
     """One transaction: commit on success, roll back on any exception."""
     session = factory()
     try:

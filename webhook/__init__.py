@@ -22,6 +22,9 @@ def create_app(
     settings = settings or get_settings()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # Keys in the order the code builds them: sorting every key of a page of 50 jobs is a tenth
+    # of the request's CPU, and clients read JSON objects by name.
+    app.json.sort_keys = False  # type: ignore[attr-defined]
     install_redaction(settings)
     if not logging.getLogger().handlers:
         # Nobody configured logging (gunicorn leaves the root logger alone): JSON lines on stderr.

@@ -35,7 +35,7 @@ from models.logging import log_context, redact
 from models.settings import Settings
 from models.statemachine import create_job
 from models.tables import Image, Job, Notification, Outbox, Transition
-from webhook.db import app_settings, publish_outbox, sessions
+from webhook.db import app_settings, autocommit_sessions, publish_outbox, sessions
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
@@ -195,7 +195,7 @@ def create() -> Answer:
             publish_outbox(rows)
         else:
             log.info("job returned for a repeated Idempotency-Key")
-    with sessions()() as session:
+    with autocommit_sessions() as read, read() as session:
         payload = _one_document(session, job_id)
     return payload, 202 if created else 200, {"Location": f"/v1/jobs/{job_id}"}
 
@@ -223,7 +223,7 @@ def list_jobs() -> Answer:
         at, last_id = cursor
         stmt = stmt.where(or_(Job.created_at < at, and_(Job.created_at == at, Job.id < last_id)))
     stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
-    with sessions()() as session:
+    with autocommit_sessions() as read, read() as session:
         docs = job_documents(session, stmt)
     more = len(docs) > limit
     docs = docs[:limit]
@@ -233,14 +233,14 @@ def list_jobs() -> Answer:
 
 @bp.get("/v1/jobs/<job_id>")
 def show(job_id: str) -> Answer:
-    with sessions()() as session:
+    with autocommit_sessions() as read, read() as session:
         return _one_document(session, _job_id(job_id)), 200
 
 
 @bp.get("/v1/jobs/<job_id>/images/<int:index>")
 def image(job_id: str, index: int) -> Answer | Response:
     job_id = _job_id(job_id)
-    with sessions()() as session:
+    with autocommit_sessions() as read, read() as session:
         found = session.execute(
             select(Image.status, Image.s3_bucket, Image.s3_key).where(
                 Image.job_id == job_id, Image.index == index

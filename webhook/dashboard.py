@@ -18,7 +18,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from models.enums import ImageStatus
 from models.tables import Image, Job
 from webhook import api
-from webhook.db import sessions
+from webhook.db import autocommit_sessions
 from webhook.metrics import state_snapshot
 
 bp = Blueprint("dashboard", __name__)
@@ -42,7 +42,7 @@ def data() -> api.Answer:
     snapshot = state_snapshot(current_app._get_current_object())  # type: ignore[attr-defined]
     database_up = snapshot.get("kling_metrics_source_up{database}") == 1
     limiter_up = snapshot.get("kling_metrics_source_up{limiter}") == 1
-    with sessions()() as session:
+    with autocommit_sessions() as read, read() as session:
         jobs = api.job_documents(
             session, api.job_select().order_by(Job.created_at.desc(), Job.id.desc()).limit(RECENT_JOBS)
         )

@@ -6,13 +6,14 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.db import make_engine, make_sessionmaker
+from models.db import SessionFactory, make_engine, make_sessionmaker
 from models.settings import Settings
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ def publish_outbox(rows: Sequence[Outbox] | None = None) -> None:
     if publish is None:
         return
     try:
-        with _after_commit_sessions() as quick:
+        with autocommit_sessions() as quick:
             _publish(quick, publish, rows)
     except Exception as exc:  # noqa: BLE001
         log.warning("outbox publish after commit failed, the relay will retry: %s", type(exc).__name__)
@@ -100,7 +101,7 @@ def provider_task_ended(job_id: str, rows: Sequence[Outbox]) -> None:
     from worker.services import Services
 
     try:
-        with _after_commit_sessions() as quick:
+        with autocommit_sessions() as quick:
             svc = Services(app_settings(), limiter_override=limiter_for(current_app), publish=publish)
             svc.__dict__["sessions"] = quick
             try:
@@ -117,7 +118,7 @@ def provider_task_ended(job_id: str, rows: Sequence[Outbox]) -> None:
 
 
 def _publish(
-    quick: sessionmaker[Session],
+    quick: SessionFactory,
     publish: Callable[[str, list[Any]], None],
     rows: Sequence[Outbox] | None,
     **kw: Any,
@@ -131,13 +132,14 @@ def _publish(
 
 
 @contextmanager
-def _after_commit_sessions() -> Iterator[sessionmaker[Session]]:
-    """Sessions for the work after a request's commit, all on one pooled connection.
+def autocommit_sessions() -> Iterator[SessionFactory]:
+    """Sessions for work made of single statements (reads, the steps after a request's commit),
+    all on one pooled connection.
 
-    On PostgreSQL that connection is in autocommit mode: the steps are single statements (the
-    pump's read, the outbox mark), so one checkout and ping, and no BEGIN/COMMIT around each, is
-    a third of a final callback's round trips. Elsewhere (SQLite serialises writers with BEGIN
-    IMMEDIATE; tests bind the app to their own connection) the app's own sessions are used.
+    On PostgreSQL that connection is in autocommit mode: one checkout and ping, and no BEGIN /
+    COMMIT round trips around each statement. Reads lose nothing by it: under READ COMMITTED every
+    statement takes its own snapshot inside a transaction too. Elsewhere (SQLite serialises writers
+    with BEGIN IMMEDIATE; tests bind the app to their own connection) the app's sessions are used.
     """
     factory = sessions()
     bind = factory.kw.get("bind")
@@ -145,7 +147,9 @@ def _after_commit_sessions() -> Iterator[sessionmaker[Session]]:
         yield factory
         return
     with bind.connect() as conn:
-        yield sessionmaker(bind=conn.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
+        # The app's factory with this connection as bind (a new sessionmaker per call would also
+        # build a new Session class, and its event bookkeeping, per request).
+        yield partial(factory, bind=conn.execution_options(isolation_level="AUTOCOMMIT"))
 
 
 def limiter_for(app: Flask) -> SlotLimiter:

@@ -12,10 +12,10 @@ from typing import Any
 
 from celery import Celery
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from models.base import utcnow
-from models.db import session_scope
+from models.db import SessionFactory, session_scope
 from models.tables import Outbox
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 Publish = Callable[[str, list[Any]], None]
 
 
-def relay(sessions: sessionmaker[Session], publish: Publish, *, batch: int = 500) -> int:
+def relay(sessions: SessionFactory, publish: Publish, *, batch: int = 500) -> int:
     """Publish due, undispatched rows in id order; returns how many went out.
 
     A row is marked dispatched only after its publish returned, so a crash in between publishes
@@ -52,7 +52,7 @@ def relay(sessions: sessionmaker[Session], publish: Publish, *, batch: int = 500
 
 
 def publish_rows(
-    sessions: sessionmaker[Session], publish: Publish, rows: Sequence[Outbox], *, done: Collection[str] = ()
+    sessions: SessionFactory, publish: Publish, rows: Sequence[Outbox], *, done: Collection[str] = ()
 ) -> int:
     """Publish rows the caller just committed, then mark them dispatched in one UPDATE.
 

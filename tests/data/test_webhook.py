@@ -20,7 +20,7 @@ import webhook.db
 from models import CallbackEvent, Image, Job, Outbox, callback_token, callback_url, create_job, transition
 from models.db import session_scope
 from models.settings import Settings
-from tests.conftest import TEST_CALLBACK_SECRET, TEST_WEBHOOK_SECRET
+from tests.conftest import TEST_API_TOKEN, TEST_CALLBACK_SECRET, TEST_WEBHOOK_SECRET
 from tests.data.helpers import encode, legacy_body, signed_headers, snapshot, transitions_of
 from webhook import create_app
 
@@ -383,4 +383,13 @@ def test_final_callback_on_a_real_engine_hands_slots_on_and_marks_its_rows(
         s.flush()
         s.rollback()
         assert s.scalar(select(func.count()).select_from(Job)) == 2
+    # The API reads on autocommit connections of the same pool.
+    auth = {"Authorization": f"Bearer {TEST_API_TOKEN}"}
+    shown = client.get(f"/v1/jobs/{running.id}", headers=auth).get_json()
+    assert (shown["status"], [t["to"] for t in shown["transitions"]]) == (
+        "succeeded",
+        ["queued", "submitted", "succeeded"],
+    )
+    listed = client.get("/v1/jobs?status=queued", headers=auth).get_json()
+    assert [j["id"] for j in listed["jobs"]] == [waiting.id]
     app.extensions["kling.sessions"].kw["bind"].dispose()
