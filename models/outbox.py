@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, cast
 
+from sqlalchemy import Connection, Table, insert
 from sqlalchemy.orm import Session
 
 from models.tables import Outbox
@@ -23,3 +26,35 @@ def enqueue(session: Session, task: str, *args: Any, available_at: datetime | No
         row.available_at = available_at
     session.add(row)
     return row
+
+
+class QueuedTask(Protocol):
+    """An outbox row as the publisher needs it: an `Outbox` object or an `OutboxEntry`."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def task(self) -> str: ...
+
+    @property
+    def args(self) -> list[Any]: ...
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    id: int
+    task: str
+    args: list[Any]
+
+
+_OUTBOX = cast(Table, Outbox.__table__)
+_INSERT = insert(_OUTBOX).returning(_OUTBOX.c.id, sort_by_parameter_order=True)
+
+
+def enqueue_rows(conn: Connection, rows: Sequence[tuple[str, list[Any]]]) -> list[OutboxEntry]:
+    """`enqueue` on a Core connection, for many rows in one statement: (task, args) -> their rows."""
+    if not rows:
+        return []
+    ids = conn.execute(_INSERT, [{"task": task, "args": args} for task, args in rows]).scalars().all()
+    return [OutboxEntry(id, task, args) for id, (task, args) in zip(ids, rows, strict=True)]

@@ -13,18 +13,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from kling.types import Task, TaskStatus
 from models.base import utcnow
 from models.enums import EventOutcome, JobStatus, TransitionSource
-from models.outbox import ARCHIVE_JOB, NOTIFY, RELEASE_SLOTS, SUBMIT_JOB, enqueue
-from models.tables import CallbackEvent, Image, Job, Outbox, Transition, new_job_id
+from models.outbox import ARCHIVE_JOB, NOTIFY, RELEASE_SLOTS, SUBMIT_JOB, OutboxEntry, enqueue, enqueue_rows
+from models.tables import CallbackEvent, Image, Job, Transition, new_job_id
 
 _RANK = {
     JobStatus.QUEUED: 0,
@@ -60,9 +61,9 @@ class ApplyResult:
     outcome: EventOutcome
     job_status: JobStatus
     from_status: JobStatus
-    # Outbox rows written with this change (their ids are set once the caller commits): the caller
-    # can publish exactly these, instead of scanning the outbox.
-    outbox: tuple[Outbox, ...] = ()
+    # Outbox rows written with this change: after its commit the caller can publish exactly these,
+    # instead of scanning the outbox.
+    outbox: tuple[OutboxEntry, ...] = ()
 
     @property
     def changed(self) -> bool:
@@ -137,6 +138,34 @@ def _lock_job(session: Session, job_id: str) -> Job | None:
     return session.execute(stmt).scalar_one_or_none()
 
 
+def _move_changes(
+    *,
+    submitted_at: datetime | None,
+    target: JobStatus,
+    now: datetime,
+    error_code: str | None = None,
+    error_message: str | None = None,
+) -> dict[str, Any]:
+    """The job columns a move to `target` sets; the move must already be checked."""
+    changes: dict[str, Any] = {
+        "status": target.value,
+        "updated_at": now,
+        # A worker's claim is on the step of the old status (submit, archive): the new status is a
+        # new step, free for the run it calls for (e.g. archiving after a callback overtook the
+        # submit).
+        "claim_token": None,
+        "claimed_until": None,
+    }
+    if submitted_at is None and target not in (JobStatus.QUEUED, JobStatus.FAILED):
+        changes["submitted_at"] = now
+    if target is JobStatus.FAILED:
+        changes["error_code"] = error_code or "failed"
+        changes["error_message"] = error_message
+    if target.is_terminal:
+        changes["finished_at"] = now
+    return changes
+
+
 def _move(
     session: Session,
     job: Job,
@@ -147,10 +176,8 @@ def _move(
     detail: Mapping[str, Any] | None = None,
     error_code: str | None = None,
     error_message: str | None = None,
-) -> list[Outbox]:
-    """Write the transition row and update the job; the move must already be checked.
-
-    Returns the outbox rows it wrote (a terminal job with a webhook_url is notified)."""
+) -> None:
+    """Write the transition row and update the job (ORM); the move must already be checked."""
     TransitionSource(source)
     session.add(
         Transition(
@@ -162,21 +189,17 @@ def _move(
             detail=dict(detail) if detail else None,
         )
     )
-    if job.submitted_at is None and target not in (JobStatus.QUEUED, JobStatus.FAILED):
-        job.submitted_at = now
-    job.status = target.value
-    job.updated_at = now
-    # A worker's claim is on the step of the old status (submit, archive): the new status is a new
-    # step, free for the run it calls for (e.g. archiving after a callback overtook the submit).
-    job.claim_token, job.claimed_until = None, None
-    if target is JobStatus.FAILED:
-        job.error_code = error_code or "failed"
-        job.error_message = error_message
-    if target.is_terminal:
-        job.finished_at = now
-        if job.webhook_url:
-            return [enqueue(session, NOTIFY, job.id)]
-    return []
+    changes = _move_changes(
+        submitted_at=job.submitted_at,
+        target=target,
+        now=now,
+        error_code=error_code,
+        error_message=error_message,
+    )
+    for name, value in changes.items():
+        setattr(job, name, value)
+    if target.is_terminal and job.webhook_url:
+        enqueue(session, NOTIFY, job.id)
 
 
 def transition(
@@ -219,16 +242,16 @@ def transition(
     return True
 
 
-def _check_task(job: Job, task: Task) -> None:
-    if job.provider_task_id is None:
+def _check_task(job_id: str, provider_task_id: str | None, task: Task) -> None:
+    if provider_task_id is None:
         # Before our submit commits, a task is ours only if it carries our job id.
-        if task.external_task_id != job.id:
-            raise TaskMismatch(f"task {task.task_id} is not known to belong to job {job.id}")
-    elif task.task_id != job.provider_task_id:
-        raise TaskMismatch(f"task {task.task_id} does not belong to job {job.id}")
+        if task.external_task_id != job_id:
+            raise TaskMismatch(f"task {task.task_id} is not known to belong to job {job_id}")
+    elif task.task_id != provider_task_id:
+        raise TaskMismatch(f"task {task.task_id} does not belong to job {job_id}")
 
 
-def _store_event(session: Session, event: CallbackEvent) -> bool:
+def _store_event(conn: Connection, event: CallbackEvent) -> bool:
     """Insert the event unless its dedupe key is stored already; True when it was inserted.
 
     One statement where a lookup and an insert would take two: the unique key decides, also
@@ -242,17 +265,7 @@ def _store_event(session: Session, event: CallbackEvent) -> bool:
         "body": event.body,
         "outcome": event.outcome,
     }
-    dialect = session.get_bind().dialect.name
-    if dialect not in ("postgresql", "sqlite"):
-        raise NotImplementedError(f"callback events need ON CONFLICT support; {dialect} is not supported")
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = (
-        insert(CallbackEvent)
-        .values(values)
-        .on_conflict_do_nothing(index_elements=[CallbackEvent.dedupe_key])
-        .returning(CallbackEvent.id)
-    )
-    return session.execute(stmt).scalar_one_or_none() is not None
+    return conn.execute(_INSERT_EVENT[conn.dialect.name], values).scalar_one_or_none() is not None
 
 
 def _outcome(current: JobStatus, target: JobStatus) -> EventOutcome:
@@ -264,21 +277,45 @@ def _outcome(current: JobStatus, target: JobStatus) -> EventOutcome:
     return EventOutcome.APPLIED
 
 
-def _has_images(session: Session, job: Job) -> bool:
-    return session.scalar(select(Image.id).where(Image.job_id == job.id).limit(1)) is not None
+# Built once: a statement object made per call costs more CPU than its round trip.
+_JOBS, _IMAGES = cast(Table, Job.__table__), cast(Table, Image.__table__)
+_LOCK_JOB = (
+    select(_JOBS.c.id, _JOBS.c.status, _JOBS.c.provider_task_id, _JOBS.c.submitted_at, _JOBS.c.webhook_url)
+    .where(_JOBS.c.id == bindparam("job_id"))
+    # FOR UPDATE serialises concurrent appliers on PostgreSQL; SQLite serialises writers anyway
+    # (our engines BEGIN IMMEDIATE) and SQLAlchemy renders no FOR UPDATE there.
+    .with_for_update()
+)
+_UPDATE_JOB = update(_JOBS).where(_JOBS.c.id == bindparam("job_id"))
+_INSERT_TRANSITION = insert(cast(Table, Transition.__table__))
+_INSERT_IMAGES = insert(_IMAGES)
+_IMAGE_INDEXES = select(_IMAGES.c.index).where(_IMAGES.c.job_id == bindparam("job_id"))
+_INSERT_EVENT = {
+    name: dialect.insert(cast(Table, CallbackEvent.__table__))
+    .on_conflict_do_nothing(index_elements=["dedupe_key"])
+    .returning(CallbackEvent.__table__.c.id)
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
 
 
-def _add_images(session: Session, job: Job, task: Task, now: datetime, *, first: bool = False) -> None:
+def _add_images(conn: Connection, job_id: str, task: Task, now: datetime, *, first: bool = False) -> None:
     # `first`: the job is just becoming `succeeded`, and only that step adds images: none exist.
-    existing = set() if first else set(session.scalars(select(Image.index).where(Image.job_id == job.id)))
+    existing = set() if first else set(conn.execute(_IMAGE_INDEXES, {"job_id": job_id}).scalars())
     created = task.created_at or now
+    rows = []
     for image in (*task.images, *task.series_images):
-        if image.index in existing:
-            continue
-        existing.add(image.index)
-        session.add(
-            Image(job_id=job.id, index=image.index, source_url=image.url, provider_created_at=created)
-        )
+        if image.index not in existing:
+            existing.add(image.index)
+            rows.append(
+                {
+                    "job_id": job_id,
+                    "index": image.index,
+                    "source_url": image.url,
+                    "provider_created_at": created,
+                }
+            )
+    if rows:
+        conn.execute(_INSERT_IMAGES, rows)
 
 
 def apply_provider_task(
@@ -294,50 +331,73 @@ def apply_provider_task(
     Raises `JobNotFound` or `TaskMismatch` (nothing written). `event`, when given, is a new
     `CallbackEvent` (dedupe_key, headers, body set); it is stored with its outcome, unless its
     dedupe key was seen before, in which case the answer is `duplicate` and nothing is written.
+
+    Written with Core statements on the session's connection: this is every callback's path, and
+    the ORM's unit of work cost several times the SQL. A `Job` this session holds is expired.
     """
-    job = _lock_job(session, job_id)
+    TransitionSource(source)
+    session.flush()  # what the session changed before goes first
+    conn = session.connection()
+    job = conn.execute(_LOCK_JOB, {"job_id": job_id}).one_or_none()
     if job is None:
         raise JobNotFound(job_id)
-    current = job.job_status
-    _check_task(job, task)
+    current = JobStatus(job.status)
+    _check_task(job.id, job.provider_task_id, task)
     target = PROVIDER_TO_JOB[task.status]
     outcome = _outcome(current, target)
     if event is not None:
         event.job_id = job.id
         event.task_status = task.status.value
         event.outcome = outcome.value
-        if not _store_event(session, event):
+        if not _store_event(conn, event):
             return ApplyResult(EventOutcome.DUPLICATE, current, current)
-    if job.provider_task_id is None:
-        job.provider_task_id = task.task_id
 
     now = utcnow()
-    outbox: list[Outbox] = []
+    changes: dict[str, Any] = {}
+    if job.provider_task_id is None:
+        changes["provider_task_id"] = task.task_id
+    queued: list[tuple[str, list[Any]]] = []
     if outcome is EventOutcome.APPLIED:
         detail: dict[str, Any] = {"provider_status": task.status.value}
         if task.status_message:
             detail["message"] = task.status_message
-        outbox += _move(
-            session,
-            job,
-            target,
-            source=source,
+        conn.execute(
+            _INSERT_TRANSITION,
+            {
+                "job_id": job.id,
+                "from_status": job.status,
+                "to_status": target.value,
+                "source": source,
+                "at": now,
+                "detail": detail,
+            },
+        )
+        changes |= _move_changes(
+            submitted_at=job.submitted_at,
+            target=target,
             now=now,
-            detail=detail,
             error_code=PROVIDER_FAILED,
             error_message=task.status_message or "the provider reported the task failed",
         )
+        if target.is_terminal and job.webhook_url:
+            queued.append((NOTIFY, [job.id]))
         if target is JobStatus.SUCCEEDED:
-            _add_images(session, job, task, now, first=True)
-            outbox.append(enqueue(session, ARCHIVE_JOB, job.id))
+            _add_images(conn, job.id, task, now, first=True)
+            queued.append((ARCHIVE_JOB, [job.id]))
         if task.status.is_final:
-            outbox.append(enqueue(session, RELEASE_SLOTS, job.id))
-    elif target is JobStatus.SUCCEEDED and current is JobStatus.SUCCEEDED and not _has_images(session, job):
+            queued.append((RELEASE_SLOTS, [job.id]))
+    elif target is JobStatus.SUCCEEDED and current is JobStatus.SUCCEEDED:
         # A first `succeed` may have come without images (a bare callback): the first report that
         # carries them sets them, once.
-        _add_images(session, job, task, now)
+        _add_images(conn, job.id, task, now)
     if outcome is not EventOutcome.STALE:
-        job.last_provider_update_at = now
+        changes["last_provider_update_at"] = now
     if source == TransitionSource.POLL:
-        job.last_polled_at = now
-    return ApplyResult(outcome, job.job_status, current, tuple(outbox))
+        changes["last_polled_at"] = now
+    if changes:
+        conn.execute(_UPDATE_JOB.values(changes), {"job_id": job.id})
+    outbox = enqueue_rows(conn, queued)
+    loaded = session.identity_map.get(identity_key(Job, job.id))
+    if loaded is not None:
+        session.expire(loaded)
+    return ApplyResult(outcome, JobStatus(changes.get("status", current)), current, tuple(outbox))

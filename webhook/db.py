@@ -17,7 +17,7 @@ from models.db import SessionFactory, make_engine, make_sessionmaker
 from models.settings import Settings
 
 if TYPE_CHECKING:
-    from models.tables import Outbox
+    from models.outbox import QueuedTask
     from worker.limiter import SlotLimiter
 
 _SESSIONS = "kling.sessions"
@@ -71,7 +71,7 @@ def set_publisher(app: Flask, publish: Callable[[str, list[Any]], None] | None) 
     app.extensions[_PUBLISH] = publish
 
 
-def publish_outbox(rows: Sequence[Outbox] | None = None) -> None:
+def publish_outbox(rows: Sequence[QueuedTask] | None = None) -> None:
     """Publish what the request just committed to the outbox: `rows` when the request knows them
     (one UPDATE marks them), else every due row (the relay). Never fails the request: rows that
     cannot go out now stay in the outbox for the worker's relay."""
@@ -85,7 +85,7 @@ def publish_outbox(rows: Sequence[Outbox] | None = None) -> None:
         log.warning("outbox publish after commit failed, the relay will retry: %s", type(exc).__name__)
 
 
-def provider_task_ended(job_id: str, rows: Sequence[Outbox]) -> None:
+def provider_task_ended(job_id: str, rows: Sequence[QueuedTask]) -> None:
     """A callback just committed the end of a provider task: hand its slots to the next jobs, then
     publish the outbox rows it wrote. Never fails the request.
 
@@ -120,7 +120,7 @@ def provider_task_ended(job_id: str, rows: Sequence[Outbox]) -> None:
 def _publish(
     quick: SessionFactory,
     publish: Callable[[str, list[Any]], None],
-    rows: Sequence[Outbox] | None,
+    rows: Sequence[QueuedTask] | None,
     **kw: Any,
 ) -> None:
     from worker.outbox import publish_rows, relay

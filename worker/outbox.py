@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from models.base import utcnow
 from models.db import SessionFactory, session_scope
+from models.outbox import QueuedTask
 from models.tables import Outbox
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def relay(sessions: SessionFactory, publish: Publish, *, batch: int = 500) -> in
 
 
 def publish_rows(
-    sessions: SessionFactory, publish: Publish, rows: Sequence[Outbox], *, done: Collection[str] = ()
+    sessions: SessionFactory, publish: Publish, rows: Sequence[QueuedTask], *, done: Collection[str] = ()
 ) -> int:
     """Publish rows the caller just committed, then mark them dispatched in one UPDATE.
 
