@@ -298,9 +298,9 @@ _INSERT_EVENT = {
 }
 
 
-def _add_images(conn: Connection, job_id: str, task: Task, now: datetime, *, first: bool = False) -> None:
-    # `first`: the job is just becoming `succeeded`, and only that step adds images: none exist.
-    existing = set() if first else set(conn.execute(_IMAGE_INDEXES, {"job_id": job_id}).scalars())
+def _add_images(conn: Connection, job_id: str, task: Task, now: datetime) -> None:
+    """The report's images, for a job that has none yet (indexes repeated in a report count once)."""
+    existing: set[int] = set()
     created = task.created_at or now
     rows = []
     for image in (*task.images, *task.series_images):
@@ -382,11 +382,15 @@ def apply_provider_task(
         if target.is_terminal and job.webhook_url:
             queued.append((NOTIFY, [job.id]))
         if target is JobStatus.SUCCEEDED:
-            _add_images(conn, job.id, task, now, first=True)
+            _add_images(conn, job.id, task, now)
             queued.append((ARCHIVE_JOB, [job.id]))
         if task.status.is_final:
             queued.append((RELEASE_SLOTS, [job.id]))
-    elif target is JobStatus.SUCCEEDED and current is JobStatus.SUCCEEDED:
+    elif (
+        target is JobStatus.SUCCEEDED
+        and current is JobStatus.SUCCEEDED
+        and conn.execute(_IMAGE_INDEXES, {"job_id": job.id}).first() is None
+    ):
         # A first `succeed` may have come without images (a bare callback): the first report that
         # carries them sets them, once.
         _add_images(conn, job.id, task, now)

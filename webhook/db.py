@@ -71,16 +71,17 @@ def set_publisher(app: Flask, publish: Callable[[str, list[Any]], None] | None) 
     app.extensions[_PUBLISH] = publish
 
 
-def publish_outbox(rows: Sequence[QueuedTask] | None = None) -> None:
-    """Publish what the request just committed to the outbox: `rows` when the request knows them
-    (one UPDATE marks them), else every due row (the relay). Never fails the request: rows that
-    cannot go out now stay in the outbox for the worker's relay."""
+def publish_outbox(rows: Sequence[QueuedTask]) -> None:
+    """Publish the outbox rows the request just committed and mark them (one UPDATE). Never fails
+    the request: rows that cannot go out now stay in the outbox for the worker's relay."""
     publish = current_app.extensions.get(_PUBLISH)
-    if publish is None:
+    if publish is None or not rows:
         return
+    from worker.outbox import publish_rows
+
     try:
-        with autocommit_sessions() as quick:
-            _publish(quick, publish, rows)
+        with autocommit_sessions(durable=False) as quick:
+            publish_rows(quick, publish, rows)
     except Exception as exc:  # noqa: BLE001
         log.warning("outbox publish after commit failed, the relay will retry: %s", type(exc).__name__)
 
@@ -97,11 +98,12 @@ def provider_task_ended(job_id: str, rows: Sequence[QueuedTask]) -> None:
     if publish is None:
         return
     from models.outbox import RELEASE_SLOTS
+    from worker.outbox import publish_rows
     from worker.pipeline import release_slots
     from worker.services import Services
 
     try:
-        with autocommit_sessions() as quick:
+        with autocommit_sessions(durable=False) as quick:
             svc = Services(app_settings(), limiter_override=limiter_for(current_app), publish=publish)
             svc.__dict__["sessions"] = quick
             try:
@@ -112,34 +114,23 @@ def provider_task_ended(job_id: str, rows: Sequence[QueuedTask]) -> None:
                     "releasing slots after the callback failed, a worker will: %s", type(exc).__name__
                 )
                 released = False
-            _publish(quick, publish, rows, done=(RELEASE_SLOTS,) if released else ())
+            publish_rows(quick, publish, rows, done=(RELEASE_SLOTS,) if released else ())
     except Exception as exc:  # noqa: BLE001
         log.warning("work after a final callback failed, the relay will retry: %s", type(exc).__name__)
 
 
-def _publish(
-    quick: SessionFactory,
-    publish: Callable[[str, list[Any]], None],
-    rows: Sequence[QueuedTask] | None,
-    **kw: Any,
-) -> None:
-    from worker.outbox import publish_rows, relay
-
-    if rows is None:
-        relay(quick, publish)
-    elif rows:
-        publish_rows(quick, publish, rows, **kw)
-
-
 @contextmanager
-def autocommit_sessions() -> Iterator[SessionFactory]:
+def autocommit_sessions(*, durable: bool = True) -> Iterator[SessionFactory]:
     """Sessions for work made of single statements (reads, the steps after a request's commit),
     all on one pooled connection.
 
     On PostgreSQL that connection is in autocommit mode: one checkout and ping, and no BEGIN /
     COMMIT round trips around each statement. Reads lose nothing by it: under READ COMMITTED every
-    statement takes its own snapshot inside a transaction too. Elsewhere (SQLite serialises writers
-    with BEGIN IMMEDIATE; tests bind the app to their own connection) the app's sessions are used.
+    statement takes its own snapshot inside a transaction too. `durable=False` is for writes that
+    are hints (outbox dispatch marks: one lost in a crash only means the relay publishes that row
+    again, and tasks are idempotent): they do not wait for the WAL flush. Elsewhere (SQLite
+    serialises writers with BEGIN IMMEDIATE; tests bind the app to their own connection) the app's
+    sessions are used.
     """
     factory = sessions()
     bind = factory.kw.get("bind")
@@ -147,9 +138,17 @@ def autocommit_sessions() -> Iterator[SessionFactory]:
         yield factory
         return
     with bind.connect() as conn:
-        # The app's factory with this connection as bind (a new sessionmaker per call would also
-        # build a new Session class, and its event bookkeeping, per request).
-        yield partial(factory, bind=conn.execution_options(isolation_level="AUTOCOMMIT"))
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        if not durable:
+            conn.exec_driver_sql("SET synchronous_commit TO off")
+        try:
+            # The app's factory with this connection as bind (a new sessionmaker per call would
+            # also build a new Session class, and its event bookkeeping, per request).
+            yield partial(factory, bind=conn)
+        finally:
+            if not durable:
+                # Never hand a pooled connection on with durability off.
+                conn.exec_driver_sql("RESET synchronous_commit")
 
 
 def limiter_for(app: Flask) -> SlotLimiter:
