@@ -12,20 +12,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hmac
 import json
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, current_app, request
-from sqlalchemy import ARRAY, ColumnElement, Select, String, and_, any_, literal, or_, select
+from sqlalchemy import ARRAY, ColumnElement, Select, String, Table, and_, any_, bindparam, or_, select
 from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.orm import Session
 
 from kling.errors import FieldError
 from kling.validation import Provider, validate_image_params
@@ -404,36 +406,31 @@ def job_select() -> Select[Any]:
         Job.error_code,
         Job.error_message,
         Job.webhook_url,
-        Job.meta,
+        Job.meta.label("meta"),  # the column is named `metadata`
         Job.created_at,
         Job.updated_at,
     )
 
 
-def job_documents(session: Session, stmt: Select[Any]) -> list[dict[str, Any]]:
+def job_documents(
+    session: Session, stmt: Select[Any], params: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """The API's job documents (DESIGN.md "Job") for the rows of `stmt` (from `job_select`), in order."""
-    jobs = session.execute(stmt).all()
+    # On the session's connection: Core rows, without the ORM's result machinery.
+    conn = session.connection()
+    jobs = conn.execute(stmt, params).all()
     if not jobs:
         return []
     ids = [row.id for row in jobs]
     transitions: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in ids}
     images: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in ids}
     notes: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in ids}
-    tr, im, no = Transition, Image, Notification
-    for t in session.execute(
-        select(tr.job_id, tr.from_status, tr.to_status, tr.source, tr.at)
-        .where(_among(session, tr.job_id, ids))
-        .order_by(tr.id)
-    ):
+    queries = _child_queries(conn.dialect.name == "postgresql")
+    for t in conn.execute(queries.transitions, {"ids": ids}).all():
         transitions[t.job_id].append(
             {"from": t.from_status, "to": t.to_status, "source": t.source, "at": _iso(t.at)}
         )
-    image_columns = (im.index, im.status, im.source_url, im.s3_bucket, im.s3_key, im.sha256, im.bytes)
-    for i in session.execute(
-        select(im.job_id, *image_columns, im.content_type, im.archived_at)
-        .where(_among(session, im.job_id, ids))
-        .order_by(im.job_id, im.index)
-    ):
+    for i in conn.execute(queries.images, {"ids": ids}).all():
         images[i.job_id].append(
             {
                 "index": i.index,
@@ -450,12 +447,7 @@ def job_documents(session: Session, stmt: Select[Any]) -> list[dict[str, Any]]:
     # Only a job with a webhook_url gets notification rows: most pages need no third query.
     with_webhooks = [job.id for job in jobs if job.webhook_url]
     if with_webhooks:
-        for n in session.execute(
-            select(no.job_id, no.event, no.attempts, no.last_status, no.last_error)
-            .add_columns(no.created_at, no.delivered_at, no.next_attempt_at)
-            .where(_among(session, no.job_id, with_webhooks))
-            .order_by(no.id)
-        ):
+        for n in conn.execute(queries.notifications, {"ids": with_webhooks}).all():
             notes[n.job_id].append(
                 {
                     "event": n.event,
@@ -488,16 +480,47 @@ def job_documents(session: Session, stmt: Select[Any]) -> list[dict[str, Any]]:
     ]
 
 
-def _among(session: Session, column: InstrumentedAttribute[str], ids: list[str]) -> ColumnElement[bool]:
-    if session.get_bind().dialect.name == "postgresql":
-        # One array parameter: the statement is compiled once for any number of ids, where an IN
-        # list is rendered again for each length (a third of this request's CPU with 50 ids).
-        return column == any_(literal(ids, ARRAY(String)))
-    return column.in_(ids)
+@dataclass(frozen=True)
+class _ChildQueries:
+    transitions: Select[Any]
+    images: Select[Any]
+    notifications: Select[Any]
+
+
+@functools.cache
+def _child_queries(postgresql: bool) -> _ChildQueries:
+    """The rows of a page's jobs, built once per dialect (building a statement costs more CPU than
+    running it). On PostgreSQL the ids are one array parameter; an IN list is rendered anew for
+    each length."""
+    tr, im, no = (cast(Table, model.__table__) for model in (Transition, Image, Notification))
+
+    def among(column: ColumnElement[str]) -> ColumnElement[bool]:
+        if postgresql:
+            return column == any_(bindparam("ids", type_=ARRAY(String)))
+        return column.in_(bindparam("ids", expanding=True))
+
+    c = tr.c
+    transitions = select(c.job_id, c.from_status, c.to_status, c.source, c.at)
+    c = im.c
+    images = select(c.job_id, c.index, c.status, c.source_url, c.s3_bucket, c.s3_key, c.sha256)
+    c = no.c
+    notifications = select(c.job_id, c.event, c.attempts, c.last_status, c.last_error, c.created_at)
+    return _ChildQueries(
+        transitions=transitions.where(among(tr.c.job_id)).order_by(tr.c.id),
+        images=images.add_columns(im.c.bytes, im.c.content_type, im.c.archived_at)
+        .where(among(im.c.job_id))
+        .order_by(im.c.job_id, im.c.index),
+        notifications=notifications.add_columns(no.c.delivered_at, no.c.next_attempt_at)
+        .where(among(no.c.job_id))
+        .order_by(no.c.id),
+    )
+
+
+_ONE_JOB = job_select().where(Job.id == bindparam("job_id"))
 
 
 def _one_document(session: Session, job_id: str) -> dict[str, Any]:
-    docs = job_documents(session, job_select().where(Job.id == job_id))
+    docs = job_documents(session, _ONE_JOB, {"job_id": job_id})
     if not docs:
         raise ApiError(404, "unknown job")
     return docs[0]
