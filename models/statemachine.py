@@ -319,7 +319,7 @@ def _add_images(conn: Connection, job_id: str, task: Task, now: datetime) -> Non
 
 
 def apply_provider_task(
-    session: Session,
+    db: Session | Connection,
     job_id: str,
     task: Task,
     *,
@@ -332,12 +332,16 @@ def apply_provider_task(
     `CallbackEvent` (dedupe_key, headers, body set); it is stored with its outcome, unless its
     dedupe key was seen before, in which case the answer is `duplicate` and nothing is written.
 
-    Written with Core statements on the session's connection: this is every callback's path, and
-    the ORM's unit of work cost several times the SQL. A `Job` this session holds is expired.
+    `db` is a Session (pollers) or a Connection in a transaction (the callback view). Written with
+    Core statements: this is every callback's path, and the ORM's unit of work cost several times
+    the SQL. A `Job` the session holds is expired.
     """
     TransitionSource(source)
-    session.flush()  # what the session changed before goes first
-    conn = session.connection()
+    if isinstance(db, Session):
+        db.flush()  # what the session changed before goes first
+        conn = db.connection()
+    else:
+        conn = db
     job = conn.execute(_LOCK_JOB, {"job_id": job_id}).one_or_none()
     if job is None:
         raise JobNotFound(job_id)
@@ -401,7 +405,6 @@ def apply_provider_task(
     if changes:
         conn.execute(_UPDATE_JOB.values(changes), {"job_id": job.id})
     outbox = enqueue_rows(conn, queued)
-    loaded = session.identity_map.get(identity_key(Job, job.id))
-    if loaded is not None:
-        session.expire(loaded)
+    if isinstance(db, Session) and (loaded := db.identity_map.get(identity_key(Job, job.id))) is not None:
+        db.expire(loaded)
     return ApplyResult(outcome, JobStatus(changes.get("status", current)), current, tuple(outbox))

@@ -26,13 +26,12 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from kling.callbacks import parse_callback, verify_callback_signature
 from kling.errors import CallbackError, SignatureError
-from models.db import session_scope
 from models.enums import EventOutcome, TransitionSource
 from models.logging import log_context
 from models.statemachine import JobNotFound, TaskMismatch, apply_provider_task
 from models.tables import CallbackEvent
 from models.tokens import check_callback_token
-from webhook.db import app_settings, provider_task_ended, sessions
+from webhook.db import app_settings, provider_task_ended, sessions, transaction
 
 log = logging.getLogger(__name__)
 bp = Blueprint("callbacks", __name__)
@@ -93,9 +92,9 @@ def _receive(job_id: str, token: str) -> Answer:
     headers = {name: value for name in KEPT_HEADERS if (value := request.headers.get(name)) is not None}
     event = CallbackEvent(dedupe_key=key, headers=headers, body=body.decode("utf-8", errors="replace"))
     try:
-        with session_scope(sessions()) as session:
+        with transaction() as conn:
             result = apply_provider_task(
-                session, job_id, task, source=TransitionSource.CALLBACK.value, event=event
+                conn, job_id, task, source=TransitionSource.CALLBACK.value, event=event
             )
     except JobNotFound:
         return _reject(404, "unknown job", job_id)
