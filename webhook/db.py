@@ -80,7 +80,7 @@ def publish_outbox(rows: Sequence[QueuedTask]) -> None:
     from worker.outbox import publish_rows
 
     try:
-        with autocommit_sessions(durable=False) as quick:
+        with autocommit_sessions() as quick:
             publish_rows(quick, publish, rows)
     except Exception as exc:  # noqa: BLE001
         log.warning("outbox publish after commit failed, the relay will retry: %s", type(exc).__name__)
@@ -103,7 +103,7 @@ def provider_task_ended(job_id: str, rows: Sequence[QueuedTask]) -> None:
     from worker.services import Services
 
     try:
-        with autocommit_sessions(durable=False) as quick:
+        with autocommit_sessions() as quick:
             svc = Services(app_settings(), limiter_override=limiter_for(current_app), publish=publish)
             svc.__dict__["sessions"] = quick
             try:
@@ -136,17 +136,14 @@ def transaction() -> Iterator[Connection]:
 
 
 @contextmanager
-def autocommit_sessions(*, durable: bool = True) -> Iterator[SessionFactory]:
+def autocommit_sessions() -> Iterator[SessionFactory]:
     """Sessions for work made of single statements (reads, the steps after a request's commit),
     all on one pooled connection.
 
     On PostgreSQL that connection is in autocommit mode: one checkout and ping, and no BEGIN /
     COMMIT round trips around each statement. Reads lose nothing by it: under READ COMMITTED every
-    statement takes its own snapshot inside a transaction too. `durable=False` is for writes that
-    are hints (outbox dispatch marks: one lost in a crash only means the relay publishes that row
-    again, and tasks are idempotent): they do not wait for the WAL flush. Elsewhere (SQLite
-    serialises writers with BEGIN IMMEDIATE; tests bind the app to their own connection) the app's
-    sessions are used.
+    statement takes its own snapshot inside a transaction too. Elsewhere (SQLite serialises writers
+    with BEGIN IMMEDIATE; tests bind the app to their own connection) the app's sessions are used.
     """
     factory = sessions()
     bind = factory.kw.get("bind")
@@ -155,16 +152,9 @@ def autocommit_sessions(*, durable: bool = True) -> Iterator[SessionFactory]:
         return
     with bind.connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT")
-        if not durable:
-            conn.exec_driver_sql("SET synchronous_commit TO off")
-        try:
-            # The app's factory with this connection as bind (a new sessionmaker per call would
-            # also build a new Session class, and its event bookkeeping, per request).
-            yield partial(factory, bind=conn)
-        finally:
-            if not durable:
-                # Never hand a pooled connection on with durability off.
-                conn.exec_driver_sql("RESET synchronous_commit")
+        # The app's factory with this connection as bind (a new sessionmaker per call would also
+        # build a new Session class, and its event bookkeeping, per request).
+        yield partial(factory, bind=conn)
 
 
 def limiter_for(app: Flask) -> SlotLimiter:
