@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Sequence
-from typing import Any
+from typing import Any, cast
 
 from celery import Celery
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from models.base import utcnow
@@ -74,12 +74,17 @@ def publish_rows(
         marked.append(row.id)
     if marked:
         with session_scope(sessions) as s:
-            s.execute(
-                update(Outbox)
-                .where(Outbox.id.in_(marked), Outbox.dispatched_at.is_(None))
-                .values(dispatched_at=utcnow(), attempts=Outbox.attempts + 1)
-            )
+            s.connection().execute(_MARK, {"ids": marked, "now": utcnow()})
     return len(marked)
+
+
+# Built once (it runs after every final callback); executed on the connection, not through the ORM.
+_OUTBOX = cast(Table, Outbox.__table__)
+_MARK = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)), _OUTBOX.c.dispatched_at.is_(None))
+    .values(dispatched_at=bindparam("now"), attempts=_OUTBOX.c.attempts + 1)
+)
 
 
 def backlog(session: Session) -> int:
