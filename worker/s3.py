@@ -69,8 +69,9 @@ def upload_transfer_config(
     Three parts in flight rather than two keep the store busy while a part is read and hashed.
 
     A body that announces a size up to `single_put_bytes` (default: that same memory, so the peak
-    does not grow) is held whole and sent in one PUT: one request instead of create, parts,
-    complete and tag, and its metadata carries the digest.
+    does not grow) is held whole and sent in one PUT: one request instead of create, parts and
+    complete, and one read of the source instead of two (a larger body is hashed first, so its
+    multipart upload can carry the digest in its metadata).
     """
     config = TransferConfig(
         multipart_threshold=chunk_bytes * (max_chunks_in_memory + 1)
