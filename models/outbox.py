@@ -52,6 +52,11 @@ _OUTBOX = cast(Table, Outbox.__table__)
 _INSERT = insert(_OUTBOX).returning(_OUTBOX.c.id, sort_by_parameter_order=True)
 
 
+# `Session.info` key set when outbox rows were written with Core statements in that session (no
+# ORM object to see in a flush): a worker relays after its run only when rows were written.
+CORE_ROWS_WRITTEN = "kling.outbox_rows_written"
+
+
 def enqueue_rows(conn: Connection, rows: Sequence[tuple[str, list[Any]]]) -> list[OutboxEntry]:
     """`enqueue` on a Core connection, for many rows in one statement: (task, args) -> their rows."""
     if not rows:

@@ -24,7 +24,16 @@ from sqlalchemy.orm.util import identity_key
 from kling.types import Task, TaskStatus
 from models.base import utcnow
 from models.enums import EventOutcome, JobStatus, TransitionSource
-from models.outbox import ARCHIVE_JOB, NOTIFY, RELEASE_SLOTS, SUBMIT_JOB, OutboxEntry, enqueue, enqueue_rows
+from models.outbox import (
+    ARCHIVE_JOB,
+    CORE_ROWS_WRITTEN,
+    NOTIFY,
+    RELEASE_SLOTS,
+    SUBMIT_JOB,
+    OutboxEntry,
+    enqueue,
+    enqueue_rows,
+)
 from models.tables import CallbackEvent, Image, Job, Transition, new_job_id
 
 _RANK = {
@@ -405,6 +414,8 @@ def apply_provider_task(
     if changes:
         conn.execute(_UPDATE_JOB.values(changes), {"job_id": job.id})
     outbox = enqueue_rows(conn, queued)
+    if isinstance(db, Session) and outbox:
+        db.info[CORE_ROWS_WRITTEN] = True
     if isinstance(db, Session) and (loaded := db.identity_map.get(identity_key(Job, job.id))) is not None:
         db.expire(loaded)
     return ApplyResult(outcome, JobStatus(changes.get("status", current)), current, tuple(outbox))

@@ -165,6 +165,9 @@ def archive_image(
         if declared is not None and declared <= threshold:
             # Announced small enough to hold whole (urllib3 holds the source to its Content-Length).
             whole = reader.read_part(head, declared)
+            if not reader.at_end():
+                # Never store the announced bytes of a longer body as if they were all of it.
+                raise ArchiveVerificationError(f"{url} sent more than its Content-Length of {declared}")
         elif declared is None:
             # No Content-Length: hold at most one part to find out whether that is all.
             first = reader.read_part(head)
@@ -304,6 +307,10 @@ class _PartReader:
                 chunk.release()
                 self.bytes_read += n
 
+    def at_end(self) -> bool:
+        """Whether the body has no byte left (reads one if it has)."""
+        return not self._body.readinto(bytearray(1))
+
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
 
@@ -360,7 +367,13 @@ class _Target:
             )
             try:
                 uploaded = self._upload_parts(pool, created, parts, in_flight)
-                before_complete()  # raising here aborts: parts are invisible until completed
+                for number, etag, md5 in uploaded:
+                    # A store whose ETags are MD5s told us what it stored: a part that differs
+                    # aborts the upload (parts are invisible until completed).
+                    stored = etag.strip('"')
+                    if _is_md5(stored) and stored != md5.hex():
+                        raise ArchiveVerificationError(f"part {number} stored as {stored}, sent {md5.hex()}")
+                before_complete()  # raising here aborts too
                 answer = self.s3.complete_multipart_upload(
                     Bucket=self.bucket,
                     Key=self.key,
@@ -434,9 +447,17 @@ class _Target:
 
 
 def _content_length(body: FetchedBody) -> int | None:
-    """The source's Content-Length (urllib3 holds the body to it), or None when it sends none."""
-    raw = body.headers.get("Content-Length")
+    """The size of the body as read, from the source's Content-Length; None when it sends none,
+    or when it is not the size of the bytes we read (a compressed or chunked response)."""
+    headers = body.headers
+    if headers.get("Transfer-Encoding") or headers.get("Content-Encoding", "identity") != "identity":
+        return None
+    raw = headers.get("Content-Length")
     return int(raw) if raw is not None and raw.isdigit() else None
+
+
+def _is_md5(etag: str) -> bool:
+    return len(etag) == 32 and all(c in "0123456789abcdef" for c in etag.lower())
 
 
 def _md5(data: bytearray) -> bytes:

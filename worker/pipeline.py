@@ -247,16 +247,17 @@ def _fail(svc: Services, job_id: str, *, code: str, message: str, source: str = 
 
 
 # --- slots ------------------------------------------------------------------------------------------
-def release_slots(svc: Services, job_id: str) -> list[str]:
+def release_slots(svc: Services, job_id: str, *, durable: bool = False) -> list[str]:
     """The provider task ended: free its slots and dispatch the next waiting jobs.
 
-    Both the webhook (right after the callback) and the `release_slots` task call this; whichever
-    comes second finds the lease gone and does not pump again. A second pump would dispatch the
-    same waiting job twice while its first message is still queued: a duplicate submit run ahead
-    of other work for every slot hand-off. Slots freed without a pump (a run that died in between)
-    are dispatched by the next release or the reconciler's pump.
+    The webhook calls this right after a final callback and, when it went through, marks the
+    task's `release_slots` outbox row done. A call that finds the lease gone does not pump again:
+    a second pump would dispatch the same waiting job twice while its first message is queued.
+    The `release_slots` task (`durable=True`) runs only when that did not happen (or for a report
+    a poller applied), so it pumps even when the lease is already gone: an earlier release whose
+    pump failed (broker or database down) must not leave the freed slots idle.
     """
-    if not svc.limiter.release(job_id):
+    if not svc.limiter.release(job_id) and not durable:
         return []
     return pump(svc)
 

@@ -49,12 +49,20 @@ class Services:
 
         factory = make_sessionmaker(self.engine)
         event.listen(factory, "before_flush", self._note_outbox_rows)
+        event.listen(factory, "before_commit", self._note_core_outbox_rows)
         return factory
 
     def _note_outbox_rows(self, session: Session, *_: Any) -> None:
         from models.tables import Outbox
 
         if any(isinstance(obj, Outbox) for obj in session.new):
+            self.outbox_written = True
+
+    def _note_core_outbox_rows(self, session: Session) -> None:
+        from models.outbox import CORE_ROWS_WRITTEN
+
+        # Rows the state machine wrote with Core statements (apply_provider_task).
+        if session.info.get(CORE_ROWS_WRITTEN):
             self.outbox_written = True
 
     def take_outbox_written(self) -> bool:

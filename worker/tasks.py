@@ -88,7 +88,7 @@ def register(app: Celery) -> None:
     @app.task(bind=True, base=KlingTask, shared=False, name="kling.release_slots")
     def release_slots(self: KlingTask, job_id: str) -> list[str]:
         with log_context(job_id=job_id):
-            return pipeline.release_slots(self.services, job_id)
+            return pipeline.release_slots(self.services, job_id, durable=True)
 
     @app.task(bind=True, base=KlingTask, shared=False, name="kling.notify")
     def notify(self: KlingTask, job_id: str) -> str:

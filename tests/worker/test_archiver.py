@@ -453,3 +453,30 @@ def test_head_fallback_also_checks_the_digest_a_single_put_stored(
     with pytest.raises(ArchiveVerificationError):
         archive(LostMetadata(), s3_bucket, source_server.url_for("/img"), fetcher)
     assert objects(s3_client, s3_bucket) == []
+
+
+def test_compressed_source_is_stored_whole_not_cut_at_its_content_length(
+    s3_client, s3_bucket, source_server, fetcher
+):
+    """A server that gzips anyway announces the compressed size; the decoded body is longer."""
+    import gzip
+
+    data = PNG + bytes(200_000)  # compresses to a few hundred bytes
+    packed = gzip.compress(data)
+    source_server.expect_request("/img").respond_with_data(
+        packed, headers={"Content-Encoding": "gzip"}, content_type="image/png"
+    )
+    result = archive(s3_client, s3_bucket, source_server.url_for("/img"), fetcher)
+    assert (result.bytes, result.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    assert s3_client.get_object(Bucket=s3_bucket, Key=result.key)["Body"].read() == data
+
+
+def test_a_part_the_store_reports_differently_aborts_the_upload(s3_client, s3_bucket, source_server, fetcher):
+    data = image_bytes(PNG, 12 * MiB)
+    source_server.expect_request("/large").respond_with_data(data, content_type="image/png")
+    store = StoreWithOtherETags(s3_client, lambda etag: "0" * 32, calls=("upload_part",))
+    config = upload_transfer_config(chunk_bytes=5 * MiB, max_chunks_in_memory=2, single_put_bytes=5 * MiB)
+    with pytest.raises(ArchiveVerificationError, match="part 1 stored as"):
+        archive(store, s3_bucket, source_server.url_for("/large"), fetcher, transfer_config=config)
+    assert objects(s3_client, s3_bucket) == []
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []

@@ -145,6 +145,10 @@ def test_no_slots_means_wait_and_the_job_stays_queued(harness: Harness) -> None:
     harness.published.clear()
     assert pipeline.release_slots(harness.svc, job_id) == []
     assert harness.published == []
+    # The release_slots task runs only when the webhook's release and pump did not both go
+    # through (e.g. the pump failed on a broker outage after the lease was freed): it pumps anyway.
+    assert pipeline.release_slots(harness.svc, job_id, durable=True) == [other]
+    assert harness.published == [("submit_job", [other])]
 
 
 def test_provider_1303_releases_slots_and_requeues(harness: Harness) -> None:

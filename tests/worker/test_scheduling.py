@@ -15,6 +15,7 @@ from models.db import session_scope
 from models.settings import Settings
 from models.statemachine import create_job
 from models.tables import Job
+from tests.fixtures.db import empty_tables
 from worker.factory import TASK_PRIORITIES, VISIBILITY_TIMEOUT, freeze_loaded_objects, make_celery
 from worker.services import Services
 from worker.tasks import TASK_NAMES
@@ -94,6 +95,32 @@ def test_services_notes_outbox_rows_for_the_relay_after_a_task(
     finally:
         s.rollback()
         s.close()
+
+
+def test_services_notes_rows_the_state_machine_writes_with_core_statements(
+    sqlite_url: str, sqlite_engine: Engine
+) -> None:
+    """A poll that ends a provider task writes release (and archive) rows without ORM objects."""
+    from kling.types import Task, TaskStatus
+    from models.statemachine import apply_provider_task, transition
+
+    svc = Services(_settings("memory://", sqlite_url))
+    svc.__dict__["engine"] = sqlite_engine
+    s = svc.sessions()
+    try:
+        job = create_job(s, {"prompt": "p", "n": 1}, provider="kling")
+        transition(s, job, "submitted", source="worker", provider_task_id="task-poll")
+        s.flush()
+        svc.take_outbox_written()
+        task = Task(task_id="task-poll", status=TaskStatus.FAILED, status_message="x")
+        result = apply_provider_task(s, job.id, task, source="poll")
+        assert [row.task for row in result.outbox] == ["release_slots"]
+        s.commit()
+        assert svc.take_outbox_written() is True
+    finally:
+        s.rollback()
+        s.close()
+        empty_tables(sqlite_engine)
 
 
 def test_pool_processes_freeze_the_loaded_app() -> None:
