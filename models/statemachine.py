@@ -140,13 +140,6 @@ def create_job(
     return job
 
 
-def _lock_job(session: Session, job_id: str) -> Job | None:
-    # FOR UPDATE serialises concurrent appliers on PostgreSQL; SQLite serialises writers anyway
-    # (our engines BEGIN IMMEDIATE) and SQLAlchemy renders no FOR UPDATE there.
-    stmt = select(Job).where(Job.id == job_id).with_for_update().execution_options(populate_existing=True)
-    return session.execute(stmt).scalar_one_or_none()
-
-
 def _move_changes(
     *,
     submitted_at: datetime | None,

@@ -19,8 +19,7 @@ import logging
 
 from flask import Blueprint, request
 from prometheus_client import Counter
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -31,7 +30,7 @@ from models.logging import log_context
 from models.statemachine import JobNotFound, TaskMismatch, apply_provider_task
 from models.tables import CallbackEvent
 from models.tokens import check_callback_token
-from webhook.db import app_settings, provider_task_ended, sessions, transaction
+from webhook.db import app_settings, provider_task_ended, transaction
 
 log = logging.getLogger(__name__)
 bp = Blueprint("callbacks", __name__)
@@ -100,11 +99,6 @@ def _receive(job_id: str, token: str) -> Answer:
         return _reject(404, "unknown job", job_id)
     except TaskMismatch:
         return _reject(409, "task does not belong to this job", job_id)
-    except IntegrityError:
-        # Two deliveries of one message raced past the dedupe check; the other one was stored.
-        if not _seen(key):
-            raise
-        outcome = EventOutcome.DUPLICATE.value
     except (OperationalError, PoolTimeoutError) as exc:
         CALLBACKS.labels(outcome="unavailable").inc()
         log.error("callback not applied, database unavailable: job=%s (%s)", job_id, type(exc).__name__)
@@ -125,8 +119,3 @@ def _receive(job_id: str, token: str) -> Answer:
         )
     CALLBACKS.labels(outcome=outcome).inc()
     return {"outcome": outcome}, 200
-
-
-def _seen(key: str) -> bool:
-    with sessions()() as session:
-        return session.scalar(select(CallbackEvent.id).where(CallbackEvent.dedupe_key == key)) is not None
