@@ -5,8 +5,10 @@ from models.db import make_engine, make_sessionmaker, session_scope, upgrade
 from models.enums import EventOutcome, ImageStatus, JobStatus, TransitionSource
 from models.statemachine import (
     ApplyResult,
+    JobBusy,
     JobNotFound,
     TaskMismatch,
+    apply_callback,
     apply_provider_task,
     can_move,
     create_job,
@@ -23,6 +25,7 @@ __all__ = [
     "Image",
     "ImageStatus",
     "Job",
+    "JobBusy",
     "JobNotFound",
     "JobStatus",
     "Notification",
@@ -30,6 +33,7 @@ __all__ = [
     "TaskMismatch",
     "Transition",
     "TransitionSource",
+    "apply_callback",
     "apply_provider_task",
     "callback_token",
     "callback_url",

@@ -5,7 +5,9 @@ non-terminal status; `archived` and `failed` absorb everything; `archived` is re
 `succeeded`. Skipping provider states is allowed and writes a single transition row
 (queued -> succeeded), never invented intermediate rows.
 
-Every function here works inside the caller's transaction; the caller commits.
+Every function here works inside the caller's transaction and the caller commits, except
+`apply_callback`: one statement makes all its writes, so it needs no transaction (the callback
+view runs it on a connection in autocommit mode).
 """
 
 from __future__ import annotations
@@ -13,9 +15,25 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, insert, select, update
+from sqlalchemy import (
+    ARRAY,
+    Connection,
+    Integer,
+    Select,
+    String,
+    Table,
+    Text,
+    bindparam,
+    func,
+    insert,
+    null,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -34,7 +52,7 @@ from models.outbox import (
     enqueue,
     enqueue_rows,
 )
-from models.tables import CallbackEvent, Image, Job, Transition, new_job_id
+from models.tables import CallbackEvent, Image, Job, Outbox, Transition, new_job_id
 
 _RANK = {
     JobStatus.QUEUED: 0,
@@ -253,21 +271,22 @@ def _check_task(job_id: str, provider_task_id: str | None, task: Task) -> None:
         raise TaskMismatch(f"task {task.task_id} does not belong to job {job_id}")
 
 
+_EVENT_COLUMNS = ("job_id", "dedupe_key", "task_status", "headers", "body", "outcome")
+
+
+def _event_values(event: CallbackEvent) -> dict[str, Any]:
+    return {name: getattr(event, name) for name in _EVENT_COLUMNS}
+
+
 def _store_event(conn: Connection, event: CallbackEvent) -> bool:
     """Insert the event unless its dedupe key is stored already; True when it was inserted.
 
     One statement where a lookup and an insert would take two: the unique key decides, also
     between two deliveries racing in parallel transactions (the second waits, then does nothing).
     """
-    values = {
-        "job_id": event.job_id,
-        "dedupe_key": event.dedupe_key,
-        "task_status": event.task_status,
-        "headers": event.headers,
-        "body": event.body,
-        "outcome": event.outcome,
-    }
-    return conn.execute(_INSERT_EVENT[conn.dialect.name], values).scalar_one_or_none() is not None
+    return (
+        conn.execute(_INSERT_EVENT[conn.dialect.name], _event_values(event)).scalar_one_or_none() is not None
+    )
 
 
 def _outcome(current: JobStatus, target: JobStatus) -> EventOutcome:
@@ -281,13 +300,15 @@ def _outcome(current: JobStatus, target: JobStatus) -> EventOutcome:
 
 # Built once: a statement object made per call costs more CPU than its round trip.
 _JOBS, _IMAGES = cast(Table, Job.__table__), cast(Table, Image.__table__)
-_LOCK_JOB = (
-    select(_JOBS.c.id, _JOBS.c.status, _JOBS.c.provider_task_id, _JOBS.c.submitted_at, _JOBS.c.webhook_url)
-    .where(_JOBS.c.id == bindparam("job_id"))
-    # FOR UPDATE serialises concurrent appliers on PostgreSQL; SQLite serialises writers anyway
-    # (our engines BEGIN IMMEDIATE) and SQLAlchemy renders no FOR UPDATE there.
-    .with_for_update()
+# What a decision reads of a job. `apply_callback` re-checks the columns that can change
+# (`_GUARDED`) in its write statement; webhook_url is set once, at creation.
+_GUARDED = ("status", "provider_task_id", "submitted_at", "last_provider_update_at")
+_READ_JOB = select(_JOBS.c.id, _JOBS.c.webhook_url, *(_JOBS.c[name] for name in _GUARDED)).where(
+    _JOBS.c.id == bindparam("job_id")
 )
+# FOR UPDATE serialises concurrent appliers on PostgreSQL; SQLite serialises writers anyway (our
+# engines BEGIN IMMEDIATE) and SQLAlchemy renders no FOR UPDATE there.
+_LOCK_JOB = _READ_JOB.with_for_update()
 _UPDATE_JOB = update(_JOBS).where(_JOBS.c.id == bindparam("job_id"))
 _INSERT_TRANSITION = insert(cast(Table, Transition.__table__))
 _INSERT_IMAGES = insert(_IMAGES)
@@ -300,24 +321,81 @@ _INSERT_EVENT = {
 }
 
 
-def _add_images(conn: Connection, job_id: str, task: Task, now: datetime) -> None:
-    """The report's images, for a job that has none yet (indexes repeated in a report count once)."""
-    existing: set[int] = set()
-    created = task.created_at or now
-    rows = []
+def _report_images(task: Task) -> list[tuple[int, str]]:
+    """The report's images as (index, url); an index repeated in a report counts once."""
+    seen: dict[int, str] = {}
     for image in (*task.images, *task.series_images):
-        if image.index not in existing:
-            existing.add(image.index)
-            rows.append(
-                {
-                    "job_id": job_id,
-                    "index": image.index,
-                    "source_url": image.url,
-                    "provider_created_at": created,
-                }
-            )
-    if rows:
-        conn.execute(_INSERT_IMAGES, rows)
+        seen.setdefault(image.index, image.url)
+    return list(seen.items())
+
+
+@dataclass
+class _Plan:
+    """Every write a provider report calls for, decided from the job's row before any is made."""
+
+    outcome: EventOutcome
+    current: JobStatus
+    changes: dict[str, Any]  # job columns
+    moved: dict[str, Any] | None  # the transition row
+    images: list[tuple[int, str]]  # for a job that has none yet
+    image_created: datetime
+    queued: list[str]  # outbox tasks, each with the job id as its argument
+
+    @property
+    def job_status(self) -> JobStatus:
+        return JobStatus(self.changes.get("status", self.current))
+
+
+def _plan(job: Any, task: Task, source: str) -> _Plan:
+    """Check the task is the job's (`TaskMismatch`), then decide the writes."""
+    _check_task(job.id, job.provider_task_id, task)
+    current = JobStatus(job.status)
+    target = PROVIDER_TO_JOB[task.status]
+    outcome = _outcome(current, target)
+    now = utcnow()
+    plan = _Plan(outcome, current, {}, None, [], task.created_at or now, [])
+    if job.provider_task_id is None:
+        plan.changes["provider_task_id"] = task.task_id
+    if outcome is EventOutcome.APPLIED:
+        detail: dict[str, Any] = {"provider_status": task.status.value}
+        if task.status_message:
+            detail["message"] = task.status_message
+        plan.moved = {
+            "from_status": job.status,
+            "to_status": target.value,
+            "source": source,
+            "at": now,
+            "detail": detail,
+        }
+        plan.changes |= _move_changes(
+            submitted_at=job.submitted_at,
+            target=target,
+            now=now,
+            error_code=PROVIDER_FAILED,
+            error_message=task.status_message or "the provider reported the task failed",
+        )
+        if target.is_terminal and job.webhook_url:
+            plan.queued.append(NOTIFY)
+        if target is JobStatus.SUCCEEDED:
+            plan.images = _report_images(task)
+            plan.queued.append(ARCHIVE_JOB)
+        if task.status.is_final:
+            plan.queued.append(RELEASE_SLOTS)
+    elif target is JobStatus.SUCCEEDED and current is JobStatus.SUCCEEDED:
+        # A first `succeed` may have come without images (a bare callback): the first report that
+        # carries them sets them, once.
+        plan.images = _report_images(task)
+    if outcome is not EventOutcome.STALE:
+        plan.changes["last_provider_update_at"] = now
+    if source == TransitionSource.POLL:
+        plan.changes["last_polled_at"] = now
+    return plan
+
+
+def _describe(event: CallbackEvent, job_id: str, task: Task, outcome: EventOutcome) -> None:
+    event.job_id = job_id
+    event.task_status = task.status.value
+    event.outcome = outcome.value
 
 
 def apply_provider_task(
@@ -334,9 +412,8 @@ def apply_provider_task(
     `CallbackEvent` (dedupe_key, headers, body set); it is stored with its outcome, unless its
     dedupe key was seen before, in which case the answer is `duplicate` and nothing is written.
 
-    `db` is a Session (pollers) or a Connection in a transaction (the callback view). Written with
-    Core statements: this is every callback's path, and the ORM's unit of work cost several times
-    the SQL. A `Job` the session holds is expired.
+    `db` is a Session (pollers) or a Connection in a transaction. Written with Core statements:
+    the ORM's unit of work cost several times the SQL. A `Job` the session holds is expired.
     """
     TransitionSource(source)
     if isinstance(db, Session):
@@ -347,68 +424,177 @@ def apply_provider_task(
     job = conn.execute(_LOCK_JOB, {"job_id": job_id}).one_or_none()
     if job is None:
         raise JobNotFound(job_id)
-    current = JobStatus(job.status)
-    _check_task(job.id, job.provider_task_id, task)
-    target = PROVIDER_TO_JOB[task.status]
-    outcome = _outcome(current, target)
+    plan = _plan(job, task, source)
     if event is not None:
-        event.job_id = job.id
-        event.task_status = task.status.value
-        event.outcome = outcome.value
+        _describe(event, job.id, task, plan.outcome)
         if not _store_event(conn, event):
-            return ApplyResult(EventOutcome.DUPLICATE, current, current)
-
-    now = utcnow()
-    changes: dict[str, Any] = {}
-    if job.provider_task_id is None:
-        changes["provider_task_id"] = task.task_id
-    queued: list[tuple[str, list[Any]]] = []
-    if outcome is EventOutcome.APPLIED:
-        detail: dict[str, Any] = {"provider_status": task.status.value}
-        if task.status_message:
-            detail["message"] = task.status_message
-        conn.execute(
-            _INSERT_TRANSITION,
-            {
-                "job_id": job.id,
-                "from_status": job.status,
-                "to_status": target.value,
-                "source": source,
-                "at": now,
-                "detail": detail,
-            },
-        )
-        changes |= _move_changes(
-            submitted_at=job.submitted_at,
-            target=target,
-            now=now,
-            error_code=PROVIDER_FAILED,
-            error_message=task.status_message or "the provider reported the task failed",
-        )
-        if target.is_terminal and job.webhook_url:
-            queued.append((NOTIFY, [job.id]))
-        if target is JobStatus.SUCCEEDED:
-            _add_images(conn, job.id, task, now)
-            queued.append((ARCHIVE_JOB, [job.id]))
-        if task.status.is_final:
-            queued.append((RELEASE_SLOTS, [job.id]))
-    elif (
-        target is JobStatus.SUCCEEDED
-        and current is JobStatus.SUCCEEDED
-        and conn.execute(_IMAGE_INDEXES, {"job_id": job.id}).first() is None
+            return ApplyResult(EventOutcome.DUPLICATE, plan.current, plan.current)
+    if plan.moved is not None:
+        conn.execute(_INSERT_TRANSITION, {"job_id": job.id, **plan.moved})
+    if plan.images and (
+        plan.moved is not None or conn.execute(_IMAGE_INDEXES, {"job_id": job.id}).first() is None
     ):
-        # A first `succeed` may have come without images (a bare callback): the first report that
-        # carries them sets them, once.
-        _add_images(conn, job.id, task, now)
-    if outcome is not EventOutcome.STALE:
-        changes["last_provider_update_at"] = now
-    if source == TransitionSource.POLL:
-        changes["last_polled_at"] = now
-    if changes:
-        conn.execute(_UPDATE_JOB.values(changes), {"job_id": job.id})
-    outbox = enqueue_rows(conn, queued)
+        rows = [
+            {"job_id": job.id, "index": index, "source_url": url, "provider_created_at": plan.image_created}
+            for index, url in plan.images
+        ]
+        conn.execute(_INSERT_IMAGES, rows)
+    if plan.changes:
+        conn.execute(_UPDATE_JOB.values(plan.changes), {"job_id": job.id})
+    outbox = enqueue_rows(conn, [(name, [job.id]) for name in plan.queued])
     if isinstance(db, Session) and outbox:
         db.info[CORE_ROWS_WRITTEN] = True
     if isinstance(db, Session) and (loaded := db.identity_map.get(identity_key(Job, job.id))) is not None:
         db.expire(loaded)
-    return ApplyResult(outcome, JobStatus(changes.get("status", current)), current, tuple(outbox))
+    return ApplyResult(plan.outcome, plan.job_status, plan.current, tuple(outbox))
+
+
+class JobBusy(RuntimeError):
+    """The job kept changing between a callback's read and its write; the sender should retry."""
+
+
+def apply_callback(
+    conn: Connection, job_id: str, task: Task, *, event: CallbackEvent, attempts: int = 5
+) -> ApplyResult:
+    """`apply_provider_task` for a callback on PostgreSQL, in two statements and no transaction.
+
+    Reads the job without a lock, decides, then makes every write in one statement (see
+    `_callback_writes`) that locks the job row and re-checks the columns the decision read. If a
+    concurrent change moved them, that statement writes nothing and the decision is made again
+    from a new read; `JobBusy` after `attempts` such rounds. On a connection in autocommit mode
+    each statement is its own transaction: three round trips with the pool's ping, where reading
+    under a lock in a transaction takes five (BEGIN and COMMIT are round trips too). Raises
+    `JobNotFound` or `TaskMismatch` (nothing written); a stored dedupe key answers `duplicate`.
+    """
+    for _ in range(attempts):
+        job = conn.execute(_READ_JOB, {"job_id": job_id}).one_or_none()
+        if job is None:
+            raise JobNotFound(job_id)
+        plan = _plan(job, task, TransitionSource.CALLBACK.value)
+        _describe(event, job.id, task, plan.outcome)
+        params: dict[str, Any] = {
+            "job_id": job.id,
+            **{f"seen_{name}": getattr(job, name) for name in _GUARDED},
+            **{f"ev_{name}": value for name, value in _event_values(event).items()},
+            **{f"set_{name}": value for name, value in plan.changes.items()},
+        }
+        if plan.moved is not None:
+            params |= {f"tr_{name}": value for name, value in plan.moved.items()}
+        if plan.images:
+            params |= {
+                "image_indexes": [index for index, _ in plan.images],
+                "image_urls": [url for _, url in plan.images],
+                "image_created": plan.image_created,
+            }
+        if plan.queued:
+            params["tasks"] = plan.queued
+        shape = (tuple(plan.changes), plan.moved is not None, bool(plan.images), bool(plan.queued))
+        rows = conn.execute(_callback_writes(*shape), params).all()
+        if not rows[0].unchanged:
+            continue
+        if rows[0].event_id is None:
+            return ApplyResult(EventOutcome.DUPLICATE, plan.current, plan.current)
+        outbox = sorted(
+            (OutboxEntry(row.outbox_id, row.task, [job.id]) for row in rows if row.outbox_id is not None),
+            key=lambda entry: entry.id,
+        )
+        return ApplyResult(plan.outcome, plan.job_status, plan.current, tuple(outbox))
+    raise JobBusy(job_id)
+
+
+_EVENTS, _TRANSITIONS = cast(Table, CallbackEvent.__table__), cast(Table, Transition.__table__)
+_OUTBOX = cast(Table, Outbox.__table__)
+
+
+@cache
+def _callback_writes(
+    change_columns: tuple[str, ...], transition: bool, images: bool, outbox: bool
+) -> Select[Any]:
+    """A callback's writes as one PostgreSQL statement of data-modifying CTEs.
+
+    `j` locks the job row if the columns the decision read are unchanged; the event INSERT reads
+    `j`, and every other write reads the event's `ev` (INSERT ... ON CONFLICT DO NOTHING). So a
+    changed job or a redelivered event (no row) writes nothing, and the statement commits whole
+    or not at all. One row back: `unchanged` (j found the job as read), `event_id` (None for a
+    redelivery), and one row per outbox row written (`outbox_id`, `task`). Built once per shape:
+    which columns change, which rows are written.
+    """
+    job_id = bindparam("job_id", type_=_JOBS.c.id.type)
+
+    def param(prefix: str, table: Table, name: str) -> Any:
+        return bindparam(f"{prefix}_{name}", type_=table.c[name].type)
+
+    j = (
+        select(_JOBS.c.id)
+        .where(
+            _JOBS.c.id == job_id,
+            *(_JOBS.c[name].is_not_distinct_from(param("seen", _JOBS, name)) for name in _GUARDED),
+        )
+        .with_for_update()
+        .cte("j")
+    )
+    event = select(*(param("ev", _EVENTS, name) for name in _EVENT_COLUMNS)).select_from(j)
+    ev = (
+        postgresql.insert(_EVENTS)
+        .from_select(list(_EVENT_COLUMNS), event)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(_EVENTS.c.id)
+        .cte("ev")
+    )
+    writes = []
+    if transition:
+        names = ("from_status", "to_status", "source", "at", "detail")
+        row = select(job_id, *(param("tr", _TRANSITIONS, name) for name in names)).select_from(ev)
+        writes.append(insert(_TRANSITIONS).from_select(["job_id", *names], row).cte("tr"))
+    if images:
+        report = (
+            func.unnest(
+                bindparam("image_indexes", type_=ARRAY(Integer)), bindparam("image_urls", type_=ARRAY(Text))
+            )
+            .table_valued("index", "url")
+            .render_derived(name="report")
+        )
+        created = bindparam("image_created", type_=_IMAGES.c.provider_created_at.type)
+        rows = (
+            select(job_id, report.c.index, report.c.url, created)
+            .select_from(ev)
+            .join(report, true())
+            .where(~select(_IMAGES.c.id).where(_IMAGES.c.job_id == job_id).exists())
+        )
+        writes.append(
+            postgresql.insert(_IMAGES)
+            .from_select(["job_id", "index", "source_url", "provider_created_at"], rows)
+            .on_conflict_do_nothing(index_elements=["job_id", "index"])
+            .cte("im")
+        )
+    if change_columns:
+        writes.append(
+            update(_JOBS)
+            .where(_JOBS.c.id == job_id, select(ev.c.id).exists())
+            .values({name: param("set", _JOBS, name) for name in change_columns})
+            .cte("up")
+        )
+    one = select(true().label("one")).subquery("one")
+    unchanged = select(j.c.id).exists().label("unchanged")
+    if not outbox:
+        found = select(unchanged, ev.c.id.label("event_id"), null().label("outbox_id"), null().label("task"))
+        return found.select_from(one.outerjoin(ev, true())).add_cte(*writes)
+    tasks = (
+        func.unnest(bindparam("tasks", type_=ARRAY(String)))
+        .table_valued("task", with_ordinality="n")
+        .render_derived(name="queued")
+    )
+    queued = (
+        select(tasks.c.task, func.jsonb_build_array(job_id))
+        .select_from(ev)
+        .join(tasks, true())
+        .order_by(tasks.c.n)
+    )
+    ob = (
+        insert(_OUTBOX)
+        .from_select(["task", "args"], queued)
+        .returning(_OUTBOX.c.id, _OUTBOX.c.task)
+        .cte("ob")
+    )
+    found = select(unchanged, ev.c.id.label("event_id"), ob.c.id.label("outbox_id"), ob.c.task)
+    return found.select_from(one.outerjoin(ev, true()).outerjoin(ob, true())).add_cte(*writes)

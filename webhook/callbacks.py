@@ -8,8 +8,10 @@ Checks, in order, each answering before anything is written:
 3. Standard Webhooks signature on the raw body when KLING_WEBHOOK_SECRET is set -> 401;
 4. body shape (`kling.callbacks.parse_callback`, both shapes) -> 400 with a message;
 5. unknown job -> 404; a task that is not the job's -> 409;
-6. state machine in one transaction -> 200 {"outcome": applied|duplicate|stale}.
-The database being unreachable answers 503 so a retrying sender tries again.
+6. state machine, all writes or none -> 200 {"outcome": applied|duplicate|stale}. On PostgreSQL
+   one statement makes them (`apply_callback`); elsewhere one transaction.
+The database being unreachable, or a job that kept changing under the callback, answers 503 so a
+retrying sender tries again.
 """
 
 from __future__ import annotations
@@ -19,18 +21,27 @@ import logging
 
 from flask import Blueprint, request
 from prometheus_client import Counter
+from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from kling.callbacks import parse_callback, verify_callback_signature
 from kling.errors import CallbackError, SignatureError
+from kling.types import Task
 from models.enums import EventOutcome, TransitionSource
 from models.logging import log_context
-from models.statemachine import JobNotFound, TaskMismatch, apply_provider_task
+from models.statemachine import (
+    ApplyResult,
+    JobBusy,
+    JobNotFound,
+    TaskMismatch,
+    apply_callback,
+    apply_provider_task,
+)
 from models.tables import CallbackEvent
 from models.tokens import check_callback_token
-from webhook.db import app_settings, provider_task_ended, transaction
+from webhook.db import app_settings, provider_task_ended, request_connection, transaction
 
 log = logging.getLogger(__name__)
 bp = Blueprint("callbacks", __name__)
@@ -53,6 +64,14 @@ def _reject(status: int, reason: str, job_id: str) -> Answer:
     CALLBACKS.labels(outcome=EventOutcome.REJECTED.value).inc()
     log.warning("callback rejected: job=%s status=%d reason=%s", job_id, status, reason)
     return {"error": reason}, status
+
+
+def _apply(conn: Connection, job_id: str, task: Task, event: CallbackEvent) -> ApplyResult:
+    with transaction(conn):
+        if conn.dialect.name == "postgresql":
+            # Two statements, no row lock held across round trips: see apply_callback.
+            return apply_callback(conn, job_id, task, event=event)
+        return apply_provider_task(conn, job_id, task, source=TransitionSource.CALLBACK.value, event=event)
 
 
 @bp.post("/callbacks/kling/<job_id>/<token>")
@@ -91,24 +110,26 @@ def _receive(job_id: str, token: str) -> Answer:
     headers = {name: value for name in KEPT_HEADERS if (value := request.headers.get(name)) is not None}
     event = CallbackEvent(dedupe_key=key, headers=headers, body=body.decode("utf-8", errors="replace"))
     try:
-        with transaction() as conn:
-            result = apply_provider_task(
-                conn, job_id, task, source=TransitionSource.CALLBACK.value, event=event
-            )
+        with request_connection() as conn:
+            result = _apply(conn, job_id, task, event)
+            # Only a final provider state enqueues work (archive, release, notify): a `processing`
+            # callback costs no second step.
+            if result.changed and task.status.is_final:
+                provider_task_ended(conn, job_id, result.outbox)
     except JobNotFound:
         return _reject(404, "unknown job", job_id)
     except TaskMismatch:
         return _reject(409, "task does not belong to this job", job_id)
+    except JobBusy:
+        CALLBACKS.labels(outcome="unavailable").inc()
+        log.warning("callback not applied, the job kept changing: job=%s", job_id)
+        return {"error": "job busy, retry later"}, 503
     except (OperationalError, PoolTimeoutError) as exc:
         CALLBACKS.labels(outcome="unavailable").inc()
         log.error("callback not applied, database unavailable: job=%s (%s)", job_id, type(exc).__name__)
         return {"error": "database unavailable, retry later"}, 503
     else:
         outcome = result.outcome.value
-        # Only a final provider state enqueues work (archive, release, notify): a `processing`
-        # callback costs no second transaction.
-        if result.changed and task.status.is_final:
-            provider_task_ended(job_id, result.outbox)
         log.info(
             "callback %s: job=%s task=%s provider_status=%s job_status=%s",
             outcome,

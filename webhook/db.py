@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -86,9 +86,9 @@ def publish_outbox(rows: Sequence[QueuedTask]) -> None:
         log.warning("outbox publish after commit failed, the relay will retry: %s", type(exc).__name__)
 
 
-def provider_task_ended(job_id: str, rows: Sequence[QueuedTask]) -> None:
-    """A callback just committed the end of a provider task: hand its slots to the next jobs, then
-    publish the outbox rows it wrote. Never fails the request.
+def provider_task_ended(conn: Connection, job_id: str, rows: Sequence[QueuedTask]) -> None:
+    """A callback just committed the end of a provider task on `conn`: hand its slots to the next
+    jobs, then publish the outbox rows it wrote, on the same connection. Never fails the request.
 
     The `release_slots` row does the same hand-off through a worker and stays the durable path: it
     is marked done without being sent only when the release here succeeded. Doing it here saves a
@@ -103,7 +103,7 @@ def provider_task_ended(job_id: str, rows: Sequence[QueuedTask]) -> None:
     from worker.services import Services
 
     try:
-        with autocommit_sessions() as quick:
+        with autocommit_sessions(conn) as quick:
             svc = Services(app_settings(), limiter_override=limiter_for(current_app), publish=publish)
             svc.__dict__["sessions"] = quick
             try:
@@ -120,41 +120,53 @@ def provider_task_ended(job_id: str, rows: Sequence[QueuedTask]) -> None:
 
 
 @contextmanager
-def transaction() -> Iterator[Connection]:
-    """One transaction on a pooled connection, committed if the block returns (Core, no Session:
-    for a request that writes a few prebuilt statements, the Session cost more than they do)."""
+def request_connection() -> Iterator[Connection]:
+    """One pooled connection for a request's writes and the steps after them (one checkout and
+    ping, not one per step). On PostgreSQL it is in autocommit mode: `apply_callback` needs no
+    transaction. Tests bind the app to a connection: that one, as it is."""
     bind = sessions().kw.get("bind")
     if isinstance(bind, Engine):
-        with bind.begin() as conn:
+        with bind.connect() as conn:
+            if bind.dialect.name == "postgresql":
+                conn.execution_options(isolation_level="AUTOCOMMIT")
             yield conn
     elif isinstance(bind, Connection):
-        # Tests bind the app to one connection they roll back: a savepoint inside it.
-        with bind.begin_nested():
-            yield bind
+        yield bind
     else:
         raise TypeError(f"the app's sessions are bound to {bind!r}, not an engine or a connection")
 
 
 @contextmanager
-def autocommit_sessions() -> Iterator[SessionFactory]:
-    """Sessions for work made of single statements (reads, the steps after a request's commit),
-    all on one pooled connection.
+def transaction(conn: Connection) -> Iterator[Connection]:
+    """One transaction on the request's connection, committed if the block returns (Core, no
+    Session: for a request that writes a few prebuilt statements, the Session cost more than they
+    do). On a connection in autocommit mode it only ends SQLAlchemy's bookkeeping (no BEGIN or
+    COMMIT is sent); on the test's connection, a savepoint inside the transaction it rolls back."""
+    with conn.begin_nested() if conn.in_transaction() else conn.begin():
+        yield conn
 
-    On PostgreSQL that connection is in autocommit mode: one checkout and ping, and no BEGIN /
-    COMMIT round trips around each statement. Reads lose nothing by it: under READ COMMITTED every
-    statement takes its own snapshot inside a transaction too. Elsewhere (SQLite serialises writers
-    with BEGIN IMMEDIATE; tests bind the app to their own connection) the app's sessions are used.
+
+@contextmanager
+def autocommit_sessions(conn: Connection | None = None) -> Iterator[SessionFactory]:
+    """Sessions for work made of single statements (reads, the steps after a request's commit),
+    all on one pooled connection: `conn` when given (`request_connection`'s, out of its
+    transaction), else a new checkout.
+
+    On PostgreSQL that connection is in autocommit mode: no BEGIN / COMMIT round trips around each
+    statement. Reads lose nothing by it: under READ COMMITTED every statement takes its own
+    snapshot inside a transaction too. Elsewhere (SQLite serialises writers with BEGIN IMMEDIATE;
+    tests bind the app to their own connection) the app's sessions are used.
     """
     factory = sessions()
     bind = factory.kw.get("bind")
     if not isinstance(bind, Engine) or bind.dialect.name != "postgresql":
         yield factory
         return
-    with bind.connect() as conn:
-        conn.execution_options(isolation_level="AUTOCOMMIT")
+    with nullcontext(conn) if conn is not None else bind.connect() as quick:
+        quick.execution_options(isolation_level="AUTOCOMMIT")
         # The app's factory with this connection as bind (a new sessionmaker per call would also
         # build a new Session class, and its event bookkeeping, per request).
-        yield partial(factory, bind=conn)
+        yield partial(factory, bind=quick)
 
 
 def limiter_for(app: Flask) -> SlotLimiter:
