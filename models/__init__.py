@@ -5,7 +5,6 @@ from models.db import make_engine, make_sessionmaker, session_scope, upgrade
 from models.enums import EventOutcome, ImageStatus, JobStatus, TransitionSource
 from models.statemachine import (
     ApplyResult,
-    JobBusy,
     JobNotFound,
     TaskMismatch,
     apply_callback,
@@ -25,7 +24,6 @@ __all__ = [
     "Image",
     "ImageStatus",
     "Job",
-    "JobBusy",
     "JobNotFound",
     "JobStatus",
     "Notification",

@@ -300,9 +300,10 @@ def _outcome(current: JobStatus, target: JobStatus) -> EventOutcome:
 
 # Built once: a statement object made per call costs more CPU than its round trip.
 _JOBS, _IMAGES = cast(Table, Job.__table__), cast(Table, Image.__table__)
-# What a decision reads of a job. `apply_callback` re-checks the columns that can change
-# (`_GUARDED`) in its write statement; webhook_url is set once, at creation.
-_GUARDED = ("status", "provider_task_id", "submitted_at", "last_provider_update_at")
+# What a decision (`_plan`) reads of a job. `apply_callback` re-checks the columns that can change
+# (`_GUARDED`) in its write statement; webhook_url is set once, at creation. Images are read too,
+# for a job that succeeded without them: `apply_callback` leaves that case to the row lock.
+_GUARDED = ("status", "provider_task_id", "submitted_at")
 _READ_JOB = select(_JOBS.c.id, _JOBS.c.webhook_url, *(_JOBS.c[name] for name in _GUARDED)).where(
     _JOBS.c.id == bindparam("job_id")
 )
@@ -449,57 +450,55 @@ def apply_provider_task(
     return ApplyResult(plan.outcome, plan.job_status, plan.current, tuple(outbox))
 
 
-class JobBusy(RuntimeError):
-    """The job kept changing between a callback's read and its write; the sender should retry."""
-
-
-def apply_callback(
-    conn: Connection, job_id: str, task: Task, *, event: CallbackEvent, attempts: int = 5
-) -> ApplyResult:
-    """`apply_provider_task` for a callback on PostgreSQL, in two statements and no transaction.
+def apply_callback(conn: Connection, job_id: str, task: Task, *, event: CallbackEvent) -> ApplyResult | None:
+    """`apply_provider_task` for a callback on PostgreSQL in two statements, no transaction.
 
     Reads the job without a lock, decides, then makes every write in one statement (see
-    `_callback_writes`) that locks the job row and re-checks the columns the decision read. If a
-    concurrent change moved them, that statement writes nothing and the decision is made again
-    from a new read; `JobBusy` after `attempts` such rounds. On a connection in autocommit mode
-    each statement is its own transaction: three round trips with the pool's ping, where reading
-    under a lock in a transaction takes five (BEGIN and COMMIT are round trips too). Raises
-    `JobNotFound` or `TaskMismatch` (nothing written); a stored dedupe key answers `duplicate`.
+    `_callback_writes`) that locks the job row and re-checks the columns the decision read. On a
+    connection in autocommit mode each statement is its own transaction: three round trips with
+    the pool's ping, where reading under the lock in a transaction takes five (BEGIN and COMMIT
+    are round trips too). Raises `JobNotFound` or `TaskMismatch` (nothing written); a stored
+    dedupe key answers `duplicate`.
+
+    Returns None, having written nothing, when the job changed between the read and the write,
+    or when the report would fill in the images of a job that succeeded without them (whether it
+    has some is only certain under a lock held across statements): the caller then applies it
+    with `apply_provider_task` in a transaction, which always makes progress.
     """
-    for _ in range(attempts):
-        job = conn.execute(_READ_JOB, {"job_id": job_id}).one_or_none()
-        if job is None:
-            raise JobNotFound(job_id)
-        plan = _plan(job, task, TransitionSource.CALLBACK.value)
-        _describe(event, job.id, task, plan.outcome)
-        params: dict[str, Any] = {
-            "job_id": job.id,
-            **{f"seen_{name}": getattr(job, name) for name in _GUARDED},
-            **{f"ev_{name}": value for name, value in _event_values(event).items()},
-            **{f"set_{name}": value for name, value in plan.changes.items()},
+    job = conn.execute(_READ_JOB, {"job_id": job_id}).one_or_none()
+    if job is None:
+        raise JobNotFound(job_id)
+    plan = _plan(job, task, TransitionSource.CALLBACK.value)
+    if plan.images and plan.moved is None:
+        return None
+    _describe(event, job.id, task, plan.outcome)
+    params: dict[str, Any] = {
+        "job_id": job.id,
+        **{f"seen_{name}": getattr(job, name) for name in _GUARDED},
+        **{f"ev_{name}": value for name, value in _event_values(event).items()},
+        **{f"set_{name}": value for name, value in plan.changes.items()},
+    }
+    if plan.moved is not None:
+        params |= {f"tr_{name}": value for name, value in plan.moved.items()}
+    if plan.images:
+        params |= {
+            "image_indexes": [index for index, _ in plan.images],
+            "image_urls": [url for _, url in plan.images],
+            "image_created": plan.image_created,
         }
-        if plan.moved is not None:
-            params |= {f"tr_{name}": value for name, value in plan.moved.items()}
-        if plan.images:
-            params |= {
-                "image_indexes": [index for index, _ in plan.images],
-                "image_urls": [url for _, url in plan.images],
-                "image_created": plan.image_created,
-            }
-        if plan.queued:
-            params["tasks"] = plan.queued
-        shape = (tuple(plan.changes), plan.moved is not None, bool(plan.images), bool(plan.queued))
-        rows = conn.execute(_callback_writes(*shape), params).all()
-        if not rows[0].unchanged:
-            continue
-        if rows[0].event_id is None:
-            return ApplyResult(EventOutcome.DUPLICATE, plan.current, plan.current)
-        outbox = sorted(
-            (OutboxEntry(row.outbox_id, row.task, [job.id]) for row in rows if row.outbox_id is not None),
-            key=lambda entry: entry.id,
-        )
-        return ApplyResult(plan.outcome, plan.job_status, plan.current, tuple(outbox))
-    raise JobBusy(job_id)
+    if plan.queued:
+        params["tasks"] = plan.queued
+    shape = (tuple(plan.changes), plan.moved is not None, bool(plan.images), bool(plan.queued))
+    rows = conn.execute(_callback_writes(*shape), params).all()
+    if not rows[0].unchanged:
+        return None
+    if rows[0].event_id is None:
+        return ApplyResult(EventOutcome.DUPLICATE, plan.current, plan.current)
+    outbox = sorted(
+        (OutboxEntry(row.outbox_id, row.task, [job.id]) for row in rows if row.outbox_id is not None),
+        key=lambda entry: entry.id,
+    )
+    return ApplyResult(plan.outcome, plan.job_status, plan.current, tuple(outbox))
 
 
 _EVENTS, _TRANSITIONS = cast(Table, CallbackEvent.__table__), cast(Table, Transition.__table__)
@@ -512,12 +511,13 @@ def _callback_writes(
 ) -> Select[Any]:
     """A callback's writes as one PostgreSQL statement of data-modifying CTEs.
 
-    `j` locks the job row if the columns the decision read are unchanged; the event INSERT reads
-    `j`, and every other write reads the event's `ev` (INSERT ... ON CONFLICT DO NOTHING). So a
-    changed job or a redelivered event (no row) writes nothing, and the statement commits whole
-    or not at all. One row back: `unchanged` (j found the job as read), `event_id` (None for a
-    redelivery), and one row per outbox row written (`outbox_id`, `task`). Built once per shape:
-    which columns change, which rows are written.
+    `j` locks the job row if the columns the decision read are unchanged (a row a concurrent
+    writer held is re-checked in its new version once that writer commits); the event INSERT
+    reads `j`, and every other write reads the event's `ev` (INSERT ... ON CONFLICT DO NOTHING).
+    So a changed job or a redelivered event (no row) writes nothing, and the statement commits
+    whole or not at all. Rows back: one per outbox row written (`outbox_id`, `task`), or one
+    without; each carries `unchanged` (j found the job as read) and `event_id` (None for a
+    redelivery). Built once per shape: which columns change, which rows are written.
     """
     job_id = bindparam("job_id", type_=_JOBS.c.id.type)
 
@@ -555,16 +555,10 @@ def _callback_writes(
             .render_derived(name="report")
         )
         created = bindparam("image_created", type_=_IMAGES.c.provider_created_at.type)
-        rows = (
-            select(job_id, report.c.index, report.c.url, created)
-            .select_from(ev)
-            .join(report, true())
-            .where(~select(_IMAGES.c.id).where(_IMAGES.c.job_id == job_id).exists())
-        )
+        rows = select(job_id, report.c.index, report.c.url, created).select_from(ev).join(report, true())
         writes.append(
-            postgresql.insert(_IMAGES)
+            insert(_IMAGES)
             .from_select(["job_id", "index", "source_url", "provider_created_at"], rows)
-            .on_conflict_do_nothing(index_elements=["job_id", "index"])
             .cte("im")
         )
     if change_columns:

@@ -9,9 +9,9 @@ Checks, in order, each answering before anything is written:
 4. body shape (`kling.callbacks.parse_callback`, both shapes) -> 400 with a message;
 5. unknown job -> 404; a task that is not the job's -> 409;
 6. state machine, all writes or none -> 200 {"outcome": applied|duplicate|stale}. On PostgreSQL
-   one statement makes them (`apply_callback`); elsewhere one transaction.
-The database being unreachable, or a job that kept changing under the callback, answers 503 so a
-retrying sender tries again.
+   one statement makes them (`apply_callback`), unless the job changed since it was read; else,
+   and on SQLite, one transaction holding the job's row lock.
+The database being unreachable answers 503 so a retrying sender tries again.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from models.enums import EventOutcome, TransitionSource
 from models.logging import log_context
 from models.statemachine import (
     ApplyResult,
-    JobBusy,
     JobNotFound,
     TaskMismatch,
     apply_callback,
@@ -41,7 +40,7 @@ from models.statemachine import (
 )
 from models.tables import CallbackEvent
 from models.tokens import check_callback_token
-from webhook.db import app_settings, provider_task_ended, request_connection, transaction
+from webhook.db import app_settings, provider_task_ended, request_connection, single_statements, transaction
 
 log = logging.getLogger(__name__)
 bp = Blueprint("callbacks", __name__)
@@ -67,10 +66,14 @@ def _reject(status: int, reason: str, job_id: str) -> Answer:
 
 
 def _apply(conn: Connection, job_id: str, task: Task, event: CallbackEvent) -> ApplyResult:
+    if conn.dialect.name == "postgresql":
+        with single_statements(conn):
+            result = apply_callback(conn, job_id, task, event=event)
+        if result is not None:
+            return result
+        # The job changed between the read and the write (a concurrent callback, a poll, a
+        # worker), or the report fills in images: decide again under the row lock.
     with transaction(conn):
-        if conn.dialect.name == "postgresql":
-            # Two statements, no row lock held across round trips: see apply_callback.
-            return apply_callback(conn, job_id, task, event=event)
         return apply_provider_task(conn, job_id, task, source=TransitionSource.CALLBACK.value, event=event)
 
 
@@ -120,10 +123,6 @@ def _receive(job_id: str, token: str) -> Answer:
         return _reject(404, "unknown job", job_id)
     except TaskMismatch:
         return _reject(409, "task does not belong to this job", job_id)
-    except JobBusy:
-        CALLBACKS.labels(outcome="unavailable").inc()
-        log.warning("callback not applied, the job kept changing: job=%s", job_id)
-        return {"error": "job busy, retry later"}, 503
     except (OperationalError, PoolTimeoutError) as exc:
         CALLBACKS.labels(outcome="unavailable").inc()
         log.error("callback not applied, database unavailable: job=%s (%s)", job_id, type(exc).__name__)

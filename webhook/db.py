@@ -122,13 +122,10 @@ def provider_task_ended(conn: Connection, job_id: str, rows: Sequence[QueuedTask
 @contextmanager
 def request_connection() -> Iterator[Connection]:
     """One pooled connection for a request's writes and the steps after them (one checkout and
-    ping, not one per step). On PostgreSQL it is in autocommit mode: `apply_callback` needs no
-    transaction. Tests bind the app to a connection: that one, as it is."""
+    ping, not one per step). Tests bind the app to a connection: that one, as it is."""
     bind = sessions().kw.get("bind")
     if isinstance(bind, Engine):
         with bind.connect() as conn:
-            if bind.dialect.name == "postgresql":
-                conn.execution_options(isolation_level="AUTOCOMMIT")
             yield conn
     elif isinstance(bind, Connection):
         yield bind
@@ -137,12 +134,32 @@ def request_connection() -> Iterator[Connection]:
 
 
 @contextmanager
+def single_statements(conn: Connection) -> Iterator[Connection]:
+    """The request's connection in autocommit mode: each statement commits on its own, with no
+    BEGIN or COMMIT round trips. For a block whose writes are one statement (`apply_callback`).
+    On the test's connection, a savepoint inside the transaction it rolls back."""
+    if conn.in_transaction():
+        with conn.begin_nested():
+            yield conn
+        return
+    conn.execution_options(isolation_level="AUTOCOMMIT")
+    with conn.begin():  # SQLAlchemy's own bookkeeping: nothing is sent
+        yield conn
+
+
+@contextmanager
 def transaction(conn: Connection) -> Iterator[Connection]:
     """One transaction on the request's connection, committed if the block returns (Core, no
     Session: for a request that writes a few prebuilt statements, the Session cost more than they
-    do). On a connection in autocommit mode it only ends SQLAlchemy's bookkeeping (no BEGIN or
-    COMMIT is sent); on the test's connection, a savepoint inside the transaction it rolls back."""
-    with conn.begin_nested() if conn.in_transaction() else conn.begin():
+    do). On the test's connection, a savepoint inside the transaction it rolls back."""
+    if conn.in_transaction():
+        with conn.begin_nested():
+            yield conn
+        return
+    if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+        # Back from `single_statements`: the row locks taken here must hold until the COMMIT.
+        conn.execution_options(isolation_level=conn.default_isolation_level)
+    with conn.begin():
         yield conn
 
 

@@ -20,7 +20,6 @@ import webhook.db
 from models import CallbackEvent, Image, Job, Outbox, callback_token, callback_url, create_job, transition
 from models.db import session_scope
 from models.settings import Settings
-from models.statemachine import JobBusy
 from tests.conftest import TEST_API_TOKEN, TEST_CALLBACK_SECRET, TEST_WEBHOOK_SECRET
 from tests.data.helpers import encode, legacy_body, signed_headers, snapshot, transitions_of
 from webhook import create_app
@@ -306,21 +305,6 @@ def test_database_down_answers_503() -> None:
     assert ready.status_code == 503
     assert ready.get_json()["checks"]["database"].startswith("error")
     assert client.get("/healthz").status_code == 200
-
-
-def test_a_job_that_keeps_changing_answers_503(db_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    """PostgreSQL's path (`apply_callback`) gives up on a job that changed under every attempt."""
-
-    def busy(_conn: object, job_id: str, *_: object, **__: object) -> None:
-        raise JobBusy(job_id)
-
-    monkeypatch.setattr("webhook.callbacks.apply_callback", busy)
-    for env in _env(db_engine, signed=False):
-        job = env.new_job()
-        answer = env.post(job.id, encode(legacy_body("task-1", "processing")))
-        assert answer.status_code == 503
-        assert answer.get_json() == {"error": "job busy, retry later"}
-        assert env.session.scalars(select(CallbackEvent).where(CallbackEvent.job_id == job.id)).all() == []
 
 
 def test_health(env: Env) -> None:

@@ -6,6 +6,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -37,8 +38,14 @@ def committing_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterato
 
 @pytest.fixture
 def server(committing_engine: Engine) -> Iterator[str]:
+    with _serve(committing_engine) as url:
+        yield url
+
+
+@contextmanager
+def _serve(engine: Engine) -> Iterator[str]:
     settings = Settings(database_url="sqlite://", callback_secret=SecretStr(TEST_CALLBACK_SECRET))
-    app = create_app(settings, session_factory=make_sessionmaker(committing_engine))
+    app = create_app(settings, session_factory=make_sessionmaker(engine))
     httpd = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -91,3 +98,34 @@ def test_ten_deliveries_per_status_some_concurrent(server: str, committing_engin
         assert len(session.scalars(select(Image).where(Image.job_id == job.id)).all()) == 2
         # Per status: one row for the identical bodies plus one per distinct webhook-id.
         assert len(session.scalars(select(CallbackEvent).where(CallbackEvent.job_id == job.id)).all()) == 18
+
+
+def test_a_burst_on_one_job_is_answered_without_errors(committed_pg_url: str) -> None:
+    """PostgreSQL: 24 deliveries at once for one job. Each decides on an unlocked read; those that
+    find the job changed at their write (all but the first, at worst) decide again under the row
+    lock, so none answers an error and exactly one applies each status."""
+    engine = make_engine(committed_pg_url)
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            job = create_job(session, {"prompt": "p", "n": 1}, provider="kling")
+            transition(session, job, "submitted", source="worker", provider_task_id="task-1")
+            session.commit()
+        burst = [
+            (encode(legacy_body("task-1", status, n_images=1)), f"{status}-{i}")
+            for i in range(12)
+            for status in ("processing", "succeeded")
+        ]
+        with _serve(engine) as base, ThreadPoolExecutor(max_workers=len(burst)) as pool:
+            url = f"{base}/callbacks/kling/{job.id}/{callback_token(TEST_CALLBACK_SECRET, job.id)}"
+            answers = list(pool.map(lambda d: _deliver(url, *d), burst))
+        assert {code for code, _ in answers} == {200}, answers
+        outcomes = Counter(outcome for _, outcome in answers)
+        assert outcomes["applied"] in (1, 2), outcomes  # succeeded, and processing if it came first
+        with Session(engine) as session:
+            assert session.get(Job, job.id).status == "succeeded"  # type: ignore[union-attr]
+            assert len(session.scalars(select(Image).where(Image.job_id == job.id)).all()) == 1
+            assert (
+                len(session.scalars(select(CallbackEvent).where(CallbackEvent.job_id == job.id)).all()) == 24
+            )
+    finally:
+        engine.dispose()
