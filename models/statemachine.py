@@ -310,6 +310,11 @@ _READ_JOB = select(_JOBS.c.id, _JOBS.c.webhook_url, *(_JOBS.c[name] for name in 
 # FOR UPDATE serialises concurrent appliers on PostgreSQL; SQLite serialises writers anyway (our
 # engines BEGIN IMMEDIATE) and SQLAlchemy renders no FOR UPDATE there.
 _LOCK_JOB = _READ_JOB.with_for_update()
+# Images are never deleted: once a job has some, no report fills them in, and no lock is needed
+# to know it.
+_READ_CALLBACK_JOB = _READ_JOB.add_columns(
+    select(_IMAGES.c.id).where(_IMAGES.c.job_id == _JOBS.c.id).exists().label("has_images")
+)
 _UPDATE_JOB = update(_JOBS).where(_JOBS.c.id == bindparam("job_id"))
 _INSERT_TRANSITION = insert(cast(Table, Transition.__table__))
 _INSERT_IMAGES = insert(_IMAGES)
@@ -461,16 +466,18 @@ def apply_callback(conn: Connection, job_id: str, task: Task, *, event: Callback
     dedupe key answers `duplicate`.
 
     Returns None, having written nothing, when the job changed between the read and the write,
-    or when the report would fill in the images of a job that succeeded without them (whether it
-    has some is only certain under a lock held across statements): the caller then applies it
-    with `apply_provider_task` in a transaction, which always makes progress.
+    or when the report may fill in the images of a job that succeeded without them (that they are
+    still missing is only certain under a lock held across statements): the caller then applies
+    it with `apply_provider_task` in a transaction, which always makes progress.
     """
-    job = conn.execute(_READ_JOB, {"job_id": job_id}).one_or_none()
+    job = conn.execute(_READ_CALLBACK_JOB, {"job_id": job_id}).one_or_none()
     if job is None:
         raise JobNotFound(job_id)
     plan = _plan(job, task, TransitionSource.CALLBACK.value)
     if plan.images and plan.moved is None:
-        return None
+        if not job.has_images:
+            return None
+        plan.images = []  # a repeated `succeed`: the images came with the first
     _describe(event, job.id, task, plan.outcome)
     params: dict[str, Any] = {
         "job_id": job.id,

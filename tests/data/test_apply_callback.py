@@ -122,7 +122,7 @@ def test_a_failure_with_a_webhook_url_notifies_and_records_the_error(db_session:
     assert stored.finished_at is not None
 
 
-def test_filling_in_images_is_left_to_the_row_lock(db_session: Session) -> None:
+def test_filling_in_images_is_left_to_the_row_lock_once(db_session: Session) -> None:
     s = db_session
     job = new_job(s)
     conn = s.connection()
@@ -135,6 +135,23 @@ def test_filling_in_images_is_left_to_the_row_lock(db_session: Session) -> None:
     )
     assert events_of(s, job.id) == [("a", "applied", "succeeded")]
     assert s.scalars(select(Image.index).where(Image.job_id == job.id)).all() == []
+    filled = apply_provider_task(
+        s, job.id, task_for(job, TaskStatus.SUCCEEDED, images=3), source="callback", event=event_row("b")
+    )
+    assert filled.outcome == EventOutcome.DUPLICATE
+    # Once the job has images, a repeated `succeed` stays on the one-statement path and adds none.
+    again = apply_callback(conn, job.id, task_for(job, TaskStatus.SUCCEEDED, images=5), event=event_row("c"))
+    assert again == ApplyResult(EventOutcome.DUPLICATE, JobStatus.SUCCEEDED, JobStatus.SUCCEEDED)
+    assert s.scalars(select(Image.index).where(Image.job_id == job.id).order_by(Image.index)).all() == [
+        0,
+        1,
+        2,
+    ]
+    assert [(key, outcome) for key, outcome, _ in events_of(s, job.id)] == [
+        ("a", "applied"),
+        ("b", "duplicate"),
+        ("c", "duplicate"),
+    ]
 
 
 def test_unknown_job_and_foreign_task_write_nothing(db_session: Session) -> None:
