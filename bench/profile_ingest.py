@@ -1,12 +1,15 @@
 """Where a callback's time goes: `python -m bench.profile_ingest [N]`.
 
-Sends N callbacks (the ingest benchmark's mix) through the real app in-process, counts the SQL
-statements and commits per callback, and prints cProfile's top functions by cumulative time.
+First the CPU of each kind of callback (N `processing`, the same N again as re-deliveries, N
+`succeed`), in this process and in PostgreSQL's (local) processes, with the baseline's one INSERT
+for comparison. Then N callbacks of the ingest benchmark's mix through the real app in-process:
+SQL statements per callback (the pool's ping is not counted) and cProfile's top functions.
 """
 
 from __future__ import annotations
 
 import cProfile
+import os
 import pstats
 import random
 import sys
@@ -16,14 +19,79 @@ from typing import Any
 from sqlalchemy import event
 
 from bench import infra
-from bench.ingest import build_requests
+from bench.baseline_app import create_app as baseline_app
+from bench.baseline_app import metadata as baseline_metadata
+from bench.ingest import build_requests, callback_body
 from bench.seed import seed_jobs
+from models.db import make_engine
+from models.tokens import callback_token
 from webhook import create_app
 from webhook.db import sessions
 
 
+def _postgres_cpu() -> float:
+    """CPU seconds used so far by this host's PostgreSQL processes (server and backends)."""
+    total = 0.0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                is_postgres = b"postgres" in f.read()
+        except OSError:
+            continue
+        if is_postgres:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def cpu_per_kind(url: str, count: int) -> None:
+    ids = seed_jobs(url, 2 * count + 40, statuses={"submitted": 1.0}, keep_ids=2 * count + 40)
+    warm, first, second = (
+        ids.job_ids_by_status["submitted"][:40],
+        ids.job_ids_by_status["submitted"][40 : 40 + count],
+        ids.job_ids_by_status["submitted"][40 + count :],
+    )
+    os.environ["DATABASE_URL"] = url
+    engine = make_engine(url)
+    baseline_metadata.create_all(engine)
+    engine.dispose()
+    service = create_app(infra.bench_settings(database_url=url)).test_client()
+    baseline = baseline_app().test_client()
+
+    def run(client: Any, jobs: list[str], status: str) -> tuple[float, float]:
+        bodies = [
+            (
+                f"/callbacks/kling/{job}/{callback_token(infra.CALLBACK_SECRET, job)}",
+                callback_body(job, status),
+            )
+            for job in jobs
+        ]
+        cpu, pg = time.process_time(), _postgres_cpu()
+        for path, body in bodies:
+            resp = client.post(path, data=body, content_type="application/json")
+            assert resp.status_code == 200, resp.get_data(as_text=True)
+        return (time.process_time() - cpu) * 1000 / len(jobs), (_postgres_cpu() - pg) * 1000 / len(jobs)
+
+    run(service, warm[:20], "processing")
+    run(service, warm[20:], "succeed")
+    run(baseline, warm, "processing")
+    print("CPU per callback, ms       this process   PostgreSQL")
+    for name, client, jobs, status in (
+        ("baseline (one INSERT)", baseline, first, "processing"),
+        ("processing", service, first, "processing"),
+        ("re-delivery", service, first, "processing"),
+        ("succeed", service, second, "succeed"),
+    ):
+        python, postgres = run(client, jobs, status)
+        print(f"{name:26s} {python:13.2f} {postgres:12.2f}")
+    infra.flush_redis()
+
+
 def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+    with infra.private_database() as url:
+        cpu_per_kind(url, count)
     with infra.private_database() as url:
         ids = seed_jobs(url, count, statuses={"submitted": 1.0}, keep_ids=count).job_ids_by_status[
             "submitted"
@@ -34,13 +102,11 @@ def main() -> None:
         with app.app_context():
             engine = sessions().kw["bind"]
         statements: list[str] = []
-        commits: list[int] = []
 
         def on_sql(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
             statements.append(statement.split(None, 1)[0].upper())
 
         event.listen(engine, "before_cursor_execute", on_sql)
-        event.listen(engine, "commit", lambda conn: commits.append(1))
         infra.flush_redis()
         profiler = cProfile.Profile()
         start = time.perf_counter()
@@ -61,7 +127,6 @@ def main() -> None:
         f"{1000 * elapsed / n:.2f} ms each"
     )
     print(f"SQL statements per callback: {len(statements) / n:.1f} {sorted(kinds.items())}")
-    print(f"commits per callback: {len(commits) / n:.2f}")
     pstats.Stats(profiler).sort_stats("cumulative").print_stats(60)
 
 
