@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any, cast
 
 from celery import Celery
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import ARRAY, ColumnElement, Integer, Table, Update, any_, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from models.base import utcnow
@@ -74,17 +74,28 @@ def publish_rows(
         marked.append(row.id)
     if marked:
         with session_scope(sessions) as s:
-            s.connection().execute(_MARK, {"ids": marked, "now": utcnow()})
+            conn = s.connection()
+            conn.execute(_MARK[conn.dialect.name], {"ids": marked, "now": utcnow()})
     return len(marked)
 
 
 # Built once (it runs after every final callback); executed on the connection, not through the ORM.
 _OUTBOX = cast(Table, Outbox.__table__)
-_MARK = (
-    update(_OUTBOX)
-    .where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)), _OUTBOX.c.dispatched_at.is_(None))
-    .values(dispatched_at=bindparam("now"), attempts=_OUTBOX.c.attempts + 1)
-)
+
+
+def _mark(matches_ids: ColumnElement[bool]) -> Update:
+    return (
+        update(_OUTBOX)
+        .where(matches_ids, _OUTBOX.c.dispatched_at.is_(None))
+        .values(dispatched_at=bindparam("now"), attempts=_OUTBOX.c.attempts + 1)
+    )
+
+
+# PostgreSQL takes the ids as one array parameter: an expanding IN is rendered again for each call.
+_MARK = {
+    "postgresql": _mark(_OUTBOX.c.id == any_(bindparam("ids", type_=ARRAY(Integer)))),
+    "sqlite": _mark(_OUTBOX.c.id.in_(bindparam("ids", expanding=True))),
+}
 
 
 def backlog(session: Session) -> int:
@@ -101,6 +112,15 @@ def celery_publisher(app: Celery, *, retry_policy: dict[str, float] | None = Non
     from worker.tasks import TASK_NAMES
 
     def publish(name: str, args: list[Any]) -> None:
-        app.send_task(TASK_NAMES[name], args=args, retry=True, retry_policy=retry_policy)
+        # The reprs given: Celery would otherwise walk the arguments with its saferepr for each
+        # message; ours are ids.
+        app.send_task(
+            TASK_NAMES[name],
+            args=args,
+            retry=True,
+            retry_policy=retry_policy,
+            argsrepr=repr(args),
+            kwargsrepr="{}",
+        )
 
     return publish
