@@ -195,6 +195,15 @@ def simulator(*, concurrency: int, task_seconds: float, **knobs: Any) -> Iterato
 @contextmanager
 def gunicorn(app: str, env: Mapping[str, str], *, ready_path: str = "/healthz") -> Iterator[str]:
     """Serve a WSGI app spec (e.g. `webhook:create_app()`) with the benchmarks' gunicorn settings."""
+    with gunicorn_proc(app, env, ready_path=ready_path) as (base, _):
+        yield base
+
+
+@contextmanager
+def gunicorn_proc(
+    app: str, env: Mapping[str, str], *, ready_path: str = "/healthz"
+) -> Iterator[tuple[str, Proc]]:
+    """`gunicorn`, and its process: the master leads a session of its own, its workers in it."""
     cmd = [
         str(BIN / "gunicorn"),
         # The service's own settings module, for the baseline too: same server settings.
@@ -214,7 +223,7 @@ def gunicorn(app: str, env: Mapping[str, str], *, ready_path: str = "/healthz") 
     with running(proc):
         base = proc.wait_for(r"Listening at: (http://\S+)").group(1)
         wait_http(f"{base}{ready_path}", proc)
-        yield base
+        yield base, proc
 
 
 def wait_http(url: str, proc: Proc | None = None, timeout: float = START_TIMEOUT) -> None:

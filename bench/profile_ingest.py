@@ -1,6 +1,9 @@
-"""Where a callback's time goes: `python -m bench.profile_ingest [N]`.
+"""Where a callback's time goes: `python -m bench.profile_ingest [N [LOAD_JOBS]]`.
 
-First the CPU of each kind of callback (N `processing`, the same N again as re-deliveries, N
+First the CPU per request of each process while the ingest benchmark's load runs through both
+servers (gunicorn, same settings), one after the other: the load client, the server's gunicorn
+processes, PostgreSQL and Redis. The machine is saturated, so this CPU is what sets callbacks/s.
+Then the CPU of each kind of callback (N `processing`, the same N again as re-deliveries, N
 `succeed`), in this process and in PostgreSQL's (local) processes, with the baseline's one INSERT
 for comparison. Then N callbacks of the ingest benchmark's mix through the real app in-process:
 SQL statements per callback (the pool's ping is not counted) and cProfile's top functions.
@@ -14,6 +17,7 @@ import pstats
 import random
 import sys
 import time
+from collections import defaultdict
 from typing import Any
 
 from sqlalchemy import event
@@ -21,7 +25,8 @@ from sqlalchemy import event
 from bench import infra
 from bench.baseline_app import create_app as baseline_app
 from bench.baseline_app import metadata as baseline_metadata
-from bench.ingest import build_requests, callback_body
+from bench.ingest import CONNECTIONS, build_requests, callback_body
+from bench.load import run_load
 from bench.seed import seed_jobs
 from models.db import make_engine
 from models.tokens import callback_token
@@ -29,20 +34,64 @@ from webhook import create_app
 from webhook.db import sessions
 
 
-def _postgres_cpu() -> float:
-    """CPU seconds used so far by this host's PostgreSQL processes (server and backends)."""
-    total = 0.0
+def _cpu_by_process() -> dict[str, float]:
+    """CPU seconds used so far: by this host's PostgreSQL and Redis processes, and by each session
+    (a gunicorn master leads one, its workers in it), keyed `session:<id>`."""
+    totals: dict[str, float] = defaultdict(float)
+    tick = os.sysconf("SC_CLK_TCK")
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                is_postgres = b"postgres" in f.read()
+                command = f.read()
         except OSError:
             continue
-        if is_postgres:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+        cpu = (int(fields[11]) + int(fields[12])) / tick
+        totals[f"session:{fields[3]}"] += cpu
+        if b"postgres" in command:
+            totals["postgres"] += cpu
+        elif b"redis-server" in command:
+            totals["redis"] += cpu
+    return totals
+
+
+def _postgres_cpu() -> float:
+    """CPU seconds used so far by this host's PostgreSQL processes (server and backends)."""
+    return _cpu_by_process()["postgres"]
+
+
+def cpu_under_load(url: str, jobs: int) -> None:
+    """One round of `jobs` callbacks (the ingest mix) through each server, its CPU split by process."""
+    ids = seed_jobs(url, 2 * jobs + 128, statuses={"submitted": 1.0}, keep_ids=2 * jobs + 128)
+    job_ids = ids.job_ids_by_status["submitted"]
+    engine = make_engine(url)
+    baseline_metadata.create_all(engine)
+    engine.dispose()
+    env = infra.settings_env(infra.bench_settings(database_url=url))
+    rng = random.Random(5)
+    infra.flush_redis()
+    print(f"{'CPU per request under load, ms':30s}  client  server      PG   Redis   total   req/s")
+    with (
+        infra.gunicorn_proc("bench.baseline_app:create_app()", env) as (base_url, base_proc),
+        infra.gunicorn_proc("webhook:create_app()", env) as (real_url, real_proc),
+    ):
+        run_load(base_url, build_requests(job_ids[:64], rng), connections=CONNECTIONS)
+        run_load(real_url, build_requests(job_ids[64:128], rng), connections=CONNECTIONS)
+        for name, target, proc, chunk in (
+            ("baseline (one INSERT)", base_url, base_proc, job_ids[128 : 128 + jobs]),
+            ("service", real_url, real_proc, job_ids[128 + jobs :]),
+        ):
+            requests = build_requests(chunk, rng)
+            before, client = _cpu_by_process(), time.process_time()
+            result = run_load(target, requests, connections=CONNECTIONS)
+            after, client = _cpu_by_process(), time.process_time() - client
+            per = 1000 / len(result.latencies)
+            server = f"session:{proc.pid}"
+            row = [client * per, *((after[key] - before[key]) * per for key in (server, "postgres", "redis"))]
+            cells = "".join(f"{value:8.2f}" for value in row)
+            print(f"{name:30s}{cells}{sum(row):8.2f}{result.rate:8.0f}")
+    infra.flush_redis()
 
 
 def cpu_per_kind(url: str, count: int) -> None:
@@ -90,6 +139,9 @@ def cpu_per_kind(url: str, count: int) -> None:
 
 def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+    load_jobs = int(sys.argv[2]) if len(sys.argv) > 2 else 4000  # one ingest round's worth
+    with infra.private_database() as url:
+        cpu_under_load(url, load_jobs)
     with infra.private_database() as url:
         cpu_per_kind(url, count)
     with infra.private_database() as url:

@@ -51,3 +51,24 @@ def test_smoke_run_writes_valid_results(tmp_path: Path) -> None:
     # The table is printed with every benchmark in it.
     for name in BENCHES:
         assert name in proc.stdout
+
+
+def test_profile_ingest_reports_cpu_per_process_and_per_kind() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.profile_ingest", "20", "120"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    rows: dict[str, list[str]] = {}
+    for line in proc.stdout.splitlines():  # the first table; the per-kind table repeats a name
+        rows.setdefault(line[:30].strip(), line[30:].split())
+    for name in ("baseline (one INSERT)", "service"):
+        client, server, postgres, _redis, total, rate = map(float, rows[name])
+        assert client > 0 and server > 0 and postgres > 0 and rate > 0, (name, rows[name])
+        assert total >= client + server + postgres
+    assert "SQL statements per callback" in proc.stdout
+    assert "apply_callback" in proc.stdout  # cProfile's table reached the state machine
