@@ -25,7 +25,7 @@ from sqlalchemy import event
 from bench import infra
 from bench.baseline_app import create_app as baseline_app
 from bench.baseline_app import metadata as baseline_metadata
-from bench.ingest import CONNECTIONS, build_requests, callback_body
+from bench.ingest import CONNECTIONS, WARMUP, build_requests, callback_body
 from bench.load import run_load
 from bench.seed import seed_jobs
 from models.db import make_engine
@@ -61,13 +61,19 @@ def _postgres_cpu() -> float:
     return _cpu_by_process()["postgres"]
 
 
-def cpu_under_load(url: str, jobs: int) -> None:
-    """One round of `jobs` callbacks (the ingest mix) through each server, its CPU split by process."""
-    ids = seed_jobs(url, 2 * jobs + 128, statuses={"submitted": 1.0}, keep_ids=2 * jobs + 128)
-    job_ids = ids.job_ids_by_status["submitted"]
+def _submitted_jobs_and_baseline_table(url: str, count: int) -> list[str]:
+    """`count` jobs seeded in `submitted`, and the baseline's table, in the database at `url`."""
+    ids = seed_jobs(url, count, statuses={"submitted": 1.0}, keep_ids=count)
     engine = make_engine(url)
     baseline_metadata.create_all(engine)
     engine.dispose()
+    return ids.job_ids_by_status["submitted"]
+
+
+def cpu_under_load(url: str, jobs: int) -> None:
+    """One round of `jobs` callbacks (the ingest mix) through each server, its CPU split by process."""
+    job_ids = _submitted_jobs_and_baseline_table(url, 2 * WARMUP + 2 * jobs)
+    warm_base, warm_real, measured = job_ids[:WARMUP], job_ids[WARMUP : 2 * WARMUP], job_ids[2 * WARMUP :]
     env = infra.settings_env(infra.bench_settings(database_url=url))
     rng = random.Random(5)
     infra.flush_redis()
@@ -76,16 +82,16 @@ def cpu_under_load(url: str, jobs: int) -> None:
         infra.gunicorn_proc("bench.baseline_app:create_app()", env) as (base_url, base_proc),
         infra.gunicorn_proc("webhook:create_app()", env) as (real_url, real_proc),
     ):
-        run_load(base_url, build_requests(job_ids[:64], rng), connections=CONNECTIONS)
-        run_load(real_url, build_requests(job_ids[64:128], rng), connections=CONNECTIONS)
+        run_load(base_url, build_requests(warm_base, rng), connections=CONNECTIONS)
+        run_load(real_url, build_requests(warm_real, rng), connections=CONNECTIONS)
         for name, target, proc, chunk in (
-            ("baseline (one INSERT)", base_url, base_proc, job_ids[128 : 128 + jobs]),
-            ("service", real_url, real_proc, job_ids[128 + jobs :]),
+            ("baseline (one INSERT)", base_url, base_proc, measured[:jobs]),
+            ("service", real_url, real_proc, measured[jobs:]),
         ):
             requests = build_requests(chunk, rng)
-            before, client = _cpu_by_process(), time.process_time()
+            before, client_start = _cpu_by_process(), time.process_time()
             result = run_load(target, requests, connections=CONNECTIONS)
-            after, client = _cpu_by_process(), time.process_time() - client
+            after, client = _cpu_by_process(), time.process_time() - client_start
             per = 1000 / len(result.latencies)
             server = f"session:{proc.pid}"
             row = [client * per, *((after[key] - before[key]) * per for key in (server, "postgres", "redis"))]
@@ -95,16 +101,9 @@ def cpu_under_load(url: str, jobs: int) -> None:
 
 
 def cpu_per_kind(url: str, count: int) -> None:
-    ids = seed_jobs(url, 2 * count + 40, statuses={"submitted": 1.0}, keep_ids=2 * count + 40)
-    warm, first, second = (
-        ids.job_ids_by_status["submitted"][:40],
-        ids.job_ids_by_status["submitted"][40 : 40 + count],
-        ids.job_ids_by_status["submitted"][40 + count :],
-    )
+    job_ids = _submitted_jobs_and_baseline_table(url, 2 * count + 40)
+    warm, first, second = job_ids[:40], job_ids[40 : 40 + count], job_ids[40 + count :]
     os.environ["DATABASE_URL"] = url
-    engine = make_engine(url)
-    baseline_metadata.create_all(engine)
-    engine.dispose()
     service = create_app(infra.bench_settings(database_url=url)).test_client()
     baseline = baseline_app().test_client()
 

@@ -15,17 +15,18 @@ ROOT = Path(__file__).resolve().parents[2]
 BENCHES = {"ingest", "utilisation", "archive", "latency", "scale"}
 
 
-def test_smoke_run_writes_valid_results(tmp_path: Path) -> None:
-    out = tmp_path / "results.json"
+def _run_module(*argv: str) -> subprocess.CompletedProcess[str]:
+    """`python -m <argv>` from the repository root; fails the test unless it exits 0."""
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
+        [sys.executable, "-m", *argv], cwd=ROOT, capture_output=True, text=True, timeout=240, check=False
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc
+
+
+def test_smoke_run_writes_valid_results(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    proc = _run_module("bench", "--smoke", "--out", str(out))
     doc = json.loads(out.read_text())
     assert doc["smoke"] is True
     assert doc["machine"]["nproc"] >= 1
@@ -54,15 +55,7 @@ def test_smoke_run_writes_valid_results(tmp_path: Path) -> None:
 
 
 def test_profile_ingest_reports_cpu_per_process_and_per_kind() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.profile_ingest", "20", "120"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    proc = _run_module("bench.profile_ingest", "20", "120")
     rows: dict[str, list[str]] = {}
     for line in proc.stdout.splitlines():  # the first table; the per-kind table repeats a name
         rows.setdefault(line[:30].strip(), line[30:].split())
