@@ -15,8 +15,6 @@ from models.settings import Settings, get_settings
 if TYPE_CHECKING:
     from celery import Celery
 
-# A command must not hang on a dead broker: one quick retry, then the message waits in the outbox.
-PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 # Wide enough for a job id, a status and an S3 key on one line when output goes to a pipe or a file.
 PIPE_WIDTH = 200
 
@@ -54,11 +52,9 @@ def db_handles(cfg: Settings) -> tuple[Engine, sessionmaker[Session]]:
 def celery_publisher(cfg: Settings) -> tuple[Celery, Callable[[str, list[Any]], None]]:
     """The Celery app for `cfg` and the outbox publish function that sends to its broker."""
     from worker.factory import make_celery
-    from worker.tasks import TASK_NAMES
+    from worker.outbox import QUICK_RETRY
+    from worker.outbox import celery_publisher as outbox_publisher
 
     app = make_celery(cfg)
-
-    def publish(name: str, args: list[Any]) -> None:
-        app.send_task(TASK_NAMES[name], args=args, retry=True, retry_policy=PUBLISH_RETRY)
-
-    return app, publish
+    # A command must not hang on a dead broker: one quick retry, then the message waits in the outbox.
+    return app, outbox_publisher(app, retry_policy=QUICK_RETRY)
