@@ -1,4 +1,4 @@
-"""Engines, sessions and the programmatic `alembic upgrade head`."""
+"""Engines, sessions, a shared query piece and the programmatic `alembic upgrade head`."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import ARRAY, ColumnElement, Engine, any_, bindparam, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.types import TypeEngine
 
 # A sessionmaker, or anything else that makes a Session when called.
 SessionFactory = Callable[[], Session]
@@ -64,6 +65,17 @@ def _configure_sqlite(engine: Engine) -> None:
         # IMMEDIATE takes the write lock up front: a deferred reader that later writes would get
         # SQLITE_BUSY at once (no busy-wait), which concurrent callbacks would hit.
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def among_ids(
+    column: ColumnElement[Any], item_type: TypeEngine[Any], *, postgresql: bool
+) -> ColumnElement[bool]:
+    """`column` is one of the list bound as `ids`. On PostgreSQL the list is one array parameter:
+    an expanding IN is rendered again for each call (and each length), which costs more CPU than
+    the query. For statements built once and run often."""
+    if postgresql:
+        return column == any_(bindparam("ids", type_=ARRAY(item_type)))
+    return column.in_(bindparam("ids", expanding=True))
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -24,14 +24,14 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, current_app, request
-from sqlalchemy import ARRAY, ColumnElement, Select, String, Table, and_, any_, bindparam, or_, select
+from sqlalchemy import ColumnElement, Select, String, Table, and_, bindparam, or_, select
 from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 
 from kling.errors import FieldError
 from kling.validation import Provider, validate_image_params
-from models.db import session_scope
+from models.db import among_ids, session_scope
 from models.enums import ImageStatus, JobStatus
 from models.logging import log_context, redact
 from models.settings import Settings
@@ -495,9 +495,7 @@ def _child_queries(postgresql: bool) -> _ChildQueries:
     tr, im, no = (cast(Table, model.__table__) for model in (Transition, Image, Notification))
 
     def among(column: ColumnElement[str]) -> ColumnElement[bool]:
-        if postgresql:
-            return column == any_(bindparam("ids", type_=ARRAY(String)))
-        return column.in_(bindparam("ids", expanding=True))
+        return among_ids(column, String(), postgresql=postgresql)
 
     c = tr.c
     transitions = select(c.job_id, c.from_status, c.to_status, c.source, c.at)

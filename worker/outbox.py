@@ -6,16 +6,17 @@ Both the webhook (right after a callback commits) and the beat schedule (every f
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, cast
 
 from celery import Celery
-from sqlalchemy import ARRAY, ColumnElement, Integer, Table, Update, any_, bindparam, func, select, update
+from sqlalchemy import Integer, Table, Update, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from models.base import utcnow
-from models.db import SessionFactory, session_scope
+from models.db import SessionFactory, among_ids, session_scope
 from models.outbox import QueuedTask
 from models.tables import Outbox
 
@@ -75,27 +76,20 @@ def publish_rows(
     if marked:
         with session_scope(sessions) as s:
             conn = s.connection()
-            conn.execute(_MARK[conn.dialect.name], {"ids": marked, "now": utcnow()})
+            conn.execute(_mark(conn.dialect.name == "postgresql"), {"ids": marked, "now": utcnow()})
     return len(marked)
 
 
-# Built once (it runs after every final callback); executed on the connection, not through the ORM.
-_OUTBOX = cast(Table, Outbox.__table__)
-
-
-def _mark(matches_ids: ColumnElement[bool]) -> Update:
+@functools.cache
+def _mark(postgresql: bool) -> Update:
+    """Built once per dialect (it runs after every final callback); executed on the connection,
+    not through the ORM."""
+    outbox = cast(Table, Outbox.__table__)
     return (
-        update(_OUTBOX)
-        .where(matches_ids, _OUTBOX.c.dispatched_at.is_(None))
-        .values(dispatched_at=bindparam("now"), attempts=_OUTBOX.c.attempts + 1)
+        update(outbox)
+        .where(among_ids(outbox.c.id, Integer(), postgresql=postgresql), outbox.c.dispatched_at.is_(None))
+        .values(dispatched_at=bindparam("now"), attempts=outbox.c.attempts + 1)
     )
-
-
-# PostgreSQL takes the ids as one array parameter: an expanding IN is rendered again for each call.
-_MARK = {
-    "postgresql": _mark(_OUTBOX.c.id == any_(bindparam("ids", type_=ARRAY(Integer)))),
-    "sqlite": _mark(_OUTBOX.c.id.in_(bindparam("ids", expanding=True))),
-}
 
 
 def backlog(session: Session) -> int:
