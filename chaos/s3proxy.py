@@ -58,17 +58,29 @@ class S3FaultProxy:
             def log_message(self, format: str, *args: object) -> None:
                 return  # the proxy is silent; the worker logs say what S3 answered
 
+            def _read(self, size: int) -> bytes:
+                data = self.rfile.read(size)
+                if len(data) < size:
+                    # The client went away mid-request (a SIGKILLed worker): a real store never
+                    # sees that request complete, so it must not reach moto, which would store
+                    # the truncated body (it does not check Content-MD5).
+                    raise ConnectionAbortedError(f"request body cut short: {len(data)} of {size} bytes")
+                return data
+
             def _body(self) -> bytes:
                 if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
                     parts: list[bytes] = []
                     while True:
-                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                        line = self.rfile.readline()
+                        if not line.endswith(b"\n"):
+                            raise ConnectionAbortedError("chunked request body cut short")
+                        size = int(line.split(b";")[0].strip() or b"0", 16)
                         if size == 0:
                             self.rfile.readline()
                             return b"".join(parts)
-                        parts.append(self.rfile.read(size))
-                        self.rfile.readline()
-                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                        parts.append(self._read(size))
+                        self._read(2)  # the CRLF after each chunk
+                return self._read(int(self.headers.get("Content-Length") or 0))
 
             def _forward(self) -> None:
                 body = self._body()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import boto3
@@ -50,3 +51,26 @@ def test_passes_through_then_refuses_then_recovers(proxy: S3FaultProxy, s3_bucke
 
     proxy.failing.clear()
     assert s3.get_object(Bucket=s3_bucket, Key="a/b.png")["Body"].read() == body  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Content-Length: 1000\r\n\r\n" + b"x" * 10,
+        b"Transfer-Encoding: chunked\r\n\r\n3e8\r\n" + b"x" * 10,
+    ],
+    ids=["content-length", "chunked"],
+)
+def test_a_request_cut_short_never_reaches_the_store(
+    proxy: S3FaultProxy, s3_bucket: str, framing: bytes
+) -> None:
+    # What a worker SIGKILLed mid-PUT leaves: headers, part of the body, then a closed socket.
+    host, port = proxy.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"PUT /{s3_bucket}/cut/short.png HTTP/1.1\r\nHost: {host}\r\n".encode() + framing)
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(1024) == b""  # no answer: the proxy dropped the request
+    s3 = client(proxy.url)
+    with pytest.raises(ClientError) as info:
+        s3.head_object(Bucket=s3_bucket, Key="cut/short.png")  # type: ignore[attr-defined]
+    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
