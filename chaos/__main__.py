@@ -124,9 +124,13 @@ def main(*, short: bool, only: tuple[str, ...], seed: int, keep: bool, tune: tup
             f"{platform.machine()}, Python {platform.python_version()}, {total:.0f} s total",
         )
     )
-    failed = [r.name for r in results if not r.passed]
+    failed = [r for r in results if not r.passed]
     if failed:
-        console.print(f"[red]FAIL: {', '.join(failed)}[/red]; logs kept in {root / 'logs'}")
+        console.print(f"[red]FAIL: {', '.join(r.name for r in failed)}[/red]; logs kept in {root / 'logs'}")
+        # Again at the end, where a caller that keeps only the tail of the output still sees why.
+        for result in failed:
+            for problem in result.problems[:10]:
+                console.print(f"  {result.name}: [red]{problem}[/red]")
         sys.exit(1)
     console.print("[green]every invariant held[/green]")
     if not keep:
