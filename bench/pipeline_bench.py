@@ -43,7 +43,9 @@ class Deployment:
     def submit(self, count: int, prefix: str) -> list[str]:
         with session_scope(self.sessions) as s:
             ids = [
-                create_job(s, {"prompt": f"{prefix} {i}", "n": 1, "aspect_ratio": "1:1"}, provider="kling").id
+                create_job(
+                    s, {"prompt": f"{prefix} {i}", "n": 1, "aspect_ratio": "1:1"}, provider="kling"
+                ).job.id
                 for i in range(count)
             ]
         relay(self.sessions, lambda name, args: self.celery.send_task(TASK_NAMES[name], args=args))

@@ -307,7 +307,7 @@ class Demo:
             self.finally_.append(lambda: _delete_queue(app, app.conf.task_default_queue))
         self.where["broker"] = safe_url(broker)
         limiter = LocalSlotLimiter(CONCURRENCY) if embedded_broker else None
-        self.svc = Services(self.settings, limiter_override=limiter, s3_override=s3)
+        self.svc = Services(self.settings, limiter=limiter, s3=s3)
         app.kling_services = self.svc
         services_for(app)  # wires publish to this app's broker
         # The webhook publishes what a callback committed through the same app (and demo queue).
@@ -357,7 +357,7 @@ class Demo:
         jobs: list[DemoJob] = []
         with session_scope(self.svc.sessions) as s:
             for params in plan_batch(count, self.seed):
-                job = create_job(s, params, provider="kling", metadata={"demo": self.stamp})
+                job = create_job(s, params, provider="kling", metadata={"demo": self.stamp}).job
                 expect = "failed" if "[policy]" in params["prompt"] else "archived"
                 jobs.append(DemoJob(job.id, params, expect))
         # Every callback of every fourth job is lost: only the reconciler's polling can finish those.

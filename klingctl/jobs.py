@@ -152,7 +152,7 @@ def submit(
         with session_scope(sessions) as s:
             job_id = create_job(
                 s, params, provider=cfg.kling_provider, webhook_url=webhook_url, metadata=meta
-            ).id
+            ).job.id
         _, publish = celery_publisher(cfg)
         if relay(sessions, publish) == 0:
             click.echo(

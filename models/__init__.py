@@ -3,13 +3,13 @@
 from models.base import Base
 from models.db import make_engine, make_sessionmaker, session_scope, upgrade
 from models.enums import EventOutcome, ImageStatus, JobStatus, TransitionSource
+from models.rules import JobState, Plan, TaskMismatch, can_move, decide, decide_move
 from models.statemachine import (
     ApplyResult,
+    Created,
     JobNotFound,
-    TaskMismatch,
     apply_callback,
     apply_provider_task,
-    can_move,
     create_job,
     transition,
 )
@@ -20,14 +20,17 @@ __all__ = [
     "ApplyResult",
     "Base",
     "CallbackEvent",
+    "Created",
     "EventOutcome",
     "Image",
     "ImageStatus",
     "Job",
     "JobNotFound",
+    "JobState",
     "JobStatus",
     "Notification",
     "Outbox",
+    "Plan",
     "TaskMismatch",
     "Transition",
     "TransitionSource",
@@ -38,6 +41,8 @@ __all__ = [
     "can_move",
     "check_callback_token",
     "create_job",
+    "decide",
+    "decide_move",
     "make_engine",
     "make_sessionmaker",
     "session_scope",

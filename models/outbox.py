@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Protocol, cast
 
 from sqlalchemy import Connection, Table, insert
@@ -17,15 +16,6 @@ SUBMIT_JOB = "submit_job"
 ARCHIVE_JOB = "archive_job"
 RELEASE_SLOTS = "release_slots"
 NOTIFY = "notify"
-
-
-def enqueue(session: Session, task: str, *args: Any, available_at: datetime | None = None) -> Outbox:
-    """Add an outbox row in the caller's transaction; it is published only if that commits."""
-    row = Outbox(task=task, args=list(args))
-    if available_at is not None:
-        row.available_at = available_at
-    session.add(row)
-    return row
 
 
 class QueuedTask(Protocol):
@@ -52,14 +42,26 @@ _OUTBOX = cast(Table, Outbox.__table__)
 _INSERT = insert(_OUTBOX).returning(_OUTBOX.c.id, sort_by_parameter_order=True)
 
 
-# `Session.info` key set when outbox rows were written with Core statements in that session (no
-# ORM object to see in a flush): a worker relays after its run only when rows were written.
-CORE_ROWS_WRITTEN = "kling.outbox_rows_written"
+# `Session.info` key of the outbox rows written in the session's transaction: the after-commit
+# hook (`worker.outbox.publish_after_commit`) publishes exactly these once it commits.
+PENDING_ROWS = "kling.outbox_pending"
 
 
-def enqueue_rows(conn: Connection, rows: Sequence[tuple[str, list[Any]]]) -> list[OutboxEntry]:
-    """`enqueue` on a Core connection, for many rows in one statement: (task, args) -> their rows."""
+def enqueue_rows(db: Session | Connection, rows: Sequence[tuple[str, list[Any]]]) -> list[OutboxEntry]:
+    """Write outbox rows, (task, args) each, in one statement in the caller's transaction; they are
+    published only if it commits. Returns them; in a Session they are also kept for its
+    after-commit hook."""
     if not rows:
         return []
+    conn = db.connection() if isinstance(db, Session) else db
     ids = conn.execute(_INSERT, [{"task": task, "args": args} for task, args in rows]).scalars().all()
-    return [OutboxEntry(id, task, args) for id, (task, args) in zip(ids, rows, strict=True)]
+    entries = [OutboxEntry(id, task, args) for id, (task, args) in zip(ids, rows, strict=True)]
+    if isinstance(db, Session):
+        db.info.setdefault(PENDING_ROWS, []).extend(entries)
+    return entries
+
+
+def take_pending(session: Session) -> list[OutboxEntry]:
+    """The rows written in the session's last transaction (the after-commit hook's input)."""
+    rows: list[OutboxEntry] = session.info.pop(PENDING_ROWS, [])
+    return rows

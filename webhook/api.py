@@ -1,7 +1,7 @@
 """The job HTTP API (`/v1/jobs`), bearer-token protected. DESIGN.md "HTTP API" is the contract.
 
 - `POST /v1/jobs` validates with the provider's rules (`kling.validation`), writes the job and its
-  outbox row in one transaction, then publishes the outbox (`webhook.db.publish_outbox`). A broker
+  outbox row in one transaction; its session's after-commit hook publishes that row. A broker
   outage is only logged: the row stays in the outbox for the beat relay; the request succeeds.
 - `Idempotency-Key`: the first request creates the job (202); any later request with that key
   answers 200 with the same job, whatever its body.
@@ -36,8 +36,8 @@ from models.enums import ImageStatus, JobStatus
 from models.logging import log_context, redact
 from models.settings import Settings
 from models.statemachine import create_job
-from models.tables import Image, Job, Notification, Outbox, Transition
-from webhook.db import app_settings, autocommit_sessions, publish_outbox, sessions
+from models.tables import Image, Job, Notification, Transition
+from webhook.db import app_settings, autocommit_sessions, sessions
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
@@ -178,8 +178,9 @@ def create() -> Answer:
     if errors:
         raise ApiError(422, "invalid request", errors)
 
+    # The session's after-commit hook publishes the submit row create_job wrote.
     with session_scope(sessions()) as session:
-        job = create_job(
+        result = create_job(
             session,
             params,
             provider=provider,
@@ -187,14 +188,10 @@ def create() -> Answer:
             metadata=metadata,
             idempotency_key=key,
         )
-        # create_job returns an existing job (idempotent replay) without queueing anything.
-        rows = [obj for obj in session.new if isinstance(obj, Outbox)]
-        created = bool(rows)
-        job_id = job.id
+        job_id, created = result.job.id, result.created
     with log_context(job_id=job_id):
         if created:
-            log.info("job created: provider=%s n=%s", provider, job.slots)
-            publish_outbox(rows)
+            log.info("job created: provider=%s n=%s", provider, result.job.slots)
         else:
             log.info("job returned for a repeated Idempotency-Key")
     with autocommit_sessions() as read, read() as session:

@@ -9,7 +9,7 @@ from contextlib import contextmanager, nullcontext
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, current_app
+from flask import Flask, current_app, has_app_context
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -36,6 +36,10 @@ def init_app(app: Flask, settings: Settings, session_factory: sessionmaker[Sessi
     app.extensions[_SESSIONS] = session_factory
     app.extensions[_SETTINGS] = settings
     app.extensions.setdefault(_PUBLISH, _LazyCeleryPublisher(settings))
+    from worker.outbox import publish_after_commit
+
+    # Outbox rows a request's session wrote (a created job) go out once it commits.
+    publish_after_commit(session_factory, publish_outbox)
 
 
 def sessions() -> sessionmaker[Session]:
@@ -74,6 +78,8 @@ def set_publisher(app: Flask, publish: Callable[[str, list[Any]], None] | None) 
 def publish_outbox(rows: Sequence[QueuedTask]) -> None:
     """Publish the outbox rows the request just committed and mark them (one UPDATE). Never fails
     the request: rows that cannot go out now stay in the outbox for the worker's relay."""
+    if not has_app_context():
+        return  # a session of the app's factory used outside a request (tests, scripts)
     publish = current_app.extensions.get(_PUBLISH)
     if publish is None or not rows:
         return
@@ -88,33 +94,17 @@ def publish_outbox(rows: Sequence[QueuedTask]) -> None:
 
 def provider_task_ended(conn: Connection, job_id: str, rows: Sequence[QueuedTask]) -> None:
     """A callback just committed the end of a provider task on `conn`: hand its slots to the next
-    jobs, then publish the outbox rows it wrote, on the same connection. Never fails the request.
-
-    The `release_slots` row does the same hand-off through a worker and stays the durable path: it
-    is marked done without being sent only when the release here succeeded. Doing it here saves a
-    queue hop per slot hand-off, which is most of the idle time per slot.
-    """
+    jobs and publish the outbox rows it wrote, on the same connection. Never fails the request."""
     publish = current_app.extensions.get(_PUBLISH)
     if publish is None:
         return
-    from models.outbox import RELEASE_SLOTS
-    from worker.outbox import publish_rows
-    from worker.pipeline import release_slots
+    from worker.pipeline import hand_off_slots
     from worker.services import Services
 
     try:
         with autocommit_sessions(conn) as quick:
-            svc = Services(app_settings(), limiter_override=limiter_for(current_app), publish=publish)
-            svc.__dict__["sessions"] = quick
-            try:
-                release_slots(svc, job_id)
-                released = True
-            except Exception as exc:  # noqa: BLE001  (the worker's release_slots task will do it)
-                log.warning(
-                    "releasing slots after the callback failed, a worker will: %s", type(exc).__name__
-                )
-                released = False
-            publish_rows(quick, publish, rows, done=(RELEASE_SLOTS,) if released else ())
+            svc = Services(app_settings(), sessions=quick, limiter=limiter_for(current_app), publish=publish)
+            hand_off_slots(svc, job_id, rows)
     except Exception as exc:  # noqa: BLE001
         log.warning("work after a final callback failed, the relay will retry: %s", type(exc).__name__)
 

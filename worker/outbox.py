@@ -1,7 +1,9 @@
-"""The outbox relay: publish rows written with a state change, only after that change committed.
+"""Publishing outbox rows, only after the change that wrote them committed.
 
-Both the webhook (right after a callback commits) and the beat schedule (every few seconds) call
-`relay`; rows stay in the table while the broker is down and go out when it is back.
+One path: the writers return the rows they wrote, and `publish_rows` sends exactly those once
+their transaction committed (`publish_after_commit` calls it for every session of a factory; the
+callback receiver calls it after its one-statement write). `relay`, on the beat schedule, is the
+safety net: it sends whatever that missed (broker down, a crash between commit and publish).
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any, cast
 
 from celery import Celery
-from sqlalchemy import Integer, Table, Update, bindparam, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Integer, Table, Update, bindparam, event, func, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
 from models.base import utcnow
 from models.db import SessionFactory, among_ids, session_scope
-from models.outbox import QueuedTask
+from models.outbox import QueuedTask, take_pending
 from models.tables import Outbox
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,26 @@ def publish_rows(
             conn = s.connection()
             conn.execute(_mark(conn.dialect.name == "postgresql"), {"ids": marked, "now": utcnow()})
     return len(marked)
+
+
+def publish_after_commit(factory: sessionmaker[Session], publish: Callable[[list[Any]], None]) -> None:
+    """After each commit of a session from `factory`, `publish` the outbox rows it wrote (the
+    after-commit hook of warehouse's tasks). Never raises into the committer: what fails to go
+    out stays in the outbox for `relay`."""
+
+    def committed(session: Session) -> None:
+        rows = take_pending(session)
+        if rows:
+            try:
+                publish(rows)
+            except Exception as exc:  # noqa: BLE001
+                log.warning(
+                    "outbox publish after commit failed, the relay will retry: %s", type(exc).__name__
+                )
+
+    event.listen(factory, "after_commit", committed)
+    # Rows of a transaction that did not commit do not exist.
+    event.listen(factory, "after_rollback", take_pending)
 
 
 @functools.cache

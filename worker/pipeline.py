@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -25,12 +26,14 @@ from kling.http import is_ambiguous, is_not_found
 from models.base import utcnow
 from models.db import session_scope
 from models.enums import ImageStatus, JobStatus
+from models.outbox import RELEASE_SLOTS, QueuedTask
 from models.statemachine import TaskMismatch, apply_provider_task, transition
 from models.tables import Image, Job, Notification
 from models.tokens import callback_url
 from worker import metrics
 from worker.archiver import ArchivedObject, ArchiveVerificationError, NotAnImage, archive_image, object_stem
 from worker.fetch import FetchError, FetchRefused, SourceGone, TooLarge
+from worker.outbox import publish_rows
 from worker.provider import ProviderNotConfigured
 from worker.services import Services
 
@@ -260,6 +263,20 @@ def release_slots(svc: Services, job_id: str, *, durable: bool = False) -> list[
     if not svc.limiter.release(job_id) and not durable:
         return []
     return pump(svc)
+
+
+def hand_off_slots(svc: Services, job_id: str, rows: Sequence[QueuedTask]) -> None:
+    """Right after a final provider report committed: free the task's slots for the next jobs,
+    then publish the outbox rows the report wrote. Its `release_slots` row is marked done without
+    being sent only when the release here went through (that task stays the durable path)."""
+    try:
+        release_slots(svc, job_id)
+        done: tuple[str, ...] = (RELEASE_SLOTS,)
+    except Exception as exc:  # noqa: BLE001  (the worker's release_slots task will do it)
+        log.warning("releasing slots after the report failed, a worker will: %s", type(exc).__name__)
+        done = ()
+    if svc.publish is not None:
+        publish_rows(svc.sessions, svc.publish, rows, done=done)
 
 
 def pump(svc: Services) -> list[str]:

@@ -1,20 +1,19 @@
 """Per-process handles to the outside world, built lazily from Settings.
 
-Tasks and the webhook get the database, the provider client, the limiter and S3 from here, so
-tests and the demo swap any of them by building a `Services` with explicit parts.
+Tasks and the webhook get the database, the provider client, the limiter and S3 from here; tests
+and the demo pass any of them to the constructor instead.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, event
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine
 
+from models.db import SessionFactory
 from models.settings import Settings
 
 if TYPE_CHECKING:
@@ -22,20 +21,40 @@ if TYPE_CHECKING:
     from worker.fetch import SafeFetcher
     from worker.limiter import SlotLimiter
 
+Publish = Callable[[str, list[Any]], None]
 
-@dataclass
+
 class Services:
-    settings: Settings
-    # Overrides (tests, demo); None = build from settings on first use.
-    provider_override: ImageProvider | None = None
-    limiter_override: SlotLimiter | None = None
-    s3_override: Any = None
-    publish: Callable[[str, list[Any]], None] | None = None
-    # Set when a session from `sessions` flushed an outbox row; a Celery task relays after its run
-    # only then (`take_outbox_written`), instead of querying the outbox after every task.
-    outbox_written: bool = False
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _providers: dict[str, ImageProvider] = field(default_factory=dict, repr=False)
+    """The collaborators of the worker's functions. Each is built from `settings` on first use
+    unless given. Outbox rows written in a session of `sessions` are published after its commit
+    through `publish` (when set); a factory passed in as `sessions` is used as it is."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engine: Engine | None = None,
+        sessions: SessionFactory | None = None,
+        provider: ImageProvider | None = None,
+        limiter: SlotLimiter | None = None,
+        s3: Any = None,
+        fetcher: SafeFetcher | None = None,
+        publish: Publish | None = None,
+    ) -> None:
+        self.settings = settings
+        self.publish = publish
+        self._provider = provider
+        self._lock = threading.Lock()
+        self._providers: dict[str, ImageProvider] = {}
+        for name, given in (
+            ("engine", engine),
+            ("sessions", sessions),
+            ("limiter", limiter),
+            ("s3", s3),
+            ("fetcher", fetcher),
+        ):
+            if given is not None:
+                self.__dict__[name] = given  # what the cached property would have built
 
     @cached_property
     def engine(self) -> Engine:
@@ -44,31 +63,18 @@ class Services:
         return make_engine(self.settings.database_url)
 
     @cached_property
-    def sessions(self) -> sessionmaker[Session]:
+    def sessions(self) -> SessionFactory:
         from models.db import make_sessionmaker
+        from worker.outbox import publish_after_commit, publish_rows
 
         factory = make_sessionmaker(self.engine)
-        event.listen(factory, "before_flush", self._note_outbox_rows)
-        event.listen(factory, "before_commit", self._note_core_outbox_rows)
+
+        def publish_committed(rows: Any) -> None:
+            if self.publish is not None:
+                publish_rows(factory, self.publish, rows)
+
+        publish_after_commit(factory, publish_committed)
         return factory
-
-    def _note_outbox_rows(self, session: Session, *_: Any) -> None:
-        from models.tables import Outbox
-
-        if any(isinstance(obj, Outbox) for obj in session.new):
-            self.outbox_written = True
-
-    def _note_core_outbox_rows(self, session: Session) -> None:
-        from models.outbox import CORE_ROWS_WRITTEN
-
-        # Rows the state machine wrote with Core statements (apply_provider_task).
-        if session.info.get(CORE_ROWS_WRITTEN):
-            self.outbox_written = True
-
-    def take_outbox_written(self) -> bool:
-        """Whether outbox rows were written since the last call (which resets it)."""
-        written, self.outbox_written = self.outbox_written, False
-        return written
 
     @cached_property
     def provider(self) -> ImageProvider:
@@ -77,8 +83,8 @@ class Services:
 
     def provider_for(self, name: str) -> ImageProvider:
         """The client for a job's provider (`kling` or `appypie`), built once per process."""
-        if self.provider_override is not None:
-            return self.provider_override
+        if self._provider is not None:
+            return self._provider
         with self._lock:
             client = self._providers.get(name)
             if client is None:
@@ -89,8 +95,6 @@ class Services:
 
     @cached_property
     def limiter(self) -> SlotLimiter:
-        if self.limiter_override is not None:
-            return self.limiter_override
         from worker.limiter import RedisSlotLimiter
 
         return RedisSlotLimiter(
@@ -108,8 +112,6 @@ class Services:
 
     @cached_property
     def s3(self) -> Any:
-        if self.s3_override is not None:
-            return self.s3_override
         from worker.s3 import make_s3_client
 
         return make_s3_client(endpoint_url=self.settings.s3_endpoint_url, region=self.settings.aws_region)

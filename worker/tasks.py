@@ -1,13 +1,12 @@
 """Celery tasks: thin wrappers that take ids, call worker.pipeline and turn outcomes into retries.
 
-The base task owns the per-process `Services` (database, provider, limiter, S3) and publishes the
-outbox after every run, so work a task made is queued only once its transaction has committed.
+The base task owns the per-process `Services` (database, provider, limiter, S3); outbox rows a run
+writes are published by its sessions' after-commit hook, so work is queued only once committed.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from celery import Celery, Task
 
@@ -48,17 +47,6 @@ class KlingTask(Task):  # type: ignore[misc]  # celery ships no type information
     @property
     def services(self) -> Services:
         return services_for(self.app)
-
-    def after_return(self, *args: Any, **kwargs: Any) -> None:
-        # Publish whatever this run wrote to the outbox (the beat relay is the safety net). Most
-        # runs write none (a submit that waits for a slot, a release, a duplicate message): they
-        # skip the outbox query and its commit.
-        try:
-            svc = self.services
-            if svc.publish is not None and svc.take_outbox_written():
-                relay(svc.sessions, svc.publish)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("outbox relay after %s failed: %s", self.name, exc)
 
     def finish(self, outcome: pipeline.Outcome) -> str:
         metrics.tasks_total.labels(task=self.name, outcome=outcome.step.value).inc()

@@ -69,7 +69,7 @@ def add_job(
     """A job moved to `status` the way the pipeline moves it (transitions written, images added)."""
     sessions = make_sessionmaker(engine)
     with session_scope(sessions) as s:
-        job = create_job(s, {"prompt": prompt, "n": n, "aspect_ratio": "1:1"}, provider="kling")
+        job = create_job(s, {"prompt": prompt, "n": n, "aspect_ratio": "1:1"}, provider="kling").job
         job_id = job.id
     if status == "queued":
         return job_id

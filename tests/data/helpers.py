@@ -89,3 +89,26 @@ def transitions_of(session: Session, job_id: str) -> list[tuple[str | None, str,
 def outbox_tasks(session: Session, job_id: str) -> list[str]:
     rows = session.scalars(select(Outbox).order_by(Outbox.id))
     return [row.task for row in rows if row.args == [job_id]]
+
+
+# The rules of docs/architecture.md ("Job lifecycle"), restated independently of models.rules: the
+# model the state machine's tests check it against.
+RANK = {"queued": 0, "submitted": 1, "processing": 2, "succeeded": 3, "archived": 4, "failed": 5}
+
+
+def expected_outcome(current: str, reported: str) -> str:
+    """What a provider report of `reported` means for a job at `current`."""
+    if current == reported or (current == "archived" and reported == "succeeded"):
+        return "duplicate"
+    if current in ("succeeded", "archived", "failed"):
+        return "stale"
+    return "applied" if reported == "failed" or RANK[reported] > RANK[current] else "stale"
+
+
+def expected_move(current: str, target: str) -> bool:
+    """Whether our own code may move a job from `current` to `target`."""
+    if current in ("archived", "failed") or current == target:
+        return False
+    if target == "archived":
+        return current == "succeeded"
+    return target == "failed" or RANK[target] > RANK[current]

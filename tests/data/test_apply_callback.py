@@ -104,7 +104,7 @@ def test_outcomes_rows_and_dedupe_match_the_locking_path(db_session: Session) ->
 
 def test_a_failure_with_a_webhook_url_notifies_and_records_the_error(db_session: Session) -> None:
     s = db_session
-    job = create_job(s, PARAMS, provider="kling", webhook_url="https://hooks.example.com/done")
+    job = create_job(s, PARAMS, provider="kling", webhook_url="https://hooks.example.com/done").job
     s.commit()
     failed = apply_callback(
         s.connection(), job.id, task_for(job, TaskStatus.FAILED, msg="content risk"), event=event_row("f")

@@ -19,22 +19,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from models import Image, Job, Transition, callback_token, create_job, transition
 from models.settings import Settings
 from tests.conftest import TEST_CALLBACK_SECRET, TEST_WEBHOOK_SECRET
-from tests.data.helpers import encode, legacy_body, signed_headers, snapshot
+from tests.data.helpers import RANK, encode, expected_outcome, legacy_body, signed_headers, snapshot
 from webhook import create_app
 
-RANK = {"queued": 0, "submitted": 1, "processing": 2, "succeeded": 3, "archived": 4, "failed": 5}
 PROVIDER_STATUSES = ["submitted", "processing", "succeeded", "failed"]
 FORGERIES = ["wrong_token", "other_job_token", "tampered_body", "old_timestamp", "unsigned", "foreign_task"]
 JOBS = 3
-
-
-def expected_outcome(current: str, reported: str) -> str:
-    """The spec (DESIGN.md), restated independently of models.statemachine."""
-    if current == reported or (current == "archived" and reported == "succeeded"):
-        return "duplicate"
-    if current in ("succeeded", "archived", "failed"):
-        return "stale"
-    return "applied" if reported == "failed" or RANK[reported] > RANK[current] else "stale"
 
 
 class CallbackMachine(RuleBasedStateMachine):
@@ -56,7 +46,7 @@ class CallbackMachine(RuleBasedStateMachine):
         self.images: dict[str, int] = {}
         self.seen: dict[str, list[str]] = {}
         for i in range(JOBS):
-            job = create_job(self.session, {"prompt": f"p{i}", "n": 2}, provider="kling")
+            job = create_job(self.session, {"prompt": f"p{i}", "n": 2}, provider="kling").job
             # Job 0 has no provider task id yet: its callbacks must be adopted via external_task_id.
             if i:
                 transition(self.session, job, "submitted", source="worker", provider_task_id=f"task-{i}")
@@ -144,7 +134,7 @@ class CallbackMachine(RuleBasedStateMachine):
         job_id = self.jobs[job_index]
         job = self.session.get(Job, job_id)
         assert job is not None
-        moved = transition(self.session, job, "archived", source="archiver")
+        moved = transition(self.session, job, "archived", source="archiver").changed
         self.session.commit()
         assert moved == (self.status[job_id] == "succeeded")
         if moved:

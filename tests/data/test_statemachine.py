@@ -43,7 +43,7 @@ def task_for(
 
 
 def new_job(session: Session, **kwargs: object) -> Job:
-    job = create_job(session, PARAMS, provider="kling", **kwargs)  # type: ignore[arg-type]
+    job = create_job(session, PARAMS, provider="kling", **kwargs).job  # type: ignore[arg-type]
     session.commit()
     return job
 
@@ -86,10 +86,10 @@ def test_idempotency_key_returns_the_same_job(any_db_session: Session) -> None:
 def test_full_lifecycle_one_transition_per_status(any_db_session: Session) -> None:
     s = any_db_session
     job = new_job(s, webhook_url="https://example.com/hook")
-    assert transition(s, job, "submitted", source="worker", provider_task_id="task-1")
+    assert transition(s, job, "submitted", source="worker", provider_task_id="task-1").changed
     for status in (TaskStatus.SUBMITTED, TaskStatus.PROCESSING, TaskStatus.SUCCEEDED):
         apply_provider_task(s, job.id, task_for(job, status), source="callback")
-    assert transition(s, job, "archived", source="archiver")
+    assert transition(s, job, "archived", source="archiver").changed
     s.commit()
     assert transitions_of(s, job.id) == [
         (None, "queued", "api"),
@@ -143,7 +143,7 @@ def test_provider_failure_keeps_message_and_absorbs(any_db_session: Session) -> 
     s.commit()
     assert after.outcome == EventOutcome.STALE
     assert (job.status, job.error_code, job.error_message) == ("failed", "provider_failed", "content risk")
-    assert not transition(s, job, "archived", source="archiver")
+    assert not transition(s, job, "archived", source="archiver").changed
     assert s.scalars(select(Image).where(Image.job_id == job.id)).all() == []
     assert outbox_tasks(s, job.id) == ["submit_job", "notify", "release_slots"]
 
@@ -185,7 +185,7 @@ def test_foreign_task_is_refused(any_db_session: Session) -> None:
     stranger = Task(task_id="other", status=TaskStatus.SUCCEEDED, external_task_id="another-job")
     with pytest.raises(TaskMismatch):
         apply_provider_task(s, job.id, stranger, source="callback")
-    assert transition(s, job, "submitted", source="worker", provider_task_id="task-1")
+    assert transition(s, job, "submitted", source="worker", provider_task_id="task-1").changed
     with pytest.raises(TaskMismatch):
         apply_provider_task(
             s, job.id, task_for(job, TaskStatus.SUCCEEDED, task_id="task-2"), source="callback"
@@ -201,7 +201,7 @@ def test_worker_transition_after_callback_keeps_task_id(any_db_session: Session)
     job = new_job(s)
     # The callback can land before the worker records its submission.
     apply_provider_task(s, job.id, task_for(job, TaskStatus.PROCESSING), source="callback")
-    assert not transition(s, job, "submitted", source="worker", provider_task_id="task-1")
+    assert not transition(s, job, "submitted", source="worker", provider_task_id="task-1").changed
     with pytest.raises(TaskMismatch):
         transition(s, job, "submitted", source="worker", provider_task_id="task-9")
     s.commit()
@@ -212,7 +212,9 @@ def test_expired_images_fail_the_job(any_db_session: Session) -> None:
     s = any_db_session
     job = new_job(s)
     apply_provider_task(s, job.id, task_for(job, TaskStatus.SUCCEEDED), source="poll")
-    assert transition(s, job, "failed", source="sweep", error_code="source_expired", error_message="gone")
+    assert transition(
+        s, job, "failed", source="sweep", error_code="source_expired", error_message="gone"
+    ).changed
     s.commit()
     assert (job.status, job.error_code) == ("failed", "source_expired")
     assert transitions_of(s, job.id)[-1] == ("succeeded", "failed", "sweep")

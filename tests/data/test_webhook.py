@@ -31,7 +31,7 @@ class Env:
     session: Session
 
     def new_job(self, provider_task_id: str | None = "task-1") -> Job:
-        job = create_job(self.session, {"prompt": "p", "n": 2}, provider="kling")
+        job = create_job(self.session, {"prompt": "p", "n": 2}, provider="kling").job
         if provider_task_id:
             transition(self.session, job, "submitted", source="worker", provider_task_id=provider_task_id)
         self.session.commit()
@@ -359,9 +359,9 @@ def test_final_callback_on_a_real_engine_hands_slots_on_and_marks_its_rows(
         factory = webhook.db.sessions()
         limiter = webhook.db.limiter_for(app)
     with session_scope(factory) as s:
-        running = create_job(s, {"prompt": "running", "n": 5}, provider="kling")
+        running = create_job(s, {"prompt": "running", "n": 5}, provider="kling").job
         transition(s, running, "submitted", source="worker", provider_task_id="task-run")
-        waiting = create_job(s, {"prompt": "waiting", "n": 1}, provider="kling")
+        waiting = create_job(s, {"prompt": "waiting", "n": 1}, provider="kling").job
     assert limiter.acquire(running.id, 5) and not limiter.acquire(waiting.id, 1)
     recorded_publishes.clear()
 

@@ -67,7 +67,7 @@ def _deliver(url: str, body: bytes, webhook_id: str | None) -> tuple[int, str]:
 
 def test_ten_deliveries_per_status_some_concurrent(server: str, committing_engine: Engine) -> None:
     with Session(committing_engine, expire_on_commit=False) as session:
-        job = create_job(session, {"prompt": "p", "n": 2}, provider="kling")
+        job = create_job(session, {"prompt": "p", "n": 2}, provider="kling").job
         transition(session, job, "submitted", source="worker", provider_task_id="task-1")
         session.commit()
     url = f"{server}/callbacks/kling/{job.id}/{callback_token(TEST_CALLBACK_SECRET, job.id)}"
@@ -107,7 +107,7 @@ def test_a_burst_on_one_job_is_answered_without_errors(committed_pg_url: str) ->
     engine = make_engine(committed_pg_url)
     try:
         with Session(engine, expire_on_commit=False) as session:
-            job = create_job(session, {"prompt": "p", "n": 1}, provider="kling")
+            job = create_job(session, {"prompt": "p", "n": 1}, provider="kling").job
             transition(session, job, "submitted", source="worker", provider_task_id="task-1")
             session.commit()
         burst = [

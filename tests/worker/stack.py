@@ -55,7 +55,7 @@ class Stack:
     # --- jobs ---------------------------------------------------------------------------------------
     def submit(self, params: dict[str, Any], **kwargs: Any) -> str:
         with session_scope(self.sessions) as s:
-            job = create_job(s, params, provider=self.settings.kling_provider, **kwargs)
+            job = create_job(s, params, provider=self.settings.kling_provider, **kwargs).job
             job_id = job.id
         relay(self.sessions, self.publish)
         return job_id

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from werkzeug import Request, Response
 
 from kling.callbacks import verify_callback_signature
-from models.db import make_engine, make_sessionmaker, session_scope
+from models.db import make_engine, session_scope
 from models.settings import Settings
 from models.statemachine import create_job, transition
 from models.tables import Image, Job
@@ -30,9 +30,7 @@ NOTIFY_SECRET = TEST_WEBHOOK_SECRET
 def svc(committed_pg_url: str) -> Iterator[Services]:
     settings = Settings(database_url=committed_pg_url, notify_secret=NOTIFY_SECRET, api_token=TEST_API_TOKEN)
     engine = make_engine(committed_pg_url)
-    services = Services(settings)
-    services.__dict__["engine"] = engine
-    services.__dict__["sessions"] = make_sessionmaker(engine)
+    services = Services(settings, engine=engine)
     yield services
     engine.dispose()
 
@@ -40,7 +38,7 @@ def svc(committed_pg_url: str) -> Iterator[Services]:
 def archived_job(s: Session, webhook_url: str) -> str:
     job = create_job(
         s, {"prompt": "p", "n": 1}, provider="kling", webhook_url=webhook_url, metadata={"k": "v"}
-    )
+    ).job
     transition(s, job, "submitted", source="worker", provider_task_id=f"t-{job.id}")
     transition(s, job, "succeeded", source="callback")
     s.add(
@@ -116,8 +114,10 @@ def test_failures_are_retried_and_attempts_are_visible(svc: Services, httpserver
 
 def test_jobs_without_webhook_or_not_final_send_nothing(svc: Services, httpserver: HTTPServer) -> None:
     with session_scope(svc.sessions) as s:
-        quiet = create_job(s, {"prompt": "p"}, provider="kling").id
-        running = create_job(s, {"prompt": "p"}, provider="kling", webhook_url=httpserver.url_for("/hook")).id
+        quiet = create_job(s, {"prompt": "p"}, provider="kling").job.id
+        running = create_job(
+            s, {"prompt": "p"}, provider="kling", webhook_url=httpserver.url_for("/hook")
+        ).job.id
     assert notify_job(svc, quiet).step is Step.DONE
     assert notify_job(svc, running).step is Step.DONE
     assert httpserver.log == []

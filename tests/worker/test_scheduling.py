@@ -1,4 +1,4 @@
-"""How a worker orders and carries its work: message priorities, the outbox flag, GC freezing."""
+"""How a worker orders and carries its work: message priorities, publishing after commit, GC freezing."""
 
 from __future__ import annotations
 
@@ -78,48 +78,40 @@ def test_the_worker_takes_submits_before_archives_queued_earlier(redis_url: str)
     assert [args for name, args in got if name == "kling.archive_job"] == ["['a1']", "['a2']"]
 
 
-def test_services_notes_outbox_rows_for_the_relay_after_a_task(
-    sqlite_url: str, sqlite_engine: Engine
-) -> None:
-    svc = Services(_settings("memory://", sqlite_url))
-    svc.__dict__["engine"] = sqlite_engine
-    with session_scope(svc.sessions) as s:
-        s.execute(select(Job.id).limit(1))  # a transaction without outbox rows
-    assert svc.take_outbox_written() is False
-    s = svc.sessions()
-    try:
-        create_job(s, {"prompt": "p", "n": 1}, provider="kling")  # adds a submit_job outbox row
-        s.flush()
-        assert svc.take_outbox_written() is True
-        assert svc.take_outbox_written() is False  # taken: the next task relays only if it writes
-    finally:
-        s.rollback()
-        s.close()
-
-
-def test_services_notes_rows_the_state_machine_writes_with_core_statements(
-    sqlite_url: str, sqlite_engine: Engine
-) -> None:
-    """A poll that ends a provider task writes release (and archive) rows without ORM objects."""
+def test_a_session_publishes_exactly_the_rows_it_committed(sqlite_url: str, sqlite_engine: Engine) -> None:
+    """The after-commit hook: rows the writers return go out once their transaction commits, and
+    only then; a transaction without rows publishes nothing, a rolled-back one nothing either."""
     from kling.types import Task, TaskStatus
     from models.statemachine import apply_provider_task, transition
+    from models.tables import Outbox
 
-    svc = Services(_settings("memory://", sqlite_url))
-    svc.__dict__["engine"] = sqlite_engine
-    s = svc.sessions()
+    sent: list[tuple[str, list[Any]]] = []
+    svc = Services(
+        _settings("memory://", sqlite_url), engine=sqlite_engine, publish=lambda n, a: sent.append((n, a))
+    )
     try:
-        job = create_job(s, {"prompt": "p", "n": 1}, provider="kling")
-        transition(s, job, "submitted", source="worker", provider_task_id="task-poll")
-        s.flush()
-        svc.take_outbox_written()
-        task = Task(task_id="task-poll", status=TaskStatus.FAILED, status_message="x")
-        result = apply_provider_task(s, job.id, task, source="poll")
-        assert [row.task for row in result.outbox] == ["release_slots"]
-        s.commit()
-        assert svc.take_outbox_written() is True
+        with session_scope(svc.sessions) as s:
+            s.execute(select(Job.id).limit(1))
+        assert sent == []
+        with pytest.raises(RuntimeError), session_scope(svc.sessions) as s:
+            create_job(s, {"prompt": "p", "n": 1}, provider="kling")
+            raise RuntimeError("rolled back")
+        assert sent == []
+        with session_scope(svc.sessions) as s:
+            job = create_job(s, {"prompt": "p", "n": 1}, provider="kling").job
+            transition(s, job, "submitted", source="worker", provider_task_id="task-poll")
+            job_id = job.id
+        assert sent == [("submit_job", [job_id])]
+        # A poll that ends the provider task writes its release row with Core statements.
+        with session_scope(svc.sessions) as s:
+            task = Task(task_id="task-poll", status=TaskStatus.FAILED, status_message="x")
+            result = apply_provider_task(s, job_id, task, source="poll")
+            assert [row.task for row in result.outbox] == ["release_slots"]
+        assert sent[1:] == [("release_slots", [job_id])]
+        with session_scope(svc.sessions) as s:
+            marked = s.scalars(select(Outbox.dispatched_at).where(Outbox.args.is_not(None))).all()
+        assert len(marked) == 2 and all(marked)  # published and marked: the relay has nothing left
     finally:
-        s.rollback()
-        s.close()
         empty_tables(sqlite_engine)
 
 
