@@ -99,8 +99,8 @@ def provider_task_ended(conn: Connection, job_id: str, rows: Sequence[QueuedTask
         return
     from models.outbox import RELEASE_SLOTS
     from worker.outbox import publish_rows
-    from worker.pipeline import release_slots
     from worker.services import Services
+    from worker.slots import release_slots
 
     try:
         with autocommit_sessions(conn) as quick:
