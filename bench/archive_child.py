@@ -53,7 +53,7 @@ def main() -> None:
 
     def copy(url: str, key: str) -> int:
         if args.mode == "service":
-            # As the worker archives an image the first time (worker.pipeline passes
+            # As the worker archives an image the first time (worker.archiving passes
             # reuse_existing=tried): every key here is fresh, so the LIST for an earlier copy is
             # what only a re-run does.
             obj = archive_image(

@@ -2,7 +2,7 @@
 
 The API is driven through Flask's test client (the full app: auth, query, JSON), so the figures
 are the server's own time per request without HTTP or load-client noise. The sweep's queries are
-captured from a real `worker.pipeline.sweep` run, then EXPLAINed with their own parameters, so
+captured from a real `worker.repair.sweep` run, then EXPLAINed with their own parameters, so
 the plan checked is the plan of the code as it is, not of a copy of its query.
 """
 
@@ -20,7 +20,7 @@ from bench.context import Context
 from bench.report import BenchResult, Figure, percentile
 from bench.seed import seed_jobs
 from webhook import create_app, gunicorn_conf
-from worker.pipeline import sweep
+from worker.repair import sweep
 from worker.services import Services
 
 STATUSES = ["archived", "failed", "succeeded", "processing", "submitted", "queued"]

@@ -32,6 +32,8 @@ DEFAULT_TIMEOUT: tuple[float, float] = (5, 30)
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_BACKOFF_BASE = 0.5
 DEFAULT_BACKOFF_MAX = 30.0
+# A server's Retry-After is honoured up to this: one asking for an hour must not park the caller.
+DEFAULT_MAX_RETRY_AFTER = 60.0
 DEFAULT_POOL_SIZE = 10
 USER_AGENT = "kling-orchestrator/0.1"
 REDACTED = "***"
@@ -64,8 +66,29 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+def backoff(
+    attempt: int,
+    *,
+    base: float,
+    cap: float,
+    retry_after: float | None = None,
+    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """Seconds to wait before retry number `attempt` (0 for the first), the one formula every retry uses.
+
+    Exponential with full jitter: uniform in [0, min(cap, base * 2**attempt)). A positive
+    `Retry-After` from the server replaces it, capped at `max_retry_after` (stripe-python's
+    `_sleep_time_seconds` caps it the same way).
+    """
+    if retry_after:
+        return min(retry_after, max_retry_after)
+    # The exponent is bounded so a task retried for a day never overflows a float.
+    return rand() * min(cap, base * 2.0 ** min(attempt, 64))
+
+
 class RetryPolicy:
-    """Exponential backoff with full jitter; a provider's `Retry-After` wins over the computed delay.
+    """Retries with `backoff`; a provider's `Retry-After` (capped) wins over the computed delay.
 
     `sleep` and `rand` are injectable so tests record the waits instead of waiting.
     """
@@ -76,6 +99,7 @@ class RetryPolicy:
         max_retries: int = DEFAULT_MAX_RETRIES,
         backoff_base: float = DEFAULT_BACKOFF_BASE,
         backoff_max: float = DEFAULT_BACKOFF_MAX,
+        max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
         sleep: Callable[[float], None] | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -84,14 +108,19 @@ class RetryPolicy:
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        self.max_retry_after = max_retry_after
         self._sleep = time.sleep if sleep is None else sleep
         self._rand = rand
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        if retry_after is not None:
-            return retry_after
-        cap: float = min(self.backoff_max, self.backoff_base * 2**attempt)
-        return self._rand() * cap
+        return backoff(
+            attempt,
+            base=self.backoff_base,
+            cap=self.backoff_max,
+            retry_after=retry_after,
+            max_retry_after=self.max_retry_after,
+            rand=self._rand,
+        )
 
     def wait(self, attempt: int, error: KlingError, what: str) -> None:
         seconds = self.delay(attempt, error.retry_after)

@@ -16,7 +16,6 @@ import secrets
 import signal
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
@@ -234,7 +233,6 @@ class Demo:
     def _start(self) -> None:
         from celery.beat import EmbeddedService
         from celery.contrib.testing.worker import start_worker
-        from celery.exceptions import DuplicateTaskNameWarning
 
         from webhook import create_app
         from webhook.db import set_publisher
@@ -243,9 +241,6 @@ class Demo:
         from worker.services import Services
         from worker.tasks import services_for
 
-        # Importing `worker` builds its module-level app, whose tasks Celery shares with ours under the
-        # same names and bodies: the "duplicate" is the same task, so the warning is only noise here.
-        warnings.filterwarnings("ignore", category=DuplicateTaskNameWarning)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._logging()
         database_url = self._database()

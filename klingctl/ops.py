@@ -97,7 +97,7 @@ def upgrade(*, revision: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Only report; queue no archive tasks.")
 def sweep(*, dry_run: bool) -> None:
     """Find images not archived yet, queue their archive (unless --dry-run), report those at risk."""
-    from worker import pipeline
+    from worker import repair
     from worker.services import Services
 
     cfg = settings()
@@ -105,7 +105,7 @@ def sweep(*, dry_run: bool) -> None:
     if not dry_run:
         _, svc.publish = celery_publisher(cfg)
     try:
-        report = pipeline.sweep(svc, dry_run=dry_run)
+        report = repair.sweep(svc, dry_run=dry_run)
     finally:
         svc.engine.dispose()
     verb = "would queue" if dry_run else "queued"

@@ -98,8 +98,8 @@ def provider_task_ended(conn: Connection, job_id: str, rows: Sequence[QueuedTask
     publish = current_app.extensions.get(_PUBLISH)
     if publish is None:
         return
-    from worker.pipeline import hand_off_slots
     from worker.services import Services
+    from worker.slots import hand_off_slots
 
     try:
         with autocommit_sessions(conn) as quick:

@@ -34,7 +34,7 @@ from models.enums import JobStatus
 from models.settings import Settings
 from models.tables import Job, Outbox
 from webhook import db
-from worker.pipeline import at_risk_query
+from worker.repair import at_risk_query
 
 log = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)

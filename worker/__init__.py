@@ -1,5 +1,4 @@
-"""Celery entry point: `celery -A worker worker` / `celery -A worker beat`."""
+"""The worker: Celery tasks over plain functions, one module per workflow.
 
-from worker.factory import make_celery
-
-app = make_celery()
+Importing it builds nothing; `celery -A worker worker|beat` finds the app in `worker/celery.py`.
+"""

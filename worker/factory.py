@@ -1,10 +1,10 @@
-"""Build the Celery app from one Settings object (the entry point `worker/__init__.py` calls this)."""
+"""Build the Celery app from one Settings object: `worker/celery.py` (for `celery -A worker`), the
+CLI, the demo and the tests call `make_celery`; nothing builds an app at import."""
 
 from __future__ import annotations
 
 import gc
 import logging
-from datetime import timedelta
 from typing import Any
 
 from celery import Celery
@@ -18,22 +18,6 @@ from models.settings import Settings, get_settings
 VISIBILITY_TIMEOUT = 3600
 TASK_TIME_LIMIT = 1800
 TASK_SOFT_TIME_LIMIT = 1700
-
-# Message priorities, one queue. The Redis transport keeps a list per priority step (0, 3, 6, 9) and
-# a worker pops them in that order: LOWER IS SOONER (the reverse of AMQP). A freed provider slot is
-# idle until its job's submit runs, so submit and release go ahead of archive work (a 1 MB archive
-# is several times a submit) and the periodic safety nets go last. Nothing starves: submits only
-# come as slots free up, and a worker takes the next message only when a process is free
-# (`worker_prefetch_multiplier=1` with `task_acks_late`), so the order is decided at each pop.
-TASK_PRIORITIES = {
-    "kling.submit_job": 0,
-    "kling.release_slots": 0,
-    "kling.archive_job": 3,
-    "kling.notify": 6,
-    "kling.relay_outbox": 6,
-    "kling.reconcile": 6,
-    "kling.sweep": 9,
-}
 
 
 def freeze_loaded_objects(**_: Any) -> None:
@@ -49,6 +33,9 @@ def freeze_loaded_objects(**_: Any) -> None:
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
+    # Here, not at the top: worker.tasks imports this module's constants.
+    from worker import archiving, notify, repair, slots, submit, tasks
+
     settings = settings or get_settings()
     app = Celery("kling_orchestrator", set_as_current=False)
     app.conf.update(
@@ -60,27 +47,13 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_routes={name: {"priority": pri} for name, pri in TASK_PRIORITIES.items()},
+        task_routes={name: {"priority": pri} for name, pri in tasks.TASK_PRIORITIES.items()},
         task_time_limit=TASK_TIME_LIMIT,
         task_soft_time_limit=TASK_SOFT_TIME_LIMIT,
         task_serializer="json",
         accept_content=["json"],
         timezone="UTC",
         worker_hijack_root_logger=False,
-        beat_schedule={
-            "relay-outbox": {
-                "task": "kling.relay_outbox",
-                "schedule": timedelta(seconds=settings.outbox_relay_seconds),
-            },
-            "reconcile": {
-                "task": "kling.reconcile",
-                "schedule": timedelta(seconds=settings.reconcile_interval_seconds),
-            },
-            "sweep": {
-                "task": "kling.sweep",
-                "schedule": timedelta(seconds=settings.sweep_interval_seconds),
-            },
-        },
     )
     app.conf.kling_settings = settings
 
@@ -93,8 +66,9 @@ def make_celery(settings: Settings | None = None) -> Celery:
     # Connected per app (strong ref) so `celery -A worker worker/beat` logs JSON, not Celery's text.
     setup_logging.connect(json_logs, weak=False)
     worker_process_init.connect(freeze_loaded_objects, weak=False)
-    # Registers the tasks on this app (they are bound via `app.task` in the module).
-    from worker import tasks
-
-    tasks.register(app)
+    # Each workflow defines its tasks on this app and names its periodic work.
+    schedule: dict[str, dict[str, Any]] = {}
+    for workflow in (tasks, submit, slots, archiving, notify, repair):
+        schedule.update(workflow.register(app))
+    app.conf.beat_schedule = schedule
     return app

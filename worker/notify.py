@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import requests
@@ -21,18 +20,27 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from kling.callbacks import sign_callback
+from kling.http import backoff
 from models.base import utcnow
 from models.db import session_scope
 from models.enums import JobStatus
+from models.logging import log_context
 from models.tables import Job, Notification
-from worker.pipeline import GIVE_UP_AFTER, Outcome, Step
+from worker.outcome import Outcome, Step
 from worker.services import Services
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from worker.tasks import KlingTask, Schedule
 
 log = logging.getLogger(__name__)
 
 EVENTS = {JobStatus.ARCHIVED.value: "job.archived", JobStatus.FAILED.value: "job.failed"}
 TIMEOUT = (5.0, 15.0)
 MAX_BACKOFF_SECONDS = 600.0
+# Downstream deliveries are retried for this long, then given up.
+GIVE_UP_AFTER = timedelta(hours=24)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -108,7 +116,7 @@ def notify_job(
     except requests.RequestException as exc:
         error = type(exc).__name__
 
-    delay = min(MAX_BACKOFF_SECONDS, 5.0 * 2**attempt) * random.uniform(0.5, 1.0)  # noqa: S311
+    delay = backoff(attempt, base=5.0, cap=MAX_BACKOFF_SECONDS)
     with session_scope(svc.sessions) as s:
         note = _notification(s, job_id, event)
         note.attempts += 1
@@ -146,3 +154,16 @@ def _notification(s: Session, job_id: str, event: str) -> Notification:
 def _host(url: str) -> str:
     # Logs name the host only: a webhook URL may carry a token in its path or query.
     return urlsplit(url).hostname or "?"
+
+
+def register(app: Celery) -> Schedule:
+    """The notify task; the reconciler (worker.repair) re-sends deliveries whose message was lost."""
+    # Imported here, not at the top: the web app imports this package without loading Celery.
+    from worker.tasks import NOTIFY_TASK, KlingTask
+
+    @app.task(bind=True, base=KlingTask, shared=False, name=NOTIFY_TASK.name)
+    def notify_task(self: KlingTask, job_id: str) -> str:
+        with log_context(job_id=job_id):
+            return self.finish(notify_job(self.services, job_id, attempt=self.request.retries))
+
+    return {}

@@ -1,33 +1,68 @@
-"""Celery tasks: thin wrappers that take ids, call worker.pipeline and turn outcomes into retries.
+"""What every Celery task shares: the one table of tasks (name, priority), their base class, the relay.
 
-The base task owns the per-process `Services` (database, provider, limiter, S3); outbox rows a run
-writes are published by its sessions' after-commit hook, so work is queued only once committed.
+Each workflow module (submit, slots, archiving, repair, notify) defines its own thin tasks, which
+take ids, call its plain functions and turn the returned `Outcome` into acks and retries, in a
+`register(app)` that `worker.factory.make_celery` calls. The base task owns the per-process
+`Services` (database, provider, limiter, S3); outbox rows a run writes are published by its
+sessions' after-commit hook, so work is queued only once committed.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 from celery import Celery, Task
 
-from models.logging import log_context
 from models.outbox import ARCHIVE_JOB, NOTIFY, RELEASE_SLOTS, SUBMIT_JOB
-from worker import metrics, pipeline
+from worker import metrics
 from worker.factory import VISIBILITY_TIMEOUT
 from worker.outbox import celery_publisher, relay
+from worker.outcome import Outcome, Step
 from worker.services import Services
 
 log = logging.getLogger(__name__)
 
 MAX_COUNTDOWN = VISIBILITY_TIMEOUT / 4
 
-# Outbox task name -> Celery task name.
-TASK_NAMES = {
-    SUBMIT_JOB: "kling.submit_job",
-    ARCHIVE_JOB: "kling.archive_job",
-    RELEASE_SLOTS: "kling.release_slots",
-    NOTIFY: "kling.notify",
-}
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str  # the Celery task name
+    priority: int
+    # The name outbox rows store for it (models/outbox.py, kept in the database), if rows queue it.
+    outbox: str | None = None
+
+
+# Message priorities, one queue. The Redis transport keeps a list per priority step (0, 3, 6, 9) and
+# a worker pops them in that order: LOWER IS SOONER (the reverse of AMQP). A freed provider slot is
+# idle until its job's submit runs, so submit and release go ahead of archive work (a 1 MB archive
+# is several times a submit) and the periodic safety nets go last. Nothing starves: submits only
+# come as slots free up, and a worker takes the next message only when a process is free
+# (`worker_prefetch_multiplier=1` with `task_acks_late`), so the order is decided at each pop.
+SUBMIT_TASK = TaskSpec("kling.submit_job", 0, SUBMIT_JOB)
+RELEASE_TASK = TaskSpec("kling.release_slots", 0, RELEASE_SLOTS)
+ARCHIVE_TASK = TaskSpec("kling.archive_job", 3, ARCHIVE_JOB)
+NOTIFY_TASK = TaskSpec("kling.notify", 6, NOTIFY)
+RELAY_TASK = TaskSpec("kling.relay_outbox", 6)
+RECONCILE_TASK = TaskSpec("kling.reconcile", 6)
+SWEEP_TASK = TaskSpec("kling.sweep", 9)
+TASKS = (SUBMIT_TASK, RELEASE_TASK, ARCHIVE_TASK, NOTIFY_TASK, RELAY_TASK, RECONCILE_TASK, SWEEP_TASK)
+
+# Outbox task name -> Celery task name (the publisher's lookup).
+TASK_NAMES = {spec.outbox: spec.name for spec in TASKS if spec.outbox is not None}
+# Celery task name -> message priority (the app's task routes).
+TASK_PRIORITIES = {spec.name: spec.priority for spec in TASKS}
+
+# Beat entries a workflow adds to the app's schedule: entry name -> Celery's entry.
+Schedule = dict[str, dict[str, Any]]
+
+
+def every(spec: TaskSpec, seconds: float) -> dict[str, Any]:
+    """A beat entry running `spec` every `seconds`."""
+    return {"task": spec.name, "schedule": timedelta(seconds=seconds)}
 
 
 def services_for(app: Celery) -> Services:
@@ -48,9 +83,9 @@ class KlingTask(Task):  # type: ignore[misc]  # celery ships no type information
     def services(self) -> Services:
         return services_for(self.app)
 
-    def finish(self, outcome: pipeline.Outcome) -> str:
+    def finish(self, outcome: Outcome) -> str:
         metrics.tasks_total.labels(task=self.name, outcome=outcome.step.value).inc()
-        if outcome.step is pipeline.Step.RETRY:
+        if outcome.step is Step.RETRY:
             # The retried message carries the claim, so it (and only it) takes the job back. Its
             # countdown stays well below the broker's visibility timeout, or Redis would hand the
             # waiting message to a second worker.
@@ -60,43 +95,13 @@ class KlingTask(Task):  # type: ignore[misc]  # celery ships no type information
         return outcome.step.value
 
 
-def register(app: Celery) -> None:
-    @app.task(bind=True, base=KlingTask, shared=False, name="kling.submit_job")
-    def submit_job(self: KlingTask, job_id: str, claim: str | None = None) -> str:
-        with log_context(job_id=job_id):
-            outcome = pipeline.submit_job(self.services, job_id, attempt=self.request.retries, claim=claim)
-            return self.finish(outcome)
+def register(app: Celery) -> Schedule:
+    """The outbox relay task, run by beat as the safety net for rows no task published."""
 
-    @app.task(bind=True, base=KlingTask, shared=False, name="kling.archive_job")
-    def archive_job(self: KlingTask, job_id: str, claim: str | None = None) -> str:
-        with log_context(job_id=job_id):
-            outcome = pipeline.archive_job(self.services, job_id, attempt=self.request.retries, claim=claim)
-            return self.finish(outcome)
-
-    @app.task(bind=True, base=KlingTask, shared=False, name="kling.release_slots")
-    def release_slots(self: KlingTask, job_id: str) -> list[str]:
-        with log_context(job_id=job_id):
-            return pipeline.release_slots(self.services, job_id, durable=True)
-
-    @app.task(bind=True, base=KlingTask, shared=False, name="kling.notify")
-    def notify(self: KlingTask, job_id: str) -> str:
-        from worker import notify as notify_mod
-
-        with log_context(job_id=job_id):
-            return self.finish(notify_mod.notify_job(self.services, job_id, attempt=self.request.retries))
-
-    @app.task(bind=True, base=KlingTask, shared=False, name="kling.relay_outbox")
+    @app.task(bind=True, base=KlingTask, shared=False, name=RELAY_TASK.name)
     def relay_outbox(self: KlingTask) -> int:
         svc = self.services
         assert svc.publish is not None
         return relay(svc.sessions, svc.publish)
 
-    @app.task(bind=True, base=KlingTask, shared=False, name="kling.reconcile")
-    def reconcile(self: KlingTask) -> dict[str, int]:
-        report = pipeline.reconcile(self.services)
-        return {"polled": report.polled, "changed": report.changed, "errors": report.errors}
-
-    @app.task(bind=True, base=KlingTask, shared=False, name="kling.sweep")
-    def sweep(self: KlingTask) -> dict[str, int]:
-        report = pipeline.sweep(self.services)
-        return {"jobs": len(report.jobs), "pending": report.pending_images, "at_risk": report.at_risk}
+    return {"relay-outbox": every(RELAY_TASK, app.conf.kling_settings.outbox_relay_seconds)}

@@ -30,6 +30,7 @@ from kling import (
     UnexpectedResponseError,
     ValidationError,
 )
+from kling.http import DEFAULT_MAX_RETRY_AFTER
 from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
 from tests.kling.conftest import TEST_API_KEY, Sleeps, base_url, fail, ok, task_json
 
@@ -183,6 +184,15 @@ def test_retry_after_is_honoured(server: HTTPServer, client: KlingClient, sleeps
     server.expect_ordered_request(PATH, method="POST").respond_with_json(ok(task_json()))
     assert client.create_image(REQ).task_id == "task-1"
     assert sleeps == [7.0, 2.5]
+
+
+def test_a_retry_after_of_an_hour_is_capped(server: HTTPServer, client: KlingClient, sleeps: Sleeps) -> None:
+    server.expect_ordered_request(PATH, method="POST").respond_with_json(
+        fail(1302), status=429, headers={"Retry-After": "3600"}
+    )
+    server.expect_ordered_request(PATH, method="POST").respond_with_json(ok(task_json()))
+    assert client.create_image(REQ).task_id == "task-1"
+    assert sleeps == [DEFAULT_MAX_RETRY_AFTER]
 
 
 def test_max_retries_zero_disables_retrying(server: HTTPServer, sleeps: Sleeps) -> None:

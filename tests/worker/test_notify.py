@@ -19,7 +19,7 @@ from models.tables import Image, Job
 from tests.conftest import TEST_API_TOKEN, TEST_WEBHOOK_SECRET
 from webhook import create_app
 from worker.notify import notify_job
-from worker.pipeline import Step
+from worker.outcome import Step
 from worker.services import Services
 
 pytestmark = pytest.mark.integration

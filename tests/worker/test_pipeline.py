@@ -1,5 +1,6 @@
 """The worker's plain functions on real parts: PostgreSQL, Redis limiter, moto S3 over HTTP and the
-simulator over HTTP. Celery is left out: these call worker.pipeline directly and record publishes."""
+simulator over HTTP. Celery is left out: these call the workflows' plain functions directly (worker.submit,
+slots, archiving, repair) and record publishes."""
 
 from __future__ import annotations
 
@@ -25,12 +26,13 @@ from models.statemachine import apply_provider_task, create_job, transition
 from models.tables import Image, Job, Outbox
 from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
 from tests.fixtures.services import S3_TEST_ACCESS_KEY, S3_TEST_SECRET_KEY, assert_no_connection
-from worker import pipeline
+from worker import archiving, repair, slots, submit
 from worker.archiver import archive_image, object_stem
+from worker.claims import take_claim
 from worker.factory import make_celery
 from worker.limiter import RedisSlotLimiter
 from worker.outbox import QUICK_RETRY, celery_publisher, relay
-from worker.pipeline import Step
+from worker.outcome import Step
 from worker.s3 import make_s3_client
 from worker.services import Services
 
@@ -63,9 +65,9 @@ class Harness:
             time.sleep(0.02)
 
     def submit_and_finish(self, params: dict[str, Any] | None = None) -> Job:
-        """Submit through the pipeline, let the simulator finish, apply the result as a poll."""
+        """Submit through the worker, let the simulator finish, apply the result as a poll."""
         job_id = self.job(params)
-        assert pipeline.submit_job(self.svc, job_id).step is Step.DONE
+        assert submit.submit_job(self.svc, job_id).step is Step.DONE
         job = self.get(job_id)
         self.wait_sim_final(job.provider_task_id or "")
         task = self.svc.provider.get_image(job.provider_task_id)
@@ -113,14 +115,14 @@ def harness(
 # --- submit -----------------------------------------------------------------------------------------
 def test_submit_records_the_provider_task_and_holds_slots(harness: Harness) -> None:
     job_id = harness.job({"prompt": "p", "n": 3})
-    outcome = pipeline.submit_job(harness.svc, job_id)
+    outcome = submit.submit_job(harness.svc, job_id)
     assert outcome.step is Step.DONE
     job = harness.get(job_id)
     assert job.status == "submitted"
     assert [t["task_id"] for t in harness.sim.tasks_by_external_id(job_id)] == [job.provider_task_id]
     assert harness.svc.limiter.holders() == {job_id: 3}
     # A redelivered message does nothing: still one provider task.
-    assert pipeline.submit_job(harness.svc, job_id).step is Step.DONE
+    assert submit.submit_job(harness.svc, job_id).step is Step.DONE
     assert len(harness.sim.tasks_by_external_id(job_id)) == 1
 
 
@@ -128,8 +130,8 @@ def test_no_slots_means_wait_and_the_job_stays_queued(harness: Harness) -> None:
     harness.svc.limiter.limit = 2
     job_id = harness.job({"prompt": "p", "n": 2})
     other = harness.job({"prompt": "q", "n": 1})
-    assert pipeline.submit_job(harness.svc, job_id).step is Step.DONE
-    assert pipeline.submit_job(harness.svc, other).step is Step.WAIT
+    assert submit.submit_job(harness.svc, job_id).step is Step.DONE
+    assert submit.submit_job(harness.svc, other).step is Step.WAIT
     waiting = harness.get(other)
     assert waiting.status == "queued"
     # The claim of a run that found no slots is not kept, and no create was counted.
@@ -137,16 +139,16 @@ def test_no_slots_means_wait_and_the_job_stays_queued(harness: Harness) -> None:
     assert harness.get(job_id).create_attempts == 1
     assert harness.sim.tasks_by_external_id(other) == []
     # When the first one's slots come back, the pump dispatches the waiting job.
-    assert pipeline.release_slots(harness.svc, job_id) == [other]
+    assert slots.release_slots(harness.svc, job_id) == [other]
     assert ("submit_job", [other]) in harness.published
     # The second release of the same task (webhook, then the release_slots task) frees nothing and
     # does not dispatch the waiting job again while its first message is still queued.
     harness.published.clear()
-    assert pipeline.release_slots(harness.svc, job_id) == []
+    assert slots.release_slots(harness.svc, job_id) == []
     assert harness.published == []
     # The release_slots task runs only when the webhook's release and pump did not both go
     # through (e.g. the pump failed on a broker outage after the lease was freed): it pumps anyway.
-    assert pipeline.release_slots(harness.svc, job_id, durable=True) == [other]
+    assert slots.release_slots(harness.svc, job_id, durable=True) == [other]
     assert harness.published == [("submit_job", [other])]
 
 
@@ -154,7 +156,7 @@ def test_provider_1303_releases_slots_and_requeues(harness: Harness) -> None:
     harness.sim.configure(concurrency=1)
     blocker = harness.svc.provider.create_image(__import__("kling").ImageRequest(prompt="x", n=1))
     job_id = harness.job({"prompt": "p", "n": 1})
-    outcome = pipeline.submit_job(harness.svc, job_id)
+    outcome = submit.submit_job(harness.svc, job_id)
     assert outcome.step is Step.RETRY and outcome.retry_in >= 0 and outcome.claim
     assert harness.get(job_id).status == "queued"
     assert job_id not in harness.svc.limiter.holders()
@@ -171,7 +173,7 @@ def test_a_create_whose_fate_is_unknown_is_looked_up_before_creating_again(harne
     with session_scope(harness.svc.sessions) as s:
         s.get(Job, job_id).create_attempts = 1
     creates_before = harness.sim.create_count
-    assert pipeline.submit_job(harness.svc, job_id).step is Step.DONE
+    assert submit.submit_job(harness.svc, job_id).step is Step.DONE
     assert harness.sim.create_count == creates_before
     assert harness.get(job_id).provider_task_id == task.task_id
 
@@ -179,7 +181,7 @@ def test_a_create_whose_fate_is_unknown_is_looked_up_before_creating_again(harne
 def test_a_job_needing_more_slots_than_the_account_has_fails_clearly(harness: Harness) -> None:
     harness.svc.limiter.limit = 2
     job_id = harness.job({"prompt": "p", "n": 3})
-    assert pipeline.submit_job(harness.svc, job_id).step is Step.FAILED
+    assert submit.submit_job(harness.svc, job_id).step is Step.FAILED
     job = harness.get(job_id)
     assert (job.status, job.error_code) == ("failed", "exceeds_concurrency")
     assert harness.sim.tasks_by_external_id(job_id) == []
@@ -187,7 +189,7 @@ def test_a_job_needing_more_slots_than_the_account_has_fails_clearly(harness: Ha
 
 def test_content_policy_fails_the_job_with_the_provider_code(harness: Harness) -> None:
     job_id = harness.job({"prompt": "something [policy]", "n": 1})
-    assert pipeline.submit_job(harness.svc, job_id).step is Step.FAILED
+    assert submit.submit_job(harness.svc, job_id).step is Step.FAILED
     job = harness.get(job_id)
     assert (job.status, job.error_code) == ("failed", "1301")
     assert harness.svc.limiter.holders() == {}
@@ -196,7 +198,7 @@ def test_content_policy_fails_the_job_with_the_provider_code(harness: Harness) -
 def test_accepted_then_dropped_create_is_found_not_repeated(harness: Harness) -> None:
     harness.sim.configure(accept_then_drop_rate=1.0)
     job_id = harness.job()
-    assert pipeline.submit_job(harness.svc, job_id).step is Step.DONE
+    assert submit.submit_job(harness.svc, job_id).step is Step.DONE
     assert harness.sim.dropped_connections == 1
     job = harness.get(job_id)
     assert job.status == "submitted"
@@ -206,13 +208,13 @@ def test_accepted_then_dropped_create_is_found_not_repeated(harness: Harness) ->
 def test_5xx_before_processing_retries_without_a_task(harness: Harness) -> None:
     harness.sim.configure(fault_5000_rate=1.0, faults_on_create_only=True)
     job_id = harness.job()
-    outcome = pipeline.submit_job(harness.svc, job_id)
+    outcome = submit.submit_job(harness.svc, job_id)
     assert outcome.step is Step.RETRY
     assert harness.sim.tasks_by_external_id(job_id) == []
     harness.sim.configure(fault_5000_rate=0.0)
     # The retry holds the claim: a stray duplicate message does nothing meanwhile.
-    assert pipeline.submit_job(harness.svc, job_id).detail == "another run owns this job"
-    assert pipeline.submit_job(harness.svc, job_id, claim=outcome.claim).step is Step.DONE
+    assert submit.submit_job(harness.svc, job_id).detail == "another run owns this job"
+    assert submit.submit_job(harness.svc, job_id, claim=outcome.claim).step is Step.DONE
     assert len(harness.sim.tasks_by_external_id(job_id)) == 1
 
 
@@ -220,7 +222,7 @@ def test_5xx_before_processing_retries_without_a_task(harness: Harness) -> None:
 def test_archive_copies_every_image_and_marks_the_job_archived(harness: Harness) -> None:
     job = harness.submit_and_finish({"prompt": "p", "n": 2})
     assert job.status == "succeeded"
-    assert pipeline.archive_job(harness.svc, job.id).step is Step.DONE
+    assert archiving.archive_job(harness.svc, job.id).step is Step.DONE
     job = harness.get(job.id)
     assert job.status == "archived"
     for img in job.images:
@@ -230,7 +232,7 @@ def test_archive_copies_every_image_and_marks_the_job_archived(harness: Harness)
         assert hashlib.sha256(obj["Body"].read()).hexdigest() == expected
         assert obj["Metadata"]["job-id"] == job.id
     # Running it again changes nothing.
-    assert pipeline.archive_job(harness.svc, job.id).step is Step.DONE
+    assert archiving.archive_job(harness.svc, job.id).step is Step.DONE
 
 
 def test_rerun_after_a_crash_reuses_the_stored_object_even_if_the_source_is_gone(harness: Harness) -> None:
@@ -250,7 +252,7 @@ def test_rerun_after_a_crash_reuses_the_stored_object_even_if_the_source_is_gone
     )
     expected = harness.sim.image_sha256(job.provider_task_id, 0)
     harness.sim.expire(job.provider_task_id)
-    assert pipeline.archive_job(harness.svc, job.id).step is Step.DONE
+    assert archiving.archive_job(harness.svc, job.id).step is Step.DONE
     job = harness.get(job.id)
     assert job.status == "archived"
     assert job.images[0].sha256 == expected
@@ -260,21 +262,21 @@ def test_archive_is_not_blocked_by_a_submit_run_that_a_callback_overtook(harness
     job_id = harness.job()
     with session_scope(harness.svc.sessions) as s:
         # A submit run holds the job: it sent the create and has not recorded the answer yet.
-        assert pipeline._claim(s, job_id, JobStatus.QUEUED, None, 60)
+        assert take_claim(s, job_id, JobStatus.QUEUED, None, 60)
     request = __import__("kling").ImageRequest(prompt="a lighthouse", n=1)
     task = harness.svc.provider.create_image(request, external_task_id=job_id)
     harness.wait_sim_final(task.task_id)
     with session_scope(harness.svc.sessions) as s:
         # The `succeed` callback arrives first and moves the job on: a new step, free to claim.
         apply_provider_task(s, job_id, harness.svc.provider.get_image(task.task_id), source="callback")
-    assert pipeline.archive_job(harness.svc, job_id).step is Step.DONE
+    assert archiving.archive_job(harness.svc, job_id).step is Step.DONE
     assert harness.get(job_id).status == "archived"
 
 
 def test_image_expired_before_archive_fails_the_job(harness: Harness) -> None:
     job = harness.submit_and_finish()
     harness.sim.expire(job.provider_task_id)
-    assert pipeline.archive_job(harness.svc, job.id).step is Step.FAILED
+    assert archiving.archive_job(harness.svc, job.id).step is Step.FAILED
     job = harness.get(job.id)
     assert (job.status, job.error_code) == ("failed", "source_expired")
     assert [img.status for img in job.images] == ["expired"]
@@ -284,7 +286,7 @@ def test_one_lost_image_does_not_stop_the_others(harness: Harness) -> None:
     job = harness.submit_and_finish({"prompt": "p", "n": 1})
     with session_scope(harness.svc.sessions) as s:
         s.add(Image(job_id=job.id, index=1, source_url=f"{harness.sim.base_url}/images/no-such-task/1.png"))
-    assert pipeline.archive_job(harness.svc, job.id).step is Step.FAILED
+    assert archiving.archive_job(harness.svc, job.id).step is Step.FAILED
     job = harness.get(job.id)
     assert (job.status, job.error_code) == ("failed", "source_expired")
     assert [(img.index, img.status) for img in job.images] == [(0, "archived"), (1, "expired")]
@@ -293,14 +295,14 @@ def test_one_lost_image_does_not_stop_the_others(harness: Harness) -> None:
 
 def test_success_reported_without_images_is_completed_from_the_provider(harness: Harness) -> None:
     job_id = harness.job({"prompt": "p", "n": 2})
-    assert pipeline.submit_job(harness.svc, job_id).step is Step.DONE
+    assert submit.submit_job(harness.svc, job_id).step is Step.DONE
     task_id = harness.get(job_id).provider_task_id or ""
     harness.wait_sim_final(task_id)
     with session_scope(harness.svc.sessions) as s:
         bare = Task(task_id=task_id, status=TaskStatus.SUCCEEDED)
         apply_provider_task(s, job_id, bare, source="callback")
     assert harness.get(job_id).images == []
-    assert pipeline.archive_job(harness.svc, job_id).step is Step.DONE
+    assert archiving.archive_job(harness.svc, job_id).step is Step.DONE
     job = harness.get(job_id)
     assert job.status == "archived"
     assert [img.status for img in job.images] == ["archived", "archived"]
@@ -318,7 +320,7 @@ def test_disallowed_source_is_never_fetched(harness: Harness, silent_listener, h
             images=(TaskImage(index=0, url=f"http://{host}:{port}/latest/meta-data"),),
         )
         apply_provider_task(s, job_id, task, source="poll")
-    assert pipeline.archive_job(harness.svc, job_id).step is Step.FAILED
+    assert archiving.archive_job(harness.svc, job_id).step is Step.FAILED
     job = harness.get(job_id)
     assert (job.status, job.error_code) == ("failed", "archive_refused")
     assert [img.status for img in job.images] == ["failed"]
@@ -329,7 +331,7 @@ def test_hundred_megabyte_image_archives_intact(harness: Harness) -> None:
     size = 100 * 1024 * 1024
     harness.sim.configure(image_bytes=size)
     job = harness.submit_and_finish()
-    assert pipeline.archive_job(harness.svc, job.id).step is Step.DONE
+    assert archiving.archive_job(harness.svc, job.id).step is Step.DONE
     job = harness.get(job.id)
     (img,) = job.images
     assert img.bytes == size
@@ -342,9 +344,9 @@ def test_hundred_megabyte_image_archives_intact(harness: Harness) -> None:
 # --- reconcile and sweep ----------------------------------------------------------------------------
 def test_reconcile_finishes_a_job_whose_callbacks_were_lost(harness: Harness) -> None:
     job_id = harness.job({"prompt": "p", "n": 2})
-    assert pipeline.submit_job(harness.svc, job_id).step is Step.DONE
+    assert submit.submit_job(harness.svc, job_id).step is Step.DONE
     harness.wait_sim_final(harness.get(job_id).provider_task_id or "")
-    report = pipeline.reconcile(harness.svc)
+    report = repair.reconcile(harness.svc)
     assert report.changed == 1
     job = harness.get(job_id)
     assert job.status == "succeeded"
@@ -361,10 +363,10 @@ def test_sweep_dispatches_unarchived_and_counts_images_at_risk(harness: Harness)
         img = s.scalars(select(Image).where(Image.job_id == job.id)).one()
         img.provider_created_at = img.provider_created_at.replace(year=img.provider_created_at.year - 1)
     harness.published.clear()  # the poll's own archive row went out after its commit
-    report = pipeline.sweep(harness.svc, dry_run=True)
+    report = repair.sweep(harness.svc, dry_run=True)
     assert report.jobs == [job.id] and report.at_risk == 1
     assert all(name != "archive_job" for name, _ in harness.published)
-    pipeline.sweep(harness.svc)
+    repair.sweep(harness.svc)
     assert ("archive_job", [job.id]) in harness.published
 
 
@@ -405,12 +407,12 @@ def test_each_job_goes_to_its_own_provider(harness: Harness) -> None:
     svc = Services(settings, sessions=harness.svc.sessions, limiter=harness.svc.limiter, s3=harness.svc.s3)
     with session_scope(svc.sessions) as s:
         job_id = create_job(s, {"prompt": "via the gateway", "n": 1}, provider="appypie").job.id
-    assert pipeline.submit_job(svc, job_id).step is Step.DONE
+    assert submit.submit_job(svc, job_id).step is Step.DONE
     job = harness.get(job_id)
     assert job.status == "submitted" and job.provider_task_id
     harness.wait_sim_final(job.provider_task_id)
     # The gateway cannot look tasks up by our id: the reconciler asks by its task id.
-    assert pipeline.reconcile(svc).changed == 1
+    assert repair.reconcile(svc).changed == 1
     assert harness.get(job_id).status == "succeeded"
 
 
@@ -418,7 +420,7 @@ def test_a_provider_without_credentials_fails_the_job_clearly(harness: Harness) 
     svc = Services(harness.svc.settings, sessions=harness.svc.sessions, limiter=harness.svc.limiter)
     with session_scope(svc.sessions) as s:
         job_id = create_job(s, {"prompt": "p", "n": 1}, provider="appypie").job.id
-    assert pipeline.submit_job(svc, job_id).step is Step.FAILED
+    assert submit.submit_job(svc, job_id).step is Step.FAILED
     job = harness.get(job_id)
     assert (job.status, job.error_code) == ("failed", "provider_not_configured")
     assert "APPYPIE_SUBSCRIPTION_KEY" in (job.error_message or "")

@@ -16,9 +16,9 @@ from models.settings import Settings
 from models.statemachine import create_job
 from models.tables import Job
 from tests.fixtures.db import empty_tables
-from worker.factory import TASK_PRIORITIES, VISIBILITY_TIMEOUT, freeze_loaded_objects, make_celery
+from worker.factory import VISIBILITY_TIMEOUT, freeze_loaded_objects, make_celery
 from worker.services import Services
-from worker.tasks import TASK_NAMES
+from worker.tasks import TASK_NAMES, TASK_PRIORITIES
 
 
 def _settings(broker: str, database_url: str = "sqlite://") -> Settings:

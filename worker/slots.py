@@ -1,0 +1,116 @@
+"""Slots: when a provider task ends, free its slots and dispatch the queued jobs that now fit."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+
+from models.base import utcnow
+from models.db import session_scope
+from models.enums import JobStatus
+from models.logging import log_context
+from models.outbox import RELEASE_SLOTS, SUBMIT_JOB, QueuedTask
+from models.tables import Job
+from worker.claims import unclaimed
+from worker.outbox import publish_rows
+from worker.services import Services
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from worker.tasks import KlingTask, Schedule
+
+log = logging.getLogger(__name__)
+
+
+def release_slots(svc: Services, job_id: str, *, durable: bool = False) -> list[str]:
+    """The provider task ended: free its slots and dispatch the next waiting jobs.
+
+    The webhook calls this right after a final callback and, when it went through, marks the
+    task's `release_slots` outbox row done. A call that finds the lease gone does not pump again:
+    a second pump would dispatch the same waiting job twice while its first message is queued.
+    The `release_slots` task (`durable=True`) runs only when that did not happen (or for a report
+    a poller applied), so it pumps even when the lease is already gone: an earlier release whose
+    pump failed (broker or database down) must not leave the freed slots idle.
+    """
+    if not svc.limiter.release(job_id) and not durable:
+        return []
+    return pump(svc)
+
+
+def hand_off_slots(svc: Services, job_id: str, rows: Sequence[QueuedTask]) -> None:
+    """Right after a final provider report committed: free the task's slots for the next jobs,
+    then publish the outbox rows the report wrote. Its `release_slots` row is marked done without
+    being sent only when the release here went through (that task stays the durable path)."""
+    try:
+        release_slots(svc, job_id)
+        done: tuple[str, ...] = (RELEASE_SLOTS,)
+    except Exception as exc:  # noqa: BLE001  (the worker's release_slots task will do it)
+        log.warning("releasing slots after the report failed, a worker will: %s", type(exc).__name__)
+        done = ()
+    if svc.publish is not None:
+        publish_rows(svc.sessions, svc.publish, rows, done=done)
+
+
+def pump(svc: Services) -> list[str]:
+    """Dispatch submit for unclaimed queued jobs that fit in the free slots; returns their ids.
+
+    Candidates go in the limiter's own queue order (oldest refused first), then the other queued
+    jobs oldest first, so the jobs dispatched are the ones the limiter's fairness rule will admit.
+    A queued job that holds a lease but no live claim lost its submit run (worker killed): it is
+    dispatched again and re-uses its own lease. Claimed jobs are left alone: a run owns them.
+    """
+    if svc.publish is None:
+        return []
+    limiter = svc.limiter
+    holders = limiter.holders()
+    free = limiter.limit - sum(holders.values())
+    waiting: list[str] = getattr(limiter, "waiting", list)()
+    now = utcnow()
+    with session_scope(svc.sessions) as s:
+        queued = dict(
+            s.execute(
+                select(Job.id, Job.slots)
+                .where(Job.status == JobStatus.QUEUED, unclaimed(now))
+                .order_by(Job.created_at, Job.id)
+                .limit(max(100, limiter.limit * 4))
+            ).all()
+        )
+        missing = [w for w in waiting if w not in queued]
+        if missing:
+            queued.update(
+                s.execute(
+                    select(Job.id, Job.slots).where(
+                        Job.id.in_(missing), Job.status == JobStatus.QUEUED, unclaimed(now)
+                    )
+                ).all()
+            )
+    waiting_set = set(waiting)
+    order = [w for w in waiting if w in queued] + [j for j in queued if j not in waiting_set]
+    dispatched: list[str] = []
+    for job_id in order:
+        slots = queued[job_id]
+        if job_id in holders:
+            dispatched.append(job_id)
+        elif slots <= free:
+            free -= slots
+            dispatched.append(job_id)
+    for job_id in dispatched:
+        svc.publish(SUBMIT_JOB, [job_id])
+    return dispatched
+
+
+def register(app: Celery) -> Schedule:
+    """The release task; the reconciler pumps on its own schedule (worker.repair)."""
+    # Imported here, not at the top: the web app imports this module without loading Celery.
+    from worker.tasks import RELEASE_TASK, KlingTask
+
+    @app.task(bind=True, base=KlingTask, shared=False, name=RELEASE_TASK.name)
+    def release_slots_task(self: KlingTask, job_id: str) -> list[str]:
+        with log_context(job_id=job_id):
+            return release_slots(self.services, job_id, durable=True)
+
+    return {}

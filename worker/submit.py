@@ -1,0 +1,197 @@
+"""Submit: create the provider task for a queued job, at most once, within the account's slots.
+
+`submit_job` takes a `Services` and an id, opens its own short transactions, never holds one open
+across a provider call, and is safe to run twice; its Celery task is a thin wrapper (`register`).
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import Enum
+from typing import TYPE_CHECKING, Literal
+
+from sqlalchemy import update
+
+from kling import ImageRequest, KlingError, Task, TaskStatus, ValidationError
+from kling.client import ImageProvider
+from kling.errors import ConcurrencyLimitExceeded, RateLimited
+from kling.http import backoff, is_ambiguous, is_not_found
+from models.db import session_scope
+from models.enums import JobStatus
+from models.logging import log_context
+from models.statemachine import TaskMismatch, apply_provider_task, transition
+from models.tables import Job
+from models.tokens import callback_url
+from worker import metrics
+from worker.claims import keep_claim, take_claim
+from worker.outcome import Outcome, Step, fail_job
+from worker.provider import ProviderNotConfigured
+from worker.services import Services
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from worker.tasks import KlingTask, Schedule
+
+log = logging.getLogger(__name__)
+
+CREATE_UNCERTAIN = "create_uncertain"
+EXCEEDS_CONCURRENCY = "exceeds_concurrency"
+
+
+class Lookup(Enum):
+    NOT_FOUND = "not found"  # the provider surely has no task for the job: creating it cannot bill twice
+
+
+def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | None = None) -> Outcome:
+    """Create the provider task for a queued job, at most once (DESIGN.md rules 1 and 3)."""
+    with session_scope(svc.sessions) as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            log.warning("submit: job %s does not exist", job_id)
+            return Outcome(Step.DONE, detail="no such job")
+        if job.status != JobStatus.QUEUED:
+            return Outcome(Step.DONE, detail=f"already {job.status}")
+        token = take_claim(s, job_id, JobStatus.QUEUED, claim, svc.settings.stuck_submit_seconds)
+        if token is None:
+            return Outcome(Step.DONE, detail="another run owns this job")
+        params, slots, provider_name = dict(job.params), job.slots, job.provider
+        s.refresh(job)
+        tried_before = job.create_attempts > 0
+        try:
+            provider = svc.provider_for(provider_name)
+            request = ImageRequest.from_params(params)
+        except (ProviderNotConfigured, ValidationError) as exc:
+            unusable: Exception | None = exc
+        else:
+            unusable = None
+            if slots <= svc.limiter.limit:
+                if not svc.limiter.acquire(job_id, slots):
+                    # No slots (the common case while a batch waits): give the claim back by not
+                    # committing it, one transaction instead of a claim and an unclaim. The lock
+                    # the claim took on the row is held only for the limiter's one Redis call.
+                    s.rollback()
+                    return Outcome(Step.WAIT)
+                # A create may go out from here on: count it in the claim's commit (one commit on
+                # a slot hand-off, not two). Nothing but local checks runs between this commit and
+                # the create, as when the count had a transaction of its own.
+                s.execute(update(Job).where(Job.id == job_id).values(create_attempts=Job.create_attempts + 1))
+
+    if isinstance(unusable, ProviderNotConfigured):
+        fail_job(svc, job_id, code="provider_not_configured", message=f"{provider_name}: {unusable}")
+        return Outcome(Step.FAILED, detail=str(unusable))
+    if unusable is not None:
+        # The API validates before queueing; this only happens for rows written by hand.
+        fail_job(svc, job_id, code="invalid_request", message=str(unusable))
+        return Outcome(Step.FAILED, detail=str(unusable))
+    hold = svc.settings.stuck_submit_seconds
+    if slots > svc.limiter.limit:
+        message = f"n={slots} needs more slots than KLING_CONCURRENCY={svc.limiter.limit}"
+        fail_job(svc, job_id, code=EXCEEDS_CONCURRENCY, message=message)
+        return Outcome(Step.FAILED, detail=message)
+
+    if tried_before:
+        # An earlier run sent a create and we never learned its fate: ask before creating again.
+        found = _find_existing(svc, provider, job_id, token, None)
+        if isinstance(found, Task):
+            _record_submitted(svc, job_id, found)
+            return Outcome(Step.DONE, detail=found.task_id)
+        if isinstance(found, Outcome):
+            return found
+        # Surely not created: create it now.
+
+    settings = svc.settings
+    cb_url = None
+    if settings.public_base_url and settings.callback_secret:
+        cb_url = callback_url(settings.public_base_url, settings.callback_secret.get_secret_value(), job_id)
+
+    try:
+        task = provider.create_image(request, external_task_id=job_id, callback_url=cb_url)
+    except (RateLimited, ConcurrencyLimitExceeded) as exc:
+        # Not processed: give the slots back and try again later; the job stays queued.
+        metrics.provider_errors.labels(code=str(exc.code)).inc()
+        svc.limiter.release(job_id)
+        # Rate and concurrency limits clear within seconds: retry soon, whatever the attempt count.
+        retry_in = backoff(attempt, base=0.5, cap=10, retry_after=exc.retry_after)
+        return keep_claim(svc, job_id, token, retry_in, hold)
+    except KlingError as exc:
+        metrics.provider_errors.labels(code=str(exc.code or exc.http_status or "network")).inc()
+        if not is_ambiguous(exc):
+            svc.limiter.release(job_id)
+            fail_job(
+                svc, job_id, code=str(exc.code or exc.http_status or "provider_error"), message=exc.message
+            )
+            return Outcome(Step.FAILED, detail=str(exc))
+        found = _find_existing(svc, provider, job_id, token, exc)
+        if isinstance(found, Outcome):
+            return found
+        if found is Lookup.NOT_FOUND:
+            # Not found right after an ambiguous failure: retry shortly; the next run looks up first.
+            return keep_claim(svc, job_id, token, 0.5 + backoff(0, base=0.5, cap=60.0), hold)
+        task = found
+
+    _record_submitted(svc, job_id, task)
+    return Outcome(Step.DONE, detail=task.task_id)
+
+
+def _find_existing(
+    svc: Services, provider: ImageProvider, job_id: str, token: str, original: KlingError | None
+) -> Task | Literal[Lookup.NOT_FOUND] | Outcome:
+    """A create may have gone through: look the task up by our id. Never create again before knowing.
+
+    Returns the task, `Lookup.NOT_FOUND` when it surely does not exist, or the RETRY/FAILED outcome
+    to return (the lookup failed too, or the provider cannot look tasks up by our id).
+    """
+    if not provider.supports_external_task_id:
+        # The gateway cannot look a task up by our id: a retry could bill twice, so stop here.
+        svc.limiter.release(job_id)
+        fail_job(
+            svc,
+            job_id,
+            code=CREATE_UNCERTAIN,
+            message=f"a create failed ambiguously and the provider cannot look tasks up by id: {original}",
+        )
+        return Outcome(Step.FAILED, detail=str(original))
+    try:
+        return provider.get_image(external_task_id=job_id)
+    except KlingError as exc:
+        if not is_not_found(exc):
+            # The lookup failed too: we still don't know. Keep the lease and ask again later.
+            retry_in = backoff(1, base=1.0, cap=60.0)
+            return keep_claim(svc, job_id, token, retry_in, svc.settings.stuck_submit_seconds)
+    return Lookup.NOT_FOUND
+
+
+def _record_submitted(svc: Services, job_id: str, task: Task) -> None:
+    with session_scope(svc.sessions) as s:
+        job = s.get(Job, job_id)
+        if job is None:  # deleted meanwhile; the provider task will just run out
+            return
+        try:
+            transition(
+                s,
+                job,
+                JobStatus.SUBMITTED,
+                source="worker",
+                provider_task_id=task.task_id,
+                detail={"provider_task_id": task.task_id},
+            )
+        except TaskMismatch:
+            log.error("submit: job %s got task %s but already has another", job_id, task.task_id)
+            raise
+        if task.status is not TaskStatus.SUBMITTED:
+            # A lookup after an ambiguous create can find the task further along.
+            apply_provider_task(s, job_id, task, source="poll")
+
+
+def register(app: Celery) -> Schedule:
+    """The submit task; submits are queued by the outbox and the pump, never by beat."""
+    # Imported here, not at the top: the web app imports this package without loading Celery.
+    from worker.tasks import SUBMIT_TASK, KlingTask
+
+    @app.task(bind=True, base=KlingTask, shared=False, name=SUBMIT_TASK.name)
+    def submit_job_task(self: KlingTask, job_id: str, claim: str | None = None) -> str:
+        with log_context(job_id=job_id):
+            return self.finish(submit_job(self.services, job_id, attempt=self.request.retries, claim=claim))
+
+    return {}
