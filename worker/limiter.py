@@ -190,6 +190,7 @@ while granted == nil do
     end
   end
   rank = rank + batch_size
+  batch_size = @BATCH@
 end
 for _, other in ipairs(lapsed) do
   unwait(other)
