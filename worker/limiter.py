@@ -11,7 +11,7 @@ Semantics shared by both implementations:
   Re-acquiring a lease the holder already has refreshes it and returns True (the original slot
   count is kept): a redelivered task does not take slots twice.
 - Leases expire `lease_seconds` after the last acquire/renew, so a killed worker cannot leak slots.
-  Expired leases are purged on every call and never count.
+  Expired leases never count.
 - `release(holder)` frees the lease and drops the holder from the wait queue; it is idempotent.
 
 Fairness rule (no starvation): every refused holder joins a wait queue ordered by its first
@@ -25,6 +25,14 @@ died, its job was cancelled) leaves the queue so it cannot block others forever.
 
 `limit` may be changed at run time (property setter); lowering it never revokes leases, it only
 refuses new ones until enough have ended.
+
+At any backlog (Redis): each script call does bounded work. Expired entries are removed at most
+PURGE_CHUNK per call, oldest first, and every read checks expiry itself, so one left in the keys
+never counts. The fairness check only compares the starving waiters' slots with the free slots,
+so acquire reads the queue from its head no further than `limit` + 1 live waiters: acquire and
+release are O(log N) in the waiters. The one trade: while more than PURGE_CHUNK expired waiters
+sit ahead of a caller, acquire refuses (never grants beyond the rule) and clears them a chunk per
+call. docs/limiter.md says why.
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 
 @runtime_checkable
@@ -81,75 +91,125 @@ def _check_limit(limit: int) -> int:
 # Keys: leases (zset holder -> expiry ms), slots (hash holder -> n), waitq (zset holder -> first
 # attempt ms), wslots (hash holder -> n wanted), wseen (zset holder -> waiter expiry ms).
 # The clock is Redis' own TIME so hosts with skewed clocks agree (Redis 7 replicates script effects).
+# No script unpacks a list into a command (Lua fails past ~8,000 values) or walks the whole queue:
+# expired entries go PURGE_CHUNK at a time, oldest first, and reads check expiry themselves, so an
+# expired entry still in the keys never counts.
+PURGE_CHUNK = 500
+DEFAULT_SOCKET_TIMEOUT = 2.0
+_WALK_BATCH = 100
+
 _PURGE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
-if #expired > 0 then
-  redis.call('HDEL', KEYS[2], unpack(expired))
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-end
-local gone = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now)
-if #gone > 0 then
-  redis.call('ZREM', KEYS[3], unpack(gone))
-  redis.call('HDEL', KEYS[4], unpack(gone))
-  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
-end
-local function used()
-  local total = 0
-  for _, v in ipairs(redis.call('HVALS', KEYS[2])) do total = total + tonumber(v) end
-  return total
+local function unlease(holder)
+  redis.call('ZREM', KEYS[1], holder)
+  redis.call('HDEL', KEYS[2], holder)
 end
 local function unwait(holder)
   redis.call('ZREM', KEYS[3], holder)
   redis.call('HDEL', KEYS[4], holder)
   redis.call('ZREM', KEYS[5], holder)
 end
-"""
+for _, holder in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, @CHUNK@)) do
+  unlease(holder)
+end
+for _, holder in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, @CHUNK@)) do
+  unwait(holder)
+end
+local function live(key, holder)
+  local expiry = redis.call('ZSCORE', key, holder)
+  return expiry and tonumber(expiry) > now
+end
+-- Unexpired leases: at most the limit's worth, since each was granted within the limit.
+local function live_leases()
+  return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+end
+local function used()
+  local total = 0
+  for _, holder in ipairs(live_leases()) do
+    total = total + tonumber(redis.call('HGET', KEYS[2], holder) or '0')
+  end
+  return total
+end
+""".replace("@CHUNK@", str(PURGE_CHUNK))
 
 # ARGV: holder, slots, limit, lease_ms, starve_ms, waiter_ttl_ms
+# The fairness check only needs to know whether the starving waiters ahead reserve more than the
+# free slots (`budget`); each reserves at least one, so it reads at most budget + 1 of them from the
+# head of the queue (O(log N) to get there), plus at most PURGE_CHUNK expired ones it removes.
 _ACQUIRE = (
     _PURGE
     + """
 local holder, n, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local lease_ms, starve_ms, waiter_ttl_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-if redis.call('ZSCORE', KEYS[1], holder) then
+if live(KEYS[1], holder) then
   redis.call('ZADD', KEYS[1], now + lease_ms, holder)
   unwait(holder)
   return 1
 end
-local ticket = redis.call('ZSCORE', KEYS[3], holder)
-if not ticket then
-  redis.call('ZADD', KEYS[3], now, holder)
-  ticket = now
+unlease(holder)
+if redis.call('ZSCORE', KEYS[5], holder) and not live(KEYS[5], holder) then
+  unwait(holder)
 end
-ticket = tonumber(ticket)
+if not redis.call('ZSCORE', KEYS[3], holder) then
+  redis.call('ZADD', KEYS[3], now, holder)
+end
 redis.call('HSET', KEYS[4], holder, n)
 redis.call('ZADD', KEYS[5], now + waiter_ttl_ms, holder)
-local reserved = 0
-local ahead = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ticket, 'WITHSCORES')
-for i = 1, #ahead, 2 do
-  local other = ahead[i]
-  if other == holder then break end
-  if now - tonumber(ahead[i + 1]) >= starve_ms then
-    reserved = reserved + tonumber(redis.call('HGET', KEYS[4], other) or '0')
-  end
+local budget = limit - used() - n
+if budget < 0 then
+  return 0
 end
-if used() + reserved + n <= limit then
+local starving_since = now - starve_ms
+local batch_size = math.min(@BATCH@, budget + 2)
+local reserved, rank, granted = 0, 0, nil
+local lapsed = {}
+while granted == nil do
+  local batch = redis.call('ZRANGE', KEYS[3], rank, rank + batch_size - 1, 'WITHSCORES')
+  if #batch == 0 then
+    granted = true
+  end
+  for i = 1, #batch, 2 do
+    local other = batch[i]
+    if other == holder or tonumber(batch[i + 1]) > starving_since then
+      granted = true
+      break
+    end
+    local wanted = redis.call('HGET', KEYS[4], other)
+    if wanted and live(KEYS[5], other) then
+      reserved = reserved + tonumber(wanted)
+      if reserved > budget then
+        granted = false
+        break
+      end
+    elseif #lapsed < @CHUNK@ then
+      lapsed[#lapsed + 1] = other
+    else
+      granted = false
+      break
+    end
+  end
+  rank = rank + batch_size
+  batch_size = @BATCH@
+end
+for _, other in ipairs(lapsed) do
+  unwait(other)
+end
+if granted then
   redis.call('ZADD', KEYS[1], now + lease_ms, holder)
   redis.call('HSET', KEYS[2], holder, n)
   unwait(holder)
   return 1
 end
 return 0
-"""
+""".replace("@CHUNK@", str(PURGE_CHUNK)).replace("@BATCH@", str(_WALK_BATCH))
 )
 
 _RELEASE = (
     _PURGE
     + """
-local freed = redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
+local freed = live(KEYS[1], ARGV[1]) and 1 or 0
+unlease(ARGV[1])
 unwait(ARGV[1])
 return freed
 """
@@ -158,10 +218,11 @@ return freed
 _RENEW = (
     _PURGE
     + """
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+if live(KEYS[1], ARGV[1]) then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
   return 1
 end
+unlease(ARGV[1])
 return 0
 """
 )
@@ -169,13 +230,22 @@ return 0
 _HOLDERS = (
     _PURGE
     + """
-return redis.call('HGETALL', KEYS[2])
+local flat = {}
+for _, holder in ipairs(live_leases()) do
+  flat[#flat + 1] = holder
+  flat[#flat + 1] = redis.call('HGET', KEYS[2], holder) or '0'
+end
+return flat
 """
 )
 
 
 class RedisSlotLimiter:
-    """The limiter shared by every process and host, kept in Redis and changed only by Lua scripts."""
+    """The limiter shared by every process and host, kept in Redis and changed only by Lua scripts.
+
+    Given a URL it builds its own client with `socket_timeout` (connect and read, seconds); a
+    client passed in keeps its own settings.
+    """
 
     def __init__(
         self,
@@ -186,10 +256,16 @@ class RedisSlotLimiter:
         key_prefix: str = "kling:limiter",
         starve_after: float = 10.0,
         waiter_ttl: float = 120.0,
+        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
     ) -> None:
         if isinstance(redis_client_or_url, str):
+            # Bounded connect and read, one attempt: a stalled Redis (accepting, never answering)
+            # raises within `socket_timeout` instead of hanging a request thread; callers retry.
             redis_client_or_url = redis.Redis.from_url(
-                redis_client_or_url, socket_timeout=10, socket_connect_timeout=5
+                redis_client_or_url,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=socket_timeout,
+                retry=Retry(NoBackoff(), 0),
             )
         if lease_seconds <= 0 or waiter_ttl <= 0 or starve_after < 0:
             raise ValueError("lease_seconds and waiter_ttl must be > 0, starve_after >= 0")

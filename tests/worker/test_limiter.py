@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import socket
 import threading
 import time
 import uuid
@@ -10,7 +11,7 @@ import uuid
 import pytest
 import redis
 
-from worker.limiter import LocalSlotLimiter, RedisSlotLimiter, SlotLimiter
+from worker.limiter import PURGE_CHUNK, LocalSlotLimiter, RedisSlotLimiter, SlotLimiter
 
 pytestmark = pytest.mark.integration
 
@@ -262,3 +263,164 @@ def test_accepts_a_url(redis_url, redis_key_prefix):
     holder = uuid.uuid4().hex
     assert limiter.acquire(holder, 1)
     assert limiter.holders() == {holder: 1}
+
+
+def _redis_now_ms(client: redis.Redis) -> int:
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def _queue_directly(
+    client: redis.Redis, limiter: RedisSlotLimiter, waiters: list[tuple[str, int, int, int]]
+) -> None:
+    """Write waiters (name, first attempt ms, slots, seen-until ms) straight into the limiter's keys."""
+    _, _, waitq, wslots, wseen = limiter.keys
+    pipe = client.pipeline(transaction=False)
+    for start in range(0, len(waiters), 10_000):
+        chunk = waiters[start : start + 10_000]
+        pipe.zadd(waitq, {name: ticket for name, ticket, _, _ in chunk})
+        pipe.hset(wslots, mapping={name: slots for name, _, slots, _ in chunk})
+        pipe.zadd(wseen, {name: seen for name, _, _, seen in chunk})
+    pipe.execute()
+
+
+def test_a_hundred_thousand_waiters_expired_and_live(redis_client, redis_key_prefix):
+    """Past ~8,000 expired waiters the old purge's unpack() failed every call, for good."""
+    limiter = RedisSlotLimiter(
+        redis_client,
+        limit=10,
+        lease_seconds=600,
+        key_prefix=redis_key_prefix,
+        starve_after=60,
+        waiter_ttl=120,
+    )
+    for i in range(9):
+        assert limiter.acquire(f"h{i}", 1)
+    now = _redis_now_ms(redis_client)
+    # 100,000 waiters queued ten minutes ago (all starving), one in five still asking.
+    waiters = [
+        (f"w{i:06d}", now - 600_000 + i, 1, now + 600_000 if i % 5 == 4 else now - 1) for i in range(100_000)
+    ]
+    _queue_directly(redis_client, limiter, waiters)
+    live = [name for name, _, _, seen in waiters if seen > now]
+    expired = len(waiters) - len(live)
+
+    assert limiter.holders() == {f"h{i}": 1 for i in range(9)}
+    # The one free slot is reserved by the starving live waiters ahead of a newcomer.
+    assert limiter.acquire("late", 1) is False
+
+    queued = redis_client.zcard(limiter.keys[4])
+    calls = 2  # holders() and acquire() above
+    while queued > len(live) + 1:
+        assert limiter.in_use() == 9
+        calls += 1
+        now_queued = redis_client.zcard(limiter.keys[4])
+        assert 0 < queued - now_queued <= PURGE_CHUNK, "a call purged nothing, or more than a chunk"
+        queued = now_queued
+    assert calls <= expired // PURGE_CHUNK + 1, "expired waiters are purged a chunk per call at least"
+    assert redis_client.zcard(limiter.keys[2]) == len(live) + 1
+    assert redis_client.hlen(limiter.keys[3]) == len(live) + 1
+    assert limiter.waiting() == [*live, "late"]
+
+    # The live waiters keep their order: each head gets the slot a release frees, nobody overtakes.
+    assert limiter.acquire(live[0], 1)
+    assert limiter.acquire("late", 1) is False
+    limiter.release("h0")
+    assert limiter.acquire(live[len(live) // 2], 1) is False
+    assert limiter.acquire(live[1], 1)
+    assert limiter.waiting()[:2] == [live[2], live[3]]
+    assert limiter.release(live[0]) is True
+    assert limiter.acquire(live[2], 1)
+    assert limiter.holders() == {**{f"h{i}": 1 for i in range(1, 9)}, live[1]: 1, live[2]: 1}
+
+
+def test_an_expired_waiter_not_purged_yet_neither_counts_nor_keeps_its_place(redis_client, redis_key_prefix):
+    limiter = RedisSlotLimiter(
+        redis_client, limit=3, lease_seconds=600, key_prefix=redis_key_prefix, starve_after=2, waiter_ttl=120
+    )
+    assert limiter.acquire("holder", 1)
+    now = _redis_now_ms(redis_client)
+    live_until, lapsed = now + 600_000, now - 1
+    # Two purge chunks of waiters that expired long ago go first, so "gone" and "back" (expired
+    # just now) are still in the keys when the two calls below decide.
+    older = [(f"old{i:04d}", now - 100, 1, now - 100_000) for i in range(2 * PURGE_CHUNK)]
+    queue = [
+        ("gone", now - 5_000, 2, lapsed),
+        ("mid", now - 4_000, 1, live_until),
+        ("back", now - 1_000, 1, lapsed),
+        ("after", now - 500, 1, live_until),
+    ]
+    _queue_directly(redis_client, limiter, [*older, *queue])
+    # 2 free: "mid" (starving) reserves 1, "gone" would reserve 2 more if it still counted.
+    assert limiter.acquire("newcomer", 1)
+    # "back" asks again after its place lapsed: it queues anew, behind "after".
+    assert limiter.acquire("back", 1) is False
+    assert limiter.waiting() == ["mid", "after", "back"]
+
+
+def test_a_long_expired_head_of_the_queue_is_cleared_a_bounded_amount_per_call(
+    redis_client, redis_key_prefix
+):
+    limiter = RedisSlotLimiter(
+        redis_client, limit=2, lease_seconds=600, key_prefix=redis_key_prefix, starve_after=0, waiter_ttl=120
+    )
+    now = _redis_now_ms(redis_client)
+    expired = 6 * PURGE_CHUNK
+    _queue_directly(
+        redis_client, limiter, [(f"x{i:05d}", now - 10_000 + i, 1, now - 1) for i in range(expired)]
+    )
+    queued, calls, granted = expired, 0, False
+    # Strict FIFO, nothing held: the newcomer gets in once no expired waiter is left ahead of it.
+    # Each call removes at most a purge chunk (oldest expiry) plus a chunk met at the queue's head.
+    while not granted:
+        granted = limiter.acquire("newcomer", 1)
+        calls += 1
+        now_queued = redis_client.zcard(limiter.keys[4]) - (0 if granted else 1)
+        assert 0 < queued - now_queued <= 2 * PURGE_CHUNK
+        queued = now_queued
+        assert calls < expired
+    assert queued == 0
+    assert calls == expired // (2 * PURGE_CHUNK)
+    assert limiter.holders() == {"newcomer": 1}
+    assert limiter.waiting() == []
+
+
+class _SilentServer:
+    """A TCP server that accepts connections and never answers: a stalled (SIGSTOPped) Redis."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self.sock.getsockname()[1]}/0"
+        self.accepted: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def __enter__(self) -> _SilentServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        self.sock.close()
+        self.thread.join(timeout=5)
+        for conn in self.accepted:
+            conn.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_stalled_redis_raises_instead_of_hanging():
+    """Built from a URL with the default timeout, as the webhook and the workers build it."""
+    with _SilentServer() as server:
+        limiter = RedisSlotLimiter(server.url, limit=2, lease_seconds=60)
+        with pytest.raises((redis.TimeoutError, redis.ConnectionError)):
+            limiter.acquire("job", 1)
+        with pytest.raises((redis.TimeoutError, redis.ConnectionError)):
+            limiter.release("job")
+        assert server.accepted, "the limiter never reached the server: the stall was not exercised"
