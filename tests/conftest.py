@@ -24,6 +24,11 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 pytest_plugins = [
     name
-    for name in ("tests.fixtures.simulator", "tests.fixtures.db", "tests.fixtures.services")
+    for name in (
+        "tests.fixtures.simulator",
+        "tests.fixtures.db",
+        "tests.fixtures.services",
+        "tests.fixtures.browser",
+    )
     if os.path.exists(os.path.join(os.path.dirname(__file__), "fixtures", name.rsplit(".", 1)[1] + ".py"))
 ]
