@@ -118,8 +118,8 @@ def simulator(
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
-    click.echo(f"Kling simulator listening on {sim.base_url} (inspect: {sim.base_url}/_sim/stats)", err=True)
+    listening = f"Kling simulator listening on {sim.base_url} (inspect: {sim.base_url}/_sim/stats)"
     try:
-        wait_for_stop()
+        wait_for_stop(ready=lambda: click.echo(listening, err=True))
     finally:
         sim.stop()

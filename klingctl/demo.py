@@ -524,11 +524,11 @@ def demo(*, count: int, data_dir: Path, drop_rate: float, timeout: float, seed: 
             run.start()
             passed = run_and_report(run, out, count=count, timeout=timeout, began=began)
             if serve:
-                out.print(
+                serving = (
                     f"Still serving: dashboard {run.where['dashboard']}#token={run.api_token} "
                     "(Ctrl-C or SIGTERM to stop)."
                 )
-                signum = wait_for_stop()
+                signum = wait_for_stop(ready=lambda: out.print(serving))
                 out.print(f"{signal.Signals(signum).name}: stopping.")
     finally:
         run.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
@@ -41,8 +41,12 @@ def stop_raises() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def wait_for_stop() -> int:
-    """Block until SIGTERM or SIGINT arrives; returns its number (the previous handlers are restored)."""
+def wait_for_stop(ready: Callable[[], None] | None = None) -> int:
+    """Block until SIGTERM or SIGINT arrives; returns its number (the previous handlers are restored).
+
+    `ready` runs once the handlers are in place (e.g. to print "listening"), so a supervisor that
+    signals as soon as it reads that line is never too early.
+    """
     received: list[int] = []
     stop = threading.Event()
 
@@ -52,6 +56,8 @@ def wait_for_stop() -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
+        if ready is not None:
+            ready()
         while not stop.wait(WAKE_SECONDS):
             pass
     finally:
