@@ -18,7 +18,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the project with its dev tools
 
-test: $(STAMP) ## Run the whole test suite (needs PostgreSQL and Redis on localhost)
+# Provisioning comes first: on a fresh machine it installs python3-venv, which .venv needs.
+test: ## Run the whole test suite; scripts/provision first installs and starts what it needs
+	scripts/provision
+	@$(MAKE) -s --no-print-directory $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff and mypy
