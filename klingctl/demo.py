@@ -239,6 +239,7 @@ class Demo:
         from webhook import create_app
         from webhook.api import S3_CLIENT
         from webhook.db import set_publisher
+        from webhook.metrics import LIMITER_KEY
         from worker.factory import make_celery
         from worker.limiter import LocalSlotLimiter
         from worker.services import Services
@@ -316,6 +317,8 @@ class Demo:
         services_for(app)  # wires publish to this app's broker
         # The webhook publishes what a callback committed through the same app (and demo queue).
         set_publisher(flask_app, self.svc.publish)
+        # The dashboard's "slots in use" reads the worker's limiter, not one built from settings.
+        flask_app.extensions[LIMITER_KEY] = self.svc.limiter
         self.s3, self.bucket = s3, bucket
         self.stack.callback(self.svc.engine.dispose)
         if not embedded_broker:
