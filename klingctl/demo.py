@@ -325,9 +325,10 @@ class Demo:
             self.stack.callback(self._forget_limiter_keys)
 
         beat = EmbeddedService(app, thread=True, scheduler_cls="celery.beat:Scheduler")
-        # Beat stops after the worker: its ticks (every few tenths of a second) end the worker's
-        # blocking 2 s broker polls, so the worker sees the shutdown at once and SIGTERM exits fast.
-        self.stack.callback(lambda: beat.stop() if beat.is_alive() else None)
+        if embedded_broker:
+            # Beat stops after the worker: its ticks (every few tenths of a second) end the memory
+            # transport's blocking 2 s polls, so the worker sees the shutdown at once (SIGTERM is quick).
+            self.stack.callback(lambda: beat.stop() if beat.is_alive() else None)
         self.stack.enter_context(
             start_worker(
                 app,
@@ -340,6 +341,9 @@ class Demo:
             )
         )
         beat.start()
+        if not embedded_broker:
+            # Beat stops first: nothing lands on the demo queue once the worker has let go of it.
+            self.stack.callback(beat.stop)
         self.where["log"] = str(self.log_path)
 
     def _forget_limiter_keys(self) -> None:
