@@ -55,6 +55,7 @@ def test_stop_raises_turns_sigterm_into_a_stop_request_and_restores_the_handlers
     assert signal.getsignal(signal.SIGTERM) == previous
 
 
+@pytest.mark.integration  # serves the simulator over HTTP
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_simulator_command_exits_cleanly_on_a_stop_signal(sig: signal.Signals) -> None:
     proc = subprocess.Popen(
