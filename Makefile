@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint demo bench chaos clean
+.PHONY: help install test lint demo screenshot bench chaos clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -18,7 +18,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the project with its dev tools
 
-test: $(STAMP) ## Run the whole test suite (needs PostgreSQL and Redis on localhost)
+# Provisioning comes first: on a fresh machine it installs python3-venv, which .venv needs.
+test: ## Run the whole test suite; scripts/provision first installs and starts what it needs
+	scripts/provision
+	@$(MAKE) -s --no-print-directory $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff and mypy
@@ -28,6 +31,9 @@ lint: $(STAMP) ## ruff and mypy
 
 demo: $(STAMP) ## Run the one-command demo (simulator, webhook, worker, embedded S3)
 	$(BIN)/klingctl demo
+
+screenshot: $(STAMP) ## Run the demo and save its dashboard to docs/dashboard.png (needs chromium, chromium-driver)
+	$(BIN)/python scripts/dashboard_screenshot.py
 
 bench: $(STAMP) ## Run the benchmarks against their baselines (writes bench/results.json)
 	$(BIN)/python -m bench $(BENCH_ARGS)

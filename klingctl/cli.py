@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import signal
-import threading
-from types import FrameType
-
 import click
 
 from klingctl.demo import demo
 from klingctl.errors import FriendlyGroup
 from klingctl.jobs import jobs, show, submit
 from klingctl.ops import beat, db, sweep, webhook, worker
+from klingctl.stopping import wait_for_stop
 
 
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -121,15 +118,8 @@ def simulator(
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    click.echo(f"Kling simulator listening on {sim.base_url} (inspect: {sim.base_url}/_sim/stats)", err=True)
+    listening = f"Kling simulator listening on {sim.base_url} (inspect: {sim.base_url}/_sim/stats)"
     try:
-        stop.wait()
+        wait_for_stop(ready=lambda: click.echo(listening, err=True))
     finally:
         sim.stop()

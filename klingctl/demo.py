@@ -17,10 +17,9 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import click
@@ -33,6 +32,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from klingctl.common import console, safe_url, settings
 from klingctl.render import counts_panel, status_text
+from klingctl.stopping import stop_raises, wait_for_stop
 from models.db import session_scope
 from models.enums import ImageStatus, JobStatus
 from models.settings import Settings
@@ -235,7 +235,9 @@ class Demo:
         from celery.contrib.testing.worker import start_worker
 
         from webhook import create_app
+        from webhook.api import S3_CLIENT
         from webhook.db import set_publisher
+        from webhook.metrics import LIMITER_KEY
         from worker.factory import make_celery
         from worker.limiter import LocalSlotLimiter
         from worker.services import Services
@@ -283,6 +285,9 @@ class Demo:
         self.settings = Settings(**{**self.base.model_dump(), **overrides})
 
         flask_app = create_app(self.settings)
+        # The app presigns thumbnail and download URLs with the demo's own client: an embedded S3's
+        # credentials are the demo's, never in the user's environment.
+        flask_app.extensions[S3_CLIENT] = s3
         lazy.app = flask_app
         self.stack.enter_context(serve(server, "webhook"))
         self.where["dashboard"] = f"{public}/"
@@ -307,11 +312,18 @@ class Demo:
         services_for(app)  # wires publish to this app's broker
         # The webhook publishes what a callback committed through the same app (and demo queue).
         set_publisher(flask_app, self.svc.publish)
+        # The dashboard's "slots in use" reads the worker's limiter, not one built from settings.
+        flask_app.extensions[LIMITER_KEY] = self.svc.limiter
         self.s3, self.bucket = s3, bucket
         self.stack.callback(self.svc.engine.dispose)
         if not embedded_broker:
             self.stack.callback(self._forget_limiter_keys)
 
+        beat = EmbeddedService(app, thread=True, scheduler_cls="celery.beat:Scheduler")
+        if embedded_broker:
+            # Beat stops after the worker: its ticks (every few tenths of a second) end the memory
+            # transport's blocking 2 s polls, so the worker sees the shutdown at once (SIGTERM is quick).
+            self.stack.callback(lambda: beat.stop() if beat.is_alive() else None)
         self.stack.enter_context(
             start_worker(
                 app,
@@ -323,9 +335,10 @@ class Demo:
                 shutdown_timeout=30,
             )
         )
-        beat = EmbeddedService(app, thread=True, scheduler_cls="celery.beat:Scheduler")
         beat.start()
-        self.stack.callback(beat.stop)
+        if not embedded_broker:
+            # Beat stops first: nothing lands on the demo queue once the worker has let go of it.
+            self.stack.callback(beat.stop)
         self.where["log"] = str(self.log_path)
 
     def _forget_limiter_keys(self) -> None:
@@ -338,10 +351,12 @@ class Demo:
             client.close()
 
     def close(self) -> None:
+        """Stop every part; safe to call twice (after a failed start, then on the way out)."""
         try:
             self.stack.close()
         finally:
-            for cleanup in self.finally_:
+            cleanups, self.finally_ = self.finally_, []
+            for cleanup in cleanups:
                 cleanup()
 
     # --- the batch ----------------------------------------------------------------------------------
@@ -473,10 +488,6 @@ def results_table(verdicts: list[Verdict]) -> Table:
     return table
 
 
-def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 @click.command()
 @click.option(
     "--jobs", "count", default=12, show_default=True, type=click.IntRange(1, 200), help="Batch size."
@@ -507,33 +518,41 @@ def demo(*, count: int, data_dir: Path, drop_rate: float, timeout: float, seed: 
     other job archived with each object's SHA-256 matching the database and the provider.
     """
     out = console()
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     run = Demo(settings(), env=os.environ, data_dir=data_dir, out=out, drop_rate=drop_rate, seed=seed)
     began = time.monotonic()
-    run.start()
+    # SIGTERM stops the demo as Ctrl-C does; a second signal during the shutdown is not caught.
     try:
-        grid = Table.grid(padding=(0, 2))
-        grid.add_column(style="bold")
-        grid.add_column()
-        for name, value in run.where.items():
-            grid.add_row(name, value)
-        grid.add_row("API token", run.api_token)
-        out.print(Group(Text("Kling orchestrator demo", style="bold"), grid))
-        batch = run.submit(count)
-        finished = run.watch(batch, timeout)
-        verdicts = run.verify(batch)
-        passed = finished and all(v.ok for v in verdicts)
-        report(
-            out, verdicts, passed=passed, finished=finished, timeout=timeout, began=began, log=run.log_path
-        )
-        if serve:
-            out.print(f"Still serving: dashboard {run.where['dashboard']} (Ctrl-C to stop).")
-            with suppress(KeyboardInterrupt):
-                threading.Event().wait()
+        with stop_raises():
+            run.start()
+            passed = run_and_report(run, out, count=count, timeout=timeout, began=began)
+            if serve:
+                serving = (
+                    f"Still serving: dashboard {run.where['dashboard']}#token={run.api_token} "
+                    "(Ctrl-C or SIGTERM to stop)."
+                )
+                signum = wait_for_stop(ready=lambda: out.print(serving))
+                out.print(f"{signal.Signals(signum).name}: stopping.")
     finally:
         run.close()
     if not passed:
         raise SystemExit(1)
+
+
+def run_and_report(run: Demo, out: Console, *, count: int, timeout: float, began: float) -> bool:
+    """Print where everything is, run the batch, verify it, print the table; True when all passed."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    for name, value in run.where.items():
+        grid.add_row(name, value)
+    grid.add_row("API token", run.api_token)
+    out.print(Group(Text("Kling orchestrator demo", style="bold"), grid))
+    batch = run.submit(count)
+    finished = run.watch(batch, timeout)
+    verdicts = run.verify(batch)
+    passed = finished and all(v.ok for v in verdicts)
+    report(out, verdicts, passed=passed, finished=finished, timeout=timeout, began=began, log=run.log_path)
+    return passed
 
 
 def report(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 # Long keys: PyJWT warns (and our pytest config errors) on HMAC keys shorter than 32 bytes.
 TEST_ACCESS_KEY = "test-access-key-0123456789"
 TEST_SECRET_KEY = "test-secret-key-0123456789-abcdefghijklmnop"
@@ -24,6 +26,33 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 pytest_plugins = [
     name
-    for name in ("tests.fixtures.simulator", "tests.fixtures.db", "tests.fixtures.services")
+    for name in (
+        "tests.fixtures.simulator",
+        "tests.fixtures.db",
+        "tests.fixtures.services",
+        "tests.fixtures.browser",
+    )
     if os.path.exists(os.path.join(os.path.dirname(__file__), "fixtures", name.rsplit(".", 1)[1] + ".py"))
 ]
+
+# Fixtures that stand for a service or a tool (PostgreSQL, Redis, the S3 endpoint, the simulator,
+# Chromium): a test using one, even through another fixture, is an integration test.
+SERVICE_FIXTURES = frozenset(
+    {"pg_url", "redis_url", "redis_client", "s3_endpoint", "simulator_factory", "browser"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `integration` every test that needs a service, so `pytest -m "not integration"` runs anywhere.
+
+    Besides the fixtures above, the PostgreSQL case of a test parametrized over database backends
+    (it asks for the database with `request.getfixturevalue`, which collection cannot see).
+    """
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params.values() if callspec is not None else ()
+        if fixtures & SERVICE_FIXTURES or any(
+            value == "postgresql" for value in params if isinstance(value, str)
+        ):
+            item.add_marker(pytest.mark.integration)

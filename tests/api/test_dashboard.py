@@ -7,7 +7,8 @@ The screenshot is kept in test-artifacts/dashboard.png.
 
 from __future__ import annotations
 
-import shutil
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,42 +16,18 @@ from typing import Any
 import pytest
 import requests
 from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
+from werkzeug.serving import make_server
 
+from models.db import make_engine, make_sessionmaker
 from models.tables import Job
-from tests.api.conftest import AUTH, Served, archive_job
+from tests.api.conftest import AUTH, Served, archive_job, make_settings
 from tests.conftest import TEST_API_TOKEN
+from webhook import create_app
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 WAIT_SECONDS = 30
-
-
-@pytest.fixture
-def browser() -> Iterator[webdriver.Chrome]:
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        pytest.fail("chromium and chromium-driver are required: apt-get install -y chromium chromium-driver")
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,1000",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(WAIT_SECONDS)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def create(served: Served, prompt: str, n: int = 1) -> str:
@@ -156,3 +133,40 @@ def test_dashboard_asks_for_a_token_and_refuses_a_wrong_one(
     browser.find_element(By.ID, "token").send_keys(TEST_API_TOKEN)
     browser.find_element(By.CSS_SELECTOR, "#login button").click()
     wait.until(lambda d: d.find_element(By.ID, "main").is_displayed())
+
+
+@pytest.fixture
+def served_without_database() -> Iterator[str]:
+    """The app served over HTTP with its database on a port nobody listens on: /v1/dashboard answers 503."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = make_settings(database_url=f"postgresql+psycopg://postgres@127.0.0.1:{port}/nowhere")
+    engine = make_engine(settings.database_url)
+    app = create_app(settings, session_factory=make_sessionmaker(engine))
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        engine.dispose()
+
+
+def test_dashboard_that_cannot_load_its_data_says_why(
+    served_without_database: str, browser: webdriver.Chrome
+) -> None:
+    answer = requests.get(f"{served_without_database}/v1/dashboard", headers=AUTH, timeout=10)
+    assert answer.status_code == 503
+    message = answer.json()["error"]
+
+    browser.get(f"{served_without_database}/#token={TEST_API_TOKEN}")
+    wait = WebDriverWait(browser, WAIT_SECONDS, poll_frequency=0.2)
+    wait.until(lambda d: d.find_element(By.ID, "error").is_displayed())
+    shown = text_of(browser, "error")
+    assert "HTTP 503" in shown and message in shown, shown
+    assert not browser.find_element(By.ID, "main").is_displayed()
+    # The token was kept (it is not the token's fault), and it can still be forgotten.
+    assert browser.find_element(By.ID, "logout").is_displayed()

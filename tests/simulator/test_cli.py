@@ -8,10 +8,14 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import requests
 
 from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
 from tests.simulator.helpers import auth_headers
+
+# The simulator served over HTTP in a child process.
+pytestmark = pytest.mark.integration
 
 
 def test_serves_until_terminated():

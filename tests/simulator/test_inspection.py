@@ -98,6 +98,7 @@ def test_remote_handle_matches_the_local_one(simulator_factory):
         assert remote.tasks() == [] and remote.deliveries() == []
 
 
+@pytest.mark.integration
 def test_stop_is_clean():
     import threading
 

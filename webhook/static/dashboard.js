@@ -38,6 +38,7 @@ function showLogin(message) {
   $("main").hidden = true;
   $("logout").hidden = true;
   $("login").hidden = false;
+  $("error").hidden = true;
   $("login-error").hidden = !message;
   $("login-error").textContent = message || "";
 }
@@ -87,6 +88,27 @@ function renderGallery(gallery) {
   $("gallery").replaceChildren(...figures);
 }
 
+function showError(message) {
+  $("error").hidden = false;
+  $("error").textContent = `Cannot load the dashboard data: ${message}`;
+  $("updated").textContent = `failed ${new Date().toLocaleTimeString()}`;
+  $("logout").hidden = false;
+}
+
+// "HTTP 500 Internal Server Error: <the API's error message>", from a JSON {"error": ...} body or text.
+async function describeFailure(response) {
+  const text = await response.text().catch(() => "");
+  let detail = text.trim().split("\n")[0].slice(0, 300);
+  try {
+    const body = JSON.parse(text);
+    if (body && typeof body.error === "string") detail = body.error;
+  } catch (err) {
+    // not JSON: the first line of the text is the best there is
+  }
+  const status = `HTTP ${response.status}${response.statusText ? ` ${response.statusText}` : ""}`;
+  return detail ? `${status}: ${detail}` : status;
+}
+
 async function refresh() {
   const token = sessionStorage.getItem(TOKEN_KEY);
   if (!token) return showLogin("");
@@ -94,8 +116,7 @@ async function refresh() {
   try {
     response = await fetch("/v1/dashboard", { headers: { Authorization: `Bearer ${token}` }, cache: "no-store" });
   } catch (err) {
-    $("error").hidden = false;
-    $("error").textContent = `cannot reach the server: ${err}`;
+    showError(`cannot reach the server (${err})`);
     timer = setTimeout(refresh, REFRESH_MS);
     return;
   }
@@ -103,11 +124,17 @@ async function refresh() {
     sessionStorage.removeItem(TOKEN_KEY);
     return showLogin("That token was refused.");
   }
+  let data = null;
   if (!response.ok) {
-    $("error").hidden = false;
-    $("error").textContent = `the server answered ${response.status}`;
+    showError(await describeFailure(response));
   } else {
-    const data = await response.json();
+    try {
+      data = await response.json();
+    } catch (err) {
+      showError(`HTTP ${response.status}, but the answer is not JSON (${err})`);
+    }
+  }
+  if (data !== null) {
     $("error").hidden = true;
     $("login").hidden = true;
     $("main").hidden = false;
