@@ -1,4 +1,4 @@
-"""The job HTTP API (`/v1/jobs`), bearer-token protected. DESIGN.md "HTTP API" is the contract.
+"""The job HTTP API (`/v1/jobs`), bearer-token protected. docs/api.md is the reference.
 
 - `POST /v1/jobs` validates with the provider's rules (`kling.validation`), writes the job and its
   outbox row in one transaction; its session's after-commit hook publishes that row. A broker
@@ -412,7 +412,7 @@ def job_select() -> Select[Any]:
 def job_documents(
     session: Session, stmt: Select[Any], params: Mapping[str, Any] | None = None
 ) -> list[dict[str, Any]]:
-    """The API's job documents (DESIGN.md "Job") for the rows of `stmt` (from `job_select`), in order."""
+    """The API's job documents (docs/api.md) for the rows of `stmt` (from `job_select`), in order."""
     # On the session's connection: Core rows, without the ORM's result machinery.
     conn = session.connection()
     jobs = conn.execute(stmt, params).all()

@@ -1,4 +1,4 @@
-"""Copy one provider image into S3, streamed, hashed, verified and idempotent (DESIGN.md rule 6).
+"""Copy one provider image into S3, streamed, hashed, verified and idempotent (docs/architecture.md rule 6).
 
 The body is read in parts of `multipart_chunksize` bytes straight into a buffer; a SHA-256 is
 updated as bytes arrive and the fetcher enforces the byte cap. The first bytes sniff the image
@@ -8,7 +8,7 @@ type, which picks the extension and so the key `{prefix}{job_id}/{index}.{ext}`.
   anyway, 32 MiB; without a Content-Length, one part) is held whole and goes up in a single PUT
   that carries the final metadata, `sha256` included (the digest is known before the request).
 - A larger body is read twice. The first pass only hashes (nothing is kept): a multipart upload's
-  metadata is fixed when it starts, and the digest belongs in it (DESIGN.md rule 6), where the
+  metadata is fixed when it starts, and the digest belongs in it (docs/architecture.md rule 6), where the
   alternative, copying the object onto itself afterwards, rewrites every byte in the store. The
   second pass streams the parts up, a few threads sending while the next part is read (memory ~=
   part size x (parts in flight + 1)), hashes again, and completes the upload only if both passes

@@ -1,4 +1,4 @@
-"""Safe downloads of provider image URLs (DESIGN.md rule 7): the SSRF guard.
+"""Safe downloads of provider image URLs (docs/architecture.md rule 7): the SSRF guard.
 
 A URL is fetched only when
 - its scheme is http or https,

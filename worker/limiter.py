@@ -1,7 +1,7 @@
 """Global concurrency limiter: Kling counts concurrency per account in slots (an image task holds `n`).
 
 Every worker process on every host asks the same limiter before creating a provider task, so the
-slots in flight never exceed the account limit (DESIGN.md rule 3).
+slots in flight never exceed the account limit (docs/architecture.md rule 3).
 
 Semantics shared by both implementations:
 

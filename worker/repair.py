@@ -48,7 +48,7 @@ class ReconcileReport:
 def reconcile(svc: Services, *, limit: int = 200) -> ReconcileReport:
     """Poll the provider for in-flight jobs that went quiet, and repair lost messages.
 
-    This is the safety net of DESIGN.md rule 2: with every callback lost, or no public URL at all,
+    This is the safety net of docs/architecture.md rule 2: with every callback lost, or no public URL at all,
     jobs still finish through here.
     """
     report = ReconcileReport()

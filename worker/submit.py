@@ -44,7 +44,7 @@ class Lookup(Enum):
 
 
 def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | None = None) -> Outcome:
-    """Create the provider task for a queued job, at most once (DESIGN.md rules 1 and 3)."""
+    """Create the provider task for a queued job, at most once (docs/architecture.md rules 1 and 3)."""
     with session_scope(svc.sessions) as s:
         job = s.get(Job, job_id)
         if job is None:
