@@ -12,7 +12,7 @@ DEFAULT_ALLOWED_HOSTS = (".klingai.com", ".kling.ai", ".inkwai.com", ".kwai.net"
 
 
 class Settings(BaseSettings):
-    """Configuration of every process: webhook, worker, beat, klingctl. Names are those of the README's configuration table."""
+    """Configuration of every process: webhook, worker, beat, klingctl (the README's table)."""
 
     model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
 
