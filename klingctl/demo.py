@@ -361,22 +361,28 @@ class Demo:
 
     # --- the batch ----------------------------------------------------------------------------------
     def submit(self, count: int) -> list[DemoJob]:
+        from models.db import make_sessionmaker
+        from models.outbox import OutboxEntry
         from models.statemachine import create_job
-        from worker.outbox import relay
+        from worker.outbox import publish_rows
 
         jobs: list[DemoJob] = []
-        with session_scope(self.svc.sessions) as s:
+        rows: list[OutboxEntry] = []
+        # A session without the after-commit hook: the simulator must know which jobs lose their
+        # callbacks before any submit goes out.
+        with session_scope(make_sessionmaker(self.svc.engine)) as s:
             for params in plan_batch(count, self.seed):
-                job = create_job(s, params, provider="kling", metadata={"demo": self.stamp}).job
+                created = create_job(s, params, provider="kling", metadata={"demo": self.stamp})
                 expect = "failed" if "[policy]" in params["prompt"] else "archived"
-                jobs.append(DemoJob(job.id, params, expect))
+                jobs.append(DemoJob(created.job.id, params, expect))
+                rows += created.outbox
         # Every callback of every fourth job is lost: only the reconciler's polling can finish those.
         silent = [j for j in jobs if j.expect == "archived"][1::4]
         for j in silent:
             j.callbacks_dropped = True
         self.sim.configure(task_overrides={j.id: {"callback_drop_rate": 1.0} for j in silent})
         assert self.svc.publish is not None
-        relay(self.svc.sessions, self.svc.publish)
+        publish_rows(self.svc.sessions, self.svc.publish, rows)
         return jobs
 
     def snapshot(self, ids: list[str]) -> tuple[dict[str, int], int, int, int]:

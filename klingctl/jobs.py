@@ -128,7 +128,7 @@ def submit(
     """
     from kling.validation import validate_image_params
     from models.statemachine import create_job
-    from worker.outbox import relay
+    from worker.outbox import publish_rows
 
     cfg = settings()
     params = build_params(
@@ -150,11 +150,12 @@ def submit(
     engine, sessions = db_handles(cfg)
     try:
         with session_scope(sessions) as s:
-            job_id = create_job(
+            created = create_job(
                 s, params, provider=cfg.kling_provider, webhook_url=webhook_url, metadata=meta
-            ).job.id
+            )
+            job_id = created.job.id
         _, publish = celery_publisher(cfg)
-        if relay(sessions, publish) == 0:
+        if publish_rows(sessions, publish, created.outbox) == 0:
             click.echo(
                 "warning: the broker did not take the submit message; it stays in the outbox "
                 "until the beat relays it",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -13,14 +12,14 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import Engine
 
-from kling.types import Task, TaskImage, TaskStatus
 from klingctl.cli import main
 from models.base import utcnow
 from models.db import make_engine, make_sessionmaker, session_scope, upgrade
 from models.enums import JobStatus
 from models.settings import get_settings
-from models.statemachine import apply_provider_task, create_job, transition
+from models.statemachine import transition
 from models.tables import Image, Job
+from tests.factories import make_job
 
 ROOT = Path(__file__).resolve().parents[2]
 KLINGCTL = str(Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "klingctl")
@@ -67,28 +66,10 @@ def add_job(
     engine: Engine, status: str = "queued", *, n: int = 1, prompt: str = "a cat", **fields: Any
 ) -> str:
     """A job moved to `status` the way the pipeline moves it (transitions written, images added)."""
-    sessions = make_sessionmaker(engine)
-    with session_scope(sessions) as s:
-        job = create_job(s, {"prompt": prompt, "n": n, "aspect_ratio": "1:1"}, provider="kling").job
-        job_id = job.id
-    if status == "queued":
-        return job_id
-    task_id = f"task-{uuid.uuid4().hex[:12]}"
-    with session_scope(sessions) as s:
-        moving = s.get(Job, job_id)
-        assert moving is not None
-        if status == "failed":
-            transition(
-                s, moving, JobStatus.FAILED, source="worker", error_code="1301", error_message="policy"
-            )
-            return job_id
-        transition(s, moving, JobStatus.SUBMITTED, source="worker", provider_task_id=task_id)
-    if status == "submitted":
-        return job_id
-    images = tuple(TaskImage(i, f"https://cdn.klingai.com/{task_id}/{i}.png") for i in range(n))
-    with session_scope(sessions) as s:
-        apply_provider_task(s, job_id, Task(task_id, TaskStatus.SUCCEEDED, images=images), source="callback")
-    return job_id
+    with session_scope(make_sessionmaker(engine)) as s:
+        return make_job(
+            s, status, n=n, prompt=prompt, fail_after="queued", error_message="policy", **fields
+        ).id
 
 
 def archive_images(engine: Engine, job_id: str, bucket: str) -> list[Image]:

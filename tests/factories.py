@@ -1,0 +1,68 @@
+"""Jobs in any state, made the way the service makes them: through the state machine's writers,
+in the caller's session (the caller commits). Tests that need a job at `succeeded` with two
+images, or `failed` with a code, ask for it here instead of writing rows by hand."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from kling.types import Task, TaskImage, TaskStatus
+from models.base import utcnow
+from models.enums import ImageStatus, JobStatus
+from models.statemachine import apply_provider_task, create_job, transition
+from models.tables import Job
+
+# The path to each status; `failed` branches off after `fail_after`.
+_PATH = (JobStatus.QUEUED, JobStatus.SUBMITTED, JobStatus.PROCESSING, JobStatus.SUCCEEDED, JobStatus.ARCHIVED)
+
+
+def make_job(
+    session: Session,
+    status: JobStatus | str = JobStatus.QUEUED,
+    *,
+    n: int = 1,
+    prompt: str = "a lighthouse at dusk",
+    provider: str = "kling",
+    webhook_url: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    fail_after: JobStatus | str = JobStatus.SUBMITTED,
+    error_code: str = "1301",
+    error_message: str = "the content did not pass the policy check",
+    bucket: str = "kling-archive",
+) -> Job:
+    """A job at `status`. Images: `n` of them from `succeeded` on; at `archived` each carries S3
+    fields (no object is written: tests that read S3 put their own)."""
+    target = JobStatus(status)
+    params = {"prompt": prompt, "n": n, "aspect_ratio": "1:1"}
+    job = create_job(session, params, provider=provider, webhook_url=webhook_url, metadata=metadata).job
+    last = JobStatus(fail_after) if target is JobStatus.FAILED else target
+    task_id = f"task-{uuid.uuid4().hex[:12]}"
+    for step in _PATH[1 : _PATH.index(last) + 1]:
+        if step is JobStatus.SUBMITTED:
+            transition(session, job, step, source="worker", provider_task_id=task_id)
+        elif step is JobStatus.PROCESSING:
+            apply_provider_task(session, job.id, Task(task_id, TaskStatus.PROCESSING), source="callback")
+        elif step is JobStatus.SUCCEEDED:
+            images = tuple(TaskImage(i, f"https://cdn.klingai.com/{task_id}/{i}.png") for i in range(n))
+            succeed = Task(task_id, TaskStatus.SUCCEEDED, external_task_id=job.id, images=images)
+            apply_provider_task(session, job.id, succeed, source="callback")
+        elif step is JobStatus.ARCHIVED:
+            for img in job.images:
+                img.status = ImageStatus.ARCHIVED.value
+                img.s3_bucket, img.s3_key = bucket, f"images/{job.id}/{img.index}.png"
+                img.sha256, img.bytes, img.content_type = f"{img.index:064x}", 100 + img.index, "image/png"
+                img.archived_at = utcnow()
+            transition(session, job, step, source="archiver")
+    if target is JobStatus.FAILED:
+        transition(
+            session,
+            job,
+            JobStatus.FAILED,
+            source="worker",
+            error_code=error_code,
+            error_message=error_message,
+        )
+    return job
