@@ -182,7 +182,7 @@ def job_documents(
             "provider_task_id": job.provider_task_id,
             "external_task_id": job.id,
             "params": public_params(job.params),
-            "error": _error(job.error_code, job.error_message),
+            "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
             "webhook_url": job.webhook_url,
             "metadata": job.meta,
             "created_at": iso_utc(job.created_at),
