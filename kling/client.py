@@ -23,8 +23,8 @@ from kling.http import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_POOL_SIZE,
     DEFAULT_TIMEOUT,
-    Answer,
     HttpTransport,
+    JsonResponse,
     RetryPolicy,
     Timeout,
     create_idempotently,
@@ -62,7 +62,7 @@ class ImageProvider(Protocol):
 
 
 def envelope_error(
-    answer: Answer, body: Mapping[str, Any], redact: Callable[[str], str]
+    answer: JsonResponse, body: Mapping[str, Any], redact: Callable[[str], str]
 ) -> KlingError | None:
     """The error in a `{code, message, request_id, data}` answer, or None when it succeeded."""
     code = body.get("code")
@@ -83,7 +83,7 @@ def envelope_error(
     )
 
 
-def plain_http_error(answer: Answer, redact: Callable[[str], str]) -> KlingError:
+def plain_http_error(answer: JsonResponse, redact: Callable[[str], str]) -> KlingError:
     """An error answer without a service code (proxies, the gateway): decided by HTTP status."""
     body = answer.body
     message = ""

@@ -22,7 +22,7 @@ from kling.http import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_POOL_SIZE,
     DEFAULT_TIMEOUT,
-    Answer,
+    JsonResponse,
     Timeout,
     create_idempotently,
     log,
@@ -134,7 +134,7 @@ class AppyPieClient(_HttpClient):
             raise error
         return answer.body
 
-    def _error(self, answer: Answer, body: Mapping[str, Any]) -> KlingError | None:
+    def _error(self, answer: JsonResponse, body: Mapping[str, Any]) -> KlingError | None:
         # The gateway may pass Kling's own envelope through (once or twice wrapped).
         inner = body.get("data")
         envelope = (

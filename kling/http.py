@@ -40,7 +40,7 @@ REDACTED = "***"
 
 
 @dataclass(frozen=True)
-class Answer:
+class JsonResponse:
     status: int
     body: Any
     headers: Mapping[str, str]
@@ -241,7 +241,7 @@ class HttpTransport:
         headers: Mapping[str, str],
         json_body: Any = None,
         params: Mapping[str, Any] | None = None,
-    ) -> Answer:
+    ) -> JsonResponse:
         """One request: `TransportError` on network failure, `UnexpectedResponseError` on non-JSON."""
         url = self.base_url + path
         all_headers = {
@@ -266,7 +266,7 @@ class HttpTransport:
                 http_status=resp.status_code,
                 retry_after=retry_after,
             ) from None
-        return Answer(status=resp.status_code, body=body, headers=resp.headers)
+        return JsonResponse(status=resp.status_code, body=body, headers=resp.headers)
 
     def close(self) -> None:
         if self._owns_session:

@@ -12,32 +12,32 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hmac
 import json
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, current_app, request
-from sqlalchemy import ColumnElement, Select, String, Table, and_, bindparam, or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 
 from kling.errors import FieldError
 from kling.validation import Provider, validate_image_params
-from models.db import among_ids, session_scope
+from models.db import session_scope
+from models.documents import job_document, job_documents, job_select
 from models.enums import ImageStatus, JobStatus
-from models.logging import log_context, redact
+from models.logging import log_context
 from models.settings import Settings
 from models.statemachine import create_job
-from models.tables import Image, Job, Notification, Transition
+from models.tables import Image, Job
 from webhook.db import app_settings, autocommit_sessions, sessions
+from webhook.views import ViewResult
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
@@ -53,8 +53,6 @@ MAX_IDEMPOTENCY_KEY = 255
 DEFAULT_LIMIT, MAX_LIMIT = 50, 200
 PRESIGN_SECONDS = 3600
 LOOPBACK = ("127.0.0.1", "::1")
-
-Answer = tuple[dict[str, Any], int] | tuple[dict[str, Any], int, dict[str, str]]
 
 
 class ConfigurationError(RuntimeError):
@@ -110,7 +108,7 @@ def _token(settings: Settings) -> str:
     return settings.api_token.get_secret_value() if settings.api_token is not None else ""
 
 
-def require_token() -> Answer | None:
+def require_token() -> ViewResult | None:
     """`before_request` hook: None when the request carries the API token, else the 401 answer."""
     expected = _token(app_settings())
     if not expected:
@@ -126,12 +124,12 @@ def require_token() -> Answer | None:
     return None
 
 
-def _unauthorized(message: str) -> Answer:
+def _unauthorized(message: str) -> ViewResult:
     return {"error": message}, 401, {"WWW-Authenticate": 'Bearer realm="kling-orchestrator"'}
 
 
 @bp.before_request
-def _before() -> Answer | None:
+def _before() -> ViewResult | None:
     request.max_content_length = API_MAX_BODY_BYTES
     return require_token()
 
@@ -143,12 +141,12 @@ def no_store(response: Response) -> Response:
 
 
 @bp.errorhandler(ApiError)
-def _api_error(exc: ApiError) -> Answer:
+def _api_error(exc: ApiError) -> ViewResult:
     return exc.body(), exc.status
 
 
 @bp.errorhandler(DataError)
-def _bad_value(exc: DataError) -> Answer:
+def _bad_value(exc: DataError) -> ViewResult:
     # The database refused a value the checks above let through: the client's input, not our bug.
     log.warning("API request refused by the database (%s)", type(exc.orig).__name__)
     return {"error": "a value in the request cannot be stored"}, 400
@@ -156,14 +154,14 @@ def _bad_value(exc: DataError) -> Answer:
 
 @bp.errorhandler(OperationalError)
 @bp.errorhandler(PoolTimeoutError)
-def database_unavailable(exc: Exception) -> Answer:
+def database_unavailable(exc: Exception) -> ViewResult:
     log.error("API request failed, database unavailable (%s)", type(exc).__name__)
     return {"error": "database unavailable, retry later"}, 503, {"Retry-After": "5"}
 
 
 # --- views --------------------------------------------------------------------------------------
 @bp.post("/v1/jobs")
-def create() -> Answer:
+def create() -> ViewResult:
     settings = app_settings()
     body = _json_object()
     provider, webhook_url, metadata, params, errors = _split_body(body, settings)
@@ -203,7 +201,7 @@ LIST_PARAMETERS = ("status", "limit", "cursor")
 
 
 @bp.get("/v1/jobs")
-def list_jobs() -> Answer:
+def list_jobs() -> ViewResult:
     for name in request.args:
         if name not in LIST_PARAMETERS:
             raise _bad_query(
@@ -231,13 +229,13 @@ def list_jobs() -> Answer:
 
 
 @bp.get("/v1/jobs/<job_id>")
-def show(job_id: str) -> Answer:
+def show(job_id: str) -> ViewResult:
     with autocommit_sessions() as read, read() as session:
         return _one_document(session, _job_id(job_id)), 200
 
 
 @bp.get("/v1/jobs/<job_id>/images/<int:index>")
-def image(job_id: str, index: int) -> Answer | Response:
+def image(job_id: str, index: int) -> ViewResult | Response:
     job_id = _job_id(job_id)
     with autocommit_sessions() as read, read() as session:
         found = session.execute(
@@ -376,149 +374,11 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     return parsed, job_id
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def public_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The request as stored, with an inline base64 image replaced by a short marker."""
-    out = dict(params)
-    image = out.get("image")
-    if isinstance(image, str) and not image.startswith(("http://", "https://")):
-        out["image"] = f"<base64 image, {len(image)} characters>"
-    return out
-
-
-# --- job documents ------------------------------------------------------------------------------
-# Built from plain rows (Core), not ORM objects: a page of 50 jobs is ~400 rows, and the identity
-# map and attribute instrumentation cost several times the queries themselves.
-def job_select() -> Select[Any]:
-    """The job columns a document needs; add WHERE / ORDER BY / LIMIT and pass to `job_documents`."""
-    return select(
-        Job.id,
-        Job.status,
-        Job.provider,
-        Job.provider_task_id,
-        Job.params,
-        Job.error_code,
-        Job.error_message,
-        Job.webhook_url,
-        Job.meta.label("meta"),  # the column is named `metadata`
-        Job.created_at,
-        Job.updated_at,
-    )
-
-
-def job_documents(
-    session: Session, stmt: Select[Any], params: Mapping[str, Any] | None = None
-) -> list[dict[str, Any]]:
-    """The API's job documents (docs/api.md) for the rows of `stmt` (from `job_select`), in order."""
-    # On the session's connection: Core rows, without the ORM's result machinery.
-    conn = session.connection()
-    jobs = conn.execute(stmt, params).all()
-    if not jobs:
-        return []
-    ids = [row.id for row in jobs]
-    transitions: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in ids}
-    images: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in ids}
-    notes: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in ids}
-    queries = _child_queries(conn.dialect.name == "postgresql")
-    for t in conn.execute(queries.transitions, {"ids": ids}).all():
-        transitions[t.job_id].append(
-            {"from": t.from_status, "to": t.to_status, "source": t.source, "at": _iso(t.at)}
-        )
-    for i in conn.execute(queries.images, {"ids": ids}).all():
-        images[i.job_id].append(
-            {
-                "index": i.index,
-                "status": i.status,
-                "source_url": i.source_url,
-                "s3_bucket": i.s3_bucket,
-                "s3_key": i.s3_key,
-                "sha256": i.sha256,
-                "bytes": i.bytes,
-                "content_type": i.content_type,
-                "archived_at": _iso(i.archived_at),
-            }
-        )
-    # Only a job with a webhook_url gets notification rows: most pages need no third query.
-    with_webhooks = [job.id for job in jobs if job.webhook_url]
-    if with_webhooks:
-        for n in conn.execute(queries.notifications, {"ids": with_webhooks}).all():
-            notes[n.job_id].append(
-                {
-                    "event": n.event,
-                    "attempts": n.attempts,
-                    "last_status": n.last_status,
-                    "last_error": redact(n.last_error) if n.last_error else None,
-                    "created_at": _iso(n.created_at),
-                    "delivered_at": _iso(n.delivered_at),
-                    "next_attempt_at": _iso(n.next_attempt_at),
-                }
-            )
-    return [
-        {
-            "id": job.id,
-            "status": job.status,
-            "provider": job.provider,
-            "provider_task_id": job.provider_task_id,
-            "external_task_id": job.id,
-            "params": public_params(job.params),
-            "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
-            "webhook_url": job.webhook_url,
-            "metadata": job.meta,
-            "created_at": _iso(job.created_at),
-            "updated_at": _iso(job.updated_at),
-            "transitions": transitions[job.id],
-            "images": images[job.id],
-            "notifications": notes[job.id],
-        }
-        for job in jobs
-    ]
-
-
-@dataclass(frozen=True)
-class _ChildQueries:
-    transitions: Select[Any]
-    images: Select[Any]
-    notifications: Select[Any]
-
-
-@functools.cache
-def _child_queries(postgresql: bool) -> _ChildQueries:
-    """The rows of a page's jobs, built once per dialect (building a statement costs more CPU than
-    running it). On PostgreSQL the ids are one array parameter; an IN list is rendered anew for
-    each length."""
-    tr, im, no = (cast(Table, model.__table__) for model in (Transition, Image, Notification))
-
-    def among(column: ColumnElement[str]) -> ColumnElement[bool]:
-        return among_ids(column, String(), postgresql=postgresql)
-
-    c = tr.c
-    transitions = select(c.job_id, c.from_status, c.to_status, c.source, c.at)
-    c = im.c
-    images = select(c.job_id, c.index, c.status, c.source_url, c.s3_bucket, c.s3_key, c.sha256)
-    c = no.c
-    notifications = select(c.job_id, c.event, c.attempts, c.last_status, c.last_error, c.created_at)
-    return _ChildQueries(
-        transitions=transitions.where(among(tr.c.job_id)).order_by(tr.c.id),
-        images=images.add_columns(im.c.bytes, im.c.content_type, im.c.archived_at)
-        .where(among(im.c.job_id))
-        .order_by(im.c.job_id, im.c.index),
-        notifications=notifications.add_columns(no.c.delivered_at, no.c.next_attempt_at)
-        .where(among(no.c.job_id))
-        .order_by(no.c.id),
-    )
-
-
-_ONE_JOB = job_select().where(Job.id == bindparam("job_id"))
-
-
 def _one_document(session: Session, job_id: str) -> dict[str, Any]:
-    docs = job_documents(session, _ONE_JOB, {"job_id": job_id})
-    if not docs:
+    doc = job_document(session, job_id)
+    if doc is None:
         raise ApiError(404, "unknown job")
-    return docs[0]
+    return doc
 
 
 __all__ = [
@@ -529,10 +389,7 @@ __all__ = [
     "check_settings",
     "database_unavailable",
     "init_app",
-    "job_documents",
-    "job_select",
     "no_store",
     "presigned_url",
-    "public_params",
     "require_token",
 ]

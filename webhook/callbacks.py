@@ -41,6 +41,7 @@ from models.statemachine import (
 from models.tables import CallbackEvent
 from models.tokens import check_callback_token
 from webhook.db import app_settings, provider_task_ended, request_connection, single_statements, transaction
+from webhook.views import ViewResult
 
 log = logging.getLogger(__name__)
 bp = Blueprint("callbacks", __name__)
@@ -50,8 +51,6 @@ CALLBACKS = Counter("kling_callbacks_total", "Provider callbacks received, by ou
 # Stored with each event for debugging; signatures and auth headers are left out.
 KEPT_HEADERS = ("content-type", "content-length", "user-agent", "webhook-id", "webhook-timestamp")
 
-Answer = tuple[dict[str, str], int]
-
 
 def dedupe_key(webhook_id: str | None, body: bytes) -> str:
     if webhook_id:
@@ -59,7 +58,7 @@ def dedupe_key(webhook_id: str | None, body: bytes) -> str:
     return f"sha256:{hashlib.sha256(body).hexdigest()}"
 
 
-def _reject(status: int, reason: str, job_id: str) -> Answer:
+def _reject(status: int, reason: str, job_id: str) -> ViewResult:
     CALLBACKS.labels(outcome=EventOutcome.REJECTED.value).inc()
     log.warning("callback rejected: job=%s status=%d reason=%s", job_id, status, reason)
     return {"error": reason}, status
@@ -78,12 +77,12 @@ def _apply(conn: Connection, job_id: str, task: Task, event: CallbackEvent) -> A
 
 
 @bp.post("/callbacks/kling/<job_id>/<token>")
-def receive(job_id: str, token: str) -> Answer:
+def receive(job_id: str, token: str) -> ViewResult:
     with log_context(job_id=job_id):
         return _receive(job_id, token)
 
 
-def _receive(job_id: str, token: str) -> Answer:
+def _receive(job_id: str, token: str) -> ViewResult:
     try:
         body = request.get_data(cache=False)
     except RequestEntityTooLarge:

@@ -15,11 +15,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from models.documents import job_documents, job_select
 from models.enums import ImageStatus
 from models.tables import Image, Job
 from webhook import api
 from webhook.db import autocommit_sessions
 from webhook.metrics import state_snapshot
+from webhook.views import ViewResult
 
 bp = Blueprint("dashboard", __name__)
 data_bp = Blueprint("dashboard_data", __name__)
@@ -38,13 +40,13 @@ def page() -> str:
 
 
 @data_bp.get("/v1/dashboard")
-def data() -> api.Answer:
+def data() -> ViewResult:
     snapshot = state_snapshot(current_app._get_current_object())  # type: ignore[attr-defined]
     database_up = snapshot.get("kling_metrics_source_up{database}") == 1
     limiter_up = snapshot.get("kling_metrics_source_up{limiter}") == 1
     with autocommit_sessions() as read, read() as session:
-        jobs = api.job_documents(
-            session, api.job_select().order_by(Job.created_at.desc(), Job.id.desc()).limit(RECENT_JOBS)
+        jobs = job_documents(
+            session, job_select().order_by(Job.created_at.desc(), Job.id.desc()).limit(RECENT_JOBS)
         )
         archived = session.scalars(
             select(Image)

@@ -12,8 +12,10 @@ from typing import Any
 from flask import Blueprint
 
 from kling.validation import ALL_RATIOS, IMAGE_REFERENCES, MAX_PROMPT, MODEL_CAPABILITIES
+from models.documents import IMAGE_FIELDS, JOB_FIELDS, NOTIFICATION_FIELDS, TRANSITION_FIELDS
 from models.enums import ImageStatus, JobStatus, TransitionSource
 from webhook.api import DEFAULT_LIMIT, MAX_IDEMPOTENCY_KEY, MAX_LIMIT, PROVIDERS
+from webhook.views import ViewResult
 
 bp = Blueprint("openapi", __name__)
 
@@ -48,6 +50,13 @@ DB_DOWN = _error("The database is unavailable; retry later", {"Retry-After": _ST
 NOT_FOUND = _error("Unknown job")
 TIME = {"type": "string", "format": "date-time"}
 NULLABLE_TIME = _nullable(TIME)
+
+
+def _document(fields: tuple[str, ...], properties: dict[str, Schema]) -> Schema:
+    """The schema of a job document part: every field of `models.documents` is always present."""
+    if tuple(properties) != fields:
+        raise ValueError(f"schema properties {list(properties)} are not the document's fields {list(fields)}")
+    return {"type": "object", "required": list(fields), "properties": properties}
 
 
 def _schemas() -> dict[str, Schema]:
@@ -94,30 +103,18 @@ def _schemas() -> dict[str, Schema]:
             "metadata": _nullable({"type": "object", "additionalProperties": True}),
         },
     }
-    transition = {
-        "type": "object",
-        "required": ["from", "to", "source", "at"],
-        "properties": {
+    transition = _document(
+        TRANSITION_FIELDS,
+        {
             "from": _nullable({"type": "string", "enum": [s.value for s in JobStatus]}),
             "to": {"type": "string", "enum": [s.value for s in JobStatus]},
             "source": {"type": "string", "enum": [s.value for s in TransitionSource]},
             "at": TIME,
         },
-    }
-    image = {
-        "type": "object",
-        "required": [
-            "index",
-            "status",
-            "source_url",
-            "s3_bucket",
-            "s3_key",
-            "sha256",
-            "bytes",
-            "content_type",
-            "archived_at",
-        ],
-        "properties": {
+    )
+    image = _document(
+        IMAGE_FIELDS,
+        {
             "index": {"type": "integer", "minimum": 0},
             "status": {"type": "string", "enum": [s.value for s in ImageStatus]},
             "source_url": {"type": "string"},
@@ -128,11 +125,10 @@ def _schemas() -> dict[str, Schema]:
             "content_type": _nullable({"type": "string"}),
             "archived_at": NULLABLE_TIME,
         },
-    }
-    notification = {
-        "type": "object",
-        "required": ["event", "attempts", "last_status", "last_error", "created_at", "delivered_at"],
-        "properties": {
+    )
+    notification = _document(
+        NOTIFICATION_FIELDS,
+        {
             "event": {"type": "string"},
             "attempts": {"type": "integer"},
             "last_status": _nullable({"type": "integer"}),
@@ -141,26 +137,10 @@ def _schemas() -> dict[str, Schema]:
             "delivered_at": NULLABLE_TIME,
             "next_attempt_at": NULLABLE_TIME,
         },
-    }
-    job = {
-        "type": "object",
-        "required": [
-            "id",
-            "status",
-            "provider",
-            "provider_task_id",
-            "external_task_id",
-            "params",
-            "error",
-            "webhook_url",
-            "metadata",
-            "created_at",
-            "updated_at",
-            "transitions",
-            "images",
-            "notifications",
-        ],
-        "properties": {
+    )
+    job = _document(
+        JOB_FIELDS,
+        {
             "id": {"type": "string", "format": "uuid"},
             "status": {"type": "string", "enum": [s.value for s in JobStatus]},
             "provider": {"type": "string", "enum": list(PROVIDERS)},
@@ -186,7 +166,7 @@ def _schemas() -> dict[str, Schema]:
             "images": {"type": "array", "items": _ref("Image")},
             "notifications": {"type": "array", "items": _ref("Notification")},
         },
-    }
+    )
     job_list = {
         "type": "object",
         "required": ["jobs", "next_cursor"],
@@ -443,7 +423,7 @@ def openapi_document() -> dict[str, Any]:
 
 
 @bp.get("/openapi.json")
-def serve() -> tuple[dict[str, Any], int]:
+def serve() -> ViewResult:
     return openapi_document(), 200
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -23,6 +23,7 @@ from kling.callbacks import sign_callback
 from kling.http import backoff
 from models.base import utcnow
 from models.db import session_scope
+from models.documents import event_job_document, iso_utc
 from models.enums import JobStatus
 from models.logging import log_context
 from models.tables import Job, Notification
@@ -43,41 +44,9 @@ MAX_BACKOFF_SECONDS = 600.0
 GIVE_UP_AFTER = timedelta(hours=24)
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat() if value else None
-
-
 def event_payload(job: Job, event: str) -> dict[str, Any]:
     """The event body: the job and where its images are kept for good."""
-    return {
-        "type": event,
-        "timestamp": _iso(utcnow()),
-        "data": {
-            "id": job.id,
-            "status": job.status,
-            "provider": job.provider,
-            "provider_task_id": job.provider_task_id,
-            "external_task_id": job.id,
-            "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
-            "metadata": job.meta,
-            "created_at": _iso(job.created_at),
-            "updated_at": _iso(job.updated_at),
-            "images": [
-                {
-                    "index": img.index,
-                    "status": img.status,
-                    "s3_bucket": img.s3_bucket,
-                    "s3_key": img.s3_key,
-                    "s3_uri": f"s3://{img.s3_bucket}/{img.s3_key}" if img.s3_key else None,
-                    "sha256": img.sha256,
-                    "bytes": img.bytes,
-                    "content_type": img.content_type,
-                    "archived_at": _iso(img.archived_at),
-                }
-                for img in job.images
-            ],
-        },
-    }
+    return {"type": event, "timestamp": iso_utc(utcnow()), "data": event_job_document(job)}
 
 
 def notify_job(

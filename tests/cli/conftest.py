@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -27,6 +28,17 @@ KLINGCTL = str(Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "kl
 SERVICE_VARS = ("DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL", "S3_ENDPOINT_URL", "PUBLIC_BASE_URL")
 
 Run = Callable[..., Result]
+
+# The Redis databases the process tests (test_stack, test_demo) use as broker and limiter.
+BROKER_DB = 12
+LIMITER_REDIS = "redis://127.0.0.1:6379/15"
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def clean_env(**values: str) -> dict[str, str]:

@@ -13,8 +13,7 @@ from sqlalchemy import func, select
 
 from models.db import make_engine, make_sessionmaker, session_scope
 from models.tables import CallbackEvent, Image, Job, Transition
-from tests.cli.conftest import KLINGCTL, ROOT, clean_env
-from tests.cli.test_stack import BROKER_DB, LIMITER_REDIS
+from tests.cli.conftest import BROKER_DB, KLINGCTL, LIMITER_REDIS, ROOT, clean_env
 from tests.fixtures.services import S3_TEST_ACCESS_KEY, S3_TEST_SECRET_KEY
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from pathlib import Path
 
@@ -12,14 +11,7 @@ from sqlalchemy import Engine, select
 from klingctl.errors import describe
 from models.db import make_sessionmaker, session_scope
 from models.tables import Job, Outbox
-from tests.cli.conftest import KLINGCTL, Run, add_job, clean_env
-
-
-def closed_port() -> int:
-    """A local port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.cli.conftest import KLINGCTL, Run, add_job, clean_env, closed_port
 
 
 def assert_one_line(stderr: str, *needles: str) -> None:

@@ -19,15 +19,11 @@ import redis
 import requests
 
 from kling.simulator import Simulator
-from tests.cli.conftest import KLINGCTL, ROOT, clean_env
-from tests.cli.test_errors import closed_port
+from tests.cli.conftest import BROKER_DB, KLINGCTL, LIMITER_REDIS, ROOT, clean_env, closed_port
 from tests.conftest import TEST_ACCESS_KEY, TEST_API_TOKEN, TEST_CALLBACK_SECRET, TEST_SECRET_KEY
 from tests.fixtures.services import S3_TEST_ACCESS_KEY, S3_TEST_REGION, S3_TEST_SECRET_KEY
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-BROKER_DB = 12  # Redis db used as the broker by these tests only
-LIMITER_REDIS = "redis://127.0.0.1:6379/15"
 
 
 class Processes:

@@ -1,18 +1,46 @@
-"""Builders shared by the data-layer tests: provider task bodies, signed headers, DB snapshots."""
+"""Builders shared by the data-layer tests: jobs, provider tasks and task bodies, signed headers,
+DB snapshots."""
 
 from __future__ import annotations
 
 import json
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from kling.callbacks import sign_callback
+from kling.types import Task, TaskImage, TaskStatus
+from models.statemachine import create_job
 from models.tables import CallbackEvent, Image, Job, Outbox, Transition
 from tests.conftest import TEST_WEBHOOK_SECRET
+
+PARAMS = {"prompt": "a lighthouse at dusk", "n": 2}
+
+
+def task_for(
+    job: Job, status: TaskStatus, *, task_id: str = "task-1", images: int = 2, msg: str = ""
+) -> Task:
+    return Task(
+        task_id=task_id,
+        status=status,
+        status_message=msg,
+        external_task_id=job.id,
+        created_at=datetime(2026, 6, 10, 12, 0, tzinfo=UTC),
+        images=tuple(TaskImage(index=i, url=f"https://cdn.klingai.com/{i}.png") for i in range(images))
+        if status is TaskStatus.SUCCEEDED
+        else (),
+    )
+
+
+def new_job(session: Session, **kwargs: object) -> Job:
+    job = create_job(session, PARAMS, provider="kling", **kwargs).job  # type: ignore[arg-type]
+    session.commit()
+    return job
+
 
 KLING_STATUS = {
     "submitted": "submitted",

@@ -30,8 +30,7 @@ from models import (
 from models.db import make_engine, make_sessionmaker
 from models.settings import Settings
 from tests.conftest import TEST_CALLBACK_SECRET
-from tests.data.helpers import encode, legacy_body, outbox_tasks, transitions_of
-from tests.data.test_statemachine import PARAMS, new_job, task_for
+from tests.data.helpers import PARAMS, encode, legacy_body, new_job, outbox_tasks, task_for, transitions_of
 from webhook import create_app
 
 

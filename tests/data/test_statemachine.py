@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from kling.types import Task, TaskImage, TaskStatus
+from kling.types import Task, TaskStatus
 from models import (
     CallbackEvent,
     EventOutcome,
@@ -19,33 +19,9 @@ from models import (
     TaskMismatch,
     apply_provider_task,
     can_move,
-    create_job,
     transition,
 )
-from tests.data.helpers import outbox_tasks, transitions_of
-
-PARAMS = {"prompt": "a lighthouse at dusk", "n": 2}
-
-
-def task_for(
-    job: Job, status: TaskStatus, *, task_id: str = "task-1", images: int = 2, msg: str = ""
-) -> Task:
-    return Task(
-        task_id=task_id,
-        status=status,
-        status_message=msg,
-        external_task_id=job.id,
-        created_at=datetime(2026, 6, 10, 12, 0, tzinfo=UTC),
-        images=tuple(TaskImage(index=i, url=f"https://cdn.klingai.com/{i}.png") for i in range(images))
-        if status is TaskStatus.SUCCEEDED
-        else (),
-    )
-
-
-def new_job(session: Session, **kwargs: object) -> Job:
-    job = create_job(session, PARAMS, provider="kling", **kwargs).job  # type: ignore[arg-type]
-    session.commit()
-    return job
+from tests.data.helpers import new_job, outbox_tasks, task_for, transitions_of
 
 
 def test_allowed_moves() -> None:

@@ -2,66 +2,75 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from kling import CallbackError, SignatureError, TaskStatus, parse_callback, verify_callback_signature
 from tests.conftest import TEST_WEBHOOK_SECRET
+from tests.samples import load, raw
 
-VECTOR_BODY = (
-    b'{"id":"1234567890","status":"succeeded","message":"",'
-    b'"create_time":1781080778802,"update_time":1781080794151}'
-)
+VECTOR_BODY = raw("callbacks/standard-signing-vector")
 VECTOR_HEADERS = {
     "webhook-id": "9876543210",
     "webhook-timestamp": "1781080794",
     "webhook-signature": "v1,UsKlJP00XoQyOn410NM9xv34sP+Gl0jnOO9Lcpr7NJ4=",
 }
 NOW = 1781080794
+TASK_ID, JOB_ID = "CjMrVGdYqz4AAAAAAKCdvA", "5f6a0c0e-8a1b-4c8e-9d2f-0b1e2c3d4a5b"
 
 
-def test_parse_legacy_shape() -> None:
-    body = {
-        "task_id": "t-1",
-        "task_status": "succeed",
-        "task_status_msg": "",
-        "task_info": {"external_task_id": "job-1"},
-        "created_at": 1722769557708,
-        "updated_at": 1722769560000,
-        "task_result": {"images": [{"index": 0, "url": "https://cdn.klingai.com/0.png"}]},
-        "final_unit_deduction": "1",
-    }
-    task = parse_callback(json.dumps(body).encode())
-    assert (task.task_id, task.status, task.external_task_id) == ("t-1", TaskStatus.SUCCEEDED, "job-1")
-    assert task.images[0].url == "https://cdn.klingai.com/0.png"
-    assert task.updated_at is not None and task.updated_at.timestamp() == 1722769560.0
+@pytest.mark.parametrize(
+    ("sample", "status"),
+    [
+        ("callbacks/legacy-submitted", TaskStatus.SUBMITTED),
+        ("callbacks/legacy-processing", TaskStatus.PROCESSING),
+        ("callbacks/legacy-succeed", TaskStatus.SUCCEEDED),
+        ("callbacks/legacy-failed", TaskStatus.FAILED),
+    ],
+)
+def test_parse_legacy_shape(sample: str, status: TaskStatus) -> None:
+    task = parse_callback(raw(sample))
+    assert (task.task_id, task.status, task.external_task_id) == (TASK_ID, status, JOB_ID)
+    assert task.created_at is not None and round(task.created_at.timestamp() * 1000) == 1722769557708
+    assert (
+        task.updated_at is not None
+        and round(task.updated_at.timestamp() * 1000) == load(sample)["updated_at"]
+    )
+
+
+def test_legacy_succeed_carries_the_images() -> None:
+    task = parse_callback(raw("callbacks/legacy-succeed"))
+    assert [image.index for image in task.images] == [0, 1]
+    assert task.images[0].url.endswith(f"{TASK_ID}-0_raw_image_0.png")
+    assert task.images[0].watermark_url is not None and "watermark" in task.images[0].watermark_url
+
+
+def test_legacy_failed_keeps_the_reason() -> None:
+    task = parse_callback(raw("callbacks/legacy-failed"))
+    assert task.status_message == "Failure to pass the risk control system"
+    assert task.images == ()
 
 
 def test_parse_standard_shape() -> None:
-    body = {
-        "id": "t-2",
-        "status": "succeeded",
-        "message": "",
-        "create_time": 1781080778802,
-        "update_time": 1781080794151,
-        "external_id": "job-2",
-        "outputs": [
-            {
-                "type": "image",
-                "url": "https://cdn.klingai.com/a.png",
-                "watermark_url": "https://cdn.klingai.com/w.png",
-            }
-        ],
-    }
-    task = parse_callback(json.dumps(body).encode())
-    assert (task.task_id, task.status, task.external_task_id) == ("t-2", TaskStatus.SUCCEEDED, "job-2")
-    assert task.images[0].watermark_url == "https://cdn.klingai.com/w.png"
+    task = parse_callback(raw("callbacks/standard-succeeded"))
+    assert (task.task_id, task.status, task.external_task_id) == (TASK_ID, TaskStatus.SUCCEEDED, JOB_ID)
+    assert [image.index for image in task.images] == [0, 1]
+    assert task.images[0].watermark_url is not None and "watermark" in task.images[0].watermark_url
+
+
+def test_parse_console_test_callback() -> None:
+    task = parse_callback(raw("callbacks/standard-console-test"))
+    assert (task.task_id, task.status, task.images) == ("1234567890", TaskStatus.SUBMITTED, ())
 
 
 def test_parse_test_vector_body() -> None:
     task = parse_callback(VECTOR_BODY)
     assert (task.task_id, task.status) == ("1234567890", TaskStatus.SUCCEEDED)
+
+
+def test_parse_the_task_in_an_envelope() -> None:
+    # Some senders wrap the task in the usual `{code, message, data}` envelope.
+    task = parse_callback(raw("kling/query-succeed-200"))
+    assert (task.task_id, task.status) == (TASK_ID, TaskStatus.SUCCEEDED)
 
 
 @pytest.mark.parametrize(

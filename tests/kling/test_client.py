@@ -24,6 +24,7 @@ from kling import (
     KlingError,
     OmniImageRequest,
     ResourceNotFound,
+    ResourcePackDepleted,
     ServerError,
     TaskStatus,
     TransportError,
@@ -33,9 +34,12 @@ from kling import (
 from kling.http import DEFAULT_MAX_RETRY_AFTER
 from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
 from tests.kling.conftest import TEST_API_KEY, Sleeps, base_url, fail, ok, task_json
+from tests.samples import load
 
 PATH = "/v1/images/generations"
 REQ = ImageRequest(prompt="a red fox", n=2, aspect_ratio="1:1")
+# The task and job of the recorded answers (tests/samples/kling).
+TASK_ID, JOB_ID = "CjMrVGdYqz4AAAAAAKCdvA", "5f6a0c0e-8a1b-4c8e-9d2f-0b1e2c3d4a5b"
 
 
 def requests_to(server: HTTPServer, method: str, path: str) -> list[Request]:
@@ -52,49 +56,46 @@ def test_endpoints_and_interface() -> None:
 
 
 def test_create_sends_body_and_returns_normalized_task(server: HTTPServer, client: KlingClient) -> None:
-    server.expect_request(PATH, method="POST").respond_with_json(
-        ok(task_json("t-9", external_task_id="job-1"))
-    )
-    task = client.create_image(REQ, external_task_id="job-1", callback_url="https://hooks.example.com/cb/1")
-    assert task.task_id == "t-9"
+    server.expect_request(PATH, method="POST").respond_with_json(load("kling/create-200"))
+    task = client.create_image(REQ, external_task_id=JOB_ID, callback_url="https://hooks.example.com/cb/1")
+    assert task.task_id == TASK_ID
     assert task.status is TaskStatus.SUBMITTED
-    assert task.external_task_id == "job-1"
+    assert task.created_at is not None and round(task.created_at.timestamp() * 1000) == 1722769557708
     (req,) = requests_to(server, "POST", PATH)
     assert req.json == {
         "prompt": "a red fox",
         "n": 2,
         "aspect_ratio": "1:1",
-        "external_task_id": "job-1",
+        "external_task_id": JOB_ID,
         "callback_url": "https://hooks.example.com/cb/1",
     }
     assert req.headers["Content-Type"] == "application/json"
 
 
 def test_get_normalizes_succeed_and_images(server: HTTPServer, client: KlingClient) -> None:
-    images = {
-        "images": [
-            {
-                "index": 0,
-                "url": "https://cdn.example.com/0.png",
-                "watermark_url": "https://cdn.example.com/w0.png",
-            }
-        ]
-    }
-    server.expect_request(f"{PATH}/t-1", method="GET").respond_with_json(
-        ok(task_json("t-1", "succeed", task_result=images))
-    )
-    task = client.get_image("t-1")
+    answer = load("kling/query-succeed-200")
+    server.expect_request(f"{PATH}/{TASK_ID}", method="GET").respond_with_json(answer)
+    task = client.get_image(TASK_ID)
     assert task.status is TaskStatus.SUCCEEDED
-    assert task.images[0].url == "https://cdn.example.com/0.png"
-    assert task.images[0].watermark_url == "https://cdn.example.com/w0.png"
+    recorded = answer["data"]["task_result"]["images"]
+    assert [(i.index, i.url, i.watermark_url) for i in task.images] == [
+        (r["index"], r["url"], r["watermark_url"]) for r in recorded
+    ]
+
+
+def test_failed_task_keeps_its_reason(server: HTTPServer, client: KlingClient) -> None:
+    server.expect_request(f"{PATH}/{TASK_ID}", method="GET").respond_with_json(load("kling/query-failed-200"))
+    task = client.get_image(TASK_ID)
+    assert (task.status, task.images) == (TaskStatus.FAILED, ())
+    assert task.status_message == "Failure to pass the risk control system"
 
 
 def test_lookup_by_external_task_id(server: HTTPServer, client: KlingClient) -> None:
-    server.expect_request(f"{PATH}/job-42", method="GET").respond_with_json(
-        ok(task_json("t-7", "processing", external_task_id="job-42"))
+    server.expect_request(f"{PATH}/{JOB_ID}", method="GET").respond_with_json(
+        load("kling/query-processing-200")
     )
-    task = client.get_image(external_task_id="job-42")
-    assert (task.task_id, task.external_task_id, task.status) == ("t-7", "job-42", TaskStatus.PROCESSING)
+    task = client.get_image(external_task_id=JOB_ID)
+    assert (task.task_id, task.external_task_id, task.status) == (TASK_ID, JOB_ID, TaskStatus.PROCESSING)
 
 
 def test_get_needs_exactly_one_id(server: HTTPServer, client: KlingClient) -> None:
@@ -107,9 +108,12 @@ def test_get_needs_exactly_one_id(server: HTTPServer, client: KlingClient) -> No
 def test_list_sends_paging_params(server: HTTPServer, client: KlingClient) -> None:
     server.expect_request(
         PATH, method="GET", query_string={"pageNum": "3", "pageSize": "50"}
-    ).respond_with_json(ok([task_json("a"), task_json("b", "succeed")]))
+    ).respond_with_json(load("kling/list-200"))
     tasks = client.list_images(page=3, page_size=50)
-    assert [t.task_id for t in tasks] == ["a", "b"]
+    assert [(t.task_id, t.status) for t in tasks] == [
+        ("CjMrVGdYqz4AAAAAAKCeQw", TaskStatus.PROCESSING),
+        (TASK_ID, TaskStatus.SUCCEEDED),
+    ]
 
 
 @pytest.mark.parametrize(("page", "size"), [(0, 30), (1001, 30), (1, 0), (1, 501)])
@@ -176,13 +180,13 @@ def test_backoff_is_exponential_with_full_jitter(
 
 def test_retry_after_is_honoured(server: HTTPServer, client: KlingClient, sleeps: Sleeps) -> None:
     server.expect_ordered_request(PATH, method="POST").respond_with_json(
-        fail(1303, "parallel task over resource pack limit"), status=429, headers={"Retry-After": "7"}
+        load("kling/error-1303-429"), status=429, headers={"Retry-After": "7"}
     )
     server.expect_ordered_request(PATH, method="POST").respond_with_json(
         fail(1302), status=429, headers={"Retry-After": "2.5"}
     )
-    server.expect_ordered_request(PATH, method="POST").respond_with_json(ok(task_json()))
-    assert client.create_image(REQ).task_id == "task-1"
+    server.expect_ordered_request(PATH, method="POST").respond_with_json(load("kling/create-200"))
+    assert client.create_image(REQ).task_id == TASK_ID
     assert sleeps == [7.0, 2.5]
 
 
@@ -193,6 +197,16 @@ def test_a_retry_after_of_an_hour_is_capped(server: HTTPServer, client: KlingCli
     server.expect_ordered_request(PATH, method="POST").respond_with_json(ok(task_json()))
     assert client.create_image(REQ).task_id == "task-1"
     assert sleeps == [DEFAULT_MAX_RETRY_AFTER]
+
+
+def test_account_error_is_not_retried(server: HTTPServer, client: KlingClient, sleeps: Sleeps) -> None:
+    # The account's resource pack is used up: the same request fails until someone buys more.
+    server.expect_request(PATH, method="POST").respond_with_json(load("kling/error-1102-429"), status=429)
+    with pytest.raises(ResourcePackDepleted) as info:
+        client.create_image(REQ)
+    assert (info.value.code, info.value.retryable) == (1102, False)
+    assert "Resource pack depleted" in info.value.message
+    assert len(server.log) == 1 and sleeps == []
 
 
 def test_max_retries_zero_disables_retrying(server: HTTPServer, sleeps: Sleeps) -> None:
@@ -207,15 +221,17 @@ def test_max_retries_zero_disables_retrying(server: HTTPServer, sleeps: Sleeps) 
 
 def test_expired_token_is_re_signed_once(server: HTTPServer, sleeps: Sleeps) -> None:
     ticks = iter(range(1_781_080_000, 1_781_090_000, 1000))
-    server.expect_ordered_request(f"{PATH}/t-1").respond_with_json(fail(1004), status=401)
-    server.expect_ordered_request(f"{PATH}/t-1").respond_with_json(ok(task_json("t-1")))
+    server.expect_ordered_request(f"{PATH}/{TASK_ID}").respond_with_json(
+        load("kling/error-1004-401"), status=401
+    )
+    server.expect_ordered_request(f"{PATH}/{TASK_ID}").respond_with_json(load("kling/query-submitted-200"))
     with KlingClient(
         access_key=TEST_ACCESS_KEY,
         secret_key=TEST_SECRET_KEY,
         base_url=base_url(server),
         clock=lambda: next(ticks),
     ) as c:
-        assert c.get_image("t-1").task_id == "t-1"
+        assert c.get_image(TASK_ID).status is TaskStatus.SUBMITTED
     tokens = [req.headers["Authorization"].removeprefix("Bearer ") for req, _ in server.log]
     assert len(tokens) == 2
     exps = [
@@ -339,7 +355,7 @@ def test_timeout_then_lookup_finds_task_creates_once(server: HTTPServer, sleeps:
 def test_server_error_then_not_found_creates_again(server: HTTPServer, client: KlingClient) -> None:
     server.expect_ordered_request(PATH, method="POST").respond_with_json(fail(5000), status=500)
     server.expect_ordered_request(f"{PATH}/job-2", method="GET").respond_with_json(
-        fail(1203, "task not found"), status=404
+        load("kling/error-1203-404"), status=404
     )
     server.expect_ordered_request(PATH, method="POST").respond_with_json(
         ok(task_json("t-2", external_task_id="job-2"))
@@ -423,9 +439,10 @@ def test_lookup_returning_another_task_is_refused(server: HTTPServer, client: Kl
 
 
 def test_not_found_is_resource_not_found(server: HTTPServer, client: KlingClient) -> None:
-    server.expect_request(f"{PATH}/nope").respond_with_json(fail(1203, "task not found"), status=404)
-    with pytest.raises(ResourceNotFound):
+    server.expect_request(f"{PATH}/nope").respond_with_json(load("kling/error-1203-404"), status=404)
+    with pytest.raises(ResourceNotFound) as info:
         client.get_image("nope")
+    assert info.value.request_id == load("kling/error-1203-404")["request_id"]
 
 
 # --- secrets ----------------------------------------------------------------------------------------

@@ -22,15 +22,12 @@ from kling import (
     UnsupportedOperation,
     ValidationError,
 )
-from tests.kling.conftest import TEST_SUBSCRIPTION_KEY, Sleeps, fail, task_json
+from tests.kling.conftest import TEST_SUBSCRIPTION_KEY, Sleeps, fail
+from tests.samples import load
 
 CREATE = "/kling-ai-image/v1/getImageTask"
 STATUS = "/kling-ai-polling/v1/getImageStatus"
 REQ = ImageRequest(prompt="Sparrow bird flying", negative_prompt="dark background")
-
-
-def wrapped(task: dict[str, object]) -> dict[str, object]:
-    return {"data": {"code": 0, "message": "SUCCEED", "request_id": "r-1", "data": task}}
 
 
 def test_default_base_and_interface() -> None:
@@ -45,9 +42,9 @@ def test_default_base_and_interface() -> None:
 def test_create_unwraps_twice_and_sends_key(server: HTTPServer, gateway: AppyPieClient) -> None:
     server.expect_request(
         CREATE, method="POST", headers={"Ocp-Apim-Subscription-Key": TEST_SUBSCRIPTION_KEY}
-    ).respond_with_json(wrapped(task_json("gw-1")))
+    ).respond_with_json(load("gateway/create-200"))
     task = gateway.create_image(REQ, external_task_id="job-1", callback_url="https://hooks.example.com/cb")
-    assert (task.task_id, task.status) == ("gw-1", TaskStatus.SUBMITTED)
+    assert (task.task_id, task.status) == ("ChE1cmdAL6YAAAAAAQXcUg", TaskStatus.SUBMITTED)
     ((req, _),) = server.log
     # The gateway has no external_task_id: it is not sent.
     assert req.json == {
@@ -79,19 +76,18 @@ def test_create_inner_error_code(server: HTTPServer, gateway: AppyPieClient, sle
 
 
 def test_status_answers_task_unwrapped(server: HTTPServer, gateway: AppyPieClient) -> None:
-    images = {"images": [{"index": 0, "url": "https://cdn.klingai.com/x-0.png"}]}
-    server.expect_request(STATUS, method="POST", json={"task_id": "gw-1"}).respond_with_json(
-        task_json("gw-1", "succeed", task_result=images)
+    task_id = "CjNSIWdD6DYAAAAAAI1tSg"
+    server.expect_request(STATUS, method="POST", json={"task_id": task_id}).respond_with_json(
+        load("gateway/status-succeed-200")
     )
-    task = gateway.get_image("gw-1")
-    assert task.status is TaskStatus.SUCCEEDED
-    assert task.images[0].url == "https://cdn.klingai.com/x-0.png"
+    task = gateway.get_image(task_id)
+    assert (task.task_id, task.status) == (task_id, TaskStatus.SUCCEEDED)
+    (image,) = task.images
+    assert image.url.endswith(f"/{task_id}-0_raw_image_0.png")
 
 
 def test_status_unknown_task_is_not_found(server: HTTPServer, gateway: AppyPieClient) -> None:
-    server.expect_request(STATUS).respond_with_json(
-        {"task_status": "failed", "task_status_msg": "task not found"}
-    )
+    server.expect_request(STATUS).respond_with_json(load("gateway/status-not-found-200"))
     with pytest.raises(ResourceNotFound):
         gateway.get_image("nope")
     assert len(server.log) == 1
@@ -116,17 +112,18 @@ def test_plain_http_errors(
     cls: type[KlingError],
     requests: int,
 ) -> None:
-    server.expect_request(STATUS).respond_with_json({"error": f"plain error {status}"}, status=status)
+    body = load(f"gateway/error-{status}")
+    server.expect_request(STATUS).respond_with_json(body, status=status)
     with pytest.raises(cls) as info:
         gateway.get_image("gw-1")
     assert info.value.http_status == status
-    assert f"plain error {status}" in str(info.value)
+    assert body["error"] in str(info.value)
     assert len(server.log) == requests
     assert len(sleeps) == requests - 1
 
 
 def test_create_is_not_retried_after_server_error(server: HTTPServer, gateway: AppyPieClient) -> None:
-    server.expect_request(CREATE).respond_with_json({"error": "boom"}, status=500)
+    server.expect_request(CREATE).respond_with_json(load("gateway/error-500"), status=500)
     with pytest.raises(ServerError):
         gateway.create_image(REQ, external_task_id="job-1")
     assert len(server.log) == 1
@@ -136,10 +133,10 @@ def test_create_is_retried_on_429_honouring_retry_after(
     server: HTTPServer, gateway: AppyPieClient, sleeps: Sleeps
 ) -> None:
     server.expect_ordered_request(CREATE).respond_with_json(
-        {"error": "Rate limit exceeded"}, status=429, headers={"Retry-After": "4"}
+        load("gateway/error-429"), status=429, headers={"Retry-After": "4"}
     )
-    server.expect_ordered_request(CREATE).respond_with_json(wrapped(task_json("gw-2")))
-    assert gateway.create_image(REQ).task_id == "gw-2"
+    server.expect_ordered_request(CREATE).respond_with_json(load("gateway/create-200"))
+    assert gateway.create_image(REQ).task_id == "ChE1cmdAL6YAAAAAAQXcUg"
     assert sleeps == [4.0]
 
 

@@ -13,6 +13,7 @@ from werkzeug import Request, Response
 
 from kling.callbacks import verify_callback_signature
 from models.db import make_engine, session_scope
+from models.documents import EVENT_IMAGE_FIELDS, EVENT_JOB_FIELDS
 from models.settings import Settings
 from models.statemachine import create_job, transition
 from models.tables import Image, Job
@@ -84,6 +85,19 @@ def test_receiver_verifies_signature_and_gets_s3_locations(svc: Services, httpse
     assert image["sha256"] == "ab" * 32
     # Never the provider's URL: it is deleted after 30 days.
     assert "expiring" not in body.decode()
+    assert (tuple(data), tuple(image)) == (EVENT_JOB_FIELDS, EVENT_IMAGE_FIELDS)
+    # The job as the API shows it, timestamps in the same format.
+    shown = (
+        create_app(svc.settings)
+        .test_client()
+        .get(f"/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {TEST_API_TOKEN}"})
+        .get_json()
+    )
+    assert {k: shown[k] for k in EVENT_JOB_FIELDS if k != "images"} == {
+        k: v for k, v in data.items() if k != "images"
+    }
+    assert image["archived_at"] == shown["images"][0]["archived_at"]
+    assert event["timestamp"].endswith("+00:00")
 
     # Delivered once: running the task again sends nothing.
     assert notify_job(svc, job_id).step is Step.DONE

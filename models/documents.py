@@ -1,0 +1,284 @@
+"""The job document: the JSON a job is shown as, in the API, the dashboard and downstream events.
+
+One place for its fields and their one timestamp format (`iso_utc`: ISO 8601 in UTC with its
+offset, `2026-12-06T05:17:27.123456+00:00`). `webhook.openapi` builds the `Job` schema's field list
+from the tuples below, and tests check that the documents have exactly those keys.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy import ColumnElement, Select, String, Table, bindparam, select
+from sqlalchemy.orm import Session
+
+from models.db import among_ids
+from models.logging import redact
+from models.tables import Image, Job, Notification, Transition
+
+JOB_FIELDS = (
+    "id",
+    "status",
+    "provider",
+    "provider_task_id",
+    "external_task_id",
+    "params",
+    "error",
+    "webhook_url",
+    "metadata",
+    "created_at",
+    "updated_at",
+    "transitions",
+    "images",
+    "notifications",
+)
+TRANSITION_FIELDS = ("from", "to", "source", "at")
+IMAGE_FIELDS = (
+    "index",
+    "status",
+    "source_url",
+    "s3_bucket",
+    "s3_key",
+    "sha256",
+    "bytes",
+    "content_type",
+    "archived_at",
+)
+NOTIFICATION_FIELDS = (
+    "event",
+    "attempts",
+    "last_status",
+    "last_error",
+    "created_at",
+    "delivered_at",
+    "next_attempt_at",
+)
+# A downstream event's `data`: the job without its request, webhook URL and history, and its
+# images by their permanent S3 location only (the provider's URLs expire).
+EVENT_JOB_FIELDS = (
+    "id",
+    "status",
+    "provider",
+    "provider_task_id",
+    "external_task_id",
+    "error",
+    "metadata",
+    "created_at",
+    "updated_at",
+    "images",
+)
+EVENT_IMAGE_FIELDS = (
+    "index",
+    "status",
+    "s3_bucket",
+    "s3_key",
+    "s3_uri",
+    "sha256",
+    "bytes",
+    "content_type",
+    "archived_at",
+)
+
+
+def iso_utc(value: datetime | None) -> str | None:
+    """The documents' one timestamp format: ISO 8601 in UTC with its offset."""
+    if value is None:
+        return None
+    # Stored timestamps already come back in UTC (`UTCDateTime`): convert only the others.
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat()
+
+
+def public_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The request as stored, with an inline base64 image replaced by a short marker."""
+    out = dict(params)
+    image = out.get("image")
+    if isinstance(image, str) and not image.startswith(("http://", "https://")):
+        out["image"] = f"<base64 image, {len(image)} characters>"
+    return out
+
+
+def _error(code: str | None, message: str | None) -> dict[str, Any] | None:
+    return {"code": code, "message": message} if code else None
+
+
+# --- the API's and the dashboard's documents, read with Core ------------------------------------
+# Built from plain rows (Core), not ORM objects: a page of 50 jobs is ~400 rows, and the identity
+# map and attribute instrumentation cost several times the queries themselves.
+def job_select() -> Select[Any]:
+    """The job columns a document needs; add WHERE / ORDER BY / LIMIT and pass to `job_documents`."""
+    return select(
+        Job.id,
+        Job.status,
+        Job.provider,
+        Job.provider_task_id,
+        Job.params,
+        Job.error_code,
+        Job.error_message,
+        Job.webhook_url,
+        Job.meta.label("meta"),  # the column is named `metadata`
+        Job.created_at,
+        Job.updated_at,
+    )
+
+
+def job_documents(
+    session: Session, stmt: Select[Any], params: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The job documents for the rows of `stmt` (from `job_select`), in order."""
+    # On the session's connection: Core rows, without the ORM's result machinery.
+    conn = session.connection()
+    jobs = conn.execute(stmt, params).all()
+    if not jobs:
+        return []
+    ids = [row.id for row in jobs]
+    transitions: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in ids}
+    images: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in ids}
+    notes: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in ids}
+    queries = _child_queries(conn.dialect.name == "postgresql")
+    for t in conn.execute(queries.transitions, {"ids": ids}).all():
+        transitions[t.job_id].append(
+            {"from": t.from_status, "to": t.to_status, "source": t.source, "at": iso_utc(t.at)}
+        )
+    for i in conn.execute(queries.images, {"ids": ids}).all():
+        images[i.job_id].append(
+            {
+                "index": i.index,
+                "status": i.status,
+                "source_url": i.source_url,
+                "s3_bucket": i.s3_bucket,
+                "s3_key": i.s3_key,
+                "sha256": i.sha256,
+                "bytes": i.bytes,
+                "content_type": i.content_type,
+                "archived_at": iso_utc(i.archived_at),
+            }
+        )
+    # Only a job with a webhook_url gets notification rows: most pages need no third query.
+    with_webhooks = [job.id for job in jobs if job.webhook_url]
+    if with_webhooks:
+        for n in conn.execute(queries.notifications, {"ids": with_webhooks}).all():
+            notes[n.job_id].append(
+                {
+                    "event": n.event,
+                    "attempts": n.attempts,
+                    "last_status": n.last_status,
+                    "last_error": redact(n.last_error) if n.last_error else None,
+                    "created_at": iso_utc(n.created_at),
+                    "delivered_at": iso_utc(n.delivered_at),
+                    "next_attempt_at": iso_utc(n.next_attempt_at),
+                }
+            )
+    return [
+        {
+            "id": job.id,
+            "status": job.status,
+            "provider": job.provider,
+            "provider_task_id": job.provider_task_id,
+            "external_task_id": job.id,
+            "params": public_params(job.params),
+            "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
+            "webhook_url": job.webhook_url,
+            "metadata": job.meta,
+            "created_at": iso_utc(job.created_at),
+            "updated_at": iso_utc(job.updated_at),
+            "transitions": transitions[job.id],
+            "images": images[job.id],
+            "notifications": notes[job.id],
+        }
+        for job in jobs
+    ]
+
+
+_ONE_JOB = job_select().where(Job.id == bindparam("job_id"))
+
+
+def job_document(session: Session, job_id: str) -> dict[str, Any] | None:
+    """One job's document, or None when there is no such job."""
+    docs = job_documents(session, _ONE_JOB, {"job_id": job_id})
+    return docs[0] if docs else None
+
+
+@dataclass(frozen=True)
+class _ChildQueries:
+    transitions: Select[Any]
+    images: Select[Any]
+    notifications: Select[Any]
+
+
+@functools.cache
+def _child_queries(postgresql: bool) -> _ChildQueries:
+    """The rows of a page's jobs, built once per dialect (building a statement costs more CPU than
+    running it). On PostgreSQL the ids are one array parameter; an IN list is rendered anew for
+    each length."""
+    tr, im, no = (cast(Table, model.__table__) for model in (Transition, Image, Notification))
+
+    def among(column: ColumnElement[str]) -> ColumnElement[bool]:
+        return among_ids(column, String(), postgresql=postgresql)
+
+    c = tr.c
+    transitions = select(c.job_id, c.from_status, c.to_status, c.source, c.at)
+    c = im.c
+    images = select(c.job_id, c.index, c.status, c.source_url, c.s3_bucket, c.s3_key, c.sha256)
+    c = no.c
+    notifications = select(c.job_id, c.event, c.attempts, c.last_status, c.last_error, c.created_at)
+    return _ChildQueries(
+        transitions=transitions.where(among(tr.c.job_id)).order_by(tr.c.id),
+        images=images.add_columns(im.c.bytes, im.c.content_type, im.c.archived_at)
+        .where(among(im.c.job_id))
+        .order_by(im.c.job_id, im.c.index),
+        notifications=notifications.add_columns(no.c.delivered_at, no.c.next_attempt_at)
+        .where(among(no.c.job_id))
+        .order_by(no.c.id),
+    )
+
+
+# --- downstream events, from the ORM job the worker holds ----------------------------------------
+def event_job_document(job: Job) -> dict[str, Any]:
+    """A downstream event's `data` (`EVENT_JOB_FIELDS`) for a loaded job and its images."""
+    return {
+        "id": job.id,
+        "status": job.status,
+        "provider": job.provider,
+        "provider_task_id": job.provider_task_id,
+        "external_task_id": job.id,
+        "error": _error(job.error_code, job.error_message),
+        "metadata": job.meta,
+        "created_at": iso_utc(job.created_at),
+        "updated_at": iso_utc(job.updated_at),
+        "images": [
+            {
+                "index": img.index,
+                "status": img.status,
+                "s3_bucket": img.s3_bucket,
+                "s3_key": img.s3_key,
+                "s3_uri": f"s3://{img.s3_bucket}/{img.s3_key}" if img.s3_key else None,
+                "sha256": img.sha256,
+                "bytes": img.bytes,
+                "content_type": img.content_type,
+                "archived_at": iso_utc(img.archived_at),
+            }
+            for img in job.images
+        ],
+    }
+
+
+__all__ = [
+    "EVENT_IMAGE_FIELDS",
+    "EVENT_JOB_FIELDS",
+    "IMAGE_FIELDS",
+    "JOB_FIELDS",
+    "NOTIFICATION_FIELDS",
+    "TRANSITION_FIELDS",
+    "event_job_document",
+    "iso_utc",
+    "job_document",
+    "job_documents",
+    "job_select",
+    "public_params",
+]
