@@ -3,8 +3,8 @@
 - `POST /v1/jobs` validates with the provider's rules (`kling.validation`), writes the job and its
   outbox row in one transaction; its session's after-commit hook publishes that row. A broker
   outage is only logged: the row stays in the outbox for the beat relay; the request succeeds.
-- `Idempotency-Key`: the first request creates the job (202); any later request with that key
-  answers 200 with the same job, whatever its body.
+- `Idempotency-Key`: the first request creates the job (202); a later request with that key and
+  the same body answers 200 with the same job, one with another body 422.
 - Lists are newest first with keyset pagination on `(created_at, id)` (the table's index).
 """
 
@@ -17,7 +17,7 @@ import json
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -187,6 +187,18 @@ def create() -> ViewResult:
             idempotency_key=key,
         )
         job_id, created = result.job.id, result.created
+        earlier = result.job
+        if not created and (earlier.provider, earlier.params, earlier.webhook_url, earlier.meta) != (
+            provider,
+            params,
+            webhook_url,
+            metadata,
+        ):
+            raise ApiError(
+                422,
+                "Idempotency-Key reused with a different request",
+                [FieldError("Idempotency-Key", "reused", "was first used with another body; use a new key")],
+            )
     with log_context(job_id=job_id):
         if created:
             log.info("job created: provider=%s n=%s", provider, result.job.slots)
@@ -263,9 +275,9 @@ def _json_object() -> dict[str, Any]:
         raise ApiError(400, "malformed JSON body") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object")
-    if _has_nul(body):
-        # PostgreSQL cannot store NUL in text or JSONB; refuse it here rather than fail there.
-        raise ApiError(400, "strings in the body must not contain NUL characters")
+    problem = _unstorable(body)
+    if problem:
+        raise ApiError(400, problem)
     return body
 
 
@@ -273,14 +285,41 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _has_nul(value: object) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any("\x00" in k or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
+MAX_JSON_DEPTH = 32
+
+
+def _unstorable(body: object) -> str | None:
+    """Why the body cannot be stored, or None. A loop, not recursion: depth is the sender's."""
+    stack: list[tuple[object, int]] = [(body, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return f"the body must not nest deeper than {MAX_JSON_DEPTH} levels"
+        if isinstance(value, str):
+            texts: list[str] = [value]
+        elif isinstance(value, dict):
+            texts = [*value.keys()]
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            texts = []
+            stack.extend((v, depth + 1) for v in value)
+        else:
+            continue
+        for text in texts:
+            # PostgreSQL cannot store NUL, nor a lone surrogate, in text or JSONB: refuse them here.
+            if "\x00" in text:
+                return "strings in the body must not contain NUL characters"
+            if not _encodable(text):
+                return "strings in the body must be valid Unicode (no lone surrogates)"
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _job_id(value: str) -> str:
@@ -351,7 +390,8 @@ def _bad_query(name: str, rule: str, message: str) -> ApiError:
 def _limit(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    # isascii: str.isdigit() accepts digits such as "²" that int() refuses.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4) or not 1 <= int(raw) <= MAX_LIMIT:
         raise _bad_query("limit", "range", f"must be an integer from 1 to {MAX_LIMIT}")
     return int(raw)
 
@@ -368,8 +408,9 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         parsed = datetime.fromisoformat(at)
         if parsed.tzinfo is None or not isinstance(job_id, str) or len(job_id) != 36:
             raise ValueError("bad cursor")
+        parsed = parsed.astimezone(UTC)  # a year-1 time east of UTC overflows here, not in SQL
         job_id = str(uuid.UUID(job_id))
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, OverflowError):
         raise _bad_query("cursor", "cursor", "is not a cursor returned by this API") from None
     return parsed, job_id
 

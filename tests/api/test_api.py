@@ -102,15 +102,62 @@ def test_broker_outage_keeps_the_outbox_row_and_the_request_succeeds(api: Api) -
 
 def test_idempotency_key_returns_the_same_job(api: Api) -> None:
     first = api.create(BODY, **{"Idempotency-Key": "order-42"})
-    again = api.create({**BODY, "prompt": "something else"}, **{"Idempotency-Key": "order-42"})
+    again = api.create(BODY, **{"Idempotency-Key": "order-42"})
     other = api.create(BODY, **{"Idempotency-Key": "order-43"})
     assert first.status_code == 202
     assert again.status_code == 200
     assert again.get_json()["id"] == first.get_json()["id"]
-    assert again.get_json()["params"]["prompt"] == BODY["prompt"]
     assert other.status_code == 202 and other.get_json()["id"] != first.get_json()["id"]
     assert count(api, Job) == 2
     assert count(api, Outbox) == 2
+
+
+def test_idempotency_key_reused_with_another_body_is_422_and_changes_nothing(api: Api) -> None:
+    first = api.create(BODY, **{"Idempotency-Key": "order-42"})
+    for changed in ({**BODY, "prompt": "something else"}, {**BODY, "metadata": {"k": 1}}, {**BODY, "n": 1}):
+        again = api.create(changed, **{"Idempotency-Key": "order-42"})
+        assert again.status_code == 422
+        assert [e["field"] for e in again.get_json()["fields"]] == ["Idempotency-Key"]
+    assert api.get(f"/v1/jobs/{first.get_json()['id']}").get_json()["params"] == BODY
+    assert count(api, Job) == 1 and count(api, Outbox) == 1
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=\u00b2",  # "²": str.isdigit() says yes, int() says no
+        "limit=\u0661",  # Arabic-Indic one: int() takes it, a limit must be ASCII
+        "limit=" + "9" * 40,
+        # A cursor from the year 1, east of UTC: valid ISO 8601 that overflows in UTC.
+        "cursor="
+        + base64.urlsafe_b64encode(b'["0001-01-01T00:00:00+01:00", "00000000-0000-0000-0000-000000000000"]')
+        .decode()
+        .rstrip("="),
+    ],
+)
+def test_hostile_list_parameters_are_400(api: Api, query: str) -> None:
+    response = api.get("/v1/jobs?" + query)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.get_json()["fields"][0]["field"] in ("limit", "cursor")
+
+
+def _post_raw(api: Api, raw: str) -> Any:
+    headers = {**AUTH, "content-type": "application/json"}
+    return api.client.post("/v1/jobs", data=raw.encode("utf-8", "surrogatepass"), headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        ('{"prompt": "p", "metadata": {"a": "x\\u0000y"}}', "NUL"),
+        ('{"prompt": "p", "webhook_url": "https://example.com/\\ud800"}', "surrogate"),
+        ('{"prompt": "p", "metadata": {"deep": ' + "[" * 450 + "]" * 450 + "}}", "nest"),
+    ],
+)
+def test_unstorable_bodies_are_400_and_write_nothing(api: Api, raw: str, says: str) -> None:
+    response = _post_raw(api, raw)
+    assert response.status_code == 400 and says in response.get_json()["error"]
+    assert count(api, Job) == 0
 
 
 def test_validation_names_every_bad_field_and_writes_nothing(api: Api) -> None:
