@@ -240,6 +240,21 @@ def test_base64_image_is_stored_but_never_echoed(api: Api) -> None:
     assert url_image.get_json()["params"]["image"] == "https://example.com/a.png"
 
 
+def test_pages_read_inline_images_as_their_size_in_the_database(api: Api) -> None:
+    """The image bytes stay in PostgreSQL: the row the documents are built from has the marker."""
+    from models.documents import job_select
+
+    image = base64.b64encode(png_bytes((10, 200, 30))).decode()
+    job_id = api.create({"prompt": "restyle", "image": image, "model_name": "kling-v1"}).get_json()["id"]
+    url_job = api.create({"prompt": "restyle", "image": "https://example.com/a.png"}).get_json()["id"]
+    rows = {row.id: row.params for row in api.session.execute(job_select())}
+    assert rows[job_id]["image"] == f"<base64 image, {len(image)} characters>"
+    assert rows[job_id]["prompt"] == "restyle"
+    assert rows[url_job]["image"] == "https://example.com/a.png"
+    listed = api.get("/v1/jobs").get_json()["jobs"]
+    assert {j["id"]: j["params"]["image"] for j in listed}[job_id] == rows[job_id]["image"]
+
+
 def test_bad_idempotency_key_is_400(api: Api) -> None:
     response = api.create(BODY, **{"Idempotency-Key": "k" * 256})
     assert response.status_code == 400 and "Idempotency-Key" in response.get_json()["error"]
