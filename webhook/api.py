@@ -13,8 +13,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import ipaddress
 import json
 import logging
+import socket
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -38,6 +40,7 @@ from models.statemachine import create_job
 from models.tables import Image, Job
 from webhook.db import app_settings, autocommit_sessions, sessions
 from webhook.views import ViewResult
+from worker.fetch import METADATA_ADDRESSES, embedded_ipv4
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
@@ -49,6 +52,7 @@ RESERVED_FIELDS = ("callback_url", "external_task_id")
 # A 10 MB image is ~13.4 MB once base64-encoded.
 API_MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_WEBHOOK_URL = 2048
+MAX_METADATA_BYTES = 16 * 1024
 MAX_IDEMPOTENCY_KEY = 255
 DEFAULT_LIMIT, MAX_LIMIT = 50, 200
 PRESIGN_SECONDS = 3600
@@ -350,10 +354,16 @@ def _split_body(
     if webhook_url is not None and not _is_http_url(webhook_url):
         errors.append(FieldError("webhook_url", "url", "must be an http(s) URL with a host"))
         webhook_url = None
+    elif webhook_url is not None and not _public_host(urlsplit(webhook_url).hostname or "", settings):
+        errors.append(FieldError("webhook_url", "public", "must point at a public host, not a private one"))
+        webhook_url = None
 
     metadata = body.pop("metadata", None)
     if metadata is not None and not isinstance(metadata, dict):
         errors.append(FieldError("metadata", "type", "must be a JSON object"))
+        metadata = None
+    elif metadata is not None and len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+        errors.append(FieldError("metadata", "size", f"must be at most {MAX_METADATA_BYTES} bytes as JSON"))
         metadata = None
 
     for name in RESERVED_FIELDS:
@@ -372,6 +382,25 @@ def _is_http_url(value: object) -> bool:
         return parts.scheme in ("http", "https") and bool(parts.hostname)
     except ValueError:
         return False
+
+
+def _public_host(host: str, settings: Settings) -> bool:
+    """False for a host that is, in any spelling, a non-public address (`2130706433`, `0x7f.1`,
+    `[::ffff:169.254.169.254]`) or a local name, unless listed in NOTIFY_ALLOWED_HOSTS."""
+    host = host.rstrip(".").lower()
+    if host in settings.notify_allowed_hosts:
+        return True
+    if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
+        return False
+    try:
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(host)
+    except ValueError:
+        try:  # the forms inet_aton reads: 2130706433, 0x7f.1, 127.1, 0177.0.0.1
+            ip = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return True  # a name
+    ip = embedded_ipv4(ip)
+    return ip.is_global and ip not in METADATA_ADDRESSES
 
 
 def _idempotency_key() -> str | None:

@@ -240,6 +240,41 @@ def test_base64_image_is_stored_but_never_echoed(api: Api) -> None:
     assert url_image.get_json()["params"]["image"] == "https://example.com/a.png"
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://2130706433:9/",
+        "http://0x7f.1:9/",
+        "http://127.1/",
+        "http://[::ffff:169.254.169.254]/latest",
+        "http://[64:ff9b::a00:1]/",
+        "http://0.0.0.0:6379/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.1.2.3/hook",
+        "https://localhost/hook",
+        "https://db.internal/hook",
+    ],
+)
+def test_webhook_url_to_a_private_host_is_422_in_any_spelling(api: Api, url: str) -> None:
+    response = api.create({**BODY, "webhook_url": url})
+    assert response.status_code == 422
+    assert [(f["field"], f["rule"]) for f in response.get_json()["fields"]] == [("webhook_url", "public")]
+    assert count(api, Job) == 0
+
+
+def test_webhook_url_public_or_listed_is_accepted(api: Api) -> None:
+    assert api.create({**BODY, "webhook_url": "https://hooks.example.com/done"}).status_code == 202
+    assert api.create({**BODY, "webhook_url": "http://8.8.8.8/hook"}).status_code == 202
+    api.app.extensions["kling.settings"] = make_settings(notify_allowed_hosts="consumer.internal")
+    assert api.create({**BODY, "webhook_url": "https://consumer.internal/hook"}).status_code == 202
+
+
+def test_metadata_over_16_kib_is_422(api: Api) -> None:
+    response = api.create({**BODY, "metadata": {"blob": "x" * (16 * 1024)}})
+    assert response.status_code == 422
+    assert [(f["field"], f["rule"]) for f in response.get_json()["fields"]] == [("metadata", "size")]
+
+
 def test_pages_read_inline_images_as_their_size_in_the_database(api: Api) -> None:
     """The image bytes stay in PostgreSQL: the row the documents are built from has the marker."""
     from models.documents import job_select
