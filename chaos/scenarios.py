@@ -177,13 +177,15 @@ def _stall(
         time.sleep(POLL)
     job_id, task_id = found
     probe = Probe(stack, job_id, task_id, f"stall-{secrets.token_hex(4)}").start()
-    pause()
     try:
-        time.sleep(p.stall_seconds)  # the stall itself
+        try:
+            pause()
+            time.sleep(p.stall_seconds)  # the stall itself
+        finally:
+            resume()
+        time.sleep(PROBE_AFTER_SECONDS)  # answers right after the resume count too
     finally:
-        resume()
-    time.sleep(PROBE_AFTER_SECONDS)  # answers right after the resume count too
-    probe.stop()
+        probe.stop()
     notes.append(f"{what} SIGSTOPped {p.stall_seconds:.0f} s; {probe.summary()}")
     return Injected(problems=probe.problems(), jobs=probe.created_jobs(timeout=60))
 
