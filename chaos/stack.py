@@ -362,7 +362,7 @@ class ChaosStack:
                 .where(Job.id.in_(ids), Job.provider_task_id.is_not(None))
                 .limit(1)
             ).first()
-        return (row[0], row[1]) if row is not None else None
+        return (row[0], row[1] or "") if row is not None else None
 
     def statuses(self, ids: list[str]) -> dict[str, str]:
         with session_scope(self._sessions) as s:
