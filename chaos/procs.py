@@ -165,6 +165,21 @@ class PostgresServer:
     def stop(self) -> None:
         self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
 
+    def pids(self) -> list[int]:
+        """The postmaster and every process it started (backends, checkpointer, WAL writer...)."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        return [postmaster, *_children(postmaster)]
+
+    def pause(self) -> None:
+        """SIGSTOP the whole server: it keeps its sockets, the kernel still accepts connections and
+        acknowledges bytes, nothing answers (a hung host, not a dead one)."""
+        for pid in self.pids():  # the postmaster first, so it starts nothing new meanwhile
+            _signal_pid(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for pid in reversed(self.pids()):
+            _signal_pid(pid, signal.SIGCONT)
+
     def close(self) -> None:
         if (self.data / "postmaster.pid").exists():
             with contextlib.suppress(subprocess.CalledProcessError):
@@ -206,3 +221,26 @@ class RedisServer:
 
     def stop(self) -> None:
         self.proc.stop()
+
+    def pause(self) -> None:
+        """SIGSTOP: connections are still accepted, nothing is answered."""
+        self.proc.signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.signal(signal.SIGCONT)
+
+
+def _children(parent: int) -> list[int]:
+    found: list[int] = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # The field after the parenthesised command name: state, then the parent's pid.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == parent:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def _signal_pid(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from chaos.procs import wait_until
+from chaos.probe import Probe
+from chaos.procs import POLL, wait_until
 from chaos.stack import ChaosStack, Check, JobSpec
 
 IN_FLIGHT = ("submitted", "processing", "succeeded")
@@ -29,13 +31,30 @@ class Profile:
     outage_seconds: float
     redis_down_seconds: float
     webhook_down_seconds: float
+    stall_seconds: float
     timeout: float
 
 
 FULL = Profile(
-    jobs=50, kills=3, outage_seconds=30, redis_down_seconds=5, webhook_down_seconds=10, timeout=240
+    jobs=50,
+    kills=3,
+    outage_seconds=30,
+    redis_down_seconds=5,
+    webhook_down_seconds=10,
+    stall_seconds=30,
+    timeout=240,
 )
-SHORT = Profile(jobs=20, kills=2, outage_seconds=8, redis_down_seconds=2, webhook_down_seconds=3, timeout=120)
+SHORT = Profile(
+    jobs=20,
+    kills=2,
+    outage_seconds=8,
+    redis_down_seconds=2,
+    webhook_down_seconds=3,
+    stall_seconds=10,
+    timeout=120,
+)
+# How long the probe goes on asking after a stalled server is resumed (the recovery counts too).
+PROBE_AFTER_SECONDS = 3.0
 
 
 @dataclass
@@ -53,7 +72,15 @@ class Result:
         return not self.problems
 
 
-Inject = Callable[[ChaosStack, Profile, list[str], list[str]], None]
+@dataclass
+class Injected:
+    """What a fault adds to its run besides notes: findings of its own, and jobs it created."""
+
+    problems: list[str] = field(default_factory=list)
+    jobs: list[JobSpec] = field(default_factory=list)
+
+
+Inject = Callable[[ChaosStack, Profile, list[str], list[str]], Injected | None]
 
 
 @dataclass(frozen=True)
@@ -131,6 +158,46 @@ def restart_webhook(stack: ChaosStack, p: Profile, ids: list[str], notes: list[s
     notes.append(f"webhook SIGKILLed, down {p.webhook_down_seconds:.0f} s")
 
 
+def _stall(
+    stack: ChaosStack,
+    p: Profile,
+    ids: list[str],
+    notes: list[str],
+    *,
+    what: str,
+    pause: Callable[[], None],
+    resume: Callable[[], None],
+) -> Injected:
+    """SIGSTOP a server for `stall_seconds` while a probe times the webhook's answers."""
+    _wait_for(stack, ids, *IN_FLIGHT)
+    deadline = time.monotonic() + 60
+    while (found := stack.provider_task(ids)) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError("no job has a provider task after 60 s")
+        time.sleep(POLL)
+    job_id, task_id = found
+    probe = Probe(stack, job_id, task_id, f"stall-{secrets.token_hex(4)}").start()
+    try:
+        try:
+            pause()
+            time.sleep(p.stall_seconds)  # the stall itself
+        finally:
+            resume()
+        time.sleep(PROBE_AFTER_SECONDS)  # answers right after the resume count too
+    finally:
+        probe.stop()
+    notes.append(f"{what} SIGSTOPped {p.stall_seconds:.0f} s; {probe.summary()}")
+    return Injected(problems=probe.problems(), jobs=probe.created_jobs(timeout=60))
+
+
+def stall_redis(stack: ChaosStack, p: Profile, ids: list[str], notes: list[str]) -> Injected:
+    return _stall(stack, p, ids, notes, what="redis", pause=stack.redis.pause, resume=stack.redis.resume)
+
+
+def stall_postgres(stack: ChaosStack, p: Profile, ids: list[str], notes: list[str]) -> Injected:
+    return _stall(stack, p, ids, notes, what="postgres", pause=stack.pg.pause, resume=stack.pg.resume)
+
+
 def drop_callbacks(stack: ChaosStack, p: Profile, ids: list[str], notes: list[str]) -> None:
     notes.append("every callback dropped by the provider")
 
@@ -155,6 +222,8 @@ SCENARIOS = [
     Scenario("s3-503", "S3 answers 503", s3_unavailable),
     Scenario("webhook-restart", "kill and restart the webhook", restart_webhook),
     Scenario("drop-callbacks", "drop 100% of callbacks", drop_callbacks, {"callback_drop_rate": 1.0}),
+    Scenario("redis-stall", "SIGSTOP Redis (accepts, never answers)", stall_redis),
+    Scenario("postgres-stall", "SIGSTOP PostgreSQL (accepts, never answers)", stall_postgres),
 ]
 NAMES = [s.name for s in SCENARIOS]
 
@@ -171,7 +240,12 @@ def run(
         ids = [s.id for s in specs]
         result.submitted = len(specs)
         result.expected_failed = sum(1 for s in specs if s.expect == "failed")
-        scenario.inject(stack, profile, ids, notes)
+        injected = scenario.inject(stack, profile, ids, notes) or Injected()
+        result.problems += injected.problems
+        specs += injected.jobs
+        ids += [s.id for s in injected.jobs]
+        result.submitted = len(specs)
+        result.expected_failed = sum(1 for s in specs if s.expect == "failed")
         restarts_before = len(stack.supervised_restarts)
         statuses = stack.wait_final(ids, timeout=profile.timeout)
         restarted = stack.supervised_restarts[restarts_before:]

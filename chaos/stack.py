@@ -332,11 +332,11 @@ class ChaosStack:
                 "n": n,
                 "aspect_ratio": rng.choice(RATIOS),
             }
-            job_id = self._post_job(body, idempotency_key=f"{tag}-{i}", timeout=timeout)
+            job_id = self.post_job(body, idempotency_key=f"{tag}-{i}", timeout=timeout)
             specs.append(JobSpec(job_id, n, "failed" if fails else "archived"))
         return specs
 
-    def _post_job(self, body: dict[str, Any], *, idempotency_key: str, timeout: float) -> str:
+    def post_job(self, body: dict[str, Any], *, idempotency_key: str, timeout: float) -> str:
         headers = {"Authorization": f"Bearer {self.api_token}", "Idempotency-Key": idempotency_key}
         deadline = time.monotonic() + timeout
         while True:
@@ -353,6 +353,16 @@ class ChaosStack:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"cannot create a job: {error}")
             time.sleep(POLL)
+
+    def provider_task(self, ids: list[str]) -> tuple[str, str] | None:
+        """One of `ids` that has a provider task, with the task's id (None if none has yet)."""
+        with session_scope(self._sessions) as s:
+            row = s.execute(
+                select(Job.id, Job.provider_task_id)
+                .where(Job.id.in_(ids), Job.provider_task_id.is_not(None))
+                .limit(1)
+            ).first()
+        return (row[0], row[1] or "") if row is not None else None
 
     def statuses(self, ids: list[str]) -> dict[str, str]:
         with session_scope(self._sessions) as s:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,12 +31,18 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, answer_timeout: float | None = None, **kwargs: Any) -> Engine:
+    """An engine for `url`. `answer_timeout` (PostgreSQL only): no connect, query, commit or pool
+    ping waits longer than that for the server (the webhook's bound on a stalled database)."""
     url = normalize_url(url)
     backend = make_url(url).get_backend_name()
     if backend == "postgresql":
-        connect_args = {"connect_timeout": PG_CONNECT_TIMEOUT_SECONDS, **kwargs.pop("connect_args", {})}
-        return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
+        connect_timeout = PG_CONNECT_TIMEOUT_SECONDS if answer_timeout is None else math.ceil(answer_timeout)
+        connect_args = {"connect_timeout": connect_timeout, **kwargs.pop("connect_args", {})}
+        engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
+        if answer_timeout is not None:
+            _bound_answers(engine, answer_timeout)
+        return engine
     if backend == "sqlite":
         database = make_url(url).database
         if database and database != ":memory:" and not database.startswith("file:"):
@@ -45,6 +52,14 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         _configure_sqlite(engine)
         return engine
     return create_engine(url, **kwargs)
+
+
+def _bound_answers(engine: Engine, answer_timeout: float) -> None:
+    from models.pgwait import connect_answer_bounded
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        return connect_answer_bounded(answer_timeout, *cargs, **cparams)
 
 
 def _configure_sqlite(engine: Engine) -> None:

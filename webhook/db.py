@@ -23,6 +23,12 @@ if TYPE_CHECKING:
 _SESSIONS = "kling.sessions"
 _SETTINGS = "kling.settings"
 _PUBLISH = "kling.publish"
+# How long a request waits for PostgreSQL at each step (a connect, a query, a commit). A stalled
+# database costs a request at most a pool ping plus a reconnect: two of these, then a 503.
+# The broker publish and the limiter have the same bound (REQUEST_BROKER_TIMEOUT_SECONDS,
+# `socket_timeout` below). docs/performance.md#stalled-dependencies
+DB_ANSWER_TIMEOUT_SECONDS = 2.0
+LIMITER_SOCKET_TIMEOUT_SECONDS = 2.0
 # The concurrency limiter this process shares with the workers (tests and the demo set their own).
 LIMITER_KEY = "kling.limiter"
 
@@ -32,7 +38,8 @@ log = logging.getLogger(__name__)
 def init_app(app: Flask, settings: Settings, session_factory: sessionmaker[Session] | None = None) -> None:
     # Engines connect lazily, so an app pointed at a database that is down still starts (and answers 503).
     if session_factory is None:
-        session_factory = make_sessionmaker(make_engine(settings.database_url))
+        engine = make_engine(settings.database_url, answer_timeout=DB_ANSWER_TIMEOUT_SECONDS)
+        session_factory = make_sessionmaker(engine)
     app.extensions[_SESSIONS] = session_factory
     app.extensions[_SETTINGS] = settings
     app.extensions.setdefault(_PUBLISH, _LazyCeleryPublisher(settings))
@@ -64,9 +71,12 @@ class _LazyCeleryPublisher:
         with self._lock:
             if self._publish is None:
                 from worker.factory import make_celery
-                from worker.outbox import QUICK_RETRY, celery_publisher
+                from worker.outbox import REQUEST_RETRY, celery_publisher
 
-                self._publish = celery_publisher(make_celery(self._settings), retry_policy=QUICK_RETRY)
+                # Bounded connects and replies, one attempt: a stalled broker costs a request
+                # about REQUEST_BROKER_TIMEOUT_SECONDS, and the row waits for the relay.
+                app = make_celery(self._settings, for_requests=True)
+                self._publish = celery_publisher(app, retry_policy=REQUEST_RETRY)
         self._publish(name, args)
 
 
@@ -187,5 +197,6 @@ def limiter_for(app: Flask) -> SlotLimiter:
             limit=settings.kling_concurrency,
             lease_seconds=settings.slot_lease_seconds,
             key_prefix=settings.limiter_key_prefix,
+            socket_timeout=LIMITER_SOCKET_TIMEOUT_SECONDS,
         )
     return found

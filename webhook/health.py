@@ -32,7 +32,12 @@ def broker_check(settings: Settings) -> ReadinessCheck:
     def check() -> None:
         from kombu.connection import Connection
 
-        conn = Connection(settings.celery_broker_url, connect_timeout=2)  # type: ignore[no-untyped-call]
+        from worker.factory import REQUEST_BROKER_OPTIONS
+
+        # Socket timeouts too: a broker that accepts and never answers would hang the probe.
+        conn = Connection(  # type: ignore[no-untyped-call]
+            settings.celery_broker_url, connect_timeout=2, transport_options=dict(REQUEST_BROKER_OPTIONS)
+        )
         with conn:
             conn.ensure_connection(max_retries=1, timeout=2)  # type: ignore[no-untyped-call]
 

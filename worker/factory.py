@@ -18,6 +18,16 @@ from models.settings import Settings, get_settings
 VISIBILITY_TIMEOUT = 3600
 TASK_TIME_LIMIT = 1800
 TASK_SOFT_TIME_LIMIT = 1700
+# An app that only publishes from inside web requests (the webhook) must not wait on a stalled
+# broker, one that accepts connections and never answers: every connect and reply is bounded and a
+# failed connect is not retried here (the outbox relay is the retry). Workers keep kombu's
+# defaults: their BRPOP and publishes may wait out a stall, and resume when the broker does.
+REQUEST_BROKER_TIMEOUT_SECONDS = 2.0
+REQUEST_BROKER_OPTIONS = {
+    "socket_timeout": REQUEST_BROKER_TIMEOUT_SECONDS,
+    "socket_connect_timeout": REQUEST_BROKER_TIMEOUT_SECONDS,
+    "max_retries": 0,  # connection attempts when a channel is (re)opened: one
+}
 
 
 def freeze_loaded_objects(**_: Any) -> None:
@@ -32,15 +42,19 @@ def freeze_loaded_objects(**_: Any) -> None:
     gc.freeze()
 
 
-def make_celery(settings: Settings | None = None) -> Celery:
+def make_celery(settings: Settings | None = None, *, for_requests: bool = False) -> Celery:
+    """The app; `for_requests`: the webhook's publisher, with REQUEST_BROKER_OPTIONS."""
     # Here, not at the top: worker.tasks imports this module's constants.
     from worker import archiving, notify, repair, slots, submit, tasks
 
     settings = settings or get_settings()
     app = Celery("kling_orchestrator", set_as_current=False)
+    transport_options: dict[str, Any] = {"visibility_timeout": VISIBILITY_TIMEOUT}
+    if for_requests:
+        transport_options.update(REQUEST_BROKER_OPTIONS)
     app.conf.update(
         broker_url=settings.celery_broker_url,
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+        broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         task_ignore_result=True,
         result_backend=None,

@@ -123,6 +123,10 @@ def backlog(session: Session) -> int:
 # Publishing from a request handler must not hang on a dead broker: one quick retry, then the row
 # waits in the outbox for the beat relay.
 QUICK_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+# The webhook's: one attempt. Against a broker that accepts and never answers, a retry adds a whole
+# socket timeout (and reopening the channel another); redis-py already reconnects a connection the
+# server closed (a restart) when it takes it from its pool, so the retry bought little.
+REQUEST_RETRY: dict[str, float] = {"max_retries": 0}
 
 
 def celery_publisher(app: Celery, *, retry_policy: dict[str, float] | None = None) -> Publish:
