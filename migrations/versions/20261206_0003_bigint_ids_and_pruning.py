@@ -31,8 +31,8 @@ def _sequence_as(table: str, type_name: str) -> None:
     # A serial's sequence is typed too (int4 caps it at 2^31 - 1); a DO block finds its name in
     # offline (--sql) mode as well.
     op.execute(
-        f"DO $$ BEGIN EXECUTE format('ALTER SEQUENCE %s AS {type_name}', "
-        f"pg_get_serial_sequence('{table}', 'id')); END $$"
+        f"DO $$ BEGIN EXECUTE 'ALTER SEQUENCE ' || pg_get_serial_sequence('{table}', 'id') "
+        f"|| ' AS {type_name}'; END $$"
     )
 
 

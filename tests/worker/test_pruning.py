@@ -13,7 +13,7 @@ from sqlalchemy import Engine, event, func, insert, select, text
 
 from models.base import utcnow
 from models.db import make_engine, make_sessionmaker, session_scope, upgrade
-from models.outbox import OutboxEntry, enqueue_rows
+from models.outbox import enqueue_rows
 from models.settings import Settings
 from models.tables import CallbackEvent, Outbox
 from tests.fixtures.db import empty_tables
@@ -174,14 +174,13 @@ def test_ids_are_bigint_on_postgresql(db_engine: Engine) -> None:
 def test_outbox_ids_past_int4_are_written_and_marked(committed_pg_url: str, db_engine: Engine) -> None:
     big = 3_000_000_000
     with db_engine.begin() as conn:
-        conn.execute(text("ALTER SEQUENCE outbox_id_seq RESTART WITH :n".replace(":n", str(big))))
+        conn.execute(text(f"ALTER SEQUENCE outbox_id_seq RESTART WITH {big}"))
     try:
         with session_scope(make_sessionmaker(db_engine)) as s:
             written = enqueue_rows(s, [("archive_job", ["job-a"]), ("notify", ["job-a"])])
         assert [row.id for row in written] == [big, big + 1]
         sent: list[tuple[str, list[Any]]] = []
-        rows = [OutboxEntry(row.id, row.task, row.args) for row in written]
-        assert publish_rows(make_sessionmaker(db_engine), lambda n, a: sent.append((n, a)), rows) == 2
+        assert publish_rows(make_sessionmaker(db_engine), lambda n, a: sent.append((n, a)), written) == 2
         with db_engine.connect() as conn:
             undispatched = conn.scalar(
                 select(func.count()).select_from(Outbox).where(Outbox.dispatched_at.is_(None))
