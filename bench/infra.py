@@ -21,11 +21,9 @@ from typing import Any
 
 import redis
 import requests
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from klingctl.ops import GUNICORN_CONFIG, celery_argv
-from models.db import normalize_url, upgrade
+from models.db import scratch_database
 from models.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,20 +112,8 @@ def running(proc: Proc) -> Iterator[Proc]:
 @contextmanager
 def private_database(*, migrate: bool = True) -> Iterator[str]:
     """A database made for this benchmark (migrated), dropped afterwards."""
-    admin_url = normalize_url(PG_ADMIN_URL)
-    name = f"kling_bench_{secrets.token_hex(5)}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-        if migrate:
-            upgrade(url)
+    with scratch_database(PG_ADMIN_URL, prefix="kling_bench", migrate=migrate) as url:
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 # --- Redis ------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -62,9 +63,7 @@ class Task:
         """Build from Kling's task object (query, list, create answer, legacy callback body)."""
         if not isinstance(data, Mapping):
             raise UnexpectedResponseError(f"expected a task object, got {type(data).__name__}")
-        task_id = data.get("task_id")
-        if not isinstance(task_id, str) or not task_id:
-            raise UnexpectedResponseError("task object has no task_id")
+        task_id = _task_id(data.get("task_id"), "task_id")
         info = data.get("task_info") or {}
         ext = info.get("external_task_id") if isinstance(info, Mapping) else None
         result = data.get("task_result") or {}
@@ -73,8 +72,8 @@ class Task:
         return cls(
             task_id=task_id,
             status=TaskStatus.parse(data.get("task_status")),
-            status_message=str(data.get("task_status_msg") or ""),
-            external_task_id=ext if isinstance(ext, str) and ext else None,
+            status_message=_message(data.get("task_status_msg")),
+            external_task_id=_external_id(ext),
             created_at=ms_to_datetime(data.get("created_at")),
             updated_at=ms_to_datetime(data.get("updated_at")),
             images=_images(result.get("images")),
@@ -85,25 +84,26 @@ class Task:
     @classmethod
     def from_standard(cls, data: Mapping[str, Any]) -> Task:
         """Build from the newer callback standard: `{id, status, message, outputs[...]}`."""
-        task_id = data.get("id")
-        if not isinstance(task_id, str) or not task_id:
-            raise UnexpectedResponseError("callback has no id")
+        task_id = _task_id(data.get("id"), "id")
         outputs = data.get("outputs") or []
         if not isinstance(outputs, list):
             raise UnexpectedResponseError("outputs is not a list")
         images = []
         for i, out in enumerate(outputs):
-            if not isinstance(out, Mapping) or not isinstance(out.get("url"), str):
-                raise UnexpectedResponseError(f"outputs[{i}] has no url")
+            if not isinstance(out, Mapping):
+                raise UnexpectedResponseError(f"outputs[{i}] is not an object")
+            url = _url(out.get("url"), f"outputs[{i}]")
             if out.get("type") not in (None, "image"):
                 continue
-            images.append(TaskImage(index=i, url=out["url"], watermark_url=out.get("watermark_url") or None))
+            if i > MAX_IMAGE_INDEX:
+                raise UnexpectedResponseError("too many outputs")
+            images.append(TaskImage(index=i, url=url, watermark_url=out.get("watermark_url") or None))
         ext = data.get("external_id")
         return cls(
             task_id=task_id,
             status=TaskStatus.parse(data.get("status")),
-            status_message=str(data.get("message") or ""),
-            external_task_id=ext if isinstance(ext, str) and ext else None,
+            status_message=_message(data.get("message")),
+            external_task_id=_external_id(ext),
             created_at=ms_to_datetime(data.get("create_time")),
             updated_at=ms_to_datetime(data.get("update_time")),
             images=tuple(images),
@@ -118,23 +118,58 @@ def _images(value: object) -> tuple[TaskImage, ...]:
         raise UnexpectedResponseError("task_result.images is not a list")
     out = []
     for pos, img in enumerate(value):
-        if not isinstance(img, Mapping) or not isinstance(img.get("url"), str):
-            raise UnexpectedResponseError(f"task_result.images[{pos}] has no url")
+        if not isinstance(img, Mapping):
+            raise UnexpectedResponseError(f"task_result.images[{pos}] is not an object")
+        url = _url(img.get("url"), f"task_result.images[{pos}]")
         index = img.get("index", pos)
-        if not isinstance(index, int) or isinstance(index, bool):
-            raise UnexpectedResponseError(f"task_result.images[{pos}].index is not an integer")
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index <= MAX_IMAGE_INDEX:
+            raise UnexpectedResponseError(
+                f"task_result.images[{pos}].index is not an integer 0-{MAX_IMAGE_INDEX}"
+            )
         wm = img.get("watermark_url")
         watermark = wm if isinstance(wm, str) and wm else None
-        out.append(TaskImage(index=index, url=img["url"], watermark_url=watermark))
+        out.append(TaskImage(index=index, url=url, watermark_url=watermark))
     return tuple(out)
+
+
+# Bounds on what a report may carry: past them it is not Kling's (ids and indexes are small).
+MAX_TASK_ID = 128
+MAX_IMAGE_INDEX = 999
+MAX_URL = 8192
+_LAST_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
 
 
 def ms_to_datetime(value: object) -> datetime | None:
     """Kling timestamps are Unix milliseconds."""
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 15:
+        value = int(value)
+    if isinstance(value, int | float) and math.isfinite(value) and 0 <= value <= _LAST_MS:
         return datetime.fromtimestamp(value / 1000, tz=UTC)
-    if isinstance(value, str) and value.isdigit():
-        return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
-    raise UnexpectedResponseError(f"bad timestamp {value!r}")
+    raise UnexpectedResponseError(f"bad timestamp {str(value)[:40]!r}")
+
+
+def _task_id(value: object, name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise UnexpectedResponseError(f"{name} is missing")
+    if len(value) > MAX_TASK_ID or not value.isprintable():
+        raise UnexpectedResponseError(
+            f"{name} is not a task id (printable, at most {MAX_TASK_ID} characters)"
+        )
+    return value
+
+
+def _external_id(value: object) -> str | None:
+    # Ours are job ids (UUIDs); anything else can never match a job and is dropped.
+    return value if isinstance(value, str) and value and len(value) <= MAX_TASK_ID else None
+
+
+def _url(value: object, name: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_URL or "\x00" in value:
+        raise UnexpectedResponseError(f"{name} has no usable url")
+    return value
+
+
+def _message(value: object) -> str:
+    return str(value or "").replace("\x00", "")[:2000]

@@ -63,7 +63,7 @@ def jobs_table(jobs: Iterable[Job]) -> Table:
             str(params.get("aspect_ratio", "-")),
             when(job.created_at),
             when(job.updated_at),
-            detail,
+            Text(detail),  # caller text: never read as rich markup
         )
     return table
 
@@ -79,17 +79,17 @@ def job_detail(job: Job) -> RenderableType:
     head.add_row("created", when(job.created_at))
     head.add_row("updated", when(job.updated_at))
     if job.status == JobStatus.FAILED.value:
-        head.add_row("error", job_error(job))
+        head.add_row("error", Text(job_error(job)))
     params = job.params or {}
     shown = {
         k: (f"<{len(v)} chars>" if k == "image" and isinstance(v, str) and len(v) > 80 else v)
         for k, v in params.items()
     }
-    head.add_row("params", ", ".join(f"{k}={v}" for k, v in shown.items()))
+    head.add_row("params", Text(", ".join(f"{k}={v}" for k, v in shown.items())))
     if job.webhook_url:
-        head.add_row("webhook", job.webhook_url)
+        head.add_row("webhook", Text(job.webhook_url))
     if job.meta:
-        head.add_row("metadata", str(job.meta))
+        head.add_row("metadata", Text(str(job.meta)))
 
     timeline = Table(title="Transitions", title_justify="left")
     timeline.add_column("at", no_wrap=True)
@@ -103,7 +103,7 @@ def job_detail(job: Job) -> RenderableType:
             t.from_status or "-",
             status_text(t.to_status),
             t.source,
-            ", ".join(f"{k}={v}" for k, v in (t.detail or {}).items()),
+            Text(", ".join(f"{k}={v}" for k, v in (t.detail or {}).items())),
         )
 
     images = Table(title="Images", title_justify="left")

@@ -13,9 +13,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Select, String, Table, bindparam, select
+from sqlalchemy import ColumnElement, Select, String, Table, and_, bindparam, case, func, select, type_coerce
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.functions import FunctionElement
 
+from models.base import JSONType
 from models.db import among_ids
 from models.logging import redact
 from models.tables import Image, Job, Notification, Transition
@@ -94,12 +98,15 @@ def iso_utc(value: datetime | None) -> str | None:
     return value.isoformat()
 
 
+IMAGE_MARKER = "<base64 image, "
+
+
 def public_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """The request as stored, with an inline base64 image replaced by a short marker."""
     out = dict(params)
     image = out.get("image")
-    if isinstance(image, str) and not image.startswith(("http://", "https://")):
-        out["image"] = f"<base64 image, {len(image)} characters>"
+    if isinstance(image, str) and not image.startswith(("http://", "https://", IMAGE_MARKER)):
+        out["image"] = f"{IMAGE_MARKER}{len(image)} characters>"
     return out
 
 
@@ -110,6 +117,29 @@ def _error(code: str | None, message: str | None) -> dict[str, Any] | None:
 # --- the API's and the dashboard's documents, read with Core ------------------------------------
 # Built from plain rows (Core), not ORM objects: a page of 50 jobs is ~400 rows, and the identity
 # map and attribute instrumentation cost several times the queries themselves.
+class stored_params(FunctionElement[Any]):
+    """`jobs.params` for a document: on PostgreSQL with an inline (base64) image replaced by its
+    size in the database, so a page of jobs never brings megabytes of image into this process."""
+
+    type = JSONType
+    inherit_cache = True
+
+
+@compiles(stored_params)
+def _stored_params(element: stored_params, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(Job.params, **kw))
+
+
+@compiles(stored_params, "postgresql")
+def _stored_params_postgresql(element: stored_params, compiler: Any, **kw: Any) -> str:
+    params = type_coerce(Job.params, JSONB())
+    image = params["image"].astext
+    marker = func.jsonb_build_object("image", func.concat(IMAGE_MARKER, func.length(image), " characters>"))
+    inline = and_(image.is_not(None), image.not_like("http://%"), image.not_like("https://%"))
+    expr = case((inline, params.op("-")("image").op("||")(marker)), else_=params)
+    return str(compiler.process(expr, **kw))
+
+
 def job_select() -> Select[Any]:
     """The job columns a document needs; add WHERE / ORDER BY / LIMIT and pass to `job_documents`."""
     return select(
@@ -117,7 +147,7 @@ def job_select() -> Select[Any]:
         Job.status,
         Job.provider,
         Job.provider_task_id,
-        Job.params,
+        stored_params().label("params"),
         Job.error_code,
         Job.error_message,
         Job.webhook_url,

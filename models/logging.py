@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -29,6 +30,9 @@ MIN_SECRET_LENGTH = 6
 # Secrets that live outside Settings (boto3 reads them itself).
 ENV_SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 CONTEXT_FIELDS = ("job_id", "provider_task_id")
+CALLBACK_PATH = "/callbacks/kling/"
+_CALLBACK_TOKEN = re.compile(r"(/callbacks/kling/[^/\s\"']+/)[^\s\"'?/]+")
+_URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s\"']*:)[^@/\s\"']+@", re.IGNORECASE)
 
 _job_id: ContextVar[str | None] = ContextVar("kling_job_id", default=None)
 _provider_task_id: ContextVar[str | None] = ContextVar("kling_provider_task_id", default=None)
@@ -72,6 +76,11 @@ class Redactor:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
+        # Secrets by shape, whatever wrote them (Flask logs a failed request's path, with its token).
+        if CALLBACK_PATH in text:
+            text = _CALLBACK_TOKEN.sub(rf"\g<1>{REDACTED}", text)
+        if "@" in text and "://" in text:
+            text = _URL_PASSWORD.sub(rf"\g<1>{REDACTED}@", text)
         return text
 
 

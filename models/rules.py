@@ -119,10 +119,10 @@ def _move(
     source: str,
     now: datetime,
     detail: Mapping[str, Any] | None,
-    error_code: str | None = None,
-    error_message: str | None = None,
+    error: tuple[str | None, str | None],
 ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
-    """The job columns, transition row and outbox tasks of an allowed move to `target`."""
+    """The job columns, transition row and outbox tasks of an allowed move to `target`;
+    `error` (code, message) is kept by a move to `failed`."""
     changes: dict[str, Any] = {
         "status": target.value,
         "updated_at": now,
@@ -135,8 +135,8 @@ def _move(
     if job.submitted_at is None and target not in (JobStatus.QUEUED, JobStatus.FAILED):
         changes["submitted_at"] = now
     if target is JobStatus.FAILED:
-        changes["error_code"] = error_code or "failed"
-        changes["error_message"] = error_message
+        changes["error_code"] = error[0] or "failed"
+        changes["error_message"] = error[1]
     if target.is_terminal:
         changes["finished_at"] = now
     row = {
@@ -173,13 +173,7 @@ def decide_move(
     if not can_move(job.status, target):
         return Plan(EventOutcome.STALE, job.status, changes)
     moved, row, queued = _move(
-        job,
-        target,
-        source=source,
-        now=now,
-        detail=detail,
-        error_code=error_code,
-        error_message=error_message,
+        job, target, source=source, now=now, detail=detail, error=(error_code, error_message)
     )
     return Plan(EventOutcome.APPLIED, job.status, changes | moved, row, queued=tuple(queued))
 
@@ -209,15 +203,8 @@ def decide(job: JobState, report: Task, source: str, now: datetime) -> Plan:
         detail: dict[str, Any] = {"provider_status": report.status.value}
         if report.status_message:
             detail["message"] = report.status_message
-        moved, row, queued = _move(
-            job,
-            target,
-            source=source,
-            now=now,
-            detail=detail,
-            error_code=PROVIDER_FAILED,
-            error_message=report.status_message or "the provider reported the task failed",
-        )
+        failure = (PROVIDER_FAILED, report.status_message or "the provider reported the task failed")
+        moved, row, queued = _move(job, target, source=source, now=now, detail=detail, error=failure)
         changes |= moved
         if target is JobStatus.SUCCEEDED:
             images = _report_images(report)

@@ -43,6 +43,8 @@ class Settings(BaseSettings):
 
     archive_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = DEFAULT_ALLOWED_HOSTS
     archive_max_bytes: int = Field(default=104_857_600, ge=1)
+    # Downstream hosts a job's webhook_url may name although they are not public (exact names).
+    notify_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
 
     reconcile_after_seconds: float = Field(default=60, ge=0)
     reconcile_interval_seconds: float = Field(default=5, gt=0)
@@ -64,7 +66,7 @@ class Settings(BaseSettings):
     # `klingctl demo` only: lets the webhook start without API_TOKEN (the API then answers loopback only).
     demo_mode: bool = False
 
-    @field_validator("archive_allowed_hosts", mode="before")
+    @field_validator("archive_allowed_hosts", "notify_allowed_hosts", mode="before")
     @classmethod
     def _split_hosts(cls, v: object) -> object:
         if isinstance(v, str):

@@ -40,7 +40,11 @@ def make_job(
     job = create_job(session, params, provider=provider, webhook_url=webhook_url, metadata=metadata).job
     last = JobStatus(fail_after) if target is JobStatus.FAILED else target
     task_id = f"task-{uuid.uuid4().hex[:12]}"
-    for step in _PATH[1 : _PATH.index(last) + 1]:
+    # A job passes `processing` only when asked for it: Kling's callbacks may skip it too.
+    path = [
+        step for step in _PATH[1 : _PATH.index(last) + 1] if step is last or step is not JobStatus.PROCESSING
+    ]
+    for step in path:
         if step is JobStatus.SUBMITTED:
             transition(session, job, step, source="worker", provider_task_id=task_id)
         elif step is JobStatus.PROCESSING:

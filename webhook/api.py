@@ -3,8 +3,8 @@
 - `POST /v1/jobs` validates with the provider's rules (`kling.validation`), writes the job and its
   outbox row in one transaction; its session's after-commit hook publishes that row. A broker
   outage is only logged: the row stays in the outbox for the beat relay; the request succeeds.
-- `Idempotency-Key`: the first request creates the job (202); any later request with that key
-  answers 200 with the same job, whatever its body.
+- `Idempotency-Key`: the first request creates the job (202); a later request with that key and
+  the same body answers 200 with the same job, one with another body 422.
 - Lists are newest first with keyset pagination on `(created_at, id)` (the table's index).
 """
 
@@ -13,11 +13,13 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import ipaddress
 import json
 import logging
+import socket
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,6 +40,7 @@ from models.statemachine import create_job
 from models.tables import Image, Job
 from webhook.db import app_settings, autocommit_sessions, sessions
 from webhook.views import ViewResult
+from worker.fetch import METADATA_ADDRESSES, embedded_ipv4
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
@@ -49,6 +52,7 @@ RESERVED_FIELDS = ("callback_url", "external_task_id")
 # A 10 MB image is ~13.4 MB once base64-encoded.
 API_MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_WEBHOOK_URL = 2048
+MAX_METADATA_BYTES = 16 * 1024
 MAX_IDEMPOTENCY_KEY = 255
 DEFAULT_LIMIT, MAX_LIMIT = 50, 200
 PRESIGN_SECONDS = 3600
@@ -187,6 +191,18 @@ def create() -> ViewResult:
             idempotency_key=key,
         )
         job_id, created = result.job.id, result.created
+        earlier = result.job
+        if not created and (earlier.provider, earlier.params, earlier.webhook_url, earlier.meta) != (
+            provider,
+            params,
+            webhook_url,
+            metadata,
+        ):
+            raise ApiError(
+                422,
+                "Idempotency-Key reused with a different request",
+                [FieldError("Idempotency-Key", "reused", "was first used with another body; use a new key")],
+            )
     with log_context(job_id=job_id):
         if created:
             log.info("job created: provider=%s n=%s", provider, result.job.slots)
@@ -263,9 +279,9 @@ def _json_object() -> dict[str, Any]:
         raise ApiError(400, "malformed JSON body") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object")
-    if _has_nul(body):
-        # PostgreSQL cannot store NUL in text or JSONB; refuse it here rather than fail there.
-        raise ApiError(400, "strings in the body must not contain NUL characters")
+    problem = _unstorable(body)
+    if problem:
+        raise ApiError(400, problem)
     return body
 
 
@@ -273,14 +289,41 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _has_nul(value: object) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any("\x00" in k or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
+MAX_JSON_DEPTH = 32
+
+
+def _unstorable(body: object) -> str | None:
+    """Why the body cannot be stored, or None. A loop, not recursion: depth is the sender's."""
+    stack: list[tuple[object, int]] = [(body, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return f"the body must not nest deeper than {MAX_JSON_DEPTH} levels"
+        if isinstance(value, str):
+            texts: list[str] = [value]
+        elif isinstance(value, dict):
+            texts = [*value.keys()]
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            texts = []
+            stack.extend((v, depth + 1) for v in value)
+        else:
+            continue
+        for text in texts:
+            # PostgreSQL cannot store NUL, nor a lone surrogate, in text or JSONB: refuse them here.
+            if "\x00" in text:
+                return "strings in the body must not contain NUL characters"
+            if not _encodable(text):
+                return "strings in the body must be valid Unicode (no lone surrogates)"
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _job_id(value: str) -> str:
@@ -311,10 +354,16 @@ def _split_body(
     if webhook_url is not None and not _is_http_url(webhook_url):
         errors.append(FieldError("webhook_url", "url", "must be an http(s) URL with a host"))
         webhook_url = None
+    elif webhook_url is not None and not _public_host(urlsplit(webhook_url).hostname or "", settings):
+        errors.append(FieldError("webhook_url", "public", "must point at a public host, not a private one"))
+        webhook_url = None
 
     metadata = body.pop("metadata", None)
     if metadata is not None and not isinstance(metadata, dict):
         errors.append(FieldError("metadata", "type", "must be a JSON object"))
+        metadata = None
+    elif metadata is not None and len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+        errors.append(FieldError("metadata", "size", f"must be at most {MAX_METADATA_BYTES} bytes as JSON"))
         metadata = None
 
     for name in RESERVED_FIELDS:
@@ -335,6 +384,25 @@ def _is_http_url(value: object) -> bool:
         return False
 
 
+def _public_host(host: str, settings: Settings) -> bool:
+    """False for a host that is, in any spelling, a non-public address (`2130706433`, `0x7f.1`,
+    `[::ffff:169.254.169.254]`) or a local name, unless listed in NOTIFY_ALLOWED_HOSTS."""
+    host = host.rstrip(".").lower()
+    if host in settings.notify_allowed_hosts:
+        return True
+    if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
+        return False
+    try:
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(host)
+    except ValueError:
+        try:  # the forms inet_aton reads: 2130706433, 0x7f.1, 127.1, 0177.0.0.1
+            ip = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return True  # a name
+    ip = embedded_ipv4(ip)
+    return ip.is_global and ip not in METADATA_ADDRESSES
+
+
 def _idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
@@ -351,7 +419,8 @@ def _bad_query(name: str, rule: str, message: str) -> ApiError:
 def _limit(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    # isascii: str.isdigit() accepts digits such as "²" that int() refuses.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4) or not 1 <= int(raw) <= MAX_LIMIT:
         raise _bad_query("limit", "range", f"must be an integer from 1 to {MAX_LIMIT}")
     return int(raw)
 
@@ -368,8 +437,9 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         parsed = datetime.fromisoformat(at)
         if parsed.tzinfo is None or not isinstance(job_id, str) or len(job_id) != 36:
             raise ValueError("bad cursor")
+        parsed = parsed.astimezone(UTC)  # a year-1 time east of UTC overflows here, not in SQL
         job_id = str(uuid.UUID(job_id))
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, OverflowError):
         raise _bad_query("cursor", "cursor", "is not a cursor returned by this API") from None
     return parsed, job_id
 

@@ -53,8 +53,10 @@ KEPT_HEADERS = ("content-type", "content-length", "user-agent", "webhook-id", "w
 
 
 def dedupe_key(webhook_id: str | None, body: bytes) -> str:
-    if webhook_id:
+    if webhook_id and len(webhook_id) <= 200:
         return f"webhook-id:{webhook_id}"
+    if webhook_id:  # longer than the column holds: its digest identifies it as well
+        return f"webhook-id-sha256:{hashlib.sha256(webhook_id.encode('utf-8', 'surrogatepass')).hexdigest()}"
     return f"sha256:{hashlib.sha256(body).hexdigest()}"
 
 

@@ -18,7 +18,6 @@ from kling.http import backoff
 from models.base import utcnow
 from models.db import session_scope
 from models.enums import ImageStatus, JobStatus
-from models.logging import log_context
 from models.statemachine import apply_provider_task, transition
 from models.tables import Image, Job
 from worker import metrics
@@ -32,7 +31,7 @@ from worker.services import Services
 if TYPE_CHECKING:
     from celery import Celery
 
-    from worker.tasks import KlingTask, Schedule
+    from worker.tasks import Schedule
 
 log = logging.getLogger(__name__)
 
@@ -173,11 +172,7 @@ def _set_image(
 def register(app: Celery) -> Schedule:
     """The archive task; the sweep (worker.repair) re-queues what it missed."""
     # Imported here, not at the top: the web app imports this package without loading Celery.
-    from worker.tasks import ARCHIVE_TASK, KlingTask
+    from worker.tasks import ARCHIVE_TASK, claimed_step_task
 
-    @app.task(bind=True, base=KlingTask, shared=False, name=ARCHIVE_TASK.name)
-    def archive_job_task(self: KlingTask, job_id: str, claim: str | None = None) -> str:
-        with log_context(job_id=job_id):
-            return self.finish(archive_job(self.services, job_id, attempt=self.request.retries, claim=claim))
-
+    claimed_step_task(app, ARCHIVE_TASK, archive_job)
     return {}

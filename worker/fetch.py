@@ -66,6 +66,31 @@ class FetchError(FetchFailure):
     retryable = True
 
 
+# Cloud metadata services outside link-local space (AWS's IPv6 endpoint, Alibaba's 100.100.100.200).
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200", "169.254.170.2")
+)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def embedded_ipv4(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The IPv4 address an IPv6 one carries (mapped, NAT64, 6to4, IPv4-compatible): it is where the
+    packets go, so it is the one to check; any other address as it is."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return ip
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64 or ip in _NAT64_LOCAL or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip
+
+
 def _normalize_host(host: str) -> str:
     return host.strip().lower().rstrip(".")
 
@@ -83,9 +108,9 @@ class HostPolicy:
         return host in self.exact or any(host == s[1:] or host.endswith(s) for s in self.suffixes)
 
     def address_allowed(self, host: str, address: str) -> bool:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
+        ip = embedded_ipv4(ipaddress.ip_address(address.split("%", 1)[0]))
+        if ip in METADATA_ADDRESSES:
+            return False  # cloud metadata, whatever the allowlist says
         if ip.is_link_local or ip.is_multicast or ip.is_unspecified:
             return False
         if ip.is_global:

@@ -240,7 +240,21 @@ return flat
 )
 
 
-class RedisSlotLimiter:
+class _LimitSetting:
+    """The account's slot limit, checked when set (operators may change it on a live limiter)."""
+
+    _limit: int
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @limit.setter
+    def limit(self, value: int) -> None:
+        self._limit = _check_limit(value)
+
+
+class RedisSlotLimiter(_LimitSetting):
     """The limiter shared by every process and host, kept in Redis and changed only by Lua scripts.
 
     Given a URL it builds its own client with `socket_timeout` (connect and read, seconds); a
@@ -281,14 +295,6 @@ class RedisSlotLimiter:
         self._release = self._redis.register_script(_RELEASE)
         self._renew = self._redis.register_script(_RENEW)
         self._holders = self._redis.register_script(_HOLDERS)
-
-    @property
-    def limit(self) -> int:
-        return self._limit
-
-    @limit.setter
-    def limit(self, value: int) -> None:
-        self._limit = _check_limit(value)
 
     @property
     def keys(self) -> list[str]:
@@ -341,7 +347,7 @@ class _Waiter:
     seen_until: float
 
 
-class LocalSlotLimiter:
+class LocalSlotLimiter(_LimitSetting):
     """The same semantics in one process (the single-process demo and unit tests)."""
 
     def __init__(
@@ -359,14 +365,6 @@ class LocalSlotLimiter:
         self._lock = threading.Lock()
         self._leases: dict[str, tuple[int, float]] = {}
         self._waiters: dict[str, _Waiter] = {}
-
-    @property
-    def limit(self) -> int:
-        return self._limit
-
-    @limit.setter
-    def limit(self, value: int) -> None:
-        self._limit = _check_limit(value)
 
     def _purge(self, now: float) -> None:
         for holder in [h for h, (_, exp) in self._leases.items() if exp <= now]:

@@ -11,9 +11,8 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Collection, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from celery import Celery
 from sqlalchemy import BigInteger, Table, Update, bindparam, event, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,6 +20,9 @@ from models.base import utcnow
 from models.db import SessionFactory, among_ids, session_scope
 from models.outbox import QueuedTask, take_pending
 from models.tables import Outbox
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 log = logging.getLogger(__name__)
 

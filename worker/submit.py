@@ -18,7 +18,6 @@ from kling.errors import ConcurrencyLimitExceeded, RateLimited
 from kling.http import backoff, is_ambiguous, is_not_found
 from models.db import session_scope
 from models.enums import JobStatus
-from models.logging import log_context
 from models.statemachine import TaskMismatch, apply_provider_task, transition
 from models.tables import Job
 from models.tokens import callback_url
@@ -31,7 +30,7 @@ from worker.services import Services
 if TYPE_CHECKING:
     from celery import Celery
 
-    from worker.tasks import KlingTask, Schedule
+    from worker.tasks import Schedule
 
 log = logging.getLogger(__name__)
 
@@ -187,11 +186,7 @@ def _record_submitted(svc: Services, job_id: str, task: Task) -> None:
 def register(app: Celery) -> Schedule:
     """The submit task; submits are queued by the outbox and the pump, never by beat."""
     # Imported here, not at the top: the web app imports this package without loading Celery.
-    from worker.tasks import SUBMIT_TASK, KlingTask
+    from worker.tasks import SUBMIT_TASK, claimed_step_task
 
-    @app.task(bind=True, base=KlingTask, shared=False, name=SUBMIT_TASK.name)
-    def submit_job_task(self: KlingTask, job_id: str, claim: str | None = None) -> str:
-        with log_context(job_id=job_id):
-            return self.finish(submit_job(self.services, job_id, attempt=self.request.retries, claim=claim))
-
+    claimed_step_task(app, SUBMIT_TASK, submit_job)
     return {}

@@ -10,12 +10,14 @@ sessions' after-commit hook, so work is queued only once committed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from celery import Celery, Task
 
+from models.logging import log_context
 from models.outbox import ARCHIVE_JOB, NOTIFY, RELEASE_SLOTS, SUBMIT_JOB
 from worker import metrics
 from worker.factory import VISIBILITY_TIMEOUT
@@ -93,6 +95,16 @@ class KlingTask(Task):  # type: ignore[misc]  # celery ships no type information
             countdown = min(outcome.retry_in, MAX_COUNTDOWN)
             raise self.retry(countdown=countdown, kwargs=kwargs, max_retries=None)
         return outcome.step.value
+
+
+def claimed_step_task(app: Celery, spec: TaskSpec, step: Callable[..., Outcome]) -> None:
+    """Register `spec` as the task of a claimed step of one job (submit, archive): it runs
+    `step(services, job_id, attempt=, claim=)` and turns the outcome into an ack or a retry."""
+
+    @app.task(bind=True, base=KlingTask, shared=False, name=spec.name)
+    def run_step(self: KlingTask, job_id: str, claim: str | None = None) -> str:
+        with log_context(job_id=job_id):
+            return self.finish(step(self.services, job_id, attempt=self.request.retries, claim=claim))
 
 
 def register(app: Celery) -> Schedule:

@@ -7,7 +7,6 @@ is the same app served over HTTP on an OS-chosen port, committing for real (`com
 from __future__ import annotations
 
 import io
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +18,6 @@ from PIL import Image as PILImage
 from pydantic import SecretStr
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
-from werkzeug.serving import make_server
 
 from models.base import utcnow
 from models.db import make_engine, make_sessionmaker
@@ -33,6 +31,7 @@ from tests.conftest import (
     TEST_SECRET_KEY,
     TEST_WEBHOOK_SECRET,
 )
+from tests.wsgi import serve_wsgi
 from webhook import create_app
 from webhook.api import S3_CLIENT
 from webhook.db import set_publisher
@@ -117,14 +116,10 @@ def served_api(committed_pg_url: str, s3_client: Any) -> Iterator[Served]:
     factory = make_sessionmaker(engine)
     app, limiter = build_app(make_settings(), factory, s3_client)
     set_publisher(app, lambda name, args: None)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield Served(f"http://127.0.0.1:{server.server_port}", app, factory, limiter)
+        with serve_wsgi(app) as url:
+            yield Served(url, app, factory, limiter)
     finally:
-        server.shutdown()
-        thread.join(timeout=10)
         engine.dispose()
 
 

@@ -102,15 +102,62 @@ def test_broker_outage_keeps_the_outbox_row_and_the_request_succeeds(api: Api) -
 
 def test_idempotency_key_returns_the_same_job(api: Api) -> None:
     first = api.create(BODY, **{"Idempotency-Key": "order-42"})
-    again = api.create({**BODY, "prompt": "something else"}, **{"Idempotency-Key": "order-42"})
+    again = api.create(BODY, **{"Idempotency-Key": "order-42"})
     other = api.create(BODY, **{"Idempotency-Key": "order-43"})
     assert first.status_code == 202
     assert again.status_code == 200
     assert again.get_json()["id"] == first.get_json()["id"]
-    assert again.get_json()["params"]["prompt"] == BODY["prompt"]
     assert other.status_code == 202 and other.get_json()["id"] != first.get_json()["id"]
     assert count(api, Job) == 2
     assert count(api, Outbox) == 2
+
+
+def test_idempotency_key_reused_with_another_body_is_422_and_changes_nothing(api: Api) -> None:
+    first = api.create(BODY, **{"Idempotency-Key": "order-42"})
+    for changed in ({**BODY, "prompt": "something else"}, {**BODY, "metadata": {"k": 1}}, {**BODY, "n": 1}):
+        again = api.create(changed, **{"Idempotency-Key": "order-42"})
+        assert again.status_code == 422
+        assert [e["field"] for e in again.get_json()["fields"]] == ["Idempotency-Key"]
+    assert api.get(f"/v1/jobs/{first.get_json()['id']}").get_json()["params"] == BODY
+    assert count(api, Job) == 1 and count(api, Outbox) == 1
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=\u00b2",  # "²": str.isdigit() says yes, int() says no
+        "limit=\u0661",  # Arabic-Indic one: int() takes it, a limit must be ASCII
+        "limit=" + "9" * 40,
+        # A cursor from the year 1, east of UTC: valid ISO 8601 that overflows in UTC.
+        "cursor="
+        + base64.urlsafe_b64encode(b'["0001-01-01T00:00:00+01:00", "00000000-0000-0000-0000-000000000000"]')
+        .decode()
+        .rstrip("="),
+    ],
+)
+def test_hostile_list_parameters_are_400(api: Api, query: str) -> None:
+    response = api.get("/v1/jobs?" + query)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.get_json()["fields"][0]["field"] in ("limit", "cursor")
+
+
+def _post_raw(api: Api, raw: str) -> Any:
+    headers = {**AUTH, "content-type": "application/json"}
+    return api.client.post("/v1/jobs", data=raw.encode("utf-8", "surrogatepass"), headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        ('{"prompt": "p", "metadata": {"a": "x\\u0000y"}}', "NUL"),
+        ('{"prompt": "p", "webhook_url": "https://example.com/\\ud800"}', "surrogate"),
+        ('{"prompt": "p", "metadata": {"deep": ' + "[" * 450 + "]" * 450 + "}}", "nest"),
+    ],
+)
+def test_unstorable_bodies_are_400_and_write_nothing(api: Api, raw: str, says: str) -> None:
+    response = _post_raw(api, raw)
+    assert response.status_code == 400 and says in response.get_json()["error"]
+    assert count(api, Job) == 0
 
 
 def test_validation_names_every_bad_field_and_writes_nothing(api: Api) -> None:
@@ -191,6 +238,56 @@ def test_base64_image_is_stored_but_never_echoed(api: Api) -> None:
     assert api.session.get(Job, response.get_json()["id"]).params["image"] == image  # type: ignore[union-attr]
     url_image = api.create({"prompt": "p", "image": "https://example.com/a.png"})
     assert url_image.get_json()["params"]["image"] == "https://example.com/a.png"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://2130706433:9/",
+        "http://0x7f.1:9/",
+        "http://127.1/",
+        "http://[::ffff:169.254.169.254]/latest",
+        "http://[64:ff9b::a00:1]/",
+        "http://0.0.0.0:6379/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.1.2.3/hook",
+        "https://localhost/hook",
+        "https://db.internal/hook",
+    ],
+)
+def test_webhook_url_to_a_private_host_is_422_in_any_spelling(api: Api, url: str) -> None:
+    response = api.create({**BODY, "webhook_url": url})
+    assert response.status_code == 422
+    assert [(f["field"], f["rule"]) for f in response.get_json()["fields"]] == [("webhook_url", "public")]
+    assert count(api, Job) == 0
+
+
+def test_webhook_url_public_or_listed_is_accepted(api: Api) -> None:
+    assert api.create({**BODY, "webhook_url": "https://hooks.example.com/done"}).status_code == 202
+    assert api.create({**BODY, "webhook_url": "http://8.8.8.8/hook"}).status_code == 202
+    api.app.extensions["kling.settings"] = make_settings(notify_allowed_hosts="consumer.internal")
+    assert api.create({**BODY, "webhook_url": "https://consumer.internal/hook"}).status_code == 202
+
+
+def test_metadata_over_16_kib_is_422(api: Api) -> None:
+    response = api.create({**BODY, "metadata": {"blob": "x" * (16 * 1024)}})
+    assert response.status_code == 422
+    assert [(f["field"], f["rule"]) for f in response.get_json()["fields"]] == [("metadata", "size")]
+
+
+def test_pages_read_inline_images_as_their_size_in_the_database(api: Api) -> None:
+    """The image bytes stay in PostgreSQL: the row the documents are built from has the marker."""
+    from models.documents import job_select
+
+    image = base64.b64encode(png_bytes((10, 200, 30))).decode()
+    job_id = api.create({"prompt": "restyle", "image": image, "model_name": "kling-v1"}).get_json()["id"]
+    url_job = api.create({"prompt": "restyle", "image": "https://example.com/a.png"}).get_json()["id"]
+    rows = {row.id: row.params for row in api.session.execute(job_select())}
+    assert rows[job_id]["image"] == f"<base64 image, {len(image)} characters>"
+    assert rows[job_id]["prompt"] == "restyle"
+    assert rows[url_job]["image"] == "https://example.com/a.png"
+    listed = api.get("/v1/jobs").get_json()["jobs"]
+    assert {j["id"]: j["params"]["image"] for j in listed}[job_id] == rows[job_id]["image"]
 
 
 def test_bad_idempotency_key_is_400(api: Api) -> None:

@@ -8,7 +8,6 @@ The screenshot is kept in test-artifacts/dashboard.png.
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,12 @@ import requests
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
-from werkzeug.serving import make_server
 
 from models.db import make_engine, make_sessionmaker
 from models.tables import Job
 from tests.api.conftest import AUTH, Served, archive_job, make_settings
 from tests.conftest import TEST_API_TOKEN
+from tests.wsgi import serve_wsgi
 from webhook import create_app
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -144,14 +143,10 @@ def served_without_database() -> Iterator[str]:
     settings = make_settings(database_url=f"postgresql+psycopg://postgres@127.0.0.1:{port}/nowhere")
     engine = make_engine(settings.database_url)
     app = create_app(settings, session_factory=make_sessionmaker(engine))
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        with serve_wsgi(app) as url:
+            yield url
     finally:
-        server.shutdown()
-        thread.join(timeout=10)
         engine.dispose()
 
 

@@ -99,6 +99,36 @@ def test_secrets_are_scrubbed_from_messages_arguments_and_exceptions(
     assert json_lines(json_log)[-1]["exc"].endswith(f"RuntimeError: upstream echoed {REDACTED}")
 
 
+def test_a_callback_that_raises_logs_its_path_without_the_token(
+    api: Api, json_log: io.StringIO, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import webhook.callbacks
+
+    def explode(body: bytes) -> None:
+        raise RuntimeError("a bug while parsing")
+
+    monkeypatch.setattr(webhook.callbacks, "verify_callback_signature", lambda *args: None)
+    monkeypatch.setattr(webhook.callbacks, "parse_callback", explode)
+    api.app.testing = False  # let Flask log the exception, as in production
+    job_id = api.create({"prompt": "p"}).get_json()["id"]
+    token = callback_token(TEST_CALLBACK_SECRET, job_id)
+    caplog.set_level(logging.DEBUG)
+    answer = api.client.post(f"/callbacks/kling/{job_id}/{token}", data=b"{}")
+    assert answer.status_code == 500
+    assert any("Exception on /callbacks/kling/" in r.getMessage() for r in caplog.records)
+    for text in (json_log.getvalue(), caplog.text):
+        assert token not in text
+        assert f"/callbacks/kling/{job_id}/{REDACTED}" in text
+
+
+def test_url_passwords_are_redacted(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("kling.test").warning(
+        "connecting to postgresql+psycopg://kling:hunter2-pw@db:5432/kling"
+    )
+    assert "hunter2-pw" not in caplog.text and f"kling:{REDACTED}@db" in caplog.text
+
+
 def test_secret_values_cover_every_configured_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", TEST_AWS_SECRET)
     assert secret_values(make_settings()) >= set(SECRETS)

@@ -205,6 +205,20 @@ def test_a_small_local_image_names_the_image_rule(
 
 
 # --- jobs / show --------------------------------------------------------------------------------------
+def test_caller_text_is_printed_as_it_is_never_as_markup(cli: Run, committed_pg_url: str) -> None:
+    engine = make_engine(committed_pg_url)
+    try:
+        job_id = add_job(engine, "queued", prompt="a [/] closing tag and [bold]not bold[/bold]")
+    finally:
+        engine.dispose()
+    listed = cli(["jobs"], DATABASE_URL=committed_pg_url)
+    assert listed.exit_code == 0, listed.output
+    assert "a [/] closing tag" in listed.stdout
+    shown = cli(["show", job_id], DATABASE_URL=committed_pg_url)
+    assert shown.exit_code == 0, shown.output
+    assert "[bold]not bold[/bold]" in shown.stdout
+
+
 def test_jobs_lists_newest_first_with_status_filter_and_limit(cli: Run, committed_pg_url: str) -> None:
     engine = make_engine(committed_pg_url)
     try:

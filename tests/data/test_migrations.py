@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import inspect, text
 
 from models.base import Base
-from models.db import alembic_config, make_engine, normalize_url, upgrade
+from models.db import alembic_config, make_engine, normalize_url, scratch_database, upgrade
 from tests.conftest import POSTGRES_ADMIN_URL
 
 
@@ -81,12 +79,7 @@ def _id_types(url: str) -> set[tuple[str, str]]:
 
 def test_bigint_ids_upgrade_and_downgrade_on_postgresql(pg_url: str) -> None:
     # A database of its own (pg_url only says PostgreSQL is there): it goes down to 0002 and back.
-    admin = create_engine(normalize_url(POSTGRES_ADMIN_URL), isolation_level="AUTOCOMMIT")
-    name = f"kling_test_{secrets.token_hex(6)}"
-    url = make_url(normalize_url(POSTGRES_ADMIN_URL)).set(database=name).render_as_string(hide_password=False)
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    with scratch_database(POSTGRES_ADMIN_URL, prefix="kling_test", migrate=False) as url:
         upgrade(url, "0002")
         engine = make_engine(url)
         with engine.begin() as conn:
@@ -103,7 +96,3 @@ def test_bigint_ids_upgrade_and_downgrade_on_postgresql(pg_url: str) -> None:
         with engine.connect() as conn:
             assert conn.scalar(text("SELECT count(*) FROM outbox")) == 1
         engine.dispose()
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()

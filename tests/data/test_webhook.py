@@ -200,8 +200,32 @@ def test_newer_standard_shape_with_external_id_is_adopted(env: Env) -> None:
         (encode({"task_status": "succeed"}), 400),
         (encode({"task_id": "task-1", "task_status": "exploded"}), 400),
         (b"x" * (2 * 1024 * 1024), 413),
+        (b'{"task_id": "task-1", "task_status": "succeed", "created_at": NaN}', 400),
+        (encode({**legacy_body("task-1", "succeeded"), "created_at": 1e20}), 400),
+        (
+            encode(
+                legacy_body("task-1", "succeeded")
+                | {"task_result": {"images": [{"index": 2**40, "url": "u"}]}}
+            ),
+            400,
+        ),
+        (encode({"task_id": "t" * 200, "task_status": "succeed"}), 400),
+        (encode({"task_id": "task\u0000-1", "task_status": "succeed"}), 400),
+        (encode({"id": "task-1", "status": "succeeded", "outputs": [{"url": "https://x/\u0000"}]}), 400),
     ],
-    ids=["malformed", "array", "missing-task-id", "unknown-status", "2MiB"],
+    ids=[
+        "malformed",
+        "array",
+        "missing-task-id",
+        "unknown-status",
+        "2MiB",
+        "nan-time",
+        "far-time",
+        "huge-index",
+        "long-task-id",
+        "nul-task-id",
+        "nul-url",
+    ],
 )
 def test_bad_bodies_are_refused_and_write_nothing(env: Env, body: bytes, status: int) -> None:
     job = env.new_job()
@@ -210,6 +234,14 @@ def test_bad_bodies_are_refused_and_write_nothing(env: Env, body: bytes, status:
     assert answer.status_code == status
     assert answer.get_json()["error"]
     assert snapshot(env.session) == before
+
+
+def test_an_overlong_webhook_id_still_dedupes(env: Env) -> None:
+    job = env.new_job()
+    body = encode(legacy_body("task-1", "processing"))
+    headers = {"content-type": "application/json", "webhook-id": "w" * 400}
+    assert env.post(job.id, body, headers=headers).get_json() == {"outcome": "applied"}
+    assert env.post(job.id, body, headers=headers).get_json() == {"outcome": "duplicate"}
 
 
 def test_unknown_job_and_foreign_task(env: Env) -> None:

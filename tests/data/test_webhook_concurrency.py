@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,13 +13,13 @@ import requests
 from pydantic import SecretStr
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
-from werkzeug.serving import make_server
 
 from models import CallbackEvent, Image, Job, callback_token, create_job, transition
 from models.db import make_engine, make_sessionmaker, upgrade
 from models.settings import Settings
 from tests.conftest import TEST_CALLBACK_SECRET
 from tests.data.helpers import encode, legacy_body, transitions_of
+from tests.wsgi import serve_wsgi
 from webhook import create_app
 
 
@@ -46,15 +45,8 @@ def server(committing_engine: Engine) -> Iterator[str]:
 def _serve(engine: Engine) -> Iterator[str]:
     settings = Settings(database_url="sqlite://", callback_secret=SecretStr(TEST_CALLBACK_SECRET))
     app = create_app(settings, session_factory=make_sessionmaker(engine))
-    httpd = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_port}"
-    finally:
-        httpd.shutdown()
-        thread.join(timeout=10)
-        httpd.server_close()
+    with serve_wsgi(app) as url:
+        yield url
 
 
 def _deliver(url: str, body: bytes, webhook_id: str | None) -> tuple[int, str]:

@@ -11,16 +11,12 @@ import os
 import secrets
 import signal
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import redis
 from sqlalchemy import select
-from werkzeug.serving import BaseWSGIServer, make_server
 
 from kling.simulator import Simulator
 from klingctl.ops import celery_argv
@@ -147,18 +143,6 @@ class Stack:
         keys = list(r.scan_iter(match=f"*{self.settings.limiter_key_prefix}*"))
         if keys:
             r.delete(*keys)
-
-
-@contextmanager
-def serve_wsgi(app: Callable[..., Any]) -> Iterator[str]:
-    server: BaseWSGIServer = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
 
 
 def base_settings(

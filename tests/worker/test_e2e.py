@@ -15,7 +15,8 @@ from kling.callbacks import verify_callback_signature
 from kling.simulator import Simulator
 from models.settings import Settings
 from tests.conftest import TEST_WEBHOOK_SECRET
-from tests.worker.stack import Stack, base_settings, flush_broker, serve_wsgi
+from tests.worker.stack import Stack, base_settings, flush_broker
+from tests.wsgi import serve_wsgi
 from webhook import create_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

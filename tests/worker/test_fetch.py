@@ -64,6 +64,29 @@ def test_policy_addresses():
 
 
 @pytest.mark.parametrize(
+    "address",
+    [
+        "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+        "2002:7f00:1::1",  # 6to4 carrying 127.0.0.1
+        "2002:a00:5::1",  # 6to4 carrying 10.0.0.5
+        "::7f00:1",  # IPv4-compatible 127.0.0.1
+        "::ffff:a9fe:a9fe",  # IPv4-mapped metadata
+    ],
+)
+def test_ipv6_forms_carrying_a_private_ipv4_are_refused(address: str) -> None:
+    assert not HostPolicy([".klingai.com"]).address_allowed("a.klingai.com", address)
+
+
+def test_metadata_addresses_are_refused_by_address_even_when_listed() -> None:
+    listed = HostPolicy(["100.100.100.200", "metadata.test"])
+    assert not listed.address_allowed("100.100.100.200", "100.100.100.200")
+    assert not listed.address_allowed("metadata.test", "fd00:ec2::254")
+    # An IPv6 form of a public IPv4 address stays allowed.
+    assert HostPolicy([".klingai.com"]).address_allowed("a.klingai.com", "64:ff9b::808:808")
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "ftp://127.0.0.1/x.png",
