@@ -132,9 +132,10 @@ def run(ctx: Context) -> BenchResult:
                 reports.append(sweep(svc))
                 sweep_seconds.append(time.perf_counter() - start)
 
-            # The first run prunes (up to its batch budget); the second finds less or nothing.
+            # The first runs prune (up to their batch budget each), until one finds nothing left.
             deletes = _captured(svc, ("DELETE",), timed_sweep)
-            timed_sweep()
+            while reports[-1].pruned.outbox or reports[-1].pruned.callback_events:
+                timed_sweep()
             plans = _plans(svc, selects)
             delete_plans = _plans(svc, list({statement: (statement, p) for statement, p in deletes}.values()))
         finally:
@@ -156,8 +157,8 @@ def run(ctx: Context) -> BenchResult:
         Figure("scale", "GET /v1/jobs/{id} p99", percentile(get_times, 99) * ms, "ms", None, "<=", 10.0),
         Figure("scale", "GET /v1/jobs/{id} p50", percentile(get_times, 50) * ms, "ms"),
         Figure("scale", "sweep query uses an index", float("Index" in main_plan), "", None, "==", 1.0),
-        Figure("scale", "sweep, pruning included", sweep_seconds[0] * ms, "ms"),
-        Figure("scale", "sweep, second run", sweep_seconds[1] * ms, "ms"),
+        Figure("scale", "sweep, first run (prunes)", sweep_seconds[0] * ms, "ms"),
+        Figure("scale", "sweep, nothing left to prune", sweep_seconds[-1] * ms, "ms"),
         Figure(
             "scale",
             "prune deletes use an index",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Column, Delete, Select, Table, delete, func, select
+from sqlalchemy import Column, Delete, Select, Table, any_, delete, func, select
 
 from models.db import SessionFactory, session_scope
 from models.tables import CallbackEvent, Outbox
@@ -39,8 +39,13 @@ def oldest(table: Table, age: Column[Any], before: datetime, limit: int) -> Sele
     return select(table.c.id).where(age.is_not(None), age < before).order_by(age).limit(limit)
 
 
-def delete_batch(table: Table, age: Column[Any], before: datetime, batch: int) -> Delete:
-    return delete(table).where(table.c.id.in_(oldest(table, age, before, batch).scalar_subquery()))
+def delete_batch(table: Table, age: Column[Any], before: datetime, batch: int, *, postgresql: bool) -> Delete:
+    chosen = oldest(table, age, before, batch).scalar_subquery()
+    if postgresql:
+        # `id = ANY(ARRAY(SELECT ...))`: the ids are found first, then each row by its key. With
+        # `id IN (SELECT ...)` the planner hash-joins against a scan of the whole table instead.
+        return delete(table).where(table.c.id == any_(func.array(chosen)))
+    return delete(table).where(table.c.id.in_(chosen))
 
 
 def prune_table(
@@ -60,10 +65,11 @@ def prune_table(
         with session_scope(sessions) as s:
             return s.scalar(select(func.count()).select_from(chosen)) or 0
     deleted = 0
-    statement = delete_batch(table, age, before, batch)
     for _ in range(max_batches):
         with session_scope(sessions) as s:
-            count = s.connection().execute(statement).rowcount
+            conn = s.connection()
+            statement = delete_batch(table, age, before, batch, postgresql=conn.dialect.name == "postgresql")
+            count = conn.execute(statement).rowcount
         deleted += count
         if count < batch:
             break
