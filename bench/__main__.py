@@ -1,4 +1,5 @@
-"""`python -m bench [--smoke] [--only NAME ...] [--out PATH]`: run, print the table, write JSON.
+"""`python -m bench [--smoke] [--only NAME ...] [--scale-jobs N] [--out PATH]`: run, print the
+table, write JSON.
 
 Exit status: 0 when every target is met (in --smoke: when every benchmark ran; the smoke sizes
 are too small for the targets to mean anything, so they are shown but not enforced), 1 otherwise.
@@ -39,18 +40,31 @@ def _load(spec: str) -> Callable[[Context], BenchResult]:
     return fn
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     benches = BENCHES
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="small sizes, targets not enforced")
     parser.add_argument("--only", action="append", choices=sorted(benches), help="run only this (repeatable)")
+    parser.add_argument(
+        "--scale-jobs",
+        type=_positive,
+        metavar="N",
+        help="jobs seeded by the scale benchmark (default 100,000; smoke 5,000)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results file (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
     console = Console(width=130)
     names = args.only or list(benches)
     results: list[BenchResult] = []
     with infra.moto_server() as s3_endpoint:
-        ctx = Context(smoke=args.smoke, s3_endpoint=s3_endpoint)
+        ctx = Context(smoke=args.smoke, s3_endpoint=s3_endpoint, scale_jobs=args.scale_jobs)
         for name in names:
             console.print(f"[bold]running {name}[/bold]{' (smoke)' if args.smoke else ''}")
             start = time.monotonic()

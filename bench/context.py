@@ -9,3 +9,5 @@ from dataclasses import dataclass
 class Context:
     smoke: bool
     s3_endpoint: str
+    # `--scale-jobs`: jobs seeded by the scale benchmark (None: its own default).
+    scale_jobs: int | None = None

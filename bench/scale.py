@@ -1,9 +1,13 @@
-"""Scale: the job API and the retention sweep over 100,000 jobs (images and transitions included).
+"""Scale: the job API and the sweep over 100,000 jobs (`--scale-jobs N` for another count), with
+the rows each job leaves: images, transitions, published outbox rows and stored callbacks.
 
 The API is driven through Flask's test client (the full app: auth, query, JSON), so the figures
 are the server's own time per request without HTTP or load-client noise. The sweep's queries are
-captured from a real `worker.repair.sweep` run, then EXPLAINed with their own parameters, so
-the plan checked is the plan of the code as it is, not of a copy of its query.
+captured from real `worker.repair.sweep` runs, then EXPLAINed with their own parameters, so
+the plan checked is the plan of the code as it is, not of a copy of its query. The seeded jobs
+span `jobs * 20 s` (23 days at 100,000), so the sweep also prunes the outbox rows of the older
+ones, within its bounded batches. Bytes per job are each table's `pg_total_relation_size`
+(heap, indexes, TOAST) over the job count, measured before the sweep prunes anything.
 """
 
 from __future__ import annotations
@@ -13,17 +17,20 @@ import random
 import time
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 
 from bench import infra
 from bench.context import Context
 from bench.report import BenchResult, Figure, percentile
 from bench.seed import seed_jobs
+from models.db import make_engine
 from webhook import create_app, gunicorn_conf
 from worker.repair import sweep
 from worker.services import Services
 
 STATUSES = ["archived", "failed", "succeeded", "processing", "submitted", "queued"]
+TABLES = ["jobs", "images", "transitions", "callback_events", "outbox", "notifications"]
+DEFAULT_JOBS, SMOKE_JOBS = 100_000, 5_000
 
 
 def _timed(client: Any, path: str, headers: dict[str, str]) -> tuple[float, Any]:
@@ -35,35 +42,57 @@ def _timed(client: Any, path: str, headers: dict[str, str]) -> tuple[float, Any]
     return elapsed, resp.get_json()
 
 
-def _sweep_plans(settings: Any) -> list[tuple[str, str]]:
-    svc = Services(settings)
+def _captured(svc: Services, kinds: tuple[str, ...], run: Any) -> list[tuple[str, Any]]:
+    """The statements starting with one of `kinds` that `run()` executes on `svc`'s engine."""
     captured: list[tuple[str, Any]] = []
 
     def capture(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
+        if statement.lstrip().upper().startswith(kinds):
             captured.append((statement, params))
 
     event.listen(svc.engine, "before_cursor_execute", capture)
-    sweep(svc, dry_run=True)
-    event.remove(svc.engine, "before_cursor_execute", capture)
+    try:
+        run()
+    finally:
+        event.remove(svc.engine, "before_cursor_execute", capture)
+    return captured
+
+
+def _plans(svc: Services, statements: list[tuple[str, Any]]) -> list[tuple[str, str]]:
     plans = []
     with svc.engine.connect() as conn:
-        for statement, params in captured:
+        for statement, params in statements:
             rows = conn.exec_driver_sql(f"EXPLAIN {statement}", params).all()
             plans.append((statement, "\n".join(r[0] for r in rows)))
-    svc.engine.dispose()
+        conn.rollback()
     return plans
 
 
+def _table_growth(url: str, jobs: int) -> dict[str, dict[str, float]]:
+    """Rows and bytes (heap, indexes, TOAST) per job of each table."""
+    engine = make_engine(url)
+    growth = {}
+    try:
+        with engine.connect() as conn:
+            for table in TABLES:
+                rows = conn.scalar(text(f"SELECT count(*) FROM {table}")) or 0
+                size = conn.scalar(text("SELECT pg_total_relation_size(:t)"), {"t": table}) or 0
+                growth[table] = {"rows_per_job": rows / jobs, "bytes_per_job": size / jobs}
+    finally:
+        engine.dispose()
+    return growth
+
+
 def run(ctx: Context) -> BenchResult:
-    jobs = 5_000 if ctx.smoke else 100_000
+    jobs = ctx.scale_jobs or (SMOKE_JOBS if ctx.smoke else DEFAULT_JOBS)
     list_requests, get_requests = (60, 100) if ctx.smoke else (300, 1000)
     rng = random.Random(5)
     res = BenchResult("scale", 0.0)
     with infra.private_database() as url:
         seeded_at = time.monotonic()
-        seeded = seed_jobs(url, jobs)
+        seeded = seed_jobs(url, jobs, history=True)
         seed_seconds = time.monotonic() - seeded_at
+        growth = _table_growth(url, jobs)
         settings = infra.bench_settings(database_url=url)
         app = create_app(settings)
         # What the webhook's gunicorn workers do once the app is loaded (webhook/gunicorn_conf.py).
@@ -91,7 +120,26 @@ def run(ctx: Context) -> BenchResult:
             if i >= 20:
                 get_times.append(elapsed)
 
-        plans = _sweep_plans(settings)
+        # No publisher: the sweep's queries and deletes run, its archive messages go nowhere.
+        svc = Services(settings)
+        try:
+            selects = _captured(svc, ("SELECT",), lambda: sweep(svc, dry_run=True))
+            sweep_seconds: list[float] = []
+            reports: list[Any] = []
+
+            def timed_sweep() -> None:
+                start = time.perf_counter()
+                reports.append(sweep(svc))
+                sweep_seconds.append(time.perf_counter() - start)
+
+            # The first runs prune (up to their batch budget each), until one finds nothing left.
+            deletes = _captured(svc, ("DELETE",), timed_sweep)
+            while reports[-1].pruned.outbox or reports[-1].pruned.callback_events:
+                timed_sweep()
+            plans = _plans(svc, selects)
+            delete_plans = _plans(svc, list({statement: (statement, p) for statement, p in deletes}.values()))
+        finally:
+            svc.engine.dispose()
         gc.unfreeze()
     main_plan = next((p for s, p in plans if "GROUP BY" in s.upper()), "")
     ms = 1000.0
@@ -109,12 +157,29 @@ def run(ctx: Context) -> BenchResult:
         Figure("scale", "GET /v1/jobs/{id} p99", percentile(get_times, 99) * ms, "ms", None, "<=", 10.0),
         Figure("scale", "GET /v1/jobs/{id} p50", percentile(get_times, 50) * ms, "ms"),
         Figure("scale", "sweep query uses an index", float("Index" in main_plan), "", None, "==", 1.0),
+        Figure("scale", "sweep, first run (prunes)", sweep_seconds[0] * ms, "ms"),
+        Figure("scale", "sweep, nothing left to prune", sweep_seconds[-1] * ms, "ms"),
+        Figure(
+            "scale",
+            "prune deletes use an index",
+            float(bool(delete_plans) and all("Index" in p and "Seq Scan" not in p for _, p in delete_plans)),
+            "",
+            None,
+            "==",
+            1.0,
+        ),
+        Figure("scale", "bytes per job, all tables", sum(g["bytes_per_job"] for g in growth.values()), "B"),
+        *(Figure("scale", f"{table} bytes per job", g["bytes_per_job"], "B") for table, g in growth.items()),
     ]
     res.details = {
         "jobs": seeded.jobs,
         "images": seeded.images,
         "transitions": seeded.transitions,
         "seed_seconds": round(seed_seconds, 1),
+        "growth_per_job": {t: {k: round(v, 3) for k, v in g.items()} for t, g in growth.items()},
+        "sweep_seconds": [round(x, 3) for x in sweep_seconds],
+        "pruned": [{"outbox": r.pruned.outbox, "callback_events": r.pruned.callback_events} for r in reports],
         "sweep_plans": [{"sql": s, "plan": p} for s, p in plans],
+        "prune_plans": [{"sql": s, "plan": p} for s, p in delete_plans],
     }
     return res

@@ -1,4 +1,5 @@
-"""Bulk rows for the benchmarks: jobs with their images and transitions, written with COPY.
+"""Bulk rows for the benchmarks: jobs with their images and transitions (and, on request, the
+outbox rows and stored callbacks of their history), written with COPY.
 
 The ORM path (`create_job`) is exercised by the pipeline benchmarks; here we need 100,000 jobs in
 seconds, in the shapes the state machine would have left them in.
@@ -6,6 +7,7 @@ seconds, in the shapes the state machine would have left them in.
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from collections.abc import Iterable
@@ -49,9 +51,13 @@ def seed_jobs(
     seed: int = 1,
     image_base: str = "http://127.0.0.1:9/images",
     keep_ids: int = 2000,
+    history: bool = False,
 ) -> SeedReport:
     """Insert `count` jobs (status drawn from `statuses`), one image per job that reached
-    `succeeded`, and one transition row per step of each job's path. Returns a sample of ids."""
+    `succeeded`, and one transition row per step of each job's path. With `history`, also what
+    the pipeline leaves behind: a published outbox row per message (`submit_job`; `release_slots`
+    and `archive_job` after a final report) and a stored Kling callback per reported step.
+    Returns a sample of ids."""
     rng = random.Random(seed)
     mix = statuses or STATUS_MIX
     names, weights = list(mix), list(mix.values())
@@ -59,6 +65,8 @@ def seed_jobs(
     jobs: list[tuple[object, ...]] = []
     images: list[tuple[object, ...]] = []
     transitions: list[tuple[object, ...]] = []
+    outbox: list[tuple[object, ...]] = []
+    events: list[tuple[object, ...]] = []
     by_status: dict[str, list[str]] = {s: [] for s in names}
     for i in range(count):
         status = rng.choices(names, weights)[0]
@@ -95,6 +103,12 @@ def seed_jobs(
                 source = "archiver"
             transitions.append((job_id, prev, to, source, steps[k]))
             prev = to
+            if history and source == "callback" and task_id:
+                events.append(
+                    _callback_event(job_id, task_id, to, created=steps[0], at=steps[k], image_base=image_base)
+                )
+        if history:
+            outbox.extend(_outbox_rows(job_id, path, steps, has_task=task_id is not None))
         if "succeeded" in path:
             archived = status == "archived"
             images.append(
@@ -126,9 +140,66 @@ def seed_jobs(
             images,
         )
         _copy(conn, "transitions (job_id, from_status, to_status, source, at)", transitions)
+        _copy(conn, "outbox (task, args, created_at, available_at, dispatched_at, attempts)", outbox)
+        _copy(
+            conn,
+            "callback_events (job_id, dedupe_key, task_status, headers, body, received_at, outcome)",
+            events,
+        )
         conn.commit()
         conn.execute("ANALYZE")
     return SeedReport(len(jobs), len(images), len(transitions), by_status)
+
+
+_KLING_STATUS = {"processing": "processing", "succeeded": "succeed", "failed": "failed"}
+
+
+def _callback_event(
+    job_id: str, task_id: str, to: str, *, created: datetime, at: datetime, image_base: str
+) -> tuple[object, ...]:
+    """A callback as the receiver stores it: Kling's legacy body and the headers it keeps."""
+    millis = int(at.timestamp() * 1000)
+    body: dict[str, object] = {
+        "task_id": task_id,
+        "task_status": _KLING_STATUS[to],
+        "task_status_msg": "Failure to pass the risk control system" if to == "failed" else "",
+        "task_info": {"external_task_id": job_id},
+        "created_at": int(created.timestamp() * 1000),
+        "updated_at": millis,
+    }
+    if to == "succeeded":
+        url = f"{image_base}/{task_id}/0"
+        body["task_result"] = {
+            "images": [{"index": 0, "url": f"{url}.png", "watermark_url": f"{url}_wm.png"}]
+        }
+        body["final_unit_deduction"] = "1"
+    text = json.dumps(body)
+    webhook_id = f"msg_{uuid.uuid4().hex}"
+    headers = {
+        "content-type": "application/json",
+        "content-length": str(len(text)),
+        "user-agent": "Kling-Callback/1.0",
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(millis // 1000),
+    }
+    key = f"webhook-id:{webhook_id}"
+    return (job_id, key, _KLING_STATUS[to], Jsonb(headers), text, at, "applied")
+
+
+def _outbox_rows(
+    job_id: str, path: list[str], steps: list[datetime], *, has_task: bool
+) -> list[tuple[object, ...]]:
+    """The published messages of a job's path: its submit, and the slot release and archive that
+    a final report queues (a job refused at submit held no slots)."""
+    args = Jsonb([job_id])
+    rows: list[tuple[object, ...]] = [("submit_job", args, steps[0], steps[0], steps[0], 1)]
+    final = next((k for k, to in enumerate(path) if to in ("succeeded", "failed")), None)
+    if final is not None and has_task:
+        at = steps[final]
+        rows.append(("release_slots", args, at, at, at, 1))
+        if path[final] == "succeeded":
+            rows.append(("archive_job", args, at, at, at, 1))
+    return rows
 
 
 def _copy(conn: psycopg.Connection[object], target: str, rows: Iterable[tuple[object, ...]]) -> None:

@@ -94,9 +94,10 @@ def upgrade(*, revision: str) -> None:
 
 
 @click.command()
-@click.option("--dry-run", is_flag=True, help="Only report; queue no archive tasks.")
+@click.option("--dry-run", is_flag=True, help="Only report; queue no archive tasks, delete no rows.")
 def sweep(*, dry_run: bool) -> None:
-    """Find images not archived yet, queue their archive (unless --dry-run), report those at risk."""
+    """Find images not archived yet, queue their archive (unless --dry-run), report those at risk;
+    prune outbox rows and callback events past their keep days (only count them with --dry-run)."""
     from worker import repair
     from worker.services import Services
 
@@ -116,4 +117,9 @@ def sweep(*, dry_run: bool) -> None:
     click.echo(
         f"Images at risk (not archived, older than {cfg.alert_after_days} days of "
         f"the provider's {cfg.retention_days}): {report.at_risk}"
+    )
+    verb = "Would prune" if dry_run else "Pruned"
+    click.echo(
+        f"{verb}: {report.pruned.outbox} outbox rows published over {cfg.outbox_keep_days} days ago, "
+        f"{report.pruned.callback_events} callback events over {cfg.callback_events_keep_days} days old"
     )

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     limiter_key_prefix: str = "kling:limiter"
     sweep_interval_seconds: float = Field(default=3600, gt=0)
     retention_days: int = Field(default=30, ge=6)
+    # The sweep deletes published outbox rows and stored callbacks older than these.
+    outbox_keep_days: int = Field(default=7, ge=1)
+    callback_events_keep_days: int = Field(default=90, ge=1)
 
     log_level: str = "INFO"
     # `klingctl demo` only: lets the webhook start without API_TOKEN (the API then answers loopback only).

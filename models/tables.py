@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     ForeignKey,
     Index,
@@ -21,6 +22,11 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from models.base import Base, JSONType, UTCDateTime
 from models.enums import EventOutcome, ImageStatus, JobStatus, TransitionSource, sql_in
+
+# Row ids are 64-bit on PostgreSQL: int4 stops at 2^31 rows, about two years of callbacks and
+# outbox rows at a million jobs a day. On SQLite only an INTEGER PRIMARY KEY is the (already
+# 64-bit) rowid and autoincrements; a BIGINT one would not.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 def new_job_id() -> str:
@@ -93,7 +99,7 @@ class Image(Base):
     )
     __mapper_args__ = {"eager_defaults": True}
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     index: Mapped[int] = mapped_column(Integer)
     source_url: Mapped[str] = mapped_column(Text)
@@ -119,7 +125,7 @@ class Transition(Base):
     )
     __mapper_args__ = {"eager_defaults": True}
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     from_status: Mapped[str | None] = mapped_column(String(16))
     to_status: Mapped[str] = mapped_column(String(16))
@@ -134,10 +140,14 @@ class CallbackEvent(Base):
     """Every callback that passed authentication, stored raw whether or not it changed anything."""
 
     __tablename__ = "callback_events"
-    __table_args__ = (CheckConstraint(sql_in("outcome", EventOutcome), name="outcome"),)
+    __table_args__ = (
+        CheckConstraint(sql_in("outcome", EventOutcome), name="outcome"),
+        # Pruning by age (CALLBACK_EVENTS_KEEP_DAYS).
+        Index(None, "received_at"),
+    )
     __mapper_args__ = {"eager_defaults": True}
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
     # `webhook-id` header, or the SHA-256 of the body when the sender gives none.
     dedupe_key: Mapped[str] = mapped_column(String(255), unique=True)
@@ -159,10 +169,17 @@ class Outbox(Base):
             postgresql_where=text("dispatched_at IS NULL"),
             sqlite_where=text("dispatched_at IS NULL"),
         ),
+        # Pruning published rows by age (OUTBOX_KEEP_DAYS).
+        Index(
+            "ix_outbox_dispatched",
+            "dispatched_at",
+            postgresql_where=text("dispatched_at IS NOT NULL"),
+            sqlite_where=text("dispatched_at IS NOT NULL"),
+        ),
     )
     __mapper_args__ = {"eager_defaults": True}
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
     task: Mapped[str] = mapped_column(String(64))
     args: Mapped[list[Any]] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
@@ -178,7 +195,7 @@ class Notification(Base):
     __table_args__ = (UniqueConstraint("job_id", "event"),)
     __mapper_args__ = {"eager_defaults": True}
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     event: Mapped[str] = mapped_column(String(32))
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Integer, Table, Update, bindparam, event, func, select, update
+from sqlalchemy import BigInteger, Table, Update, bindparam, event, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.base import utcnow
@@ -111,7 +111,7 @@ def _mark(postgresql: bool) -> Update:
     outbox = cast(Table, Outbox.__table__)
     return (
         update(outbox)
-        .where(among_ids(outbox.c.id, Integer(), postgresql=postgresql), outbox.c.dispatched_at.is_(None))
+        .where(among_ids(outbox.c.id, BigInteger(), postgresql=postgresql), outbox.c.dispatched_at.is_(None))
         .values(dispatched_at=bindparam("now"), attempts=outbox.c.attempts + 1)
     )
 

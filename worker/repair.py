@@ -1,5 +1,5 @@
 """Repair: the periodic safety nets. `reconcile` polls quiet jobs and re-sends lost messages;
-`sweep` re-queues whatever is still not archived and counts the images at risk."""
+`sweep` re-queues whatever is still not archived, counts the images at risk and prunes old rows."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from models.tables import Image, Job, Notification
 from worker import metrics
 from worker.claims import unclaimed
 from worker.notify import GIVE_UP_AFTER
+from worker.pruning import PruneReport, prune
 from worker.services import Services
 from worker.slots import pump
 
@@ -207,10 +208,13 @@ class SweepReport:
     jobs: list[str] = field(default_factory=list)
     pending_images: int = 0
     at_risk: int = 0
+    # Rows deleted by this run (in a dry run: that it would delete).
+    pruned: PruneReport = field(default_factory=PruneReport)
 
 
 def sweep(svc: Services, *, dry_run: bool = False, limit: int = 1000) -> SweepReport:
-    """Archive whatever is still not archived (oldest provider time first); count images at risk.
+    """Archive whatever is still not archived (oldest provider time first); count images at risk;
+    then prune published outbox rows and callback events past their keep days (worker/pruning.py).
 
     An image is at risk when it is not archived and its provider copy is older than
     `RETENTION_DAYS - 5` days: a few more days and Kling deletes it.
@@ -242,6 +246,19 @@ def sweep(svc: Services, *, dry_run: bool = False, limit: int = 1000) -> SweepRe
     if not dry_run and svc.publish is not None:
         for job_id in report.jobs:
             svc.publish(ARCHIVE_JOB, [job_id])
+    now = utcnow()
+    report.pruned = prune(
+        svc.sessions,
+        outbox_before=now - timedelta(days=settings.outbox_keep_days),
+        events_before=now - timedelta(days=settings.callback_events_keep_days),
+        dry_run=dry_run,
+    )
+    if not dry_run and (report.pruned.outbox or report.pruned.callback_events):
+        log.info(
+            "sweep: pruned %d outbox row(s) and %d callback event(s)",
+            report.pruned.outbox,
+            report.pruned.callback_events,
+        )
     return report
 
 
@@ -258,7 +275,13 @@ def register(app: Celery) -> Schedule:
     @app.task(bind=True, base=KlingTask, shared=False, name=SWEEP_TASK.name)
     def sweep_task(self: KlingTask) -> dict[str, int]:
         report = sweep(self.services)
-        return {"jobs": len(report.jobs), "pending": report.pending_images, "at_risk": report.at_risk}
+        return {
+            "jobs": len(report.jobs),
+            "pending": report.pending_images,
+            "at_risk": report.at_risk,
+            "pruned_outbox": report.pruned.outbox,
+            "pruned_callback_events": report.pruned.callback_events,
+        }
 
     settings = app.conf.kling_settings
     return {

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import base64
 import io
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kombu.connection import Connection
 from PIL import Image as PILImage
-from sqlalchemy import Engine, func, inspect, select
+from sqlalchemy import Engine, func, insert, inspect, select
 
 from klingctl.cli import main
+from models.base import utcnow
 from models.db import make_engine, make_sessionmaker, session_scope
-from models.tables import Job, Outbox
+from models.tables import CallbackEvent, Job, Outbox
 from tests.cli.conftest import Run, add_job, age_images, archive_images
 
 pytestmark = pytest.mark.integration
@@ -295,6 +297,43 @@ def test_sweep_reports_pending_and_at_risk_images_and_queues_archives(
     assert real.exit_code == 0, real.output
     assert "Jobs to archive: 2 (queued" in real.stdout
     assert drain() == [("kling.archive_job", [old]), ("kling.archive_job", [recent])]
+
+
+def test_sweep_prunes_old_outbox_rows_and_callback_events(cli: Run, fresh_sqlite: tuple[str, Engine]) -> None:
+    url, engine = fresh_sqlite
+    old, recent = utcnow() - timedelta(days=8), utcnow() - timedelta(days=1)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(Outbox),
+            [{"task": "notify", "args": ["j"], "dispatched_at": at} for at in (old, old, recent, None)],
+        )
+        conn.execute(
+            insert(CallbackEvent),
+            [
+                {
+                    "dedupe_key": "k",
+                    "body": "{}",
+                    "outcome": "applied",
+                    "received_at": old - timedelta(days=90),
+                }
+            ],
+        )
+    dry = cli(["sweep", "--dry-run"], DATABASE_URL=url, CELERY_BROKER_URL=MEMORY)
+    assert dry.exit_code == 0, dry.output
+    assert (
+        "Would prune: 2 outbox rows published over 7 days ago, 1 callback events over 90 days old"
+        in dry.stdout
+    )
+    real = cli(["sweep"], DATABASE_URL=url, CELERY_BROKER_URL=MEMORY, OUTBOX_KEEP_DAYS="9")
+    assert real.exit_code == 0, real.output
+    assert (
+        "Pruned: 0 outbox rows published over 9 days ago, 1 callback events over 90 days old" in real.stdout
+    )
+    real = cli(["sweep"], DATABASE_URL=url, CELERY_BROKER_URL=MEMORY)
+    assert "Pruned: 2 outbox rows published over 7 days ago, 0 callback events" in real.stdout
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(Outbox)) == 2
+        assert conn.scalar(select(func.count()).select_from(CallbackEvent)) == 0
 
 
 def test_every_command_is_registered() -> None:

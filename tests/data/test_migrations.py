@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from models.base import Base
-from models.db import alembic_config, make_engine, upgrade
+from models.db import alembic_config, make_engine, normalize_url, scratch_database, upgrade
+from tests.conftest import POSTGRES_ADMIN_URL
 
 
 def test_single_head() -> None:
@@ -52,9 +53,46 @@ def test_sqlite_engine_pragmas(sqlite_engine) -> None:
 
 
 def test_postgres_url_uses_psycopg3() -> None:
-    from models.db import normalize_url
-
     assert normalize_url("postgresql://u:p@h/db").startswith("postgresql+psycopg://u:p@h/db")
     assert normalize_url("postgresql+psycopg2://h/db").startswith("postgresql+psycopg://")
     assert normalize_url("postgres://h/db").startswith("postgresql+psycopg://")
     assert normalize_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def _id_types(url: str) -> set[tuple[str, str]]:
+    """(data type of the id column, data type of its sequence) over the tables with integer ids."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT c.data_type, s.data_type FROM information_schema.columns c "
+                    "JOIN pg_sequences s ON s.sequencename = c.table_name || '_id_seq' "
+                    "WHERE c.column_name = 'id' AND c.table_schema = 'public'"
+                )
+            ).all()
+    finally:
+        engine.dispose()
+    assert len(rows) == 5
+    return {(column, sequence) for column, sequence in rows}
+
+
+def test_bigint_ids_upgrade_and_downgrade_on_postgresql(pg_url: str) -> None:
+    # A database of its own (pg_url only says PostgreSQL is there): it goes down to 0002 and back.
+    with scratch_database(POSTGRES_ADMIN_URL, prefix="kling_test", migrate=False) as url:
+        upgrade(url, "0002")
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO outbox (task, args) VALUES ('notify', '[\"j\"]')"))
+        engine.dispose()
+        assert _id_types(url) == {("integer", "integer")}
+        upgrade(url)
+        assert _id_types(url) == {("bigint", "bigint")}
+        command.downgrade(alembic_config(url), "0002")
+        assert _id_types(url) == {("integer", "integer")}
+        upgrade(url)
+        command.check(alembic_config(url))
+        engine = make_engine(url)
+        with engine.connect() as conn:
+            assert conn.scalar(text("SELECT count(*) FROM outbox")) == 1
+        engine.dispose()
