@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     # before reconcile dispatches its work again (the message was lost with a killed worker).
     stuck_submit_seconds: float = Field(default=60, gt=0)
     stuck_archive_seconds: float = Field(default=120, gt=0)
+    # A downstream notification attempt owns its row this long (longer than a POST can take: 5 s
+    # to connect, 15 s for the answer); a due row is sent again `stuck_notify_seconds` after.
+    notify_lease_seconds: float = Field(default=60, gt=0)
+    stuck_notify_seconds: float = Field(default=60, ge=0)
     limiter_key_prefix: str = "kling:limiter"
     sweep_interval_seconds: float = Field(default=3600, gt=0)
     retention_days: int = Field(default=30, ge=6)

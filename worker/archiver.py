@@ -18,8 +18,10 @@ Verification: every request carries `Content-MD5` (S3 and MinIO reject a body th
 and the ETag each answer returns (the MD5 the store computed over what it stored; for a multipart
 object the MD5 of the parts' MD5s, `-N`) must equal ours, which proves the stored bytes are the
 streamed ones. A store whose ETags are not MD5s (SSE-KMS, SSE-C) falls back to a HEAD that checks
-the size, that it is the object we wrote and its `sha256`; an object failing it is deleted. An
-object at the key with `sha256` metadata is therefore complete and verified, and a re-run reuses it.
+the size, that it is the object we wrote and its `sha256`; an object failing it is deleted, only
+while it is still ours (a delete conditional on our ETag: another run may have written the key since,
+docs/architecture.md rule 6). An object at the key with `sha256` metadata is therefore complete and
+verified, and a re-run reuses it.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ import base64
 import contextlib
 import hashlib
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import ClientError
 
 from worker.fetch import FetchedBody, FetchFailure, SafeFetcher
 from worker.s3 import upload_transfer_config
@@ -44,6 +47,7 @@ SHA256_METADATA = "sha256"  # object metadata key of the digest
 MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
 READ_BYTES = 1024 * 1024  # one read from the source (hashed while still in the CPU cache)
 SNIFF_BYTES = 16  # enough for `sniff_image_type`
+BEAT_WAIT_SECONDS = 1.0  # how often a wait for parts in flight calls the heartbeat
 
 # Content type sniffed from the bytes -> object key extension.
 IMAGE_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
@@ -126,6 +130,7 @@ def archive_image(
     max_bytes: int | None = None,
     transfer_config: TransferConfig | None = None,
     reuse_existing: bool = True,
+    heartbeat: Callable[[], None] = lambda: None,
 ) -> ArchivedObject:
     """Stream `url` into `s3://{bucket}/{key_stem}.{ext}` and verify it.
 
@@ -134,7 +139,10 @@ def archive_image(
     already verified at this key is returned without fetching (a re-run after a crash succeeds even
     if the source has expired since). `transfer_config` gives the part size
     (`multipart_chunksize`), the single-PUT limit (`multipart_threshold`) and the parts in flight
-    (`max_concurrency`, at most `max_in_memory_upload_chunks`).
+    (`max_concurrency`, at most `max_in_memory_upload_chunks`). `heartbeat` is called for every
+    chunk read and while parts upload, and once more before the object is written (a PUT, or the
+    multipart upload's completion): it keeps the caller's claim on the job alive, and raising
+    there stops the copy (a multipart upload is aborted).
 
     Raises `FetchRefused`, `SourceGone`, `TooLarge`, `NotAnImage` (not retryable), `FetchError`
     and `ArchiveVerificationError` (retryable), and botocore errors for S3 failures (retryable).
@@ -155,7 +163,7 @@ def archive_image(
 
     large: tuple[str, int] | None = None  # (digest, size) from the hashing pass of a large body
     with fetcher.open(url, max_bytes=cap) as body:
-        reader = _PartReader(body, part_size, url)
+        reader = _PartReader(body, part_size, url, heartbeat)
         head = reader.read_head()  # sniffs the type, or raises NotAnImage
         content_type = reader.content_type
         key = f"{key_stem}.{IMAGE_EXTENSIONS[content_type]}"
@@ -177,6 +185,7 @@ def archive_image(
             del first
         if whole is not None:
             # One PUT with the final metadata, digest included.
+            heartbeat()
             etag = target.put(whole, {**metadata, SHA256_METADATA: reader.hexdigest()})
             del whole
         else:
@@ -194,6 +203,7 @@ def archive_image(
             metadata=dict(metadata),
             in_flight=in_flight,
             expected=large,
+            heartbeat=heartbeat,
         )
     if not target.etag_verified:
         target.verify_by_head(etag, size, digest)
@@ -212,12 +222,13 @@ def _upload_large(
     metadata: dict[str, str],
     in_flight: int,
     expected: tuple[str, int],
+    heartbeat: Callable[[], None],
 ) -> str:
     """The second pass over a large body: a multipart upload whose metadata carries the digest the
     first pass computed, completed only if this pass reads the same bytes."""
     digest, size = expected
     with fetcher.open(url, max_bytes=cap) as body:
-        reader = _PartReader(body, part_size, url)
+        reader = _PartReader(body, part_size, url, heartbeat)
         head = reader.read_head()
 
         def same_bytes() -> None:
@@ -230,18 +241,24 @@ def _upload_large(
                     f"{url} changed between reads: {reader.bytes_read} bytes / sha256 {reader.hexdigest()}"
                     f", first read {size} bytes / sha256 {digest}"
                 )
+            heartbeat()
 
         return target.multipart(
-            reader.parts(head), {**metadata, SHA256_METADATA: digest}, in_flight, before_complete=same_bytes
+            reader.parts(head),
+            {**metadata, SHA256_METADATA: digest},
+            in_flight,
+            before_complete=same_bytes,
+            heartbeat=heartbeat,
         )
 
 
 class _PartReader:
     """Reads the fetched body in parts (fresh buffers), updating the SHA-256 of the whole body as
-    bytes arrive (while they are still in the CPU cache)."""
+    bytes arrive (while they are still in the CPU cache), and calling `heartbeat` after each read."""
 
-    def __init__(self, body: FetchedBody, part_size: int, url: str) -> None:
+    def __init__(self, body: FetchedBody, part_size: int, url: str, heartbeat: Callable[[], None]) -> None:
         self._body = body
+        self._beat = heartbeat
         self._part_size = part_size
         self._url = url
         self._hash = hashlib.sha256()
@@ -283,6 +300,7 @@ class _PartReader:
                 self._hash.update(chunk)
                 chunk.release()
                 got += n
+                self._beat()
         if got < len(buf):
             del buf[got:]
         self.bytes_read += got - len(head)  # read_head counted the head
@@ -306,6 +324,7 @@ class _PartReader:
                 self._hash.update(chunk)
                 chunk.release()
                 self.bytes_read += n
+                self._beat()
 
     def at_end(self) -> bool:
         """Whether the body has no byte left (reads one if it has)."""
@@ -348,6 +367,7 @@ class _Target:
         in_flight: int,
         *,
         before_complete: Callable[[], None] = lambda: None,
+        heartbeat: Callable[[], None] = lambda: None,
     ) -> str:
         """Upload `parts` with `in_flight` of them on the wire while the next one is read.
 
@@ -366,7 +386,7 @@ class _Target:
                 Metadata=metadata,
             )
             try:
-                uploaded = self._upload_parts(pool, created, parts, in_flight)
+                uploaded = self._upload_parts(pool, created, parts, in_flight, heartbeat)
                 for number, etag, md5 in uploaded:
                     # A store whose ETags are MD5s told us what it stored: a part that differs
                     # aborts the upload (parts are invisible until completed).
@@ -393,9 +413,14 @@ class _Target:
         return etag
 
     def _upload_parts(
-        self, pool: ThreadPoolExecutor, created: Future[Any], parts: Iterator[bytearray], in_flight: int
+        self,
+        pool: ThreadPoolExecutor,
+        created: Future[Any],
+        parts: Iterator[bytearray],
+        in_flight: int,
+        heartbeat: Callable[[], None],
     ) -> list[tuple[int, str, bytes]]:
-        """(part number, ETag, our MD5) of every part."""
+        """(part number, ETag, our MD5) of every part; `heartbeat` keeps beating while parts upload."""
         uploads: list[tuple[int, Future[str], Future[bytes]]] = []
         pending: set[Future[Any]] = {created}
         try:
@@ -404,7 +429,7 @@ class _Target:
                     raise ValueError(f"more than {MAX_PARTS} parts")
                 if len(pending) >= in_flight:
                     # Bounded memory: `in_flight` parts uploading and this one read, no more.
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    done, pending = _wait_beating(pending, heartbeat, FIRST_COMPLETED)
                     for finished in done:
                         finished.result()  # an S3 error stops the reading early
                 md5 = pool.submit(_md5, part)
@@ -412,6 +437,7 @@ class _Target:
                 del part  # only the pool's work items hold the buffer now
                 uploads.append((number, upload, md5))
                 pending.add(upload)
+            _wait_beating(pending, heartbeat, FIRST_EXCEPTION)
             return [(number, upload.result(), md5.result()) for number, upload, md5 in uploads]
         except BaseException:
             for future in pending:
@@ -435,15 +461,46 @@ class _Target:
         and the `sha256` metadata."""
         head = self.s3.head_object(Bucket=self.bucket, Key=self.key)
         stored = head.get("Metadata", {}).get(SHA256_METADATA)
-        if head["ContentLength"] == size and head["ETag"].strip('"') == etag and stored == digest:
+        found = head["ETag"].strip('"')
+        if head["ContentLength"] == size and found == etag and stored == digest:
             return
         error = ArchiveVerificationError(
             f"s3://{self.bucket}/{self.key} has {head['ContentLength']} bytes / ETag {head['ETag']}"
             f" / sha256 {stored}, wrote {size} bytes / ETag {etag} / sha256 {digest}"
         )
-        # The object already carries `sha256`: never leave that mark on an unverified object.
-        self.s3.delete_object(Bucket=self.bucket, Key=self.key)
+        if found == etag:
+            # Ours, and it carries `sha256`: never leave that mark on an unverified object.
+            self.delete_own(etag)
+        # Another ETag: another run wrote the key since (and may have recorded it); not ours to delete.
         raise error
+
+    def delete_own(self, etag: str) -> None:
+        """Delete the object at the key only while it is still the one this run wrote (`etag`)."""
+        try:
+            self.s3.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=f'"{etag}"')
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("PreconditionFailed", "412"):
+                return  # replaced since the HEAD: another run's object, keep it
+            if code not in ("NotImplemented", "501"):
+                raise
+            # A store without conditional deletes: the HEAD just showed our ETag, the best check left.
+            self.s3.delete_object(Bucket=self.bucket, Key=self.key)
+
+
+def _wait_beating(
+    pending: set[Future[Any]], heartbeat: Callable[[], None], return_when: str
+) -> tuple[set[Future[Any]], set[Future[Any]]]:
+    """`concurrent.futures.wait` (FIRST_COMPLETED or FIRST_EXCEPTION), calling `heartbeat` every
+    `BEAT_WAIT_SECONDS` while S3 takes its time."""
+    while True:
+        done, not_done = wait(pending, timeout=BEAT_WAIT_SECONDS, return_when=return_when)
+        if return_when == FIRST_COMPLETED:
+            if done:
+                return done, not_done
+        elif not not_done or any(f.exception() is not None for f in done if not f.cancelled()):
+            return done, not_done
+        heartbeat()
 
 
 def _content_length(body: FetchedBody) -> int | None:

@@ -7,11 +7,10 @@ and is safe to run twice; the S3 copy of one image is `worker.archiver`'s.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from kling import KlingError
 from kling.http import backoff
@@ -22,7 +21,7 @@ from models.statemachine import apply_provider_task, transition
 from models.tables import Image, Job
 from worker import metrics
 from worker.archiver import ArchivedObject, ArchiveVerificationError, NotAnImage, archive_image, object_stem
-from worker.claims import keep_claim, take_claim
+from worker.claims import ClaimLost, claim_heartbeat, keep_claim, renew_claim, take_claim
 from worker.fetch import FetchError, FetchRefused, SourceGone, TooLarge
 from worker.outcome import Outcome, Step, fail_job
 from worker.provider import ProviderNotConfigured
@@ -83,6 +82,8 @@ def archive_job(
         return archive_job(svc, job_id, attempt=attempt, claim=token, source=source)
 
     lost: tuple[str, str] | None = None
+    # Renews the claim from inside the copy: one image may take longer than a claim period.
+    heartbeat = claim_heartbeat(svc, job_id, token, settings.stuck_archive_seconds)
     for image_id, index, url, tried in pending:
         started = utcnow()
         try:
@@ -96,7 +97,13 @@ def archive_job(
                 metadata={"job-id": job_id, "provider-task-id": provider_task_id},
                 # Only a re-run can find its own object (saves a LIST per image on the first run).
                 reuse_existing=tried,
+                heartbeat=heartbeat,
             )
+        except ClaimLost:
+            log.warning(
+                "archive: job %s: another run took the claim during image %s; stopping", job_id, index
+            )
+            return Outcome(Step.DONE, detail="claim lost to another run")
         except (SourceGone, FetchRefused, TooLarge, NotAnImage) as exc:
             expired = isinstance(exc, SourceGone)
             code = SOURCE_EXPIRED if expired else ARCHIVE_REFUSED
@@ -161,12 +168,7 @@ def _set_image(
                 img.sha256, img.bytes, img.content_type = obj.sha256, obj.bytes, obj.content_type
                 img.archived_at = utcnow()
         if renew is not None:
-            job_id, token, seconds = renew
-            s.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.claim_token == token)
-                .values(claimed_until=utcnow() + timedelta(seconds=seconds))
-            )
+            renew_claim(s, *renew)
 
 
 def register(app: Celery) -> Schedule:

@@ -244,7 +244,9 @@ class FetchedBody(io.RawIOBase):
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise FetchError("download took longer than the overall timeout", url=self.url)
         try:
-            chunk = self.response.raw.read(want, decode_content=True)
+            # What has arrived (one socket read), not all `want` bytes: a slow source still returns
+            # to the caller often (the archiver's claim heartbeat runs between reads).
+            chunk = self.response.raw.read1(want, decode_content=True)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise FetchError(f"reading the body failed: {exc}", url=self.url) from exc
         self.bytes_read += len(chunk)

@@ -3,6 +3,11 @@
 Events are signed with the Standard Webhooks scheme (`NOTIFY_SECRET`), carry the permanent S3
 locations (never the provider's expiring URLs), and are retried with backoff for up to 24 hours.
 The `webhook-id` is stable per (job, event), so a receiver can drop repeats.
+
+An attempt leases its row before the POST: `next_attempt_at` moves to now + `NOTIFY_LEASE_SECONDS`
+(longer than a POST can take), by the database's clock. While the lease is live no other attempt
+starts; an attempt that dies mid-flight leaves the row due when the lease runs out, and the
+reconciler (worker.repair) sends it again.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import requests
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -27,6 +32,7 @@ from models.documents import event_job_document, iso_utc
 from models.enums import JobStatus
 from models.logging import log_context
 from models.tables import Job, Notification
+from worker.claims import db_now
 from worker.outcome import Outcome, Step
 from worker.services import Services
 
@@ -42,6 +48,7 @@ TIMEOUT = (5.0, 15.0)
 MAX_BACKOFF_SECONDS = 600.0
 # Downstream deliveries are retried for this long, then given up.
 GIVE_UP_AFTER = timedelta(hours=24)
+RETRY_MARGIN_SECONDS = 1.0
 
 
 def event_payload(job: Job, event: str) -> dict[str, Any]:
@@ -64,6 +71,9 @@ def notify_job(
         if utcnow() - note.created_at > GIVE_UP_AFTER:
             log.error("notify: giving up on job %s %s after %d attempts", job_id, event, note.attempts)
             return Outcome(Step.FAILED, detail="gave up after 24 h")
+        if not take_lease(s, note.id, svc.settings.notify_lease_seconds):
+            # A live attempt holds the row, or its retry is not due yet: that one sends it.
+            return Outcome(Step.DONE, detail="another attempt holds this delivery")
         url = job.webhook_url
         body = json.dumps(event_payload(job, event), separators=(",", ":")).encode()
 
@@ -78,8 +88,11 @@ def notify_job(
     error: str | None = None
     try:
         http = session or requests
-        resp = http.post(url, data=body, headers=headers, timeout=TIMEOUT, allow_redirects=False)
-        status = resp.status_code
+        # Streamed and never read: the status is all we need, and a slow body cannot outlast the lease.
+        with http.post(
+            url, data=body, headers=headers, timeout=TIMEOUT, allow_redirects=False, stream=True
+        ) as resp:
+            status = resp.status_code
         if not 200 <= status < 300:
             error = f"HTTP {status}"
     except requests.RequestException as exc:
@@ -87,21 +100,46 @@ def notify_job(
 
     delay = backoff(attempt, base=5.0, cap=MAX_BACKOFF_SECONDS)
     with session_scope(svc.sessions) as s:
-        note = _notification(s, job_id, event)
-        note.attempts += 1
-        note.last_status = status
-        note.last_error = error
-        if error is None:
-            note.delivered_at = utcnow()
-            note.next_attempt_at = None
-        else:
-            note.next_attempt_at = utcnow() + timedelta(seconds=delay)
+        s.execute(
+            update(Notification)
+            # A row another attempt delivered meanwhile stays delivered.
+            .where(
+                Notification.job_id == job_id,
+                Notification.event == event,
+                Notification.delivered_at.is_(None),
+            )
+            .values(
+                attempts=Notification.attempts + 1,
+                last_status=status,
+                last_error=error,
+                delivered_at=utcnow() if error is None else None,
+                # Ends the lease: due again when the retry is (by the database's clock, as the lease).
+                next_attempt_at=None if error is None else db_now(delay),
+            )
+        )
     if error is None:
         return Outcome(Step.DONE)
     log.warning(
         "notify: job %s %s to %s failed (%s), retry in %.0f s", job_id, event, _host(url), error, delay
     )
-    return Outcome(Step.RETRY, retry_in=delay, detail=error)
+    # The retry message lands a little after the row is due, whatever the hosts' clocks say.
+    return Outcome(Step.RETRY, retry_in=delay + RETRY_MARGIN_SECONDS, detail=error)
+
+
+def take_lease(s: Session, note_id: int, seconds: float) -> bool:
+    """Lease a due, undelivered notification row to this attempt for `seconds`; False when a live
+    lease (another attempt in flight) or a retry not yet due holds it."""
+    result = s.execute(
+        update(Notification)
+        .where(
+            Notification.id == note_id,
+            Notification.delivered_at.is_(None),
+            or_(Notification.next_attempt_at.is_(None), Notification.next_attempt_at <= db_now()),
+        )
+        .values(next_attempt_at=db_now(seconds))
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
 
 
 def _notification(s: Session, job_id: str, event: str) -> Notification:

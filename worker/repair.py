@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, func, or_, select, update
 
 from models.base import utcnow
 from models.db import session_scope
@@ -17,7 +17,7 @@ from models.outbox import ARCHIVE_JOB, NOTIFY
 from models.statemachine import apply_provider_task
 from models.tables import Image, Job, Notification
 from worker import metrics
-from worker.claims import unclaimed
+from worker.claims import db_now, unclaimed
 from worker.notify import GIVE_UP_AFTER
 from worker.pruning import PruneReport, prune
 from worker.services import Services
@@ -29,9 +29,6 @@ if TYPE_CHECKING:
     from worker.tasks import KlingTask, Schedule
 
 log = logging.getLogger(__name__)
-
-# A final job with a webhook_url and no delivery row after this long lost its notify message.
-STUCK_NOTIFY_SECONDS = 60.0
 
 
 # --- reconcile --------------------------------------------------------------------------------------
@@ -110,13 +107,12 @@ def _redispatch_archives(svc: Services) -> list[str]:
     """Succeeded jobs nobody is archiving (their message was lost with a killed worker)."""
     if svc.publish is None:
         return []
-    now = utcnow()
-    before = now - timedelta(seconds=svc.settings.stuck_archive_seconds)
+    before = utcnow() - timedelta(seconds=svc.settings.stuck_archive_seconds)
     with session_scope(svc.sessions) as s:
         ids = list(
             s.scalars(
                 select(Job.id)
-                .where(Job.status == JobStatus.SUCCEEDED, Job.updated_at <= before, unclaimed(now))
+                .where(Job.status == JobStatus.SUCCEEDED, Job.updated_at <= before, unclaimed())
                 .order_by(Job.updated_at)
                 .limit(100)
             )
@@ -127,18 +123,28 @@ def _redispatch_archives(svc: Services) -> list[str]:
 
 
 def _redispatch_notifications(svc: Services) -> list[str]:
-    """Downstream deliveries whose retry message was lost, and final jobs never notified."""
+    """Downstream deliveries whose retry message was lost or whose attempt died mid-flight (its
+    lease ran out), and final jobs never notified.
+
+    A row is sent again `STUCK_NOTIFY_SECONDS` after it fell due (its own retry message goes
+    first); `next_attempt_at` is compared by the database's clock, which wrote it.
+    """
     if svc.publish is None:
         return []
     now = utcnow()
-    grace = now - timedelta(seconds=STUCK_NOTIFY_SECONDS)
+    stuck = svc.settings.stuck_notify_seconds
+    grace = now - timedelta(seconds=stuck)
     with session_scope(svc.sessions) as s:
         due = set(
             s.scalars(
                 select(Notification.job_id)
                 .where(
                     Notification.delivered_at.is_(None),
-                    Notification.next_attempt_at < grace,
+                    or_(
+                        Notification.next_attempt_at < db_now(-stuck),
+                        # Rows written before attempts took a lease (NULL while in flight).
+                        Notification.next_attempt_at.is_(None) & (Notification.created_at < grace),
+                    ),
                     Notification.created_at > now - GIVE_UP_AFTER,
                 )
                 .limit(100)
@@ -225,9 +231,7 @@ def sweep(svc: Services, *, dry_run: bool = False, limit: int = 1000) -> SweepRe
         rows = s.execute(
             select(Image.job_id, func.min(Image.provider_created_at))
             .join(Job, Job.id == Image.job_id)
-            .where(
-                Image.status == ImageStatus.PENDING, Job.status == JobStatus.SUCCEEDED, unclaimed(utcnow())
-            )
+            .where(Image.status == ImageStatus.PENDING, Job.status == JobStatus.SUCCEEDED, unclaimed())
             .group_by(Image.job_id)
             .order_by(func.min(Image.provider_created_at))
             .limit(limit)

@@ -319,27 +319,41 @@ def test_unverified_multipart_leftover_is_replaced(s3_client, s3_bucket, source_
 
 class StoreWithOtherETags:
     """The real client, but `etag_of` rewrites the ETags some calls answer with (as an SSE-KMS bucket
-    answers ETags that are not MD5s, or as a store that lost bytes would)."""
+    answers ETags that are not MD5s, or as a store that lost bytes would). A conditional delete on a
+    rewritten ETag is sent with the stored one, as the store would compare its own."""
 
     def __init__(self, real, etag_of, calls=("put_object", "complete_multipart_upload")):
         self._real = real
         self._etag_of = etag_of
         self._calls = calls
+        self._stored = {}  # rewritten ETag -> the store's
         self.heads = 0
+        self.deletes = 0
 
     def __getattr__(self, name):
         method = getattr(self._real, name)
         if name == "head_object":
             self.heads += 1
+        if name == "delete_object":
+            self.deletes += 1
+            return self._delete
         if name not in self._calls:
             return method
 
         def rewritten(**kwargs):
             answer = method(**kwargs)
-            answer["ETag"] = f'"{self._etag_of(answer["ETag"].strip(chr(34)))}"'
+            stored = answer["ETag"].strip('"')
+            answer["ETag"] = f'"{self._etag_of(stored)}"'
+            self._stored[answer["ETag"].strip('"')] = stored
             return answer
 
         return rewritten
+
+    def _delete(self, **kwargs):
+        if "IfMatch" in kwargs:
+            given = kwargs["IfMatch"].strip('"')
+            kwargs["IfMatch"] = f'"{self._stored.get(given, given)}"'
+        return self._real.delete_object(**kwargs)
 
 
 @pytest.mark.parametrize("size", [50_000, 6 * MiB], ids=["single-put", "multipart"])
@@ -357,6 +371,23 @@ def test_etags_that_are_not_md5s_are_verified_by_head(s3_client, s3_bucket, sour
     assert result.sha256 == hashlib.sha256(data).hexdigest()
 
 
+class ShortHead(StoreWithOtherETags):
+    """ETags that are not MD5s, and a HEAD reporting fewer bytes than were sent (a store that lost
+    some): the object is ours (same ETag) but not what we streamed."""
+
+    def __getattr__(self, name):
+        method = super().__getattr__(name)
+        if name != "head_object":
+            return method
+
+        def head_object(**kwargs):
+            answer = method(**kwargs)
+            answer["ContentLength"] -= 1
+            return answer
+
+        return head_object
+
+
 @pytest.mark.parametrize("size", [50_000, 6 * MiB], ids=["single-put", "multipart"])
 def test_object_failing_verification_is_removed_and_never_marked(
     s3_client, s3_bucket, source_server, fetcher, size
@@ -364,13 +395,67 @@ def test_object_failing_verification_is_removed_and_never_marked(
     """The store's ETag proves nothing and its HEAD disagrees with what we wrote: retry, leave nothing."""
     data = image_bytes(PNG, size)
     source_server.expect_request("/img").respond_with_data(data)
-    store = StoreWithOtherETags(s3_client, lambda etag: "f" * 32)
+    store = ShortHead(
+        s3_client, lambda etag: etag[::-1], calls=("put_object", "complete_multipart_upload", "head_object")
+    )
     config = upload_transfer_config(chunk_bytes=5 * MiB, single_put_bytes=5 * MiB)
     with pytest.raises(ArchiveVerificationError) as info:
         archive(store, s3_bucket, source_server.url_for("/img"), fetcher, transfer_config=config)
     assert info.value.retryable
-    assert store.heads == 1
+    assert (store.heads, store.deletes) == (1, 1)
     assert objects(s3_client, s3_bucket) == []
+
+
+class RacingStore(StoreWithOtherETags):
+    """ETags that are not MD5s, and another run that writes its own verified object at the same key
+    right after our PUT (`when="before-head"`), or between our HEAD and our delete (`"before-delete"`,
+    with a HEAD that fails our check on our own object, so the run goes on to delete)."""
+
+    def __init__(self, real, bucket, other: bytes, when: str) -> None:
+        super().__init__(real, lambda etag: etag[::-1], calls=("put_object", "head_object"))
+        self._bucket = bucket
+        self._other = other
+        self._when = when
+
+    def other_run_writes(self, key: str) -> None:
+        digest = hashlib.sha256(self._other).hexdigest()
+        self._real.put_object(
+            Bucket=self._bucket, Key=key, Body=self._other, Metadata={**META, "sha256": digest}
+        )
+
+    def __getattr__(self, name):
+        method = super().__getattr__(name)
+        if name not in ("put_object", "head_object"):
+            return method
+
+        def racing(**kwargs):
+            if name == "put_object" and self._when == "before-head":
+                answer = method(**kwargs)
+                self.other_run_writes(kwargs["Key"])
+                return answer
+            if name == "head_object" and self._when == "before-delete":
+                answer = method(**kwargs)
+                answer["Metadata"] = {**answer["Metadata"], "sha256": "0" * 64}
+                self.other_run_writes(kwargs["Key"])
+                return answer
+            return method(**kwargs)
+
+        return racing
+
+
+@pytest.mark.parametrize("when", ["before-head", "before-delete"])
+def test_a_run_never_deletes_an_object_another_run_wrote(s3_client, s3_bucket, source_server, fetcher, when):
+    """On a store whose ETags are not MD5s a failed check deletes only the object this run wrote:
+    never one with another ETag (it may already be recorded as archived by the other run)."""
+    ours, theirs = image_bytes(PNG, 50_000, seed=1), image_bytes(PNG, 40_000, seed=2)
+    source_server.expect_request("/img").respond_with_data(ours)
+    store = RacingStore(s3_client, s3_bucket, theirs, when)
+    with pytest.raises(ArchiveVerificationError):
+        archive(store, s3_bucket, source_server.url_for("/img"), fetcher)
+    (key,) = objects(s3_client, s3_bucket)
+    stored = s3_client.get_object(Bucket=s3_bucket, Key=key)
+    assert stored["Body"].read() == theirs
+    assert stored["Metadata"]["sha256"] == hashlib.sha256(theirs).hexdigest()
 
 
 def test_parts_upload_while_the_next_is_read_with_bounded_parts_in_flight(

@@ -4,10 +4,13 @@ failures are retried and every attempt is visible in `GET /v1/jobs/{id}`."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from pytest_httpserver import HTTPServer
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from werkzeug import Request, Response
 
@@ -16,10 +19,13 @@ from models.db import make_engine, session_scope
 from models.documents import EVENT_IMAGE_FIELDS, EVENT_JOB_FIELDS
 from models.settings import Settings
 from models.statemachine import create_job, transition
-from models.tables import Image, Job
+from models.tables import Image, Job, Notification
 from tests.conftest import TEST_API_TOKEN, TEST_WEBHOOK_SECRET
 from webhook import create_app
-from worker.notify import notify_job
+from worker import repair
+from worker.claims import db_now
+from worker.limiter import RedisSlotLimiter
+from worker.notify import EVENTS, notify_job, take_lease
 from worker.outcome import Step
 from worker.services import Services
 
@@ -112,6 +118,10 @@ def test_failures_are_retried_and_attempts_are_visible(svc: Services, httpserver
 
     first = notify_job(svc, job_id)
     assert first.step is Step.RETRY and first.retry_in > 0
+    with session_scope(svc.sessions) as s:  # the retry's countdown has run out
+        s.execute(
+            update(Notification).where(Notification.job_id == job_id).values(next_attempt_at=db_now(-1))
+        )
     second = notify_job(svc, job_id, attempt=1)
     assert second.step is Step.DONE
 
@@ -137,3 +147,69 @@ def test_jobs_without_webhook_or_not_final_send_nothing(svc: Services, httpserve
     assert httpserver.log == []
     with session_scope(svc.sessions) as s:
         assert s.get(Job, running).status == "queued"  # type: ignore[union-attr]
+
+
+def test_an_attempt_that_died_mid_flight_is_sent_again_once_its_lease_runs_out(
+    committed_pg_url: str, httpserver: HTTPServer, redis_client: Any, redis_key_prefix: str
+) -> None:
+    settings = Settings(
+        database_url=committed_pg_url,
+        notify_secret=NOTIFY_SECRET,
+        api_token=TEST_API_TOKEN,
+        stuck_notify_seconds=0,  # re-send as soon as a row is due
+    )
+    engine = make_engine(committed_pg_url)
+    published: list[tuple[str, list[Any]]] = []
+    svc = Services(
+        settings,
+        engine=engine,
+        limiter=RedisSlotLimiter(redis_client, limit=5, lease_seconds=60, key_prefix=redis_key_prefix),
+        publish=lambda name, args: published.append((name, args)),
+    )
+    httpserver.expect_request("/hook", method="POST").respond_with_data("ok", status=200)
+    with session_scope(svc.sessions) as s:
+        short, long = (
+            archived_job(s, httpserver.url_for("/hook")),
+            archived_job(s, httpserver.url_for("/hook")),
+        )
+    published.clear()  # the notify messages of the jobs' own outbox rows: lost, say
+
+    # Two attempts take their leases the way notify_job does, then die before their POST.
+    lease_ends = {}
+    for job_id, seconds in ((short, 3.0), (long, 3600.0)):
+        with session_scope(svc.sessions) as s:
+            note = Notification(job_id=job_id, event=EVENTS["archived"])
+            s.add(note)
+            s.flush()
+            assert take_lease(s, note.id, seconds)
+        with session_scope(svc.sessions) as s:
+            lease_ends[job_id] = s.scalar(
+                select(Notification.next_attempt_at).where(Notification.job_id == job_id)
+            )
+
+    # While a lease is live no other attempt sends, and reconcile leaves the row alone.
+    assert notify_job(svc, short).detail == "another attempt holds this delivery"
+    report = repair.reconcile(svc)
+    with session_scope(svc.sessions) as s:
+        still_leased = s.scalar(select(db_now())) < lease_ends[short]
+    assert still_leased, "the machine stalled past the 3 s lease; nothing was checked"
+    assert short not in report.renotified and long not in report.renotified
+    assert httpserver.log == []
+
+    # Once the short lease ran out (by the database's clock), reconcile sends the row again.
+    deadline = time.monotonic() + 30
+    while short not in repair.reconcile(svc).renotified:
+        assert time.monotonic() < deadline, "the expired lease was never re-dispatched"
+        time.sleep(0.1)
+    assert ("notify", [short]) in published
+    assert all(args != [long] for _, args in published)  # a live lease never is
+
+    # The re-dispatched message delivers it, once.
+    assert notify_job(svc, short).step is Step.DONE
+    assert len(httpserver.log) == 1
+    with session_scope(svc.sessions) as s:
+        note = s.scalars(select(Notification).where(Notification.job_id == short)).one()
+        assert (note.attempts, note.last_status, note.next_attempt_at) == (1, 200, None)
+        assert note.delivered_at is not None
+    assert short not in repair.reconcile(svc).renotified
+    engine.dispose()

@@ -5,17 +5,23 @@ slots, archiving, repair) and record publishes."""
 from __future__ import annotations
 
 import hashlib
+import random
 import secrets
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from pydantic import SecretStr
+from pytest_httpserver import HTTPServer
 from sqlalchemy import select, update
+from werkzeug import Response
 
 from kling import KlingClient, Task, TaskImage, TaskStatus
 from kling.simulator import Simulator
@@ -28,7 +34,7 @@ from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
 from tests.fixtures.services import S3_TEST_ACCESS_KEY, S3_TEST_SECRET_KEY, assert_no_connection
 from worker import archiving, repair, slots, submit
 from worker.archiver import archive_image, object_stem
-from worker.claims import take_claim
+from worker.claims import db_now, take_claim
 from worker.factory import make_celery
 from worker.limiter import RedisSlotLimiter
 from worker.outbox import QUICK_RETRY, celery_publisher, relay
@@ -325,6 +331,124 @@ def test_disallowed_source_is_never_fetched(harness: Harness, silent_listener, h
     assert (job.status, job.error_code) == ("failed", "archive_refused")
     assert [img.status for img in job.images] == ["failed"]
     assert_no_connection(silent_listener)
+
+
+class SlowSource:
+    """An image CDN that drips one image in small chunks until told to finish: a fetch slower than
+    any claim period the test picks. Records what it sent."""
+
+    def __init__(self, server: HTTPServer) -> None:
+        self.finish = threading.Event()
+        self.sent = hashlib.sha256()
+        self.bytes = 0
+        server.expect_request("/slow.png").respond_with_handler(self._respond)
+        self.url = server.url_for("/slow.png")
+
+    def _respond(self, request: Any) -> Response:
+        return Response(self._body(), content_type="image/png")
+
+    def _body(self) -> Iterator[bytes]:
+        rng = random.Random(5)
+        chunk = b"\x89PNG\r\n\x1a\n" + rng.randbytes(4088)
+        deadline = time.monotonic() + 60  # never drip forever if a test dies
+        while True:
+            self.sent.update(chunk)
+            self.bytes += len(chunk)
+            yield chunk
+            if self.finish.wait(0.05) or time.monotonic() > deadline:  # the drip rate, not a sync
+                return
+            chunk = rng.randbytes(4096)
+
+
+def slow_archive_job(harness: Harness, source: SlowSource) -> str:
+    job_id = harness.job()
+    with session_scope(harness.svc.sessions) as s:
+        transition(s, s.get(Job, job_id), "submitted", source="worker", provider_task_id="t-" + job_id)
+        task = Task(
+            task_id="t-" + job_id, status=TaskStatus.SUCCEEDED, images=(TaskImage(index=0, url=source.url),)
+        )
+        apply_provider_task(s, job_id, task, source="poll")
+    return job_id
+
+
+def db_clock(svc: Services) -> datetime:
+    with session_scope(svc.sessions) as s:
+        now = s.scalar(select(db_now()))
+    assert now is not None
+    return now
+
+
+def test_a_fetch_slower_than_the_claim_keeps_the_claim_and_a_second_run_does_nothing(
+    harness: Harness, source_server: HTTPServer
+) -> None:
+    svc = Services(
+        harness.svc.settings.model_copy(update={"stuck_archive_seconds": 3.0}),
+        sessions=harness.svc.sessions,
+        s3=harness.svc.s3,
+        limiter=harness.svc.limiter,
+    )
+    source = SlowSource(source_server)
+    job_id = slow_archive_job(harness, source)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(archiving.archive_job, svc, job_id)
+        deadline = time.monotonic() + 30
+        while harness.get(job_id).claimed_until is None:
+            assert time.monotonic() < deadline, "the archive run never claimed the job"
+            time.sleep(0.02)
+        taken_until = harness.get(job_id).claimed_until
+        assert taken_until is not None
+        # Past the claim the run took (by the database's clock), the fetch still going on...
+        while db_clock(svc) <= taken_until:
+            assert time.monotonic() < deadline, "the database clock never passed the first claim"
+            time.sleep(0.1)
+        assert not first.done() and not source.finish.is_set()
+        # ...the claim is still held: the copy renewed it as chunks came in.
+        renewed = harness.get(job_id).claimed_until
+        assert renewed is not None and renewed > taken_until and renewed > db_clock(svc)
+        # A second run (a re-dispatch, a redelivered message) starts nothing.
+        second = archiving.archive_job(svc, job_id)
+        assert (second.step, second.detail) == (Step.DONE, "another run owns this job")
+        assert len(source_server.log) == 1
+        source.finish.set()
+        assert first.result(timeout=30).step is Step.DONE
+    job = harness.get(job_id)
+    assert job.status == "archived"
+    (img,) = job.images
+    assert (img.sha256, img.bytes) == (source.sent.hexdigest(), source.bytes)
+    stored = harness.svc.s3.get_object(Bucket=img.s3_bucket, Key=img.s3_key)["Body"].read()
+    assert hashlib.sha256(stored).hexdigest() == source.sent.hexdigest()
+
+
+def test_a_run_whose_claim_was_taken_stops_without_writing(
+    harness: Harness, source_server: HTTPServer
+) -> None:
+    svc = Services(
+        harness.svc.settings.model_copy(update={"stuck_archive_seconds": 1.5}),
+        sessions=harness.svc.sessions,
+        s3=harness.svc.s3,
+        limiter=harness.svc.limiter,
+    )
+    source = SlowSource(source_server)
+    job_id = slow_archive_job(harness, source)
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            first = pool.submit(archiving.archive_job, svc, job_id)
+            deadline = time.monotonic() + 30
+            while harness.get(job_id).claimed_until is None:
+                assert time.monotonic() < deadline, "the archive run never claimed the job"
+                time.sleep(0.02)
+            # Another run owns the job now (say the first one stalled past its claim).
+            with session_scope(svc.sessions) as s:
+                s.execute(update(Job).where(Job.id == job_id).values(claim_token="another-run"))
+            outcome = first.result(timeout=30)  # its next heartbeat finds out, mid-fetch
+            assert not source.finish.is_set()
+    finally:
+        source.finish.set()
+    assert (outcome.step, outcome.detail) == (Step.DONE, "claim lost to another run")
+    job = harness.get(job_id)
+    assert (job.status, job.claim_token) == ("succeeded", "another-run")
+    assert [img.status for img in job.images] == ["pending"]
+    assert harness.svc.s3.list_objects_v2(Bucket=harness.svc.settings.s3_bucket).get("KeyCount", 0) == 0
 
 
 def test_hundred_megabyte_image_archives_intact(harness: Harness) -> None:
