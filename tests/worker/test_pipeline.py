@@ -378,17 +378,24 @@ def db_clock(svc: Services) -> datetime:
     return now
 
 
-def test_a_fetch_slower_than_the_claim_keeps_the_claim_and_a_second_run_does_nothing(
-    harness: Harness, source_server: HTTPServer
-) -> None:
+def slow_archive(
+    harness: Harness, source_server: HTTPServer, *, claim_seconds: float
+) -> tuple[Services, SlowSource, str]:
+    """Services with a short archive claim, a source that drips, and a job archiving from it."""
     svc = Services(
-        harness.svc.settings.model_copy(update={"stuck_archive_seconds": 3.0}),
+        harness.svc.settings.model_copy(update={"stuck_archive_seconds": claim_seconds}),
         sessions=harness.svc.sessions,
         s3=harness.svc.s3,
         limiter=harness.svc.limiter,
     )
     source = SlowSource(source_server)
-    job_id = slow_archive_job(harness, source)
+    return svc, source, slow_archive_job(harness, source)
+
+
+def test_a_fetch_slower_than_the_claim_keeps_the_claim_and_a_second_run_does_nothing(
+    harness: Harness, source_server: HTTPServer
+) -> None:
+    svc, source, job_id = slow_archive(harness, source_server, claim_seconds=3.0)
     with ThreadPoolExecutor(max_workers=1) as pool:
         first = pool.submit(archiving.archive_job, svc, job_id)
         deadline = time.monotonic() + 30
@@ -422,14 +429,7 @@ def test_a_fetch_slower_than_the_claim_keeps_the_claim_and_a_second_run_does_not
 def test_a_run_whose_claim_was_taken_stops_without_writing(
     harness: Harness, source_server: HTTPServer
 ) -> None:
-    svc = Services(
-        harness.svc.settings.model_copy(update={"stuck_archive_seconds": 1.5}),
-        sessions=harness.svc.sessions,
-        s3=harness.svc.s3,
-        limiter=harness.svc.limiter,
-    )
-    source = SlowSource(source_server)
-    job_id = slow_archive_job(harness, source)
+    svc, source, job_id = slow_archive(harness, source_server, claim_seconds=1.5)
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:
             first = pool.submit(archiving.archive_job, svc, job_id)
