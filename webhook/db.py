@@ -64,10 +64,11 @@ class _LazyCeleryPublisher:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        self._app: Any = None
         self._publish: Callable[[str, list[Any]], None] | None = None
         self._lock = threading.Lock()
 
-    def __call__(self, name: str, args: list[Any]) -> None:
+    def _ready(self) -> Callable[[str, list[Any]], None]:
         with self._lock:
             if self._publish is None:
                 from worker.factory import make_celery
@@ -75,9 +76,29 @@ class _LazyCeleryPublisher:
 
                 # Bounded connects and replies, one attempt: a stalled broker costs a request
                 # about REQUEST_BROKER_TIMEOUT_SECONDS, and the row waits for the relay.
-                app = make_celery(self._settings, for_requests=True)
-                self._publish = celery_publisher(app, retry_policy=REQUEST_RETRY)
-        self._publish(name, args)
+                self._app = make_celery(self._settings, for_requests=True)
+                self._publish = celery_publisher(self._app, retry_policy=REQUEST_RETRY)
+            return self._publish
+
+    def __call__(self, name: str, args: list[Any]) -> None:
+        self._ready()(name, args)
+
+    def warm(self) -> None:
+        """Build the app and open a broker connection now, in a fresh server process: done by the
+        first publish instead, the imports and the connect (~100-200 ms) land on a callback."""
+        self._ready()
+        try:
+            with self._app.producer_or_acquire() as producer:
+                producer.connection.ensure_connection(max_retries=1)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("broker not reachable at start, publishes will retry: %s", type(exc).__name__)
+
+
+def warm_publisher(app: Flask) -> None:
+    """Prepare the app's broker publisher (gunicorn's `post_worker_init`); no-op for test publishers."""
+    warm = getattr(app.extensions.get(_PUBLISH), "warm", None)
+    if warm is not None:
+        warm()
 
 
 def set_publisher(app: Flask, publish: Callable[[str, list[Any]], None] | None) -> None:

@@ -13,6 +13,8 @@ from celery.signals import setup_logging, worker_process_init
 from models.logging import configure_logging
 from models.settings import Settings, get_settings
 
+log = logging.getLogger(__name__)
+
 # Redis redelivers an unacked task after the visibility timeout; a task must finish (or be killed)
 # well before that, or a slow archive would run twice in parallel.
 VISIBILITY_TIMEOUT = 3600
@@ -40,6 +42,20 @@ def freeze_loaded_objects(**_: Any) -> None:
     pages shared with the parent.
     """
     gc.freeze()
+
+
+def warm_services(app: Celery) -> None:
+    """Build a pool process's clients before its first task: the engine, S3 client and limiter
+    cost ~250 ms together, which the first archive after a callback would otherwise wait for.
+    Nothing here connects; a misconfigured part fails its first task, as it would anyway."""
+    from worker.tasks import services_for
+
+    svc = services_for(app)
+    for part in ("sessions", "s3", "fetcher", "limiter"):
+        try:
+            getattr(svc, part)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not prepare %s at process start: %s", part, type(exc).__name__)
 
 
 def make_celery(settings: Settings | None = None, *, for_requests: bool = False) -> Celery:
@@ -79,7 +95,12 @@ def make_celery(settings: Settings | None = None, *, for_requests: bool = False)
 
     # Connected per app (strong ref) so `celery -A worker worker/beat` logs JSON, not Celery's text.
     setup_logging.connect(json_logs, weak=False)
-    worker_process_init.connect(freeze_loaded_objects, weak=False)
+
+    def prepare_pool_process(**_: Any) -> None:
+        warm_services(app)
+        freeze_loaded_objects()
+
+    worker_process_init.connect(prepare_pool_process, weak=False)
     # Each workflow defines its tasks on this app and names its periodic work.
     schedule: dict[str, dict[str, Any]] = {}
     for workflow in (tasks, submit, slots, archiving, notify, repair):

@@ -29,8 +29,9 @@ class CallbackDelivery:
     error: str | None
     headers: dict[str, str]
     body: bytes
-    at: float
+    at: float  # when the attempt ended (answer, error or drop)
     webhook_id: str
+    sent_at: float | None = None  # when the POST started; None for a dropped callback
     duplicate: bool = False
     delayed: bool = False
     reordered: bool = False
@@ -122,13 +123,14 @@ class Dispatcher:
             headers["webhook-signature"] = sign_callback(
                 self.webhook_secret, pending.webhook_id, ts, pending.body
             )
+        sent_at = time.time()
         try:
             resp = self._session.post(pending.url, data=pending.body, headers=headers, timeout=self.timeout)
         except requests.RequestException as exc:
-            self._record(pending, "failed", None, f"{type(exc).__name__}: {exc}", headers)
+            self._record(pending, "failed", None, f"{type(exc).__name__}: {exc}", headers, sent_at=sent_at)
             return
         outcome: Outcome = "delivered" if 200 <= resp.status_code < 300 else "failed"
-        self._record(pending, outcome, resp.status_code, None, headers)
+        self._record(pending, outcome, resp.status_code, None, headers, sent_at=sent_at)
 
     def _record(
         self,
@@ -137,6 +139,8 @@ class Dispatcher:
         http_status: int | None,
         error: str | None,
         headers: dict[str, str],
+        *,
+        sent_at: float | None = None,
     ) -> None:
         delivery = CallbackDelivery(
             task_id=pending.task_id,
@@ -152,6 +156,7 @@ class Dispatcher:
             duplicate=pending.duplicate,
             delayed=pending.delayed,
             reordered=pending.reordered,
+            sent_at=sent_at,
         )
         with self._cond:
             self._deliveries.append(delivery)

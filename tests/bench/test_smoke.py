@@ -45,7 +45,8 @@ def test_smoke_run_writes_valid_results(tmp_path: Path) -> None:
     assert by_name["ingest"]["details"]["event_outcomes"].get("applied") == 120
     util = {f["name"]: f for f in by_name["utilisation"]["figures"]}
     assert util["jobs archived"]["passed"] is True
-    assert {f["name"]: f for f in by_name["latency"]["figures"]}["jobs measured"]["passed"] is True
+    latency = {f["name"]: f for f in by_name["latency"]["figures"]}
+    assert latency["jobs measured"]["passed"] is True, by_name["latency"]["details"]
     assert {f["name"]: f for f in by_name["scale"]["figures"]}["sweep query uses an index"]["passed"] is True
     archive = {f["name"]: f for f in by_name["archive"]["figures"]}
     assert archive["throughput 10 MB"]["value"] > 0 and archive["throughput 10 MB"]["baseline"] > 0

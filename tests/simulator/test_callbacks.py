@@ -47,6 +47,8 @@ def test_callback_for_every_status_change(simulator, receiver):
     deliveries = simulator.deliveries
     assert [d.task_status for d in deliveries] == ["submitted", "processing", "succeed"]
     assert all(d.outcome == "delivered" and d.http_status == 200 for d in deliveries)
+    # Each record says when its POST started and when its answer came.
+    assert all(d.sent_at is not None and d.sent_at <= d.at for d in deliveries)
     assert all("webhook-signature" not in headers for headers, _ in received(receiver))
 
 
@@ -87,6 +89,7 @@ def test_drop(simulator, receiver):
     task = create(simulator, callback_url=receiver.url_for("/cb"))
     wait_until(lambda: len(simulator.deliveries) == 3, what="3 dropped")
     assert {d.outcome for d in simulator.deliveries} == {"dropped"}
+    assert {d.sent_at for d in simulator.deliveries} == {None}
     assert simulator.task(task["task_id"])["status"] == "succeed"
     assert received(receiver) == []
 

@@ -16,7 +16,7 @@ from models.settings import Settings
 from models.statemachine import create_job
 from models.tables import Job
 from tests.fixtures.db import empty_tables
-from worker.factory import VISIBILITY_TIMEOUT, freeze_loaded_objects, make_celery
+from worker.factory import VISIBILITY_TIMEOUT, make_celery
 from worker.services import Services
 from worker.tasks import TASK_NAMES, TASK_PRIORITIES
 
@@ -115,15 +115,21 @@ def test_a_session_publishes_exactly_the_rows_it_committed(sqlite_url: str, sqli
         empty_tables(sqlite_engine)
 
 
-def test_pool_processes_freeze_the_loaded_app() -> None:
-    make_celery(_settings("memory://"))
+def test_pool_processes_prepare_their_clients_then_freeze_the_loaded_app() -> None:
+    # A port nobody listens on: preparing builds clients, it connects nothing.
+    settings = _settings("memory://").model_copy(update={"redis_url": "redis://127.0.0.1:9/0"})
+    app = make_celery(settings)
     receivers = [
         ref() if isinstance(ref, weakref.ReferenceType) else ref for _, ref in worker_process_init.receivers
     ]
-    assert freeze_loaded_objects in receivers
     gc.unfreeze()
     try:
-        freeze_loaded_objects()
+        for receiver in receivers:
+            if receiver is not None and getattr(receiver, "__qualname__", "").startswith("make_celery."):
+                receiver()
+        svc = app.kling_services
+        # Built before the first task (cached properties land in the instance's __dict__).
+        assert {"engine", "sessions", "s3", "fetcher", "limiter"} <= set(vars(svc))
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
