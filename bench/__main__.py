@@ -31,6 +31,7 @@ BENCHES = {
     "archive": "bench.archive:run",
     "latency": "bench.pipeline_bench:run_latency",
     "scale": "bench.scale:run",
+    "backlog": "bench.backlog:run",
 }
 
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -106,6 +107,30 @@ def running(proc: Proc) -> Iterator[Proc]:
         yield proc
     finally:
         proc.stop()
+
+
+# --- CPU --------------------------------------------------------------------------------------------
+def cpu_by_process() -> dict[str, float]:
+    """CPU seconds used so far: by this host's PostgreSQL and Redis processes, and by each session
+    (a `Proc` leads one, its children in it: gunicorn's workers, Celery's pool), keyed
+    `session:<id>` (the leader's pid). Processes that already exited are not counted."""
+    totals: dict[str, float] = defaultdict(float)
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                command = f.read()
+        except OSError:
+            continue
+        cpu = (int(fields[11]) + int(fields[12])) / tick
+        totals[f"session:{fields[3]}"] += cpu
+        if b"postgres" in command:
+            totals["postgres"] += cpu
+        elif b"redis-server" in command:
+            totals["redis"] += cpu
+    return totals
 
 
 # --- PostgreSQL -------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ class Deployment:
     sessions: Any
     celery: Any
     worker: infra.Proc
+    web: infra.Proc
 
     def submit(self, count: int, prefix: str) -> list[str]:
         with session_scope(self.sessions) as s:
@@ -101,7 +102,7 @@ def deployment(ctx: Context, *, slots: int, task_seconds: float, **sim_knobs: An
             s3_bucket=bucket,
             s3_endpoint_url=ctx.s3_endpoint,
         )
-        with infra.gunicorn("webhook:create_app()", infra.settings_env(probe)) as public:
+        with infra.gunicorn_proc("webhook:create_app()", infra.settings_env(probe)) as (public, web):
             settings = Settings(**{**probe.model_dump(), "public_base_url": public})
             engine = make_engine(url)
             with infra.celery_worker(infra.settings_env(settings), concurrency=WORKER_CONCURRENCY) as worker:
@@ -109,7 +110,7 @@ def deployment(ctx: Context, *, slots: int, task_seconds: float, **sim_knobs: An
                 wait_worker_ready(celery, worker)
                 sim = SimulatorRemote(sim_url)
                 try:
-                    yield Deployment(settings, sim, make_sessionmaker(engine), celery, worker)
+                    yield Deployment(settings, sim, make_sessionmaker(engine), celery, worker, web)
                 finally:
                     sim.close()
                     engine.dispose()

@@ -17,7 +17,6 @@ import pstats
 import random
 import sys
 import time
-from collections import defaultdict
 from typing import Any
 
 from sqlalchemy import event
@@ -34,31 +33,9 @@ from webhook import create_app
 from webhook.db import sessions
 
 
-def _cpu_by_process() -> dict[str, float]:
-    """CPU seconds used so far: by this host's PostgreSQL and Redis processes, and by each session
-    (a gunicorn master leads one, its workers in it), keyed `session:<id>`."""
-    totals: dict[str, float] = defaultdict(float)
-    tick = os.sysconf("SC_CLK_TCK")
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                command = f.read()
-        except OSError:
-            continue
-        cpu = (int(fields[11]) + int(fields[12])) / tick
-        totals[f"session:{fields[3]}"] += cpu
-        if b"postgres" in command:
-            totals["postgres"] += cpu
-        elif b"redis-server" in command:
-            totals["redis"] += cpu
-    return totals
-
-
 def _postgres_cpu() -> float:
     """CPU seconds used so far by this host's PostgreSQL processes (server and backends)."""
-    return _cpu_by_process()["postgres"]
+    return infra.cpu_by_process()["postgres"]
 
 
 def _submitted_jobs_and_baseline_table(url: str, count: int) -> list[str]:
@@ -89,9 +66,9 @@ def cpu_under_load(url: str, jobs: int) -> None:
             ("service", real_url, real_proc, measured[jobs:]),
         ):
             requests = build_requests(chunk, rng)
-            before, client_start = _cpu_by_process(), time.process_time()
+            before, client_start = infra.cpu_by_process(), time.process_time()
             result = run_load(target, requests, connections=CONNECTIONS)
-            after, client = _cpu_by_process(), time.process_time() - client_start
+            after, client = infra.cpu_by_process(), time.process_time() - client_start
             per = 1000 / len(result.latencies)
             server = f"session:{proc.pid}"
             row = [client * per, *((after[key] - before[key]) * per for key in (server, "postgres", "redis"))]

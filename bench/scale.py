@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import random
 import time
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import event, text
@@ -96,7 +97,7 @@ def run(ctx: Context) -> BenchResult:
         settings = infra.bench_settings(database_url=url)
         app = create_app(settings)
         # What the webhook's gunicorn workers do once the app is loaded (webhook/gunicorn_conf.py).
-        gunicorn_conf.post_worker_init(worker=None)
+        gunicorn_conf.post_worker_init(worker=SimpleNamespace(wsgi=app))
         headers = {"Authorization": f"Bearer {infra.API_TOKEN}"}
         client = app.test_client()
         ids = [j for s in STATUSES for j in seeded.job_ids_by_status.get(s, [])]

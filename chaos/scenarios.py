@@ -6,8 +6,11 @@ import random
 import secrets
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+
+import requests
 
 from chaos.probe import Probe
 from chaos.procs import POLL, wait_until
@@ -33,6 +36,7 @@ class Profile:
     webhook_down_seconds: float
     stall_seconds: float
     timeout: float
+    backlog_jobs: int
 
 
 FULL = Profile(
@@ -43,6 +47,7 @@ FULL = Profile(
     webhook_down_seconds=10,
     stall_seconds=30,
     timeout=240,
+    backlog_jobs=5000,
 )
 SHORT = Profile(
     jobs=20,
@@ -52,7 +57,11 @@ SHORT = Profile(
     webhook_down_seconds=3,
     stall_seconds=10,
     timeout=120,
+    backlog_jobs=300,
 )
+BACKLOG_CONNECTIONS = 8
+# A generous drain time per queued job (measured: ~0.05 s per job on the 2-core machine).
+BACKLOG_SECONDS_PER_JOB = 0.25
 # How long the probe goes on asking after a stalled server is resumed (the recovery counts too).
 PROBE_AFTER_SECONDS = 3.0
 
@@ -78,6 +87,7 @@ class Injected:
 
     problems: list[str] = field(default_factory=list)
     jobs: list[JobSpec] = field(default_factory=list)
+    extra_seconds: float = 0.0  # added to the profile's timeout for the jobs to end
 
 
 Inject = Callable[[ChaosStack, Profile, list[str], list[str]], Injected | None]
@@ -130,6 +140,42 @@ def restart_redis(stack: ChaosStack, p: Profile, ids: list[str], notes: list[str
     time.sleep(p.redis_down_seconds)  # the outage itself
     stack.redis.start()
     notes.append(f"redis down {p.redis_down_seconds:.0f} s, restarted empty (broker queue and leases lost)")
+
+
+def backlog_then_restart_redis(stack: ChaosStack, p: Profile, ids: list[str], notes: list[str]) -> Injected:
+    """Thousands of queued jobs (their submit messages in Redis, most of them limiter waiters),
+    then Redis restarted empty: the pump and the reconciler must bring every one of them back."""
+    tag = secrets.token_hex(4)
+
+    def create(chunk: range) -> list[JobSpec]:
+        with requests.Session() as http:
+            return [
+                JobSpec(
+                    stack.post_job(
+                        {"prompt": f"backlog {tag} {i}", "n": 1, "aspect_ratio": "1:1"},
+                        idempotency_key=f"backlog-{tag}-{i}",
+                        timeout=120,
+                        http=http,
+                    ),
+                    1,
+                    "archived",
+                )
+                for i in chunk
+            ]
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(BACKLOG_CONNECTIONS) as pool:
+        chunks = [range(k, p.backlog_jobs, BACKLOG_CONNECTIONS) for k in range(BACKLOG_CONNECTIONS)]
+        jobs = [spec for part in pool.map(create, chunks) for spec in part]
+    backlog = [s.id for s in jobs]
+    queued = stack.count_status(backlog, "queued")
+    notes.append(f"{len(jobs)} jobs created in {time.monotonic() - started:.0f} s; {queued} still queued")
+    stack.redis.stop()
+    time.sleep(p.redis_down_seconds)  # the outage itself
+    stack.redis.start()
+    notes.append(f"redis down {p.redis_down_seconds:.0f} s with the backlog queued, restarted empty")
+    # Draining takes as long as the backlog needs at this stack's pace, not a fixed time.
+    return Injected(jobs=jobs, extra_seconds=queued * BACKLOG_SECONDS_PER_JOB)
 
 
 def stop_postgres(stack: ChaosStack, p: Profile, ids: list[str], notes: list[str]) -> None:
@@ -224,6 +270,13 @@ SCENARIOS = [
     Scenario("drop-callbacks", "drop 100% of callbacks", drop_callbacks, {"callback_drop_rate": 1.0}),
     Scenario("redis-stall", "SIGSTOP Redis (accepts, never answers)", stall_redis),
     Scenario("postgres-stall", "SIGSTOP PostgreSQL (accepts, never answers)", stall_postgres),
+    Scenario(
+        "backlog-redis-restart",
+        "thousands queued, then restart Redis",
+        backlog_then_restart_redis,
+        # Short tasks and small images: the backlog, not the provider, is what this scenario tests.
+        {"task_seconds": 0.2, "image_bytes": 4096},
+    ),
 ]
 NAMES = [s.name for s in SCENARIOS]
 
@@ -247,7 +300,7 @@ def run(
         result.submitted = len(specs)
         result.expected_failed = sum(1 for s in specs if s.expect == "failed")
         restarts_before = len(stack.supervised_restarts)
-        statuses = stack.wait_final(ids, timeout=profile.timeout)
+        statuses = stack.wait_final(ids, timeout=profile.timeout + injected.extra_seconds)
         restarted = stack.supervised_restarts[restarts_before:]
         if restarted:
             notes.append(f"supervisor restarted {', '.join(restarted)} (exited on its own)")
@@ -264,5 +317,5 @@ def run(
         healed = stack.heal()
         if healed:
             result.problems.append(f"restarted after the scenario: {', '.join(healed)}")
-        stack.sim.configure(**BASE_KNOBS)
+        stack.sim.configure(**BASE_KNOBS, task_seconds=stack.tuning.task_seconds)
     return result

@@ -336,12 +336,20 @@ class ChaosStack:
             specs.append(JobSpec(job_id, n, "failed" if fails else "archived"))
         return specs
 
-    def post_job(self, body: dict[str, Any], *, idempotency_key: str, timeout: float) -> str:
+    def post_job(
+        self,
+        body: dict[str, Any],
+        *,
+        idempotency_key: str,
+        timeout: float,
+        http: requests.Session | None = None,
+    ) -> str:
+        """Create one job, retrying until `timeout`; `http`: the calling thread's own session."""
         headers = {"Authorization": f"Bearer {self.api_token}", "Idempotency-Key": idempotency_key}
         deadline = time.monotonic() + timeout
         while True:
             try:
-                resp = self.http.post(
+                resp = (http or self.http).post(
                     f"{self.web_url}/v1/jobs", json=body, headers=headers, timeout=HTTP_TIMEOUT
                 )
                 if resp.status_code in (200, 202):

@@ -74,6 +74,10 @@ class SlotLimiter(Protocol):
         """Live leases: holder id -> slots."""
         ...
 
+    def waiting(self, first: int | None = None) -> list[str]:
+        """The wait queue's holders, oldest first; only the `first` of them if given."""
+        ...
+
 
 def _check_slots(slots: int, limit: int) -> None:
     if slots < 1:
@@ -326,9 +330,11 @@ class RedisSlotLimiter(_LimitSetting):
     def in_use(self) -> int:
         return sum(self.holders().values())
 
-    def waiting(self) -> list[str]:
-        """Holders in the wait queue, oldest first (waiters past `waiter_ttl` may still show)."""
-        members: list[bytes | str] = self._redis.zrange(self._keys[2], 0, -1)  # type: ignore[assignment]
+    def waiting(self, first: int | None = None) -> list[str]:
+        """Holders in the wait queue, oldest first, the `first` of them if given (waiters past
+        `waiter_ttl` may still show)."""
+        end = -1 if first is None else first - 1
+        members: list[bytes | str] = self._redis.zrange(self._keys[2], 0, end)  # type: ignore[assignment]
         return [_text(m) for m in members]
 
 
@@ -423,6 +429,7 @@ class LocalSlotLimiter(_LimitSetting):
     def in_use(self) -> int:
         return sum(self.holders().values())
 
-    def waiting(self) -> list[str]:
+    def waiting(self, first: int | None = None) -> list[str]:
         with self._lock:
-            return [h for h, _ in sorted(self._waiters.items(), key=lambda kv: (kv[1].ticket, kv[0]))]
+            order = [h for h, _ in sorted(self._waiters.items(), key=lambda kv: (kv[1].ticket, kv[0]))]
+        return order if first is None else order[:first]

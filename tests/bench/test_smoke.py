@@ -12,7 +12,7 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-BENCHES = {"ingest", "utilisation", "archive", "latency", "scale"}
+BENCHES = {"ingest", "utilisation", "archive", "latency", "scale", "backlog"}
 
 
 def _run_module(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -48,6 +48,11 @@ def test_smoke_run_writes_valid_results(tmp_path: Path) -> None:
     latency = {f["name"]: f for f in by_name["latency"]["figures"]}
     assert latency["jobs measured"]["passed"] is True, by_name["latency"]["details"]
     assert {f["name"]: f for f in by_name["scale"]["figures"]}["sweep query uses an index"]["passed"] is True
+    backlog = {f["name"]: f for f in by_name["backlog"]["figures"]}
+    assert backlog["jobs archived"]["passed"] is True, by_name["backlog"]["details"]
+    assert backlog["peak wait queue"]["value"] > 0  # the limiter really held a queue
+    assert backlog["worker CPU per job"]["value"] > 0
+    assert backlog["GET /v1/jobs/{id} p99 while draining"]["value"] > 0
     archive = {f["name"]: f for f in by_name["archive"]["figures"]}
     assert archive["throughput 10 MB"]["value"] > 0 and archive["throughput 10 MB"]["baseline"] > 0
     # The table is printed with every benchmark in it.

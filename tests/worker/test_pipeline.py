@@ -158,6 +158,21 @@ def test_no_slots_means_wait_and_the_job_stays_queued(harness: Harness) -> None:
     assert harness.published == [("submit_job", [other])]
 
 
+def test_a_release_reads_only_the_head_of_a_long_wait_queue(harness: Harness) -> None:
+    # Each release pumps; reading the whole queue there made draining a 20,000-job backlog quadratic.
+    harness.svc.limiter.limit = 1
+    holder = harness.job({"prompt": "p", "n": 1})
+    assert submit.submit_job(harness.svc, holder).step is Step.DONE
+    backlog = [harness.job({"prompt": f"w{i}", "n": 1}) for i in range(150)]
+    for job_id in reversed(backlog):  # the limiter's order differs from creation order
+        assert submit.submit_job(harness.svc, job_id).step is Step.WAIT
+    asked: list[int | None] = []
+    real_waiting = harness.svc.limiter.waiting
+    harness.svc.limiter.waiting = lambda first=None: asked.append(first) or real_waiting(first)  # type: ignore[method-assign]
+    assert slots.release_slots(harness.svc, holder) == [backlog[-1]]  # the head of the limiter's queue
+    assert asked == [100]
+
+
 def test_provider_1303_releases_slots_and_requeues(harness: Harness) -> None:
     harness.sim.configure(concurrency=1)
     blocker = harness.svc.provider.create_image(__import__("kling").ImageRequest(prompt="x", n=1))
