@@ -211,6 +211,9 @@ def decide(job: JobState, report: Task, source: str, now: datetime) -> Plan:
             queued.append(ARCHIVE_JOB)
         if report.status.is_final:
             queued.append(RELEASE_SLOTS)
+            if report.created_at is not None and report.updated_at is not None:
+                ran = (report.updated_at - report.created_at).total_seconds()
+                changes["provider_seconds"] = max(0.0, ran)
     elif target is JobStatus.SUCCEEDED and job.status is JobStatus.SUCCEEDED and not job.has_images:
         # A first `succeed` may have come without images (a bare callback): the first report that
         # carries them sets them, once.

@@ -48,6 +48,10 @@ class Settings(BaseSettings):
 
     reconcile_after_seconds: float = Field(default=60, ge=0)
     reconcile_interval_seconds: float = Field(default=5, gt=0)
+    # Expected-duration polling (worker/polling.py): a round every POLL_INTERVAL_SECONDS, at most
+    # POLL_MAX_PER_SECOND provider requests a second per account.
+    poll_interval_seconds: float = Field(default=1, gt=0)
+    poll_max_per_second: float = Field(default=5, gt=0)
     outbox_relay_seconds: float = Field(default=2, gt=0)
     # A lease outlives any single submit; a crashed worker's slots come back after it.
     slot_lease_seconds: float = Field(default=900, gt=0)

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -66,6 +67,9 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_provider_update_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # How long the provider task ran by the provider's own clock (its updated_at - created_at at
+    # the final state): the samples expected-duration polling learns from (worker/polling.py).
+    provider_seconds: Mapped[float | None] = mapped_column(Float)
     # One worker run owns a job's current step (submit or archive) until `claimed_until`; duplicate
     # messages and re-dispatches find it owned and stop, so provider calls never overlap.
     claim_token: Mapped[str | None] = mapped_column(String(36))

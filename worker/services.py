@@ -20,8 +20,11 @@ if TYPE_CHECKING:
     from kling.client import ImageProvider
     from worker.fetch import SafeFetcher
     from worker.limiter import SlotLimiter
+    from worker.polling import LocalPollGate, PollGate
 
 Publish = Callable[[str, list[Any]], None]
+# The poll gate's Redis calls, as bounded as the limiter's (worker/limiter.py).
+POLL_GATE_TIMEOUT = 2.0
 
 
 class Services:
@@ -40,6 +43,7 @@ class Services:
         s3: Any = None,
         fetcher: SafeFetcher | None = None,
         publish: Publish | None = None,
+        poll_gate: PollGate | LocalPollGate | None = None,
     ) -> None:
         self.settings = settings
         self.publish = publish
@@ -52,6 +56,7 @@ class Services:
             ("limiter", limiter),
             ("s3", s3),
             ("fetcher", fetcher),
+            ("poll_gate", poll_gate),
         ):
             if given is not None:
                 self.__dict__[name] = given  # what the cached property would have built
@@ -115,3 +120,16 @@ class Services:
         from worker.s3 import make_s3_client
 
         return make_s3_client(endpoint_url=self.settings.s3_endpoint_url, region=self.settings.aws_region)
+
+    @cached_property
+    def poll_gate(self) -> PollGate | LocalPollGate:
+        import redis
+
+        from worker.polling import PollGate
+
+        client = redis.Redis.from_url(
+            self.settings.limiter_redis_url,
+            socket_timeout=POLL_GATE_TIMEOUT,
+            socket_connect_timeout=POLL_GATE_TIMEOUT,
+        )
+        return PollGate(client, f"{self.settings.limiter_key_prefix}:poll")

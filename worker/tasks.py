@@ -46,12 +46,23 @@ class TaskSpec:
 # (`worker_prefetch_multiplier=1` with `task_acks_late`), so the order is decided at each pop.
 SUBMIT_TASK = TaskSpec("kling.submit_job", 0, SUBMIT_JOB)
 RELEASE_TASK = TaskSpec("kling.release_slots", 0, RELEASE_SLOTS)
+# Polling frees the slots of tasks whose callback was lost: as urgent as a release.
+POLL_TASK = TaskSpec("kling.poll_overdue", 0)
 ARCHIVE_TASK = TaskSpec("kling.archive_job", 3, ARCHIVE_JOB)
 NOTIFY_TASK = TaskSpec("kling.notify", 6, NOTIFY)
 RELAY_TASK = TaskSpec("kling.relay_outbox", 6)
 RECONCILE_TASK = TaskSpec("kling.reconcile", 6)
 SWEEP_TASK = TaskSpec("kling.sweep", 9)
-TASKS = (SUBMIT_TASK, RELEASE_TASK, ARCHIVE_TASK, NOTIFY_TASK, RELAY_TASK, RECONCILE_TASK, SWEEP_TASK)
+TASKS = (
+    SUBMIT_TASK,
+    RELEASE_TASK,
+    POLL_TASK,
+    ARCHIVE_TASK,
+    NOTIFY_TASK,
+    RELAY_TASK,
+    RECONCILE_TASK,
+    SWEEP_TASK,
+)
 
 # Outbox task name -> Celery task name (the publisher's lookup).
 TASK_NAMES = {spec.outbox: spec.name for spec in TASKS if spec.outbox is not None}

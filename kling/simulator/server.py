@@ -56,6 +56,8 @@ class Simulator:
         self._max_slots = 0
         self._codes: Counter[int] = Counter()
         self._dropped_connections = 0
+        self._query_count = 0  # single-task lookups answered
+        self._list_count = 0  # list pages answered
         # A held-back callback per task, sent after the task's next one (reorder fault).
         self._held: dict[str, Pending] = {}
         self._dispatcher = Dispatcher()
@@ -230,6 +232,8 @@ class Simulator:
                 "concurrency": self._config.concurrency,
                 "count_by_code": {str(k): v for k, v in self._codes.items()},
                 "dropped_connections": self._dropped_connections,
+                "query_count": self._query_count,
+                "list_count": self._list_count,
                 "callbacks_pending": self._dispatcher.pending_count() + len(self._held),
                 "deliveries": len(self._dispatcher.deliveries()),
             }
@@ -248,6 +252,8 @@ class Simulator:
             self._create_count = 0
             self._max_slots = 0
             self._dropped_connections = 0
+            self._query_count = 0
+            self._list_count = 0
             self._codes.clear()
             self._dispatcher.clear()
 
@@ -337,6 +343,7 @@ class Simulator:
         """Task object by task_id or external_task_id."""
         with self._lock:
             self._advance()
+            self._query_count += 1
             t = self._tasks.get(key) or self._tasks.get(self._by_ext.get(key, ""))
             if t is None or t.kind != kind:
                 return None
@@ -346,6 +353,7 @@ class Simulator:
         """Newest first, like Kling's list."""
         with self._lock:
             self._advance()
+            self._list_count += 1
             chosen = [t for t in reversed(self._tasks.values()) if t.kind == kind]
             start = (page_num - 1) * page_size
             return [t.task_object(self.public_url) for t in chosen[start : start + page_size]]

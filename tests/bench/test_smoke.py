@@ -44,7 +44,12 @@ def test_smoke_run_writes_valid_results(tmp_path: Path) -> None:
     assert ingest["non-200 answers"]["passed"] is True
     assert by_name["ingest"]["details"]["event_outcomes"].get("applied") == 120
     util = {f["name"]: f for f in by_name["utilisation"]["figures"]}
-    assert util["jobs archived"]["passed"] is True
+    for lost in ("0%", "30%", "100%"):
+        assert util[f"jobs archived, {lost} callbacks lost"]["passed"] is True, by_name["utilisation"][
+            "details"
+        ]
+    # With every callback lost, the jobs finished because they were polled.
+    assert util["polls per job, 100% callbacks lost"]["value"] > 0
     latency = {f["name"]: f for f in by_name["latency"]["figures"]}
     assert latency["jobs measured"]["passed"] is True, by_name["latency"]["details"]
     assert {f["name"]: f for f in by_name["scale"]["figures"]}["sweep query uses an index"]["passed"] is True

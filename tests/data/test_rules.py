@@ -3,6 +3,7 @@ tests/data/helpers.py, over every job state and report Hypothesis can build. No 
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -139,3 +140,17 @@ def test_decide_reads_no_clock() -> None:
     assert (
         plan.changes["updated_at"] == past and plan.transition is not None and plan.transition["at"] == past
     )
+
+
+@given(job_states(), reports(), sources, st.sampled_from([None, NOW - timedelta(seconds=1)]))
+def test_a_final_report_records_how_long_the_provider_ran_by_its_clock(
+    job: JobState, report: Task, source: str, updated: datetime | None
+) -> None:
+    report = dataclasses.replace(report, updated_at=updated)
+    plan = decide(job, report, source, NOW)
+    timed = report.created_at is not None and updated is not None
+    if plan.outcome is EventOutcome.APPLIED and report.status.is_final and timed:
+        # created 3 s before NOW, updated 1 s before: 2 s, whatever our own clock says.
+        assert plan.changes["provider_seconds"] == 2.0
+    else:
+        assert "provider_seconds" not in plan.changes

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from tests.simulator.helpers import create, post, status_of, wait_until
+from tests.simulator.helpers import create, get, post, status_of, wait_until
 
 
 def sim_get(sim, path, **params):
@@ -36,6 +36,12 @@ def test_stats_and_tasks(simulator_factory):
     assert status == 200 and one["slots"] == 2 and one["status"] == "submitted"
     assert sim_get(sim, "/tasks/nope")[0] == 404
     assert sim_get(sim, "/health") == (200, {"ok": True, "base_url": sim.base_url})
+    # Provider lookups and list pages are counted; the inspection endpoints above are not.
+    assert (stats["query_count"], stats["list_count"]) == (0, 0)
+    get(sim, f"/v1/images/generations/{task['task_id']}")
+    get(sim, "/v1/images/generations", pageNum=1, pageSize=10)
+    _, stats = sim_get(sim, "/stats")
+    assert (stats["query_count"], stats["list_count"]) == (1, 1)
 
 
 def test_config_read_and_change_at_run_time(simulator):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import secrets
 import subprocess
 import threading
 import time
@@ -23,99 +22,24 @@ from pytest_httpserver import HTTPServer
 from sqlalchemy import select, update
 from werkzeug import Response
 
-from kling import KlingClient, Task, TaskImage, TaskStatus
-from kling.simulator import Simulator
-from models.db import make_engine, make_sessionmaker, session_scope
+from kling import Task, TaskImage, TaskStatus
+from models.db import make_sessionmaker, session_scope
 from models.enums import JobStatus
 from models.settings import Settings
 from models.statemachine import apply_provider_task, create_job, transition
 from models.tables import Image, Job, Outbox
-from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
-from tests.fixtures.services import S3_TEST_ACCESS_KEY, S3_TEST_SECRET_KEY, assert_no_connection
+from tests.fixtures.services import assert_no_connection
+from tests.worker.harness import Harness
 from worker import archiving, repair, slots, submit
 from worker.archiver import archive_image, object_stem
 from worker.claims import db_now, take_claim
 from worker.factory import make_celery
-from worker.limiter import RedisSlotLimiter
 from worker.outbox import QUICK_RETRY, celery_publisher, relay
 from worker.outcome import Step
-from worker.s3 import make_s3_client
 from worker.services import Services
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class Harness:
-    def __init__(self, svc: Services, sim: Simulator) -> None:
-        self.svc = svc
-        self.sim = sim
-        self.published: list[tuple[str, list[Any]]] = []
-        svc.publish = lambda name, args: self.published.append((name, args))
-
-    def job(self, params: dict[str, Any] | None = None) -> str:
-        with session_scope(self.svc.sessions) as s:
-            return create_job(s, params or {"prompt": "a lighthouse", "n": 1}, provider="kling").job.id
-
-    def get(self, job_id: str) -> Job:
-        with session_scope(self.svc.sessions) as s:
-            job = s.get(Job, job_id)
-            assert job is not None
-            _ = job.images, job.transitions
-            return job
-
-    def wait_sim_final(self, task_id: str, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.sim.task(task_id)["status"] not in ("succeed", "failed"):
-            assert time.monotonic() < deadline, "simulator task did not finish"
-            time.sleep(0.02)
-
-    def submit_and_finish(self, params: dict[str, Any] | None = None) -> Job:
-        """Submit through the worker, let the simulator finish, apply the result as a poll."""
-        job_id = self.job(params)
-        assert submit.submit_job(self.svc, job_id).step is Step.DONE
-        job = self.get(job_id)
-        self.wait_sim_final(job.provider_task_id or "")
-        task = self.svc.provider.get_image(job.provider_task_id)
-        with session_scope(self.svc.sessions) as s:
-            apply_provider_task(s, job_id, task, source="poll")
-        return self.get(job_id)
-
-
-@pytest.fixture
-def harness(
-    committed_pg_url: str, s3_endpoint: str, s3_bucket: str, simulator_factory, redis_client
-) -> Iterator[Harness]:
-    sim = simulator_factory(concurrency=10)
-    prefix = f"test:limiter:{secrets.token_hex(4)}"
-    settings = Settings(
-        database_url=committed_pg_url,
-        kling_api_base=sim.base_url,
-        kling_access_key=TEST_ACCESS_KEY,
-        kling_secret_key=TEST_SECRET_KEY,
-        kling_concurrency=10,
-        s3_bucket=s3_bucket,
-        s3_endpoint_url=s3_endpoint,
-        archive_allowed_hosts="127.0.0.1",
-        reconcile_after_seconds=0,
-    )
-    engine = make_engine(committed_pg_url)
-    svc = Services(
-        settings,
-        engine=engine,
-        provider=KlingClient(
-            access_key=TEST_ACCESS_KEY, secret_key=TEST_SECRET_KEY, base_url=sim.base_url, max_retries=0
-        ),
-        limiter=RedisSlotLimiter(redis_client, limit=10, lease_seconds=60, key_prefix=prefix),
-        s3=make_s3_client(
-            s3_endpoint, "us-east-1", access_key_id=S3_TEST_ACCESS_KEY, secret_access_key=S3_TEST_SECRET_KEY
-        ),
-    )
-    yield Harness(svc, sim)
-    engine.dispose()
-    keys = list(redis_client.scan_iter(match=f"*{prefix}*"))
-    if keys:
-        redis_client.delete(*keys)
 
 
 # --- submit -----------------------------------------------------------------------------------------
@@ -564,3 +488,20 @@ def test_a_provider_without_credentials_fails_the_job_clearly(harness: Harness) 
     assert (job.status, job.error_code) == ("failed", "provider_not_configured")
     assert "APPYPIE_SUBSCRIPTION_KEY" in (job.error_message or "")
     assert harness.sim.tasks_by_external_id(job_id) == []
+
+
+def test_jobs_behind_a_head_that_does_not_fit_use_the_free_slots(harness: Harness) -> None:
+    # Packing: 2 slots free, the head of the queue needs 4; the n=2 job behind it takes them. The
+    # head is not starved: the limiter reserves its slots once it has waited `starve_after`
+    # (tests/worker/test_limiter.py, test_a_big_job_is_not_starved_by_a_stream_of_small_jobs).
+    harness.svc.limiter.limit = 4
+    running = harness.job({"prompt": "running", "n": 2})
+    assert submit.submit_job(harness.svc, running).step is Step.DONE
+    other = harness.job({"prompt": "other", "n": 2})
+    assert submit.submit_job(harness.svc, other).step is Step.DONE
+    head = harness.job({"prompt": "head", "n": 4})
+    assert submit.submit_job(harness.svc, head).step is Step.WAIT
+    small = harness.job({"prompt": "small", "n": 2})
+    assert slots.release_slots(harness.svc, running) == [small]
+    assert submit.submit_job(harness.svc, small).step is Step.DONE
+    assert harness.svc.limiter.holders() == {other: 2, small: 2}

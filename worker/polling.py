@@ -1,0 +1,316 @@
+"""Expected-duration polling: ask the provider about in-flight tasks that run past what such tasks
+usually take, so a lost callback holds its slots for about one task's length, not
+RECONCILE_AFTER_SECONDS (docs/architecture.md, "Expected-duration polling").
+
+Callbacks stay the fast path and `repair.reconcile` the last safety net. `expected` and `due`
+decide, with no I/O; `poll_overdue` reads the jobs, asks the provider (one list request where it
+has one, single lookups for the rest, within `POLL_MAX_PER_SECOND`) and applies the answers,
+handing freed slots straight to the next jobs as the webhook does.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import redis
+from sqlalchemy import select
+
+from kling import Task
+from kling.client import UnsupportedOperation
+from kling.errors import RateLimited
+from models.base import utcnow
+from models.db import session_scope
+from models.enums import JobStatus
+from models.outbox import RELEASE_SLOTS
+from models.statemachine import apply_provider_task
+from models.tables import Job
+from worker.outbox import publish_rows
+from worker.slots import hand_off_slots
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from worker.services import Services
+    from worker.tasks import KlingTask, Schedule
+
+log = logging.getLogger(__name__)
+
+# Learned from the last SAMPLES tasks of a (provider, model) that ended, by the provider's clock;
+# below MIN_SAMPLES the kind is probed instead (see `due`).
+SAMPLES = 200
+MIN_SAMPLES = 3
+IN_FLIGHT_LIMIT = 1000
+# Never ask about one task more often than this, whatever the durations.
+MIN_REPOLL_SECONDS = 1.0
+# A task past its expected time is asked about again after this fraction of its age: a task stuck
+# at the provider for ten minutes costs a request a minute, not one a second.
+REPOLL_AGE_FRACTION = 0.1
+PROBE_AGE_FRACTION = 0.25
+# From this many due tasks on, one list request (up to 500 of the account's newest tasks) first.
+LIST_FROM = 3
+LIST_PAGE_SIZE = 500
+# After a 1302 the account's polling pauses, doubling up to the cap while the answers repeat.
+PAUSE_FIRST_SECONDS = 2.0
+PAUSE_MAX_SECONDS = 60.0
+ROUND_LOCK_SECONDS = 30.0
+
+Key = tuple[str, str]  # (provider, model)
+
+
+@dataclass(frozen=True)
+class Expected:
+    p50: float
+    p90: float
+
+
+@dataclass(frozen=True)
+class InFlight:
+    id: str
+    task_id: str | None
+    key: Key
+    submitted_at: datetime
+    last_polled_at: datetime | None
+
+
+def percentile(ordered: Sequence[float], pct: float) -> float:
+    return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))]
+
+
+def expected(samples: Sequence[float]) -> Expected | None:
+    """How long tasks take: p50 and p90 of the samples; None while there are too few."""
+    if len(samples) < MIN_SAMPLES:
+        return None
+    ordered = sorted(samples)
+    return Expected(percentile(ordered, 50), percentile(ordered, 90))
+
+
+def due(
+    jobs: Sequence[InFlight],
+    durations: Mapping[Key, Expected],
+    now: datetime,
+    *,
+    slots_wanted: bool,
+) -> list[InFlight]:
+    """The in-flight jobs to ask about now, the longest unheard-of first.
+
+    A task of a learned kind is due once it has run past the kind's p90 (its p50 while queued
+    jobs wait for slots: a slot freed early is worth a request), then again every max(1 s, p50/4
+    or p50/2, age/10). A kind not learned yet is probed: from 1 s on, every quarter of the task's
+    age, so its first tasks are found within a quarter of their length and teach the rest.
+    """
+    chosen: list[tuple[datetime, InFlight]] = []
+    for job in jobs:
+        age = (now - job.submitted_at).total_seconds()
+        exp = durations.get(job.key)
+        if exp is None:
+            after, repoll = MIN_REPOLL_SECONDS, max(MIN_REPOLL_SECONDS, age * PROBE_AGE_FRACTION)
+        else:
+            after = exp.p50 if slots_wanted else exp.p90
+            spacing = exp.p50 * (0.25 if slots_wanted else 0.5)
+            repoll = max(MIN_REPOLL_SECONDS, spacing, age * REPOLL_AGE_FRACTION)
+        if age < after:
+            continue
+        if job.last_polled_at is not None and (now - job.last_polled_at).total_seconds() < repoll:
+            continue
+        chosen.append((job.last_polled_at or job.submitted_at, job))
+    chosen.sort(key=lambda pair: pair[0])
+    return [job for _, job in chosen]
+
+
+# --- I/O ----------------------------------------------------------------------------------------------
+class PollGate:
+    """Per account, in Redis: one poll round at a time, and a pause after the provider said 1302."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self._redis = client
+        self._pause = f"{prefix}:pause"
+        self._backoff = f"{prefix}:backoff"
+        self._lock_name = f"{prefix}:round"
+
+    def try_round(self) -> Any:
+        """A held round lock, or None when another round runs or the account is paused."""
+        if self._redis.exists(self._pause):
+            return None
+        lock = self._redis.lock(self._lock_name, timeout=ROUND_LOCK_SECONDS, blocking=False)
+        return lock if lock.acquire() else None
+
+    def rate_limited(self) -> float:
+        """Pause the account's polling; returns the pause, doubled while 1302s repeat."""
+        last = self._redis.get(self._backoff)
+        pause = min(PAUSE_MAX_SECONDS, float(last) * 2) if last else PAUSE_FIRST_SECONDS
+        self._redis.set(self._pause, "1", px=int(pause * 1000))
+        self._redis.set(self._backoff, str(pause), px=int(PAUSE_MAX_SECONDS * 4000))
+        return pause
+
+    def answered(self) -> None:
+        self._redis.delete(self._backoff)
+
+
+class LocalPollGate:
+    """The same rules in one process (the demo's embedded broker, which has no Redis)."""
+
+    def __init__(self) -> None:
+        self._round = threading.Lock()
+        self._paused_until = 0.0
+        self._backoff = 0.0
+
+    def try_round(self) -> Any:
+        if time.monotonic() < self._paused_until or not self._round.acquire(blocking=False):
+            return None
+        return self._round
+
+    def rate_limited(self) -> float:
+        self._backoff = min(PAUSE_MAX_SECONDS, self._backoff * 2) if self._backoff else PAUSE_FIRST_SECONDS
+        self._paused_until = time.monotonic() + self._backoff
+        return self._backoff
+
+    def answered(self) -> None:
+        self._backoff = 0.0
+
+
+@dataclass
+class PollReport:
+    due: int = 0
+    requests: int = 0
+    list_requests: int = 0
+    changed: list[str] = field(default_factory=list)
+    rate_limited: bool = False
+    skipped: bool = False
+
+
+_IN_FLIGHT = (
+    select(
+        Job.id,
+        Job.provider_task_id,
+        Job.provider,
+        Job.params["model_name"].as_string(),
+        Job.submitted_at,
+        Job.last_polled_at,
+    )
+    .where(Job.status.in_([JobStatus.SUBMITTED, JobStatus.PROCESSING]), Job.submitted_at.is_not(None))
+    .limit(IN_FLIGHT_LIMIT)
+)
+# The newest archived jobs by the (status, updated_at) index; succeeded-not-archived ones are few.
+_SAMPLES = (
+    select(Job.provider, Job.params["model_name"].as_string(), Job.provider_seconds)
+    .where(Job.status == JobStatus.ARCHIVED, Job.provider_seconds.is_not(None))
+    .order_by(Job.updated_at.desc())
+    .limit(SAMPLES)
+)
+_WAITING = select(Job.id).where(Job.status == JobStatus.QUEUED).limit(1)
+
+
+def _read(svc: Services) -> tuple[list[InFlight], dict[Key, Expected], bool]:
+    with session_scope(svc.sessions) as s:
+        jobs = [
+            InFlight(job_id, task_id, (provider, model or ""), submitted, polled)
+            for job_id, task_id, provider, model, submitted, polled in s.execute(_IN_FLIGHT)
+        ]
+        if not jobs:
+            return [], {}, False
+        samples: dict[Key, list[float]] = {}
+        for provider, model, seconds in s.execute(_SAMPLES):
+            samples.setdefault((provider, model or ""), []).append(seconds)
+        waiting = s.scalar(_WAITING) is not None
+    learned = {key: exp for key, values in samples.items() if (exp := expected(values)) is not None}
+    return jobs, learned, waiting
+
+
+def poll_overdue(svc: Services) -> PollReport:
+    """One round: ask about the due in-flight tasks within the request budget, apply the answers."""
+    report = PollReport()
+    lock = svc.poll_gate.try_round()
+    if lock is None:
+        report.skipped = True
+        return report
+    try:
+        jobs, durations, waiting = _read(svc)
+        todo = due(jobs, durations, utcnow(), slots_wanted=waiting)
+        report.due = len(todo)
+        budget = max(1, int(svc.settings.poll_max_per_second * svc.settings.poll_interval_seconds))
+        try:
+            for job, task in _ask(svc, todo, budget, report):
+                try:
+                    _apply(svc, job, task, report)
+                except Exception as exc:  # noqa: BLE001  (one bad job must not stop the round)
+                    log.warning("poll: job %s: %s: %s", job.id, type(exc).__name__, exc)
+        except RateLimited:
+            report.rate_limited = True
+            pause = svc.poll_gate.rate_limited()
+            log.warning("poll: the provider answered 1302, polling paused %.0f s", pause)
+        else:
+            if report.requests:
+                svc.poll_gate.answered()
+    finally:
+        lock.release()
+    return report
+
+
+def _ask(svc: Services, todo: list[InFlight], budget: int, report: PollReport) -> list[tuple[InFlight, Task]]:
+    """Provider answers for due jobs: one list request first when several are due, then lookups."""
+    answers: list[tuple[InFlight, Task]] = []
+    left = list(todo)
+    by_provider: dict[str, list[InFlight]] = {}
+    for job in left:
+        by_provider.setdefault(job.key[0], []).append(job)
+    for provider_name, jobs in by_provider.items():
+        if len(jobs) < LIST_FROM or report.requests >= budget:
+            continue
+        try:
+            listed = svc.provider_for(provider_name).list_images(page=1, page_size=LIST_PAGE_SIZE)
+        except UnsupportedOperation:
+            continue
+        report.requests += 1
+        report.list_requests += 1
+        by_task = {task.task_id: task for task in listed}
+        found = [(job, by_task[job.task_id]) for job in jobs if job.task_id in by_task]
+        answers += found
+        seen = {job.id for job, _ in found}
+        left = [job for job in left if job.id not in seen]
+    for job in left:
+        if report.requests >= budget:
+            break
+        provider = svc.provider_for(job.key[0])
+        report.requests += 1
+        try:
+            if job.task_id:
+                answers.append((job, provider.get_image(job.task_id)))
+            else:
+                answers.append((job, provider.get_image(external_task_id=job.id)))
+        except RateLimited:
+            raise
+        except Exception as exc:  # noqa: BLE001  (the reconciler looks at it again later)
+            log.warning("poll: job %s: %s: %s", job.id, type(exc).__name__, exc)
+    return answers
+
+
+def _apply(svc: Services, job: InFlight, task: Task, report: PollReport) -> None:
+    with svc.engine.begin() as conn:
+        result = apply_provider_task(conn, job.id, task, source="poll")
+    if result.changed:
+        report.changed.append(job.id)
+    if not task.status.is_final:
+        svc.limiter.renew(job.id)  # still running at the provider: keep its slots leased
+    if any(row.task == RELEASE_SLOTS for row in result.outbox):
+        # The first word of a final state: its slots go to the next jobs now, as after a callback.
+        hand_off_slots(svc, job.id, result.outbox)
+    elif result.outbox and svc.publish is not None:
+        publish_rows(svc.sessions, svc.publish, result.outbox)
+
+
+def register(app: Celery) -> Schedule:
+    """The poll task and its place in the beat schedule."""
+    from worker.tasks import POLL_TASK, KlingTask, every
+
+    @app.task(bind=True, base=KlingTask, shared=False, name=POLL_TASK.name)
+    def poll_overdue_task(self: KlingTask) -> dict[str, int]:
+        report = poll_overdue(self.services)
+        return {"due": report.due, "requests": report.requests, "changed": len(report.changed)}
+
+    return {"poll-overdue": every(POLL_TASK, app.conf.kling_settings.poll_interval_seconds)}
