@@ -238,6 +238,7 @@ class Demo:
         from webhook.api import S3_CLIENT
         from webhook.db import set_publisher
         from webhook.metrics import LIMITER_KEY
+        from worker.accounts import LocalAccountGate
         from worker.factory import make_celery
         from worker.limiter import LocalSlotLimiter
         from worker.polling import LocalPollGate
@@ -307,10 +308,14 @@ class Demo:
             # Last of all: stopping the worker puts its unacked messages back on the queue.
             self.finally_.append(lambda: _delete_queue(app, app.conf.task_default_queue))
         self.where["broker"] = safe_url(broker)
-        # The embedded broker has no Redis: the limiter and the poll gate keep their state here.
+        # The embedded broker has no Redis: the limiter and the gates keep their state here.
         limiter = LocalSlotLimiter(CONCURRENCY) if embedded_broker else None
         poll_gate = LocalPollGate() if embedded_broker else None
-        self.svc = Services(self.settings, limiter=limiter, s3=s3, poll_gate=poll_gate)
+        probe_seconds = self.settings.account_probe_seconds
+        account_gate = LocalAccountGate(probe_seconds=probe_seconds) if embedded_broker else None
+        self.svc = Services(
+            self.settings, limiter=limiter, s3=s3, poll_gate=poll_gate, account_gate=account_gate
+        )
         app.kling_services = self.svc
         services_for(app)  # wires publish to this app's broker
         # The webhook publishes what a callback committed through the same app (and demo queue).

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     # POLL_MAX_PER_SECOND provider requests a second per account.
     poll_interval_seconds: float = Field(default=1, gt=0)
     poll_max_per_second: float = Field(default=5, gt=0)
+    # While a refusal about the account (1100, 1101, 1102, 1304) pauses submitting, one create per
+    # ACCOUNT_PROBE_SECONDS, across all workers, checks whether it works again (worker/accounts.py).
+    account_probe_seconds: float = Field(default=30, gt=0)
     outbox_relay_seconds: float = Field(default=2, gt=0)
     # A lease outlives any single submit; a crashed worker's slots come back after it.
     slot_lease_seconds: float = Field(default=900, gt=0)

@@ -18,12 +18,13 @@ from models.settings import Settings
 
 if TYPE_CHECKING:
     from kling.client import ImageProvider
+    from worker.accounts import AccountGate, LocalAccountGate
     from worker.fetch import SafeFetcher
     from worker.limiter import SlotLimiter
     from worker.polling import LocalPollGate, PollGate
 
 Publish = Callable[[str, list[Any]], None]
-# The poll gate's Redis calls, as bounded as the limiter's (worker/limiter.py).
+# The poll and account gates' Redis calls, as bounded as the limiter's (worker/limiter.py).
 POLL_GATE_TIMEOUT = 2.0
 
 
@@ -44,6 +45,7 @@ class Services:
         fetcher: SafeFetcher | None = None,
         publish: Publish | None = None,
         poll_gate: PollGate | LocalPollGate | None = None,
+        account_gate: AccountGate | LocalAccountGate | None = None,
     ) -> None:
         self.settings = settings
         self.publish = publish
@@ -57,6 +59,7 @@ class Services:
             ("s3", s3),
             ("fetcher", fetcher),
             ("poll_gate", poll_gate),
+            ("account_gate", account_gate),
         ):
             if given is not None:
                 self.__dict__[name] = given  # what the cached property would have built
@@ -133,3 +136,20 @@ class Services:
             socket_connect_timeout=POLL_GATE_TIMEOUT,
         )
         return PollGate(client, f"{self.settings.limiter_key_prefix}:poll")
+
+    @cached_property
+    def account_gate(self) -> AccountGate | LocalAccountGate:
+        import redis
+
+        from worker.accounts import AccountGate
+
+        client = redis.Redis.from_url(
+            self.settings.limiter_redis_url,
+            socket_timeout=POLL_GATE_TIMEOUT,
+            socket_connect_timeout=POLL_GATE_TIMEOUT,
+        )
+        return AccountGate(
+            client,
+            f"{self.settings.limiter_key_prefix}:account",
+            probe_seconds=self.settings.account_probe_seconds,
+        )

@@ -22,6 +22,7 @@ from models.statemachine import TaskMismatch, apply_provider_task, transition
 from models.tables import Job
 from models.tokens import callback_url
 from worker import metrics
+from worker.accounts import DEFAULT_ACCOUNT, pauses_account
 from worker.claims import keep_claim, take_claim
 from worker.outcome import Outcome, Step, fail_job
 from worker.provider import ProviderNotConfigured
@@ -57,6 +58,7 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
         params, slots, provider_name = dict(job.params), job.slots, job.provider
         s.refresh(job)
         tried_before = job.create_attempts > 0
+        account, probing = DEFAULT_ACCOUNT, False
         try:
             provider = svc.provider_for(provider_name)
             request = ImageRequest.from_params(params)
@@ -71,6 +73,14 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
                     # the claim took on the row is held only for the limiter's one Redis call.
                     s.rollback()
                     return Outcome(Step.WAIT)
+                # One more Redis call under the row lock (two while paused). A paused account
+                # sends one create per ACCOUNT_PROBE_SECONDS: every other run counts no attempt,
+                # gives slots and claim back, and the reconciler's pump dispatches it again.
+                probing = svc.account_gate.paused(account)
+                if probing and not svc.account_gate.probe_turn(account):
+                    svc.limiter.release(job_id)
+                    s.rollback()
+                    return Outcome(Step.WAIT, detail=f"account {account} paused")
                 # A create may go out from here on: count it in the claim's commit (one commit on
                 # a slot hand-off, not two). Nothing but local checks runs between this commit and
                 # the create, as when the count had a transaction of its own.
@@ -115,6 +125,8 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
         return keep_claim(svc, job_id, token, retry_in, hold)
     except KlingError as exc:
         metrics.provider_errors.labels(code=str(exc.code or exc.http_status or "network")).inc()
+        if pauses_account(exc):
+            return _pause_account(svc, account, job_id, token, exc)
         if not is_ambiguous(exc):
             svc.limiter.release(job_id)
             fail_job(
@@ -129,8 +141,29 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
             return keep_claim(svc, job_id, token, 0.5 + backoff(0, base=0.5, cap=60.0), hold)
         task = found
 
+    if probing and svc.account_gate.resume(account):
+        log.warning("account %s resumed", account)
     _record_submitted(svc, job_id, task)
     return Outcome(Step.DONE, detail=task.task_id)
+
+
+def _pause_account(svc: Services, account: str, job_id: str, token: str, exc: KlingError) -> Outcome:
+    """The account refused the create (dry pack, arrears, IP whitelist): every other job would be
+    refused the same way, so pause submitting and keep this job queued, not failed."""
+    svc.limiter.release(job_id)
+    if svc.account_gate.pause(account, exc.code, exc.message):
+        log.warning("account %s paused: %s %s", account, exc.code, exc.message)
+    else:
+        log.info("account %s still paused: %s %s", account, exc.code, exc.message)
+    with session_scope(svc.sessions) as s:
+        # The create was refused, not lost: no lookup is needed before the next one.
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.claim_token == token)
+            .values(claim_token=None, claimed_until=None, create_attempts=Job.create_attempts - 1)
+            .execution_options(synchronize_session=False)
+        )
+    return Outcome(Step.WAIT, detail=f"account {account} paused: {exc.code}")
 
 
 def _find_existing(

@@ -15,6 +15,9 @@ CALLBACK_FAULT_KNOBS = (
     "callback_delay_seconds",
 )
 
+# Codes about the account, not the request, that `account_code` may make every create answer.
+ACCOUNT_CODES = frozenset({1100, 1101, 1102, 1103, 1304})
+
 
 @dataclass
 class SimulatorConfig:
@@ -76,6 +79,9 @@ class SimulatorConfig:
     # Create is processed (the task exists) and then the connection is reset / a 5000 is answered.
     accept_then_drop_rate: float = 0.0
     accept_then_error_rate: float = 0.0
+    # Every create is refused with this account code (1100, 1101, 1102, 1304: a dry pack, arrears,
+    # an IP not whitelisted), nothing created; None (the default) refuses none.
+    account_code: int | None = None
     # Sleep this long before answering every API request.
     response_delay_seconds: float = 0.0
 
@@ -113,6 +119,8 @@ class SimulatorConfig:
             raise ValueError("image_bytes must be >= 0")
         if self.webhook_secret is not None and not self.webhook_secret.startswith("whsec_"):
             raise ValueError("webhook_secret must start with whsec_")
+        if self.account_code is not None and self.account_code not in ACCOUNT_CODES:
+            raise ValueError(f"account_code must be one of {sorted(ACCOUNT_CODES)} or null")
         for key, over in self.task_overrides.items():
             unknown = set(over) - set(CALLBACK_FAULT_KNOBS)
             if unknown:

@@ -15,6 +15,7 @@ from typing import Any
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
+from kling.errors import CODE_TABLE
 from kling.simulator import images
 from kling.simulator.config import CALLBACK_FAULT_KNOBS, SimulatorConfig
 from kling.simulator.dispatch import CallbackDelivery, Dispatcher, Pending
@@ -296,10 +297,15 @@ class Simulator:
             self._codes[code] += 1
 
     def create_task(self, kind: Kind, params: dict[str, Any]) -> dict[str, Any]:
-        """Create a task or raise CreateRefused (1201 duplicate external id, 1303 no free slots)."""
+        """Create a task or raise CreateRefused (the `account_code` knob, 1201 duplicate external
+        id, 1303 no free slots)."""
         with self._lock:
             self._advance()
             cfg = self._config
+            if cfg.account_code is not None:
+                raise CreateRefused(
+                    cfg.account_code, CODE_TABLE[cfg.account_code].__doc__ or "account refused"
+                )
             ext = params.get("external_task_id") or None
             if ext is not None and ext in self._by_ext:
                 raise CreateRefused(1201, "external_task_id already exists")

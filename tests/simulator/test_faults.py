@@ -6,6 +6,7 @@ import pytest
 import requests
 
 from kling import ImageRequest, RateLimited, ServerError, ServerTimeout, ServiceUnavailable
+from kling.errors import AccountInArrears, IPWhitelistError, ResourcePackDepleted
 from tests.simulator.helpers import auth_headers, client, create, get, post
 
 PATH = "/v1/images/generations"
@@ -92,3 +93,25 @@ def test_rates_are_validated(simulator):
     with pytest.raises(ValueError, match="unknown"):
         simulator.configure(no_such_knob=1)
     create(simulator)  # still serving with the old knobs
+
+
+@pytest.mark.parametrize(
+    ("code", "http", "error"),
+    [(1102, 429, ResourcePackDepleted), (1101, 429, AccountInArrears), (1304, 429, IPWhitelistError)],
+)
+def test_account_code_refuses_every_create_until_cleared(simulator, code, http, error):
+    simulator.configure(account_code=code)
+    resp = post(simulator, PATH, {"prompt": "x", "external_task_id": "dry"})
+    assert resp.status_code == http and resp.json()["code"] == code
+    with client(simulator, max_retries=0) as c, pytest.raises(error):
+        c.create_image(ImageRequest(prompt="x"))
+    assert simulator.create_count == 0 and simulator.tasks_by_external_id("dry") == []
+    assert get(simulator, PATH).json()["code"] == 0  # queries still answer
+    simulator.configure(account_code=None)  # the pack is topped up
+    assert create(simulator, external_task_id="dry")["task_id"]
+    assert simulator.count_by_code[code] == 2
+
+
+def test_account_code_must_be_an_account_code(simulator):
+    with pytest.raises(ValueError, match="account_code"):
+        simulator.configure(account_code=1201)

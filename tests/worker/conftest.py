@@ -13,6 +13,7 @@ from models.settings import Settings
 from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
 from tests.fixtures.services import S3_TEST_ACCESS_KEY, S3_TEST_SECRET_KEY
 from tests.worker.harness import Harness
+from worker.accounts import AccountGate
 from worker.limiter import RedisSlotLimiter
 from worker.polling import PollGate
 from worker.s3 import make_s3_client
@@ -48,6 +49,9 @@ def harness(
             s3_endpoint, "us-east-1", access_key_id=S3_TEST_ACCESS_KEY, secret_access_key=S3_TEST_SECRET_KEY
         ),
         poll_gate=PollGate(redis_client, f"{prefix}:poll"),
+        account_gate=AccountGate(
+            redis_client, f"{prefix}:account", probe_seconds=settings.account_probe_seconds
+        ),
     )
     yield Harness(svc, sim)
     engine.dispose()

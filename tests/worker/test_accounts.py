@@ -1,0 +1,220 @@
+"""Account pauses (worker/accounts.py): a dry pack or an account problem pauses submitting and
+never fails a job; one probe create per ACCOUNT_PROBE_SECONDS finds out when it works again.
+
+The submit tests run on real parts (PostgreSQL, the Redis gate and limiter, the simulator over
+HTTP) through the `harness` fixture; the gate rules run against both gates."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+
+from kling.errors import (
+    AccountError,
+    AccountInArrears,
+    ConcurrencyLimitExceeded,
+    ContentPolicyError,
+    InvalidParameterValue,
+    IPWhitelistError,
+    KlingError,
+    PermissionDenied,
+    RateLimited,
+    ResourcePackDepleted,
+    ServerError,
+    TransportError,
+    error_for,
+)
+from tests.worker.harness import Harness
+from worker import slots, submit
+from worker.accounts import DEFAULT_ACCOUNT, AccountGate, LocalAccountGate, pauses_account
+from worker.outcome import Step
+
+ACCOUNT = DEFAULT_ACCOUNT
+
+
+def wait_for(check: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+    return value
+
+
+# --- the decision -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "exc",
+    [AccountError(), AccountInArrears(), ResourcePackDepleted(), IPWhitelistError(), error_for(1102, 429)],
+)
+def test_account_codes_pause_the_account(exc: KlingError) -> None:
+    assert pauses_account(exc)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        PermissionDenied(),  # 1103: this job's model or API, not the account; the job fails
+        error_for(None, 403),
+        RateLimited(),
+        ConcurrencyLimitExceeded(),
+        ContentPolicyError(),
+        InvalidParameterValue(),
+        ServerError(),
+        TransportError("reset"),
+    ],
+)
+def test_other_errors_do_not_pause_the_account(exc: KlingError) -> None:
+    assert not pauses_account(exc)
+
+
+# --- the gates ----------------------------------------------------------------------------------------
+Gate = AccountGate | LocalAccountGate
+
+
+@pytest.fixture(params=["redis", "local"])
+def make_gate(request: pytest.FixtureRequest) -> Iterator[Callable[[float], Gate]]:
+    if request.param == "local":
+        yield lambda probe_seconds: LocalAccountGate(probe_seconds=probe_seconds)
+        return
+    client: redis.Redis = request.getfixturevalue("redis_client")
+    prefix = f"test:account:{secrets.token_hex(4)}"
+    yield lambda probe_seconds: AccountGate(client, prefix, probe_seconds=probe_seconds)
+    keys = list(client.scan_iter(match=f"*{prefix}*"))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.mark.integration
+def test_gate_pause_state_and_resume(make_gate: Callable[[float], Gate]) -> None:
+    gate = make_gate(30.0)
+    assert gate.state(ACCOUNT).paused is False and not gate.paused(ACCOUNT)
+    before = time.time()
+    assert gate.pause(ACCOUNT, 1102, "Resource pack depleted") is True
+    first = gate.state(ACCOUNT)
+    assert (first.paused, first.code, first.message) == (True, 1102, "Resource pack depleted")
+    assert first.since is not None and before - 1 <= first.since <= time.time() + 1
+    # A second refusal updates the reason, keeps the time the pause began, and is not "new".
+    assert gate.pause(ACCOUNT, 1101, "arrears") is False
+    again = gate.state(ACCOUNT)
+    assert (again.code, again.message, again.since) == (1101, "arrears", first.since)
+    assert gate.state("other").paused is False  # per account
+    assert gate.resume(ACCOUNT) is True and gate.resume(ACCOUNT) is False
+    assert gate.state(ACCOUNT).paused is False
+
+
+@pytest.mark.integration
+def test_gate_gives_one_probe_turn_per_period(make_gate: Callable[[float], Gate]) -> None:
+    gate = make_gate(30.0)
+    gate.pause(ACCOUNT, 1102, "dry")
+    # The first probe waits a full period: right after a refusal a create would be refused too.
+    assert gate.probe_turn(ACCOUNT) is False
+    gate.probe_now(ACCOUNT)
+    assert gate.probe_turn(ACCOUNT) is True
+    assert [gate.probe_turn(ACCOUNT) for _ in range(5)] == [False] * 5
+    # With a short period the next turn comes by itself, once.
+    quick = make_gate(0.3)
+    quick.pause("quick", 1102, "dry")
+    started = time.monotonic()
+    wait_for(lambda: quick.probe_turn("quick"), what="the next probe turn")
+    assert time.monotonic() - started >= 0.2  # not before its period (a little slack for clocks)
+    assert quick.probe_turn("quick") is False
+
+
+# --- submit -----------------------------------------------------------------------------------------
+def assert_queued_unclaimed(harness: Harness, job_id: str) -> None:
+    job = harness.get(job_id)
+    assert job.status == "queued" and job.error_code is None
+    # No claim kept, and a refused or skipped create is no attempt: no lookup before the next one.
+    assert (job.claim_token, job.claimed_until, job.create_attempts) == (None, None, 0)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("code", [1100, 1101, 1102, 1304])
+def test_an_account_refusal_pauses_the_account_and_keeps_the_job_queued(
+    harness: Harness, caplog: pytest.LogCaptureFixture, code: int
+) -> None:
+    harness.sim.configure(account_code=code)
+    job_id = harness.job()
+    with caplog.at_level(logging.WARNING, logger="worker.submit"):
+        outcome = submit.submit_job(harness.svc, job_id)
+    assert outcome.step is Step.WAIT
+    assert_queued_unclaimed(harness, job_id)
+    assert harness.svc.limiter.holders() == {}
+    state = harness.svc.account_gate.state(ACCOUNT)
+    assert (state.paused, state.code) == (True, code)
+    assert f"account default paused: {code} " in caplog.text
+    assert harness.sim.count_by_code[code] == 1 and harness.sim.create_count == 0
+    # The reconciler's pump dispatches it again later.
+    assert slots.pump(harness.svc) == [job_id]
+
+
+@pytest.mark.integration
+def test_a_paused_account_sends_one_probe_per_period_and_resumes_when_topped_up(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    gate, sim = harness.svc.account_gate, harness.sim
+    sim.configure(account_code=1102)
+    first, second = harness.job(), harness.job()
+    assert submit.submit_job(harness.svc, first).step is Step.WAIT
+    assert sim.count_by_code[1102] == 1
+
+    # Paused, not this run's turn: nothing is sent, nothing held, nothing counted.
+    assert submit.submit_job(harness.svc, second).step is Step.WAIT
+    assert sim.count_by_code[1102] == 1
+    assert_queued_unclaimed(harness, second)
+    assert harness.svc.limiter.holders() == {}
+
+    # The probe turn: one create goes out, is refused, and the account stays paused.
+    gate.probe_now(ACCOUNT)
+    assert submit.submit_job(harness.svc, second).step is Step.WAIT
+    assert sim.count_by_code[1102] == 2
+    assert submit.submit_job(harness.svc, first).step is Step.WAIT  # the turn is taken
+    assert sim.count_by_code[1102] == 2
+    assert gate.state(ACCOUNT).paused
+    assert_queued_unclaimed(harness, first)
+    assert_queued_unclaimed(harness, second)
+
+    # Topped up: the next probe creates, the account resumes, the rest go out as usual.
+    sim.configure(account_code=None)
+    assert submit.submit_job(harness.svc, first).step is Step.WAIT  # still no turn
+    assert sim.create_count == 0
+    gate.probe_now(ACCOUNT)
+    with caplog.at_level(logging.WARNING, logger="worker.submit"):
+        assert submit.submit_job(harness.svc, first).step is Step.DONE
+    assert "account default resumed" in caplog.text
+    assert gate.state(ACCOUNT).paused is False
+    assert submit.submit_job(harness.svc, second).step is Step.DONE
+    assert [harness.get(j).status for j in (first, second)] == ["submitted", "submitted"]
+    assert sim.create_count == 2 and sim.count_by_code[1102] == 2
+    assert harness.svc.limiter.holders() == {first: 1, second: 1}
+
+
+@pytest.mark.integration
+def test_the_probe_comes_by_itself_after_account_probe_seconds(harness: Harness) -> None:
+    gate, sim = harness.svc.account_gate, harness.sim
+    gate.probe_seconds = 0.3
+    sim.configure(account_code=1102)
+    job_id = harness.job()
+    started = time.monotonic()
+    assert submit.submit_job(harness.svc, job_id).step is Step.WAIT
+    sim.configure(account_code=None)
+    # As the reconciler's pump would: dispatch again until the probe turn comes.
+    wait_for(lambda: submit.submit_job(harness.svc, job_id).step is Step.DONE, what="the probe")
+    assert time.monotonic() - started >= 0.2
+    assert sim.count_by_code[1102] == 1 and sim.create_count == 1
+    assert gate.state(ACCOUNT).paused is False and harness.get(job_id).status == "submitted"
+
+
+@pytest.mark.integration
+def test_1103_still_fails_the_job_and_does_not_pause(harness: Harness) -> None:
+    harness.sim.configure(account_code=1103)
+    job_id = harness.job()
+    assert submit.submit_job(harness.svc, job_id).step is Step.FAILED
+    job = harness.get(job_id)
+    assert (job.status, job.error_code) == ("failed", "1103")
+    assert harness.svc.account_gate.state(ACCOUNT).paused is False
+    assert harness.svc.limiter.holders() == {}

@@ -1,0 +1,147 @@
+"""Account pauses: Kling codes that describe the account, not the job (1100 account exception,
+1101 arrears, 1102 resource pack depleted, 1304 IP whitelist) pause submitting instead of failing
+jobs. While an account is paused, queued jobs stay queued and at most one create per
+`ACCOUNT_PROBE_SECONDS`, across all workers, goes out to see whether the account works again.
+
+`pauses_account` decides, with no I/O; `AccountGate` keeps the state in Redis (like
+`worker.polling.PollGate`), `LocalAccountGate` in one process (the demo's embedded broker).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import redis
+
+from kling import KlingError
+from kling.errors import AccountError, IPWhitelistError, PermissionDenied
+
+# One account for now; the name is a parameter everywhere so several can follow.
+DEFAULT_ACCOUNT = "default"
+DEFAULT_PROBE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class AccountState:
+    name: str
+    paused: bool
+    code: int | None = None
+    message: str = ""
+    since: float | None = None  # epoch seconds of the first refusal of this pause
+
+
+def pauses_account(exc: KlingError) -> bool:
+    """An answer about the account, not the job: the next create would be refused the same way.
+
+    1103 (`PermissionDenied`, e.g. a model the account may not use) stays a job failure: other
+    jobs of the same account can still go through.
+    """
+    if isinstance(exc, PermissionDenied):
+        return False
+    return isinstance(exc, AccountError | IPWhitelistError)
+
+
+def _decode(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class AccountGate:
+    """Per account, in Redis: paused (with the code, message and time of the refusal) or active,
+    and the probe turn, one create per `probe_seconds` across all workers (`SET NX PX`)."""
+
+    def __init__(
+        self, client: redis.Redis, prefix: str, *, probe_seconds: float = DEFAULT_PROBE_SECONDS
+    ) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self.probe_seconds = probe_seconds
+
+    def _state_key(self, name: str) -> str:
+        return f"{self._prefix}:{name}:state"
+
+    def _probe_key(self, name: str) -> str:
+        return f"{self._prefix}:{name}:probe"
+
+    def state(self, name: str) -> AccountState:
+        fields = {_decode(k): _decode(v) for k, v in self._redis.hgetall(self._state_key(name)).items()}
+        if not fields:
+            return AccountState(name, paused=False)
+        code = fields.get("code")
+        since = fields.get("since")
+        return AccountState(
+            name,
+            paused=True,
+            code=int(code) if code else None,
+            message=fields.get("message", ""),
+            since=float(since) if since else None,
+        )
+
+    def paused(self, name: str) -> bool:
+        return bool(self._redis.exists(self._state_key(name)))
+
+    def pause(self, name: str, code: int | None, message: str) -> bool:
+        """Pause the account; True when it was active until now. The first probe waits a full
+        `probe_seconds`: a create right after the refusal would surely be refused too."""
+        key = self._state_key(name)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hsetnx(key, "since", repr(time.time()))
+        pipe.hset(key, mapping={"code": "" if code is None else str(code), "message": message})
+        pipe.set(self._probe_key(name), "1", px=int(self.probe_seconds * 1000))
+        newly, *_ = pipe.execute()
+        return bool(newly)
+
+    def resume(self, name: str) -> bool:
+        """Mark the account active; True when it was paused."""
+        return bool(self._redis.delete(self._state_key(name)))
+
+    def probe_turn(self, name: str) -> bool:
+        """True for at most one caller per `probe_seconds`: that run may send one create."""
+        return bool(self._redis.set(self._probe_key(name), "1", nx=True, px=int(self.probe_seconds * 1000)))
+
+    def probe_now(self, name: str) -> None:
+        """Let the next submit probe at once (e.g. right after the pack was topped up)."""
+        self._redis.delete(self._probe_key(name))
+
+
+class LocalAccountGate:
+    """The same rules in one process (the demo's embedded broker, which has no Redis)."""
+
+    def __init__(self, *, probe_seconds: float = DEFAULT_PROBE_SECONDS) -> None:
+        self.probe_seconds = probe_seconds
+        self._lock = threading.Lock()
+        self._states: dict[str, AccountState] = {}
+        self._next_probe: dict[str, float] = {}  # time.monotonic() from which a probe may go
+
+    def state(self, name: str) -> AccountState:
+        with self._lock:
+            return self._states.get(name) or AccountState(name, paused=False)
+
+    def paused(self, name: str) -> bool:
+        with self._lock:
+            return name in self._states
+
+    def pause(self, name: str, code: int | None, message: str) -> bool:
+        with self._lock:
+            earlier = self._states.get(name)
+            since = earlier.since if earlier is not None else time.time()
+            self._states[name] = AccountState(name, paused=True, code=code, message=message, since=since)
+            self._next_probe[name] = time.monotonic() + self.probe_seconds
+            return earlier is None
+
+    def resume(self, name: str) -> bool:
+        with self._lock:
+            return self._states.pop(name, None) is not None
+
+    def probe_turn(self, name: str) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next_probe.get(name, 0.0):
+                return False
+            self._next_probe[name] = now + self.probe_seconds
+            return True
+
+    def probe_now(self, name: str) -> None:
+        with self._lock:
+            self._next_probe.pop(name, None)
