@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 from models.tables import Outbox
 
 # Task names the relay maps to Celery tasks.
-SUBMIT_JOB = "submit_job"
+SUBMIT_JOB = "submit_job"  # a new job's first try; with a backlog it only joins the wait queue
+DISPATCH_JOB = "dispatch_job"  # the same task for a job slots were just found for (the pump)
 ARCHIVE_JOB = "archive_job"
 RELEASE_SLOTS = "release_slots"
 NOTIFY = "notify"

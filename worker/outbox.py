@@ -131,7 +131,7 @@ REQUEST_RETRY: dict[str, float] = {"max_retries": 0}
 
 def celery_publisher(app: Celery, *, retry_policy: dict[str, float] | None = None) -> Publish:
     """`publish(outbox_task_name, args)` sending the matching Celery task on `app`."""
-    from worker.tasks import TASK_NAMES
+    from worker.tasks import OUTBOX_PRIORITIES, TASK_NAMES
 
     def publish(name: str, args: list[Any]) -> None:
         # The reprs given: Celery would otherwise walk the arguments with its saferepr for each
@@ -139,6 +139,7 @@ def celery_publisher(app: Celery, *, retry_policy: dict[str, float] | None = Non
         app.send_task(
             TASK_NAMES[name],
             args=args,
+            priority=OUTBOX_PRIORITIES[name],
             retry=True,
             retry_policy=retry_policy,
             argsrepr=repr(args),

@@ -12,7 +12,7 @@ from models.base import utcnow
 from models.db import session_scope
 from models.enums import JobStatus
 from models.logging import log_context
-from models.outbox import RELEASE_SLOTS, SUBMIT_JOB, QueuedTask
+from models.outbox import DISPATCH_JOB, RELEASE_SLOTS, QueuedTask
 from models.tables import Job
 from worker.claims import unclaimed
 from worker.outbox import publish_rows
@@ -102,7 +102,7 @@ def pump(svc: Services) -> list[str]:
             free -= slots
             dispatched.append(job_id)
     for job_id in dispatched:
-        svc.publish(SUBMIT_JOB, [job_id])
+        svc.publish(DISPATCH_JOB, [job_id])
     return dispatched
 
 

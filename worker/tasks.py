@@ -18,7 +18,7 @@ from typing import Any
 from celery import Celery, Task
 
 from models.logging import log_context
-from models.outbox import ARCHIVE_JOB, NOTIFY, RELEASE_SLOTS, SUBMIT_JOB
+from models.outbox import ARCHIVE_JOB, DISPATCH_JOB, NOTIFY, RELEASE_SLOTS, SUBMIT_JOB
 from worker import metrics
 from worker.factory import VISIBILITY_TIMEOUT
 from worker.outbox import celery_publisher, relay
@@ -40,11 +40,15 @@ class TaskSpec:
 
 # Message priorities, one queue. The Redis transport keeps a list per priority step (0, 3, 6, 9) and
 # a worker pops them in that order: LOWER IS SOONER (the reverse of AMQP). A freed provider slot is
-# idle until its job's submit runs, so submit and release go ahead of archive work (a 1 MB archive
-# is several times a submit) and the periodic safety nets go last. Nothing starves: submits only
-# come as slots free up, and a worker takes the next message only when a process is free
-# (`worker_prefetch_multiplier=1` with `task_acks_late`), so the order is decided at each pop.
-SUBMIT_TASK = TaskSpec("kling.submit_job", 0, SUBMIT_JOB)
+# idle until its job's submit runs, so a dispatched submit and a release go ahead of archive work
+# (a 1 MB archive is several times a submit) and the periodic safety nets go last. A new job's
+# first submit waits behind archives: with a backlog of 20,000 it only joins the limiter's queue,
+# and ahead of the dispatched ones it kept the freed slots idle (docs/performance.md, backlog).
+# A worker takes the next message only when a process is free (`worker_prefetch_multiplier=1`
+# with `task_acks_late`), so the order is decided at each pop.
+SUBMIT_TASK = TaskSpec("kling.submit_job", 6, SUBMIT_JOB)
+# The same Celery task, published by the pump for a job that slots were just found for.
+DISPATCH_TASK = TaskSpec("kling.submit_job", 0, DISPATCH_JOB)
 RELEASE_TASK = TaskSpec("kling.release_slots", 0, RELEASE_SLOTS)
 # Polling frees the slots of tasks whose callback was lost: as urgent as a release.
 POLL_TASK = TaskSpec("kling.poll_overdue", 0)
@@ -64,9 +68,12 @@ TASKS = (
     SWEEP_TASK,
 )
 
-# Outbox task name -> Celery task name (the publisher's lookup).
-TASK_NAMES = {spec.outbox: spec.name for spec in TASKS if spec.outbox is not None}
-# Celery task name -> message priority (the app's task routes).
+# Outbox task name -> Celery task name and message priority (the publisher's lookups).
+TASK_NAMES = {spec.outbox: spec.name for spec in (*TASKS, DISPATCH_TASK) if spec.outbox is not None}
+OUTBOX_PRIORITIES = {
+    spec.outbox: spec.priority for spec in (*TASKS, DISPATCH_TASK) if spec.outbox is not None
+}
+# Celery task name -> message priority (the app's task routes: retries and direct sends).
 TASK_PRIORITIES = {spec.name: spec.priority for spec in TASKS}
 
 # Beat entries a workflow adds to the app's schedule: entry name -> Celery's entry.

@@ -405,7 +405,7 @@ def test_final_callback_on_a_real_engine_hands_slots_on_and_marks_its_rows(
     assert answer.get_json() == {"outcome": "applied"}
 
     assert limiter.holders() == {}
-    assert ("submit_job", [waiting.id]) in recorded_publishes  # the waiting job got the slots
+    assert ("dispatch_job", [waiting.id]) in recorded_publishes  # the waiting job got the slots
     assert ("archive_job", [running.id]) in recorded_publishes
     assert ("release_slots", [running.id]) not in recorded_publishes  # done in the request
     with factory() as s:

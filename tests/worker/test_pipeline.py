@@ -70,7 +70,7 @@ def test_no_slots_means_wait_and_the_job_stays_queued(harness: Harness) -> None:
     assert harness.sim.tasks_by_external_id(other) == []
     # When the first one's slots come back, the pump dispatches the waiting job.
     assert slots.release_slots(harness.svc, job_id) == [other]
-    assert ("submit_job", [other]) in harness.published
+    assert ("dispatch_job", [other]) in harness.published
     # The second release of the same task (webhook, then the release_slots task) frees nothing and
     # does not dispatch the waiting job again while its first message is still queued.
     harness.published.clear()
@@ -79,7 +79,7 @@ def test_no_slots_means_wait_and_the_job_stays_queued(harness: Harness) -> None:
     # The release_slots task runs only when the webhook's release and pump did not both go
     # through (e.g. the pump failed on a broker outage after the lease was freed): it pumps anyway.
     assert slots.release_slots(harness.svc, job_id, durable=True) == [other]
-    assert harness.published == [("submit_job", [other])]
+    assert harness.published == [("dispatch_job", [other])]
 
 
 def test_a_release_reads_only_the_head_of_a_long_wait_queue(harness: Harness) -> None:

@@ -122,7 +122,7 @@ def test_a_lost_callback_frees_its_slots_for_the_waiting_job_at_the_first_poll(q
     assert job.provider_seconds is not None and 0 < job.provider_seconds < 5
     # Handed straight on: the lease is gone, the waiting job dispatched, the archive queued.
     assert done not in quick.svc.limiter.holders()
-    assert ("submit_job", [waiting]) in quick.published
+    assert ("dispatch_job", [waiting]) in quick.published
     assert ("archive_job", [done]) in quick.published
     # The release_slots row was done here: no worker task is queued for it.
     assert ("release_slots", [done]) not in quick.published

@@ -17,8 +17,9 @@ from models.statemachine import create_job
 from models.tables import Job
 from tests.fixtures.db import empty_tables
 from worker.factory import VISIBILITY_TIMEOUT, make_celery
+from worker.outbox import celery_publisher
 from worker.services import Services
-from worker.tasks import TASK_NAMES, TASK_PRIORITIES
+from worker.tasks import OUTBOX_PRIORITIES, TASK_NAMES, TASK_PRIORITIES
 
 
 def _settings(broker: str, database_url: str = "sqlite://") -> Settings:
@@ -30,28 +31,35 @@ def test_every_task_has_a_priority() -> None:
     kling_tasks = {name for name in app.tasks if name.startswith("kling.")}
     assert kling_tasks == set(TASK_PRIORITIES)
     assert set(TASK_NAMES.values()) <= set(TASK_PRIORITIES)
-    # Redis pops priority 0 first: the slot hand-off (release, submit) goes ahead of archiving.
-    assert TASK_PRIORITIES["kling.submit_job"] < TASK_PRIORITIES["kling.archive_job"]
+    # Redis pops priority 0 first: the slot hand-off (release, dispatched submit) goes ahead of
+    # archiving; a new job's first submit after it.
+    assert OUTBOX_PRIORITIES["dispatch_job"] < TASK_PRIORITIES["kling.archive_job"]
+    assert OUTBOX_PRIORITIES["submit_job"] > TASK_PRIORITIES["kling.archive_job"]
     assert TASK_PRIORITIES["kling.release_slots"] < TASK_PRIORITIES["kling.archive_job"]
     assert app.conf.broker_transport_options["visibility_timeout"] == VISIBILITY_TIMEOUT
 
 
 @pytest.mark.integration
-def test_the_worker_takes_submits_before_archives_queued_earlier(redis_url: str) -> None:
-    """What a worker's next pop returns with a backlog: the submits and releases, then archives."""
+def test_the_worker_takes_dispatched_submits_before_archives_queued_earlier(redis_url: str) -> None:
+    """What a worker's next pop returns with a backlog: dispatched submits and releases, archives,
+    then new jobs' first submits with the periodic work."""
     app = make_celery(_settings(redis_url))
     queue = f"test-priority-{uuid.uuid4().hex}"
     app.conf.task_default_queue = queue
+    publish = celery_publisher(app)
     sent = [
-        ("kling.archive_job", "a1"),
-        ("kling.reconcile", None),
-        ("kling.archive_job", "a2"),
-        ("kling.submit_job", "s1"),
-        ("kling.release_slots", "r1"),
-        ("kling.submit_job", "s2"),
+        ("archive_job", "a1"),
+        ("reconcile", None),
+        ("archive_job", "a2"),
+        ("submit_job", "new"),
+        ("release_slots", "r1"),
+        ("dispatch_job", "d1"),
     ]
     for name, arg in sent:
-        app.send_task(name, args=[arg] if arg else [])
+        if arg is None:
+            app.send_task("kling.reconcile")  # periodic tasks come from beat, not the outbox
+        else:
+            publish(name, [arg])
     got: list[tuple[str, Any]] = []
     with app.connection_for_read() as conn:
         simple = conn.SimpleQueue(queue)
@@ -64,18 +72,15 @@ def test_the_worker_takes_submits_before_archives_queued_earlier(redis_url: str)
         finally:
             simple.queue.delete()
             simple.close()
-    names = [name for name, _ in got]
-    assert names == [
-        "kling.submit_job",
-        "kling.release_slots",
-        "kling.submit_job",
-        "kling.archive_job",
-        "kling.archive_job",
-        "kling.reconcile",
+    assert got == [
+        ("kling.release_slots", "['r1']"),
+        ("kling.submit_job", "['d1']"),
+        ("kling.archive_job", "['a1']"),
+        ("kling.archive_job", "['a2']"),
+        ("kling.reconcile", None),
+        ("kling.submit_job", "['new']"),
     ]
-    # Within one priority the order stays first in, first out.
-    assert [args for name, args in got if name == "kling.submit_job"] == ["['s1']", "['s2']"]
-    assert [args for name, args in got if name == "kling.archive_job"] == ["['a1']", "['a2']"]
+    # Within one priority the order stays first in, first out (the archives above).
 
 
 def test_a_session_publishes_exactly_the_rows_it_committed(sqlite_url: str, sqlite_engine: Engine) -> None:
