@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = Field(default=5, gt=0)
     # Expected-duration polling (worker/polling.py): a round every POLL_INTERVAL_SECONDS, at most
     # POLL_MAX_PER_SECOND provider requests a second per account.
-    poll_interval_seconds: float = Field(default=1, gt=0)
+    poll_interval_seconds: float = Field(default=0.25, gt=0)
     poll_max_per_second: float = Field(default=5, gt=0)
     # While a refusal about the account (1100, 1101, 1102, 1304) pauses submitting, one create per
     # ACCOUNT_PROBE_SECONDS, across all workers, checks whether it works again (worker/accounts.py).

@@ -47,7 +47,9 @@ SAMPLES = 200
 MIN_SAMPLES = 3
 IN_FLIGHT_LIMIT = 1000
 # Never ask about one task more often than this, whatever the durations.
-MIN_REPOLL_SECONDS = 1.0
+MIN_REPOLL_SECONDS = 0.25
+# A kind not learned yet is first asked about at this age.
+PROBE_FROM_SECONDS = 1.0
 # A task past its expected time is asked about again after this fraction of its age: a task stuck
 # at the provider for ten minutes costs a request a minute, not one a second.
 REPOLL_AGE_FRACTION = 0.1
@@ -100,16 +102,16 @@ def due(
     """The in-flight jobs to ask about now, the longest unheard-of first.
 
     A task of a learned kind is due once it has run past the kind's p90 (its p50 while queued
-    jobs wait for slots: a slot freed early is worth a request), then again every max(1 s, p50/4
-    or p50/2, age/10). A kind not learned yet is probed: from 1 s on, every quarter of the task's
-    age, so its first tasks are found within a quarter of their length and teach the rest.
+    jobs wait for slots: a slot freed early is worth a request), then again every max(0.25 s,
+    p50/4 or p50/2, age/10). A kind not learned yet is probed: from 1 s on, every quarter of the
+    task's age, so its first tasks are found within a quarter of their length and teach the rest.
     """
     chosen: list[tuple[datetime, InFlight]] = []
     for job in jobs:
         age = (now - job.submitted_at).total_seconds()
         exp = durations.get(job.key)
         if exp is None:
-            after, repoll = MIN_REPOLL_SECONDS, max(MIN_REPOLL_SECONDS, age * PROBE_AGE_FRACTION)
+            after, repoll = PROBE_FROM_SECONDS, max(MIN_REPOLL_SECONDS, age * PROBE_AGE_FRACTION)
         else:
             after = exp.p50 if slots_wanted else exp.p90
             spacing = exp.p50 * (0.25 if slots_wanted else 0.5)

@@ -77,7 +77,7 @@ def test_the_worker_takes_dispatched_submits_before_archives_queued_earlier(redi
         ("kling.submit_job", "['d1']"),
         ("kling.archive_job", "['a1']"),
         ("kling.archive_job", "['a2']"),
-        ("kling.reconcile", None),
+        ("kling.reconcile", "()"),
         ("kling.submit_job", "['new']"),
     ]
     # Within one priority the order stays first in, first out (the archives above).
