@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 Publish = Callable[[str, list[Any]], None]
 # The poll and account gates' Redis calls, as bounded as the limiter's (worker/limiter.py).
-POLL_GATE_TIMEOUT = 2.0
+GATE_TIMEOUT = 2.0
 
 
 class Services:
@@ -125,31 +125,28 @@ class Services:
         return make_s3_client(endpoint_url=self.settings.s3_endpoint_url, region=self.settings.aws_region)
 
     @cached_property
-    def poll_gate(self) -> PollGate | LocalPollGate:
+    def gate_redis(self) -> Any:
+        """The Redis client the poll and account gates share (the limiter's Redis)."""
         import redis
 
+        return redis.Redis.from_url(
+            self.settings.limiter_redis_url,
+            socket_timeout=GATE_TIMEOUT,
+            socket_connect_timeout=GATE_TIMEOUT,
+        )
+
+    @cached_property
+    def poll_gate(self) -> PollGate | LocalPollGate:
         from worker.polling import PollGate
 
-        client = redis.Redis.from_url(
-            self.settings.limiter_redis_url,
-            socket_timeout=POLL_GATE_TIMEOUT,
-            socket_connect_timeout=POLL_GATE_TIMEOUT,
-        )
-        return PollGate(client, f"{self.settings.limiter_key_prefix}:poll")
+        return PollGate(self.gate_redis, f"{self.settings.limiter_key_prefix}:poll")
 
     @cached_property
     def account_gate(self) -> AccountGate | LocalAccountGate:
-        import redis
-
         from worker.accounts import AccountGate
 
-        client = redis.Redis.from_url(
-            self.settings.limiter_redis_url,
-            socket_timeout=POLL_GATE_TIMEOUT,
-            socket_connect_timeout=POLL_GATE_TIMEOUT,
-        )
         return AccountGate(
-            client,
+            self.gate_redis,
             f"{self.settings.limiter_key_prefix}:account",
             probe_seconds=self.settings.account_probe_seconds,
         )
