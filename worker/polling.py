@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -54,9 +55,14 @@ PROBE_FROM_SECONDS = 1.0
 # at the provider for ten minutes costs a request a minute, not one a second.
 REPOLL_AGE_FRACTION = 0.1
 PROBE_AGE_FRACTION = 0.25
-# From this many due tasks on, one list request (up to 500 of the account's newest tasks) first.
+# From this many due tasks on, one list request of the account's newest tasks first: four times
+# the tasks in flight (they are among the newest), at least 50, at most Kling's 500.
 LIST_FROM = 3
 LIST_PAGE_SIZE = 500
+LIST_PAGE_MIN = 50
+# Learned durations are read again after this long: a round runs 4 times a second, and reading
+# 200 jobs' durations (and models from their params) each time was most of a round's cost.
+DURATIONS_TTL_SECONDS = 10.0
 # After a 1302 the account's polling pauses, doubling up to the cap while the answers repeat.
 PAUSE_FIRST_SECONDS = 2.0
 PAUSE_MAX_SECONDS = 60.0
@@ -208,6 +214,29 @@ _SAMPLES = (
 _WAITING = select(Job.id).where(Job.status == JobStatus.QUEUED).limit(1)
 
 
+class DurationCache:
+    """The learned durations of one process, read from the database at most every TTL."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._at = float("-inf")
+        self._value: dict[Key, Expected] = {}
+
+    def get(self, load: Callable[[], dict[Key, Expected]]) -> dict[Key, Expected]:
+        with self._lock:
+            if time.monotonic() - self._at >= DURATIONS_TTL_SECONDS:
+                self._value, self._at = load(), time.monotonic()
+            return self._value
+
+
+def _learned(svc: Services) -> dict[Key, Expected]:
+    samples: dict[Key, list[float]] = {}
+    with session_scope(svc.sessions) as s:
+        for provider, model, seconds in s.execute(_SAMPLES):
+            samples.setdefault((provider, model or ""), []).append(seconds)
+    return {key: exp for key, values in samples.items() if (exp := expected(values)) is not None}
+
+
 def _read(svc: Services) -> tuple[list[InFlight], dict[Key, Expected], bool]:
     with session_scope(svc.sessions) as s:
         jobs = [
@@ -216,12 +245,8 @@ def _read(svc: Services) -> tuple[list[InFlight], dict[Key, Expected], bool]:
         ]
         if not jobs:
             return [], {}, False
-        samples: dict[Key, list[float]] = {}
-        for provider, model, seconds in s.execute(_SAMPLES):
-            samples.setdefault((provider, model or ""), []).append(seconds)
         waiting = s.scalar(_WAITING) is not None
-    learned = {key: exp for key, values in samples.items() if (exp := expected(values)) is not None}
-    return jobs, learned, waiting
+    return jobs, svc.durations.get(lambda: _learned(svc)), waiting
 
 
 def poll_overdue(svc: Services) -> PollReport:
@@ -237,7 +262,8 @@ def poll_overdue(svc: Services) -> PollReport:
         report.due = len(todo)
         budget = max(1, int(svc.settings.poll_max_per_second * svc.settings.poll_interval_seconds))
         try:
-            for job, task in _ask(svc, todo, budget, report):
+            in_flight = Counter(job.key[0] for job in jobs)
+            for job, task in _ask(svc, todo, in_flight, budget, report):
                 try:
                     _apply(svc, job, task, report)
                 except Exception as exc:  # noqa: BLE001  (one bad job must not stop the round)
@@ -254,7 +280,9 @@ def poll_overdue(svc: Services) -> PollReport:
     return report
 
 
-def _ask(svc: Services, todo: list[InFlight], budget: int, report: PollReport) -> list[tuple[InFlight, Task]]:
+def _ask(
+    svc: Services, todo: list[InFlight], in_flight: Mapping[str, int], budget: int, report: PollReport
+) -> list[tuple[InFlight, Task]]:
     """Provider answers for due jobs: one list request first when several are due, then lookups."""
     answers: list[tuple[InFlight, Task]] = []
     left = list(todo)
@@ -264,8 +292,9 @@ def _ask(svc: Services, todo: list[InFlight], budget: int, report: PollReport) -
     for provider_name, jobs in by_provider.items():
         if len(jobs) < LIST_FROM or report.requests >= budget:
             continue
+        page_size = min(LIST_PAGE_SIZE, max(LIST_PAGE_MIN, 4 * in_flight.get(provider_name, 0)))
         try:
-            listed = svc.provider_for(provider_name).list_images(page=1, page_size=LIST_PAGE_SIZE)
+            listed = svc.provider_for(provider_name).list_images(page=1, page_size=page_size)
         except UnsupportedOperation:
             continue
         report.requests += 1

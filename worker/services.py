@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from worker.accounts import AccountGate, LocalAccountGate
     from worker.fetch import SafeFetcher
     from worker.limiter import SlotLimiter
-    from worker.polling import LocalPollGate, PollGate
+    from worker.polling import DurationCache, LocalPollGate, PollGate
 
 Publish = Callable[[str, list[Any]], None]
 # The poll and account gates' Redis calls, as bounded as the limiter's (worker/limiter.py).
@@ -134,6 +134,13 @@ class Services:
             socket_timeout=GATE_TIMEOUT,
             socket_connect_timeout=GATE_TIMEOUT,
         )
+
+    @cached_property
+    def durations(self) -> DurationCache:
+        """Task durations the poller learned, cached in this process."""
+        from worker.polling import DurationCache
+
+        return DurationCache()
 
     @cached_property
     def poll_gate(self) -> PollGate | LocalPollGate:

@@ -68,6 +68,19 @@ def test_the_longest_unheard_of_goes_first() -> None:
     assert order == ["polled", "older", "never"]
 
 
+def test_learned_durations_are_read_once_per_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = polling.DurationCache()
+    loads: list[int] = []
+
+    def load() -> dict[polling.Key, Expected]:
+        loads.append(1)
+        return {KEY: Expected(float(len(loads)), 9.0)}
+
+    assert cache.get(load) == cache.get(load) == {KEY: Expected(1.0, 9.0)}
+    monkeypatch.setattr(polling, "DURATIONS_TTL_SECONDS", 0.0)
+    assert cache.get(load) == {KEY: Expected(2.0, 9.0)}
+
+
 def test_the_in_process_gate_keeps_the_same_rules() -> None:
     gate = polling.LocalPollGate()
     held = gate.try_round()
