@@ -10,6 +10,7 @@ handing freed slots straight to the next jobs as the webhook does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -20,11 +21,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import redis
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from kling import Task
 from kling.client import UnsupportedOperation
-from kling.errors import RateLimited
+from kling.errors import KlingError, RateLimited
 from models.base import utcnow
 from models.db import session_scope
 from models.enums import JobStatus
@@ -32,6 +33,7 @@ from models.outbox import RELEASE_SLOTS
 from models.statemachine import apply_provider_task
 from models.tables import Job
 from worker.outbox import publish_rows
+from worker.provider import ProviderNotConfigured
 from worker.slots import hand_off_slots
 
 if TYPE_CHECKING:
@@ -66,7 +68,8 @@ DURATIONS_TTL_SECONDS = 10.0
 # After a 1302 the account's polling pauses, doubling up to the cap while the answers repeat.
 PAUSE_FIRST_SECONDS = 2.0
 PAUSE_MAX_SECONDS = 60.0
-ROUND_LOCK_SECONDS = 30.0
+# Longer than a round can take: a budget of requests, each up to the client's 5 + 30 s timeouts.
+ROUND_LOCK_SECONDS = 120.0
 
 Key = tuple[str, str]  # (provider, model)
 
@@ -268,6 +271,7 @@ def poll_overdue(svc: Services) -> PollReport:
                     _apply(svc, job, task, report)
                 except Exception as exc:  # noqa: BLE001  (one bad job must not stop the round)
                     log.warning("poll: job %s: %s: %s", job.id, type(exc).__name__, exc)
+                    _mark_polled(svc, job.id)
         except RateLimited:
             report.rate_limited = True
             pause = svc.poll_gate.rate_limited()
@@ -276,26 +280,38 @@ def poll_overdue(svc: Services) -> PollReport:
             if report.requests:
                 svc.poll_gate.answered()
     finally:
-        lock.release()
+        with contextlib.suppress(redis.exceptions.LockError):
+            lock.release()  # a round longer than its lock lost it; nothing to give back
     return report
 
 
 def _ask(
     svc: Services, todo: list[InFlight], in_flight: Mapping[str, int], budget: int, report: PollReport
 ) -> list[tuple[InFlight, Task]]:
-    """Provider answers for due jobs: one list request first when several are due, then lookups."""
+    """Provider answers for due jobs: one list request first when several are due, then lookups.
+
+    With a budget of one request a round (the defaults), every other round skips the list, so the
+    longest-unheard-of task is looked up even when it fell off the list's page.
+    """
     answers: list[tuple[InFlight, Task]] = []
     left = list(todo)
     by_provider: dict[str, list[InFlight]] = {}
     for job in left:
         by_provider.setdefault(job.key[0], []).append(job)
+    lists_allowed = budget > 1 or int(time.time() / svc.settings.poll_interval_seconds) % 2 == 0
     for provider_name, jobs in by_provider.items():
-        if len(jobs) < LIST_FROM or report.requests >= budget:
+        if not lists_allowed or len(jobs) < LIST_FROM or report.requests >= budget:
             continue
         page_size = min(LIST_PAGE_SIZE, max(LIST_PAGE_MIN, 4 * in_flight.get(provider_name, 0)))
         try:
             listed = svc.provider_for(provider_name).list_images(page=1, page_size=page_size)
         except UnsupportedOperation:
+            continue
+        except RateLimited:
+            raise
+        except (KlingError, ProviderNotConfigured) as exc:  # the lookups below still run
+            report.requests += 1
+            log.warning("poll: listing %s's tasks failed: %s: %s", provider_name, type(exc).__name__, exc)
             continue
         report.requests += 1
         report.list_requests += 1
@@ -307,9 +323,9 @@ def _ask(
     for job in left:
         if report.requests >= budget:
             break
-        provider = svc.provider_for(job.key[0])
         report.requests += 1
         try:
+            provider = svc.provider_for(job.key[0])
             if job.task_id:
                 answers.append((job, provider.get_image(job.task_id)))
             else:
@@ -318,7 +334,16 @@ def _ask(
             raise
         except Exception as exc:  # noqa: BLE001  (the reconciler looks at it again later)
             log.warning("poll: job %s: %s: %s", job.id, type(exc).__name__, exc)
+            _mark_polled(svc, job.id)  # to the back of the line, not first again next round
     return answers
+
+
+def _mark_polled(svc: Services, job_id: str) -> None:
+    try:
+        with session_scope(svc.sessions) as s:
+            s.execute(update(Job).where(Job.id == job_id).values(last_polled_at=utcnow()))
+    except Exception as exc:  # noqa: BLE001
+        log.warning("poll: could not mark job %s asked: %s", job_id, type(exc).__name__)
 
 
 def _apply(svc: Services, job: InFlight, task: Task, report: PollReport) -> None:
@@ -344,4 +369,7 @@ def register(app: Celery) -> Schedule:
         report = poll_overdue(self.services)
         return {"due": report.due, "requests": report.requests, "changed": len(report.changed)}
 
-    return {"poll-overdue": every(POLL_TASK, app.conf.kling_settings.poll_interval_seconds)}
+    interval = app.conf.kling_settings.poll_interval_seconds
+    # A round nobody ran within a few intervals is stale: dropped, not run late ahead of dispatches.
+    entry = {**every(POLL_TASK, interval), "options": {"expires": max(1.0, interval * 4)}}
+    return {"poll-overdue": entry}

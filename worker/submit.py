@@ -76,7 +76,9 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
                 # One more Redis call under the row lock (two while paused). A paused account
                 # sends one create per ACCOUNT_PROBE_SECONDS: every other run counts no attempt,
                 # gives slots and claim back, and the reconciler's pump dispatches it again.
-                probing = svc.account_gate.paused(account)
+                # A run whose earlier create may have gone through looks it up first, holding
+                # its slots: giving them back while that task may run would overfill the account.
+                probing = not tried_before and svc.account_gate.paused(account)
                 if probing and not svc.account_gate.probe_turn(account):
                     svc.limiter.release(job_id)
                     s.rollback()

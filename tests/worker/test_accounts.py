@@ -218,3 +218,24 @@ def test_1103_still_fails_the_job_and_does_not_pause(harness: Harness) -> None:
     assert (job.status, job.error_code) == ("failed", "1103")
     assert harness.svc.account_gate.state(ACCOUNT).paused is False
     assert harness.svc.limiter.holders() == {}
+
+
+@pytest.mark.integration
+def test_a_run_that_may_have_created_already_keeps_its_slots_and_looks_up_while_paused(
+    harness: Harness,
+) -> None:
+    # An earlier run's create may have gone through (a timeout): giving its slots back while that
+    # task may be running would let the account overfill once it resumes. It looks up first.
+    from sqlalchemy import update
+
+    from models.db import session_scope
+    from models.tables import Job
+
+    job_id = harness.job()
+    with session_scope(harness.svc.sessions) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(create_attempts=1))
+    harness.svc.account_gate.pause(ACCOUNT, 1102, "dry")
+    assert submit.submit_job(harness.svc, job_id).step is Step.DONE
+    # Not found at the provider, so created (one create, no duplicate), slots held all along.
+    assert harness.sim.create_count == 1 and len(harness.sim.tasks_by_external_id(job_id)) == 1
+    assert harness.svc.limiter.holders() == {job_id: 1}

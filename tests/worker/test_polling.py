@@ -190,3 +190,37 @@ def test_a_task_still_running_keeps_its_lease_and_is_asked_again_later(quick: Ha
     assert job_id in quick.svc.limiter.holders()
     # Just asked: the next round leaves it alone.
     assert poll_overdue(quick.svc).requests == 0
+
+
+def test_a_failing_list_request_leaves_the_lookups_to_answer(
+    quick: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kling.errors import ServerError
+
+    ids = _submitted(quick, 4)
+
+    def broken(*_: object, **__: object) -> None:
+        raise ServerError("list endpoint down")
+
+    monkeypatch.setattr(quick.svc.provider, "list_images", broken)
+    report = poll_overdue(quick.svc)
+    # The list cost a request of the budget of 5; the four lookups answered every job.
+    assert (report.requests, report.list_requests) == (5, 0)
+    assert sorted(report.changed) == sorted(ids)
+
+
+def test_a_job_whose_lookup_fails_goes_to_the_back_of_the_line(
+    quick: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kling.errors import ServerError
+
+    monkeypatch.setattr(polling, "LIST_FROM", 100)
+    (job_id,) = _submitted(quick, 1)
+
+    def broken(*_: object, **__: object) -> None:
+        raise ServerError("lookup failed")
+
+    monkeypatch.setattr(quick.svc.provider, "get_image", broken)
+    report = poll_overdue(quick.svc)
+    assert report.requests == 1 and report.changed == []
+    assert quick.get(job_id).last_polled_at is not None
