@@ -271,7 +271,7 @@ def poll_overdue(svc: Services) -> PollReport:
                     _apply(svc, job, task, report)
                 except Exception as exc:  # noqa: BLE001  (one bad job must not stop the round)
                     log.warning("poll: job %s: %s: %s", job.id, type(exc).__name__, exc)
-                    _mark_polled(svc, job.id)
+                    mark_polled(svc, job.id)
         except RateLimited:
             report.rate_limited = True
             pause = svc.poll_gate.rate_limited()
@@ -334,16 +334,18 @@ def _ask(
             raise
         except Exception as exc:  # noqa: BLE001  (the reconciler looks at it again later)
             log.warning("poll: job %s: %s: %s", job.id, type(exc).__name__, exc)
-            _mark_polled(svc, job.id)  # to the back of the line, not first again next round
+            mark_polled(svc, job.id)  # to the back of the line, not first again next round
     return answers
 
 
-def _mark_polled(svc: Services, job_id: str) -> None:
+def mark_polled(svc: Services, job_id: str) -> None:
+    """A job whose poll failed goes to the back of the line (the poller's and reconcile's) instead
+    of blocking the others."""
     try:
         with session_scope(svc.sessions) as s:
             s.execute(update(Job).where(Job.id == job_id).values(last_polled_at=utcnow()))
     except Exception as exc:  # noqa: BLE001
-        log.warning("poll: could not mark job %s asked: %s", job_id, type(exc).__name__)
+        log.warning("could not mark job %s polled: %s", job_id, type(exc).__name__)
 
 
 def _apply(svc: Services, job: InFlight, task: Task, report: PollReport) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy import Select, func, or_, select
 
 from models.base import utcnow
 from models.db import session_scope
@@ -19,6 +19,7 @@ from models.tables import Image, Job, Notification
 from worker import metrics
 from worker.claims import db_now, unclaimed
 from worker.notify import GIVE_UP_AFTER
+from worker.polling import mark_polled
 from worker.pruning import PruneReport, prune
 from worker.services import Services
 from worker.slots import pump
@@ -74,7 +75,7 @@ def reconcile(svc: Services, *, limit: int = 200) -> ReconcileReport:
         except Exception as exc:  # noqa: BLE001  (one bad job must not stop the safety net)
             report.errors += 1
             log.warning("reconcile: job %s: %s: %s", job_id, type(exc).__name__, exc)
-            _mark_polled(svc, job_id)
+            mark_polled(svc, job_id)
             continue
         report.polled += 1
         if result.changed:
@@ -92,15 +93,6 @@ def reconcile(svc: Services, *, limit: int = 200) -> ReconcileReport:
             report.errors += 1
             log.warning("reconcile: %s failed: %s: %s", name, type(exc).__name__, exc)
     return report
-
-
-def _mark_polled(svc: Services, job_id: str) -> None:
-    # A job whose poll fails goes to the back of the line instead of blocking the others.
-    try:
-        with session_scope(svc.sessions) as s:
-            s.execute(update(Job).where(Job.id == job_id).values(last_polled_at=utcnow()))
-    except Exception as exc:  # noqa: BLE001
-        log.warning("reconcile: could not mark job %s polled: %s", job_id, type(exc).__name__)
 
 
 def _redispatch_archives(svc: Services) -> list[str]:
