@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 
 from models.base import utcnow
-from models.db import session_scope
+from models.db import session_scope, walk_index_in_order
 from models.enums import JobStatus
 from models.logging import log_context
 from models.outbox import DISPATCH_JOB, RELEASE_SLOTS, QueuedTask
@@ -55,6 +56,16 @@ def hand_off_slots(svc: Services, job_id: str, rows: Sequence[QueuedTask]) -> No
         publish_rows(svc.sessions, svc.publish, rows, done=done)
 
 
+def queued_head(now: datetime, limit: int) -> Select[tuple[str, int]]:
+    """The oldest `limit` queued jobs no run owns: (id, slots), by the (status, created_at, id) index."""
+    return (
+        select(Job.id, Job.slots)
+        .where(Job.status == JobStatus.QUEUED, unclaimed(now))
+        .order_by(Job.created_at, Job.id)
+        .limit(limit)
+    )
+
+
 def pump(svc: Services) -> list[str]:
     """Dispatch submit for unclaimed queued jobs that fit in the free slots; returns their ids.
 
@@ -74,14 +85,8 @@ def pump(svc: Services) -> list[str]:
     waiting = limiter.waiting(candidates)
     now = utcnow()
     with session_scope(svc.sessions) as s:
-        queued = dict(
-            s.execute(
-                select(Job.id, Job.slots)
-                .where(Job.status == JobStatus.QUEUED, unclaimed(now))
-                .order_by(Job.created_at, Job.id)
-                .limit(candidates)
-            ).all()
-        )
+        walk_index_in_order(s)
+        queued = dict(s.execute(queued_head(now, candidates)).all())
         missing = [w for w in waiting if w not in queued]
         if missing:
             queued.update(

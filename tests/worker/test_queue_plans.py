@@ -1,0 +1,51 @@
+"""Reads on each slot release stay O(free slots) when PostgreSQL's statistics lag a burst."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import Select, text
+from sqlalchemy.orm import Session
+
+from models.base import utcnow
+from models.db import walk_index_in_order
+from worker.slots import queued_head
+
+
+def _plan(session: Session, stmt: Select[tuple[str, int]]) -> str:
+    compiled = stmt.compile(dialect=session.get_bind().dialect)
+    rows = session.connection().exec_driver_sql(f"EXPLAIN {compiled}", compiled.params).scalars()
+    return "\n".join(rows)
+
+
+def _insert_jobs(session: Session, first: int, count: int, status: str) -> None:
+    session.execute(
+        text(
+            "INSERT INTO jobs (id, provider, params, status, slots, created_at, updated_at, create_attempts)"
+            " SELECT 'plan-' || g, 'kling', '{}'::jsonb, :status, 1, now() + g * interval '1 ms', now(), 0"
+            " FROM generate_series(CAST(:first AS integer), CAST(:last AS integer)) g"
+        ),
+        {"status": status, "first": first, "last": first + count - 1},
+    )
+
+
+def test_the_pump_walks_the_queue_index_even_when_statistics_say_nothing_is_queued(
+    db_session: Session,
+) -> None:
+    # Statistics taken while 20 of 2,020 jobs were queued; then a burst queues 5,000 more.
+    _insert_jobs(db_session, 0, 2000, "archived")
+    _insert_jobs(db_session, 2000, 20, "queued")
+    db_session.execute(text("ANALYZE jobs"))
+    _insert_jobs(db_session, 2020, 5000, "queued")
+    head = queued_head(utcnow() - timedelta(seconds=1), 100)
+
+    # On those statistics PostgreSQL plans to fetch every queued row and sort them all (the trap).
+    assert "Sort" in _plan(db_session, head)
+
+    walk_index_in_order(db_session)
+    plan = _plan(db_session, head)
+    assert "Sort" not in plan and "Bitmap" not in plan
+    # An ordered walk of the queued rows only, stopping at the limit.
+    assert "Index Scan using ix_jobs_status_created_at_id" in plan
+    assert "Index Cond: ((status)::text = 'queued'::text)" in plan
+    assert len(db_session.execute(head).all()) == 100
