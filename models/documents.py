@@ -21,7 +21,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from models.base import JSONType
 from models.db import among_ids
-from models.logging import redact
+from models.delivery import shown_error
 from models.tables import Image, Job, Notification, Transition
 
 JOB_FIELDS = (
@@ -198,7 +198,7 @@ def job_documents(
                     "event": n.event,
                     "attempts": n.attempts,
                     "last_status": n.last_status,
-                    "last_error": redact(n.last_error) if n.last_error else None,
+                    "last_error": shown_error(n.last_error),
                     "created_at": iso_utc(n.created_at),
                     "delivered_at": iso_utc(n.delivered_at),
                     "next_attempt_at": iso_utc(n.next_attempt_at),

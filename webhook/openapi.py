@@ -12,6 +12,7 @@ from typing import Any
 from flask import Blueprint
 
 from kling.validation import ALL_RATIOS, IMAGE_REFERENCES, MAX_PROMPT, MODEL_CAPABILITIES
+from models.delivery import VOCABULARY
 from models.documents import IMAGE_FIELDS, JOB_FIELDS, NOTIFICATION_FIELDS, TRANSITION_FIELDS
 from models.enums import ImageStatus, JobStatus, TransitionSource
 from webhook.api import DEFAULT_LIMIT, MAX_IDEMPOTENCY_KEY, MAX_LIMIT, PROVIDERS
@@ -132,7 +133,15 @@ def _schemas() -> dict[str, Schema]:
             "event": {"type": "string"},
             "attempts": {"type": "integer"},
             "last_status": _nullable({"type": "integer"}),
-            "last_error": _nullable({"type": "string"}),
+            "last_error": _nullable(
+                {
+                    "type": "string",
+                    "enum": [*sorted(VOCABULARY), None],  # 3.0.3: a nullable enum lists null
+                    "description": "Why the last attempt failed (null once delivered): timeout, "
+                    "refused (unreachable), blocked_address (not a public address: nothing sent), "
+                    "redirect (3xx; redirects are not followed), http_4xx, http_5xx, error (other)",
+                }
+            ),
             "created_at": TIME,
             "delivered_at": NULLABLE_TIME,
             "next_attempt_at": NULLABLE_TIME,

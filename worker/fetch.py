@@ -13,6 +13,9 @@ socket's peer again), so DNS rebinding between a check and the connect cannot sl
 Redirects are followed by hand, each hop checked the same way. Proxies from the environment are
 ignored (a proxy would connect on our behalf, out of the guard's sight). The body is read as a
 stream with a byte cap, connect/read timeouts and an overall deadline.
+
+Downstream webhooks (worker/delivery.py) use the same connections with `AnyPublicHost`: any name,
+public addresses only unless the name is listed in NOTIFY_ALLOWED_HOSTS.
 """
 
 from __future__ import annotations
@@ -135,11 +138,21 @@ class HostPolicy:
         return parts.scheme, _normalize_host(host)
 
 
+class AnyPublicHost(HostPolicy):
+    """Downstream webhooks: any host name, public addresses only, except for hosts listed by exact
+    name (NOTIFY_ALLOWED_HOSTS), which may also reach private ones."""
+
+    def host_allowed(self, host: str) -> bool:
+        return True
+
+
 class _GuardedMixin:
     """Connection behaviour: resolve, vet and connect to the vetted address only."""
 
     policy: HostPolicy
     resolver: Resolver
+    # Called with each connected socket (the webhook sender's overall deadline cuts it).
+    on_connect: Callable[[socket.socket], None] | None = None
     host: str
     port: int
     timeout: Any
@@ -174,6 +187,8 @@ class _GuardedMixin:
                 peer = sock.getpeername()[0]
                 if not self.policy.address_allowed(self.host, peer):
                     raise _AddressRefused(f"connected peer {peer} is not allowed for {self.host!r}")
+                if self.on_connect is not None:
+                    self.on_connect(sock)
                 return sock
             except _AddressRefused:
                 sock.close()
@@ -199,8 +214,17 @@ class GuardedHTTPSConnection(_GuardedMixin, HTTPSConnection):
 
 
 class _GuardedAdapter(HTTPAdapter):
-    def __init__(self, policy: HostPolicy, resolver: Resolver) -> None:
-        attrs = {"policy": policy, "resolver": staticmethod(resolver)}
+    def __init__(
+        self,
+        policy: HostPolicy,
+        resolver: Resolver,
+        on_connect: Callable[[socket.socket], None] | None = None,
+    ) -> None:
+        attrs = {
+            "policy": policy,
+            "resolver": staticmethod(resolver),
+            "on_connect": None if on_connect is None else staticmethod(on_connect),
+        }
         http_conn = type("BoundHTTPConnection", (GuardedHTTPConnection,), attrs)
         https_conn = type("BoundHTTPSConnection", (GuardedHTTPSConnection,), attrs)
         self._pool_classes = {
@@ -319,7 +343,7 @@ class SafeFetcher:
         try:
             return self._session.get(url, stream=True, allow_redirects=False, timeout=self.timeout)
         except requests.ConnectionError as exc:
-            refused = _find_cause(exc, _AddressRefused)
+            refused = find_cause(exc, _AddressRefused)
             if refused is not None:
                 raise FetchRefused(str(refused), url=url) from exc
             raise FetchError(f"connection failed: {exc}", url=url) from exc
@@ -341,7 +365,31 @@ class SafeFetcher:
         return FetchedBody(response, max_bytes=cap, deadline=deadline)
 
 
-def _find_cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+def guarded_session(
+    policy: HostPolicy,
+    *,
+    resolver: Resolver = socket.getaddrinfo,
+    on_connect: Callable[[socket.socket], None] | None = None,
+    user_agent: str = "kling-orchestrator/1",
+) -> requests.Session:
+    """A requests session whose every connection goes through the guard: no environment proxies,
+    no retries; redirects are the caller's business (pass `allow_redirects=False`)."""
+    session = requests.Session()
+    session.trust_env = False  # no proxies or .netrc from the environment
+    session.headers["User-Agent"] = user_agent
+    session.headers["Accept-Encoding"] = "identity"  # a byte cap counts what the server sends
+    adapter = _GuardedAdapter(policy, resolver, on_connect)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def refused_by_guard(exc: BaseException) -> bool:
+    """True when the guard refused the address (or host) of a failed request: nothing was sent."""
+    return find_cause(exc, _AddressRefused) is not None
+
+
+def find_cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
     """The first exception of `kind` in the cause/context chain or in urllib3's `reason` attributes."""
     seen: set[int] = set()
     stack: list[BaseException | None] = [exc]

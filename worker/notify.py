@@ -2,7 +2,9 @@
 
 Events are signed with the Standard Webhooks scheme (`NOTIFY_SECRET`), carry the permanent S3
 locations (never the provider's expiring URLs), and are retried with backoff for up to 24 hours.
-The `webhook-id` is stable per (job, event), so a receiver can drop repeats.
+The `webhook-id` is stable per (job, event), so a receiver can drop repeats. Each POST goes
+through the SSRF guard with an overall deadline (worker.delivery); a failure is recorded as one
+word of a fixed vocabulary (models.delivery), which the API shows.
 
 An attempt leases its row before the POST: `next_attempt_at` moves to now + `NOTIFY_LEASE_SECONDS`
 (longer than a POST can take), by the database's clock. While the lease is live no other attempt
@@ -19,7 +21,6 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import requests
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -33,6 +34,7 @@ from models.enums import JobStatus
 from models.logging import log_context
 from models.tables import Job, Notification
 from worker.claims import db_now
+from worker.delivery import WebhookSender
 from worker.outcome import Outcome, Step
 from worker.services import Services
 
@@ -44,7 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EVENTS = {JobStatus.ARCHIVED.value: "job.archived", JobStatus.FAILED.value: "job.failed"}
-TIMEOUT = (5.0, 15.0)
 MAX_BACKOFF_SECONDS = 600.0
 # Downstream deliveries are retried for this long, then given up.
 GIVE_UP_AFTER = timedelta(hours=24)
@@ -57,7 +58,7 @@ def event_payload(job: Job, event: str) -> dict[str, Any]:
 
 
 def notify_job(
-    svc: Services, job_id: str, *, attempt: int = 0, session: requests.Session | None = None
+    svc: Services, job_id: str, *, attempt: int = 0, sender: WebhookSender | None = None
 ) -> Outcome:
     """Deliver the job's final event once; RETRY with backoff on failure, for up to 24 hours."""
     with session_scope(svc.sessions) as s:
@@ -84,19 +85,10 @@ def notify_job(
     if secret is not None:
         headers["webhook-signature"] = sign_callback(secret.get_secret_value(), msg_id, timestamp, body)
 
-    status: int | None = None
-    error: str | None = None
-    try:
-        http = session or requests
-        # Streamed and never read: the status is all we need, and a slow body cannot outlast the lease.
-        with http.post(
-            url, data=body, headers=headers, timeout=TIMEOUT, allow_redirects=False, stream=True
-        ) as resp:
-            status = resp.status_code
-        if not 200 <= status < 300:
-            error = f"HTTP {status}"
-    except requests.RequestException as exc:
-        error = type(exc).__name__
+    # Through the SSRF guard, within an overall deadline; the outcome in the fixed vocabulary.
+    sender = sender or WebhookSender(svc.settings.notify_allowed_hosts)
+    delivery = sender.post(url, body, headers)
+    status, error = delivery.status, delivery.error
 
     delay = backoff(attempt, base=5.0, cap=MAX_BACKOFF_SECONDS)
     with session_scope(svc.sessions) as s:
@@ -111,7 +103,7 @@ def notify_job(
             .values(
                 attempts=Notification.attempts + 1,
                 last_status=status,
-                last_error=error,
+                last_error=None if error is None else error.value,
                 delivered_at=utcnow() if error is None else None,
                 # Ends the lease: due again when the retry is (by the database's clock, as the lease).
                 next_attempt_at=None if error is None else db_now(delay),
@@ -123,7 +115,7 @@ def notify_job(
         "notify: job %s %s to %s failed (%s), retry in %.0f s", job_id, event, _host(url), error, delay
     )
     # The retry message lands a little after the row is due, whatever the hosts' clocks say.
-    return Outcome(Step.RETRY, retry_in=delay + RETRY_MARGIN_SECONDS, detail=error)
+    return Outcome(Step.RETRY, retry_in=delay + RETRY_MARGIN_SECONDS, detail=error.value)
 
 
 def take_lease(s: Session, note_id: int, seconds: float) -> bool:

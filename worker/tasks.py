@@ -53,7 +53,11 @@ RELEASE_TASK = TaskSpec("kling.release_slots", 0, RELEASE_SLOTS)
 # Polling frees the slots of tasks whose callback was lost: as urgent as a release.
 POLL_TASK = TaskSpec("kling.poll_overdue", 0)
 ARCHIVE_TASK = TaskSpec("kling.archive_job", 3, ARCHIVE_JOB)
-NOTIFY_TASK = TaskSpec("kling.notify", 6, NOTIFY)
+# Downstream deliveries go last (with the sweep): a worker pops every queued archive before any
+# delivery, and a delivery holds a process for at most its overall deadline (worker.delivery,
+# 15 s), so a slow or hostile receiver can delay an archive by that much at worst, never stall it.
+# One queue keeps every worker command (compose, demo, chaos, bench, tests) consuming notify.
+NOTIFY_TASK = TaskSpec("kling.notify", 9, NOTIFY)
 RELAY_TASK = TaskSpec("kling.relay_outbox", 6)
 RECONCILE_TASK = TaskSpec("kling.reconcile", 6)
 SWEEP_TASK = TaskSpec("kling.sweep", 9)

@@ -175,6 +175,8 @@ def base_settings(
         reconcile_interval_seconds=0.5,
         outbox_relay_seconds=0.5,
         notify_secret=TEST_WEBHOOK_SECRET,
+        # The downstream receivers in these tests listen on this machine.
+        notify_allowed_hosts="localhost,127.0.0.1",
         **extra,
     )
 

@@ -31,11 +31,18 @@ from worker.services import Services
 
 pytestmark = pytest.mark.integration
 NOTIFY_SECRET = TEST_WEBHOOK_SECRET
+# The receivers here listen on this machine: listed, as an operator lists an internal consumer.
+RECEIVER_HOSTS = ("localhost",)
 
 
 @pytest.fixture
 def svc(committed_pg_url: str) -> Iterator[Services]:
-    settings = Settings(database_url=committed_pg_url, notify_secret=NOTIFY_SECRET, api_token=TEST_API_TOKEN)
+    settings = Settings(
+        database_url=committed_pg_url,
+        notify_secret=NOTIFY_SECRET,
+        api_token=TEST_API_TOKEN,
+        notify_allowed_hosts=RECEIVER_HOSTS,
+    )
     engine = make_engine(committed_pg_url)
     services = Services(settings, engine=engine)
     yield services
@@ -157,6 +164,7 @@ def test_an_attempt_that_died_mid_flight_is_sent_again_once_its_lease_runs_out(
         notify_secret=NOTIFY_SECRET,
         api_token=TEST_API_TOKEN,
         stuck_notify_seconds=0,  # re-send as soon as a row is due
+        notify_allowed_hosts=RECEIVER_HOSTS,
     )
     engine = make_engine(committed_pg_url)
     published: list[tuple[str, list[Any]]] = []

@@ -36,6 +36,8 @@ def test_every_task_has_a_priority() -> None:
     assert OUTBOX_PRIORITIES["dispatch_job"] < TASK_PRIORITIES["kling.archive_job"]
     assert OUTBOX_PRIORITIES["submit_job"] > TASK_PRIORITIES["kling.archive_job"]
     assert TASK_PRIORITIES["kling.release_slots"] < TASK_PRIORITIES["kling.archive_job"]
+    # Downstream deliveries go last: archives never queue behind them.
+    assert TASK_PRIORITIES["kling.notify"] == max(TASK_PRIORITIES.values())
     assert app.conf.broker_transport_options["visibility_timeout"] == VISIBILITY_TIMEOUT
 
 
@@ -48,6 +50,7 @@ def test_the_worker_takes_dispatched_submits_before_archives_queued_earlier(redi
     app.conf.task_default_queue = queue
     publish = celery_publisher(app)
     sent = [
+        ("notify", "n1"),
         ("archive_job", "a1"),
         ("reconcile", None),
         ("archive_job", "a2"),
@@ -79,6 +82,7 @@ def test_the_worker_takes_dispatched_submits_before_archives_queued_earlier(redi
         ("kling.archive_job", "['a2']"),
         ("kling.reconcile", "()"),
         ("kling.submit_job", "['new']"),
+        ("kling.notify", "['n1']"),
     ]
     # Within one priority the order stays first in, first out (the archives above).
 
