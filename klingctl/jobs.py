@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from klingctl.common import celery_publisher, console, db_handles, settings
 from klingctl.errors import UsageLine
-from klingctl.render import job_detail, jobs_table, status_text
+from klingctl.render import job_detail, jobs_table, plain, status_text
 from models.db import session_scope
 from models.enums import JobStatus
 from models.tables import Job
@@ -178,7 +178,7 @@ def submit(
             error = f"{job.error_code}: {job.error_message}" if job.error_message else job.error_code
             archived = [img for img in job.images if img.s3_key]
         if final == JobStatus.FAILED.value:
-            err.print(status_text("failed"), f"{error}")
+            err.print(status_text("failed"), plain(error))
             raise SystemExit(1)
         err.print(status_text("archived"), f"{len(archived)} image(s)")
         for img in archived:
