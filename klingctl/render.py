@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
+from typing import Any
 
 from rich.console import Group, RenderableType
 from rich.panel import Panel
@@ -61,7 +62,8 @@ def job_error(job: Job) -> str:
     return f"{job.error_code}: {job.error_message}" if job.error_message else str(job.error_code)
 
 
-def jobs_table(jobs: Iterable[Job]) -> Table:
+def jobs_table(jobs: Iterable[tuple[Job, Mapping[str, Any] | None]]) -> Table:
+    """Jobs with their request (`params` as `models.documents.stored_params` reads it)."""
     table = Table(title="Jobs", title_justify="left")
     table.add_column("id", no_wrap=True)
     table.add_column("status")
@@ -70,8 +72,8 @@ def jobs_table(jobs: Iterable[Job]) -> Table:
     table.add_column("created", no_wrap=True)
     table.add_column("updated", no_wrap=True)
     table.add_column("prompt / error", overflow="fold")
-    for job in jobs:
-        params = job.params or {}
+    for job, stored in jobs:
+        params = stored or {}
         detail = job_error(job) or str(params.get("prompt", ""))[:60]
         table.add_row(
             job.id,

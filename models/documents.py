@@ -345,4 +345,5 @@ __all__ = [
     "job_documents",
     "job_select",
     "public_params",
+    "stored_params",
 ]

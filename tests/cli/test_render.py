@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import io
 import re
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
-from sqlalchemy import update
+from sqlalchemy import Engine, event, update
 
 from klingctl.render import plain
 from models.db import make_engine
@@ -53,6 +54,38 @@ def test_jobs_and_show_print_hostile_text_as_visible_escapes(cli: Run, committed
     assert "[bold]loud[/bold]" in shown.stdout and "\\u202eevil" in shown.stdout
     assert "webhook" in shown.stdout and "metadata" in shown.stdout
     assert "task-[/]\\x1b[31m" in shown_failed.stdout and "\\x9b31m" in shown_failed.stdout
+
+
+def test_jobs_never_reads_inline_images(cli: Run, committed_pg_url: str) -> None:
+    """`klingctl jobs` reads the request as the API's pages do: the image's size, not its bytes."""
+    image_chars = 9_800 * 1024
+    engine = make_engine(committed_pg_url)
+    statements: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        if not many and "FROM jobs" in statement:
+            statements.append((statement, parameters))
+
+    try:
+        ids = [add_job(engine, "queued", prompt=f"restyle {i}") for i in range(2)]
+        with engine.begin() as conn:
+            for i, job_id in enumerate(ids):
+                params = {"prompt": f"restyle {i}", "image": "AB"[i] * image_chars, "n": 1}
+                conn.execute(update(Job).where(Job.id == job_id).values(params=params))
+        event.listen(Engine, "after_cursor_execute", record)
+        try:
+            listed = cli(["jobs"], DATABASE_URL=committed_pg_url)
+        finally:
+            event.remove(Engine, "after_cursor_execute", record)
+        assert listed.exit_code == 0, listed.output
+        assert "restyle 0" in listed.stdout and "restyle 1" in listed.stdout
+        assert statements
+        with engine.connect() as conn:
+            for statement, parameters in statements:
+                for row in conn.exec_driver_sql(statement, parameters):
+                    assert sum(len(str(value)) for value in row) < 64 * 1024
+    finally:
+        engine.dispose()
 
 
 def rendered(text: str) -> str:
