@@ -1,12 +1,13 @@
 """Checks on a parsed request body before anything is stored: pure functions, each problem a
 `FieldError` whose field is the path of the value (`metadata.tags[2]`), so the caller can find it.
 
-PostgreSQL refuses NUL and lone surrogates in text and JSONB (a 500 if they reach it); nesting is
+PostgreSQL refuses NUL, lone surrogates and infinite numbers in text and JSONB; nesting is
 capped so no later walk of the body (ours, the JSON encoder's, the database's) can recurse deep.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -69,6 +70,9 @@ def unstorable(body: Mapping[str, Any]) -> FieldError | None:
                 stack.append((item, _child(path, key), depth + 1))
         elif isinstance(value, list):
             stack.extend((item, _child(path, i), depth + 1) for i, item in enumerate(value))
+        elif isinstance(value, float) and not math.isfinite(value):
+            # `1e999` parses as infinity, which JSON (and JSONB) cannot hold.
+            return FieldError(path or "(body)", "number", "numbers must be finite")
     return None
 
 

@@ -97,6 +97,8 @@ def test_hostile_list_queries_are_400_naming_the_parameter(api: Api, query: str,
         ('{"prompt": "p\\u0000"}', "prompt", "nul"),
         ('{"prompt": "p", "metadata": {"deep": ' + "[" * 450 + "]" * 450 + "}}", "metadata.deep", "depth"),
         ('{"prompt": "p", "image": ' + "[" * 40 + "]" * 40 + "}", "image", "depth"),
+        ('{"prompt": "p", "metadata": {"x": [1e999]}}', "metadata.x[0]", "number"),
+        ('{"prompt": "p", "image_fidelity": -1e400}', "image_fidelity", "number"),
     ],
 )
 def test_unstorable_bodies_are_400_naming_the_field(api: Api, raw: str, field: str, rule: str) -> None:
