@@ -191,9 +191,6 @@ def test_huge_image_indexes_are_4xx(api: Api, index: str) -> None:
 
 # --- the pure checks ----------------------------------------------------------------------------
 def test_unstorable_names_the_first_bad_value_by_its_path() -> None:
-    assert unstorable({"a": {"b": [1, "ok", {"c": "x\x00"}]}}) == unstorable(
-        {"a": {"b": [1, "ok", {"c": "x\x00"}]}}
-    )
     problem = unstorable({"a": {"b": [1, "ok", {"c": "x\x00"}]}})
     assert problem is not None and (problem.field, problem.rule) == ("a.b[2].c", "nul")
     assert unstorable({"a": ["fine", {"b": 1.5, "c": None}]}) is None
@@ -202,7 +199,6 @@ def test_unstorable_names_the_first_bad_value_by_its_path() -> None:
         deep = [deep]
     problem = unstorable({"d": deep})
     assert problem is not None and problem.rule == "depth"
-    assert unstorable({"k" * 1000 + "\ud800": 1}) is not None
     shown = unstorable({"k" * 1000 + "\ud800": 1})
     assert shown is not None and len(shown.field) < 100 and shown.field.encode("utf-8")
 
