@@ -11,12 +11,13 @@ from typing import Any
 
 import click
 from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm import Session, defer, selectinload, sessionmaker
 
 from klingctl.common import celery_publisher, console, db_handles, settings
 from klingctl.errors import UsageLine
-from klingctl.render import job_detail, jobs_table, status_text
+from klingctl.render import job_detail, jobs_table, plain, status_text
 from models.db import session_scope
+from models.documents import stored_params
 from models.enums import JobStatus
 from models.tables import Job
 
@@ -178,7 +179,7 @@ def submit(
             error = f"{job.error_code}: {job.error_message}" if job.error_message else job.error_code
             archived = [img for img in job.images if img.s3_key]
         if final == JobStatus.FAILED.value:
-            err.print(status_text("failed"), f"{error}")
+            err.print(status_text("failed"), plain(error))
             raise SystemExit(1)
         err.print(status_text("archived"), f"{len(archived)} image(s)")
         for img in archived:
@@ -194,11 +195,17 @@ def jobs(*, status: str | None, limit: int) -> None:
     """List jobs, newest first."""
     engine, sessions = db_handles(settings())
     try:
-        query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+        # The request as the API's pages read it: an inline image is its size, not 13 MB per row.
+        query = (
+            select(Job, stored_params().label("params"))
+            .options(defer(Job.params, raiseload=True))
+            .order_by(Job.created_at.desc(), Job.id.desc())
+            .limit(limit)
+        )
         if status:
             query = query.where(Job.status == status)
         with session_scope(sessions) as s:
-            rows = list(s.scalars(query))
+            rows = [(job, params) for job, params in s.execute(query)]
         if not rows:
             click.echo("No jobs" + (f" with status {status}." if status else "."))
             return

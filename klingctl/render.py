@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
+from typing import Any
 
 from rich.console import Group, RenderableType
 from rich.panel import Panel
@@ -26,6 +28,22 @@ STATUS_STYLES = {
 STATUS_ORDER = [s.value for s in JobStatus]
 
 
+# C0 and C1 controls (ESC and CSI start terminal escape sequences; CR and BS overwrite what was
+# printed) and the bidirectional overrides that reorder what the reader sees.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _visible(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def plain(value: object) -> Text:
+    """Caller or provider text for the terminal: never read as rich markup, and every control
+    character shown as a visible escape (`\\x1b`) instead of reaching the terminal."""
+    return Text(_CONTROL.sub(_visible, str(value)))
+
+
 def status_text(status: str) -> Text:
     return Text(status, style=STATUS_STYLES.get(status, ""))
 
@@ -44,7 +62,8 @@ def job_error(job: Job) -> str:
     return f"{job.error_code}: {job.error_message}" if job.error_message else str(job.error_code)
 
 
-def jobs_table(jobs: Iterable[Job]) -> Table:
+def jobs_table(jobs: Iterable[tuple[Job, Mapping[str, Any] | None]]) -> Table:
+    """Jobs with their request (`params` as `models.documents.stored_params` reads it)."""
     table = Table(title="Jobs", title_justify="left")
     table.add_column("id", no_wrap=True)
     table.add_column("status")
@@ -53,8 +72,8 @@ def jobs_table(jobs: Iterable[Job]) -> Table:
     table.add_column("created", no_wrap=True)
     table.add_column("updated", no_wrap=True)
     table.add_column("prompt / error", overflow="fold")
-    for job in jobs:
-        params = job.params or {}
+    for job, stored in jobs:
+        params = stored or {}
         detail = job_error(job) or str(params.get("prompt", ""))[:60]
         table.add_row(
             job.id,
@@ -63,7 +82,7 @@ def jobs_table(jobs: Iterable[Job]) -> Table:
             str(params.get("aspect_ratio", "-")),
             when(job.created_at),
             when(job.updated_at),
-            Text(detail),  # caller text: never read as rich markup
+            plain(detail),  # caller text: never markup, never a terminal escape
         )
     return table
 
@@ -75,21 +94,21 @@ def job_detail(job: Job) -> RenderableType:
     head.add_row("job", job.id)
     head.add_row("status", status_text(job.status))
     head.add_row("provider", job.provider)
-    head.add_row("provider task", job.provider_task_id or "-")
+    head.add_row("provider task", plain(job.provider_task_id or "-"))
     head.add_row("created", when(job.created_at))
     head.add_row("updated", when(job.updated_at))
     if job.status == JobStatus.FAILED.value:
-        head.add_row("error", Text(job_error(job)))
+        head.add_row("error", plain(job_error(job)))
     params = job.params or {}
     shown = {
         k: (f"<{len(v)} chars>" if k == "image" and isinstance(v, str) and len(v) > 80 else v)
         for k, v in params.items()
     }
-    head.add_row("params", Text(", ".join(f"{k}={v}" for k, v in shown.items())))
+    head.add_row("params", plain(", ".join(f"{k}={v}" for k, v in shown.items())))
     if job.webhook_url:
-        head.add_row("webhook", Text(job.webhook_url))
+        head.add_row("webhook", plain(job.webhook_url))
     if job.meta:
-        head.add_row("metadata", Text(str(job.meta)))
+        head.add_row("metadata", plain(job.meta))
 
     timeline = Table(title="Transitions", title_justify="left")
     timeline.add_column("at", no_wrap=True)
@@ -103,7 +122,7 @@ def job_detail(job: Job) -> RenderableType:
             t.from_status or "-",
             status_text(t.to_status),
             t.source,
-            Text(", ".join(f"{k}={v}" for k, v in (t.detail or {}).items())),
+            plain(", ".join(f"{k}={v}" for k, v in (t.detail or {}).items())),
         )
 
     images = Table(title="Images", title_justify="left")
@@ -117,7 +136,7 @@ def job_detail(job: Job) -> RenderableType:
         images.add_row(
             str(img.index),
             status_text(img.status),
-            s3_uri(img),
+            plain(s3_uri(img)),
             img.sha256 or "-",
             str(img.bytes) if img.bytes is not None else "-",
             when(img.archived_at),

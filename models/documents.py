@@ -13,10 +13,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Select, String, Table, and_, bindparam, case, func, select, type_coerce
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    Table,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal,
+    select,
+    type_coerce,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 from sqlalchemy.sql.functions import FunctionElement
 
 from models.base import JSONType
@@ -118,8 +130,9 @@ def _error(code: str | None, message: str | None) -> dict[str, Any] | None:
 # Built from plain rows (Core), not ORM objects: a page of 50 jobs is ~400 rows, and the identity
 # map and attribute instrumentation cost several times the queries themselves.
 class stored_params(FunctionElement[Any]):
-    """`jobs.params` for a document: on PostgreSQL with an inline (base64) image replaced by its
-    size in the database, so a page of jobs never brings megabytes of image into this process."""
+    """`jobs.params` for a document, with an inline (base64) image replaced by its size in the
+    database (PostgreSQL and SQLite), so a page of jobs never brings megabytes of image into this
+    process. Other databases read the whole column; `public_params` still hides the image."""
 
     type = JSONType
     inherit_cache = True
@@ -128,6 +141,20 @@ class stored_params(FunctionElement[Any]):
 @compiles(stored_params)
 def _stored_params(element: stored_params, compiler: Any, **kw: Any) -> str:
     return str(compiler.process(Job.params, **kw))
+
+
+@compiles(stored_params, "sqlite")
+def _stored_params_sqlite(element: stored_params, compiler: Any, **kw: Any) -> str:
+    # JSON1 functions; GLOB, unlike LIKE, is case-sensitive as `public_params` is.
+    image = func.json_extract(Job.params, "$.image")
+    size = literal(IMAGE_MARKER).concat(func.length(image)).concat(" characters>")
+    sized = func.json_set(Job.params, "$.image", size)
+    inline = and_(
+        func.json_type(Job.params, "$.image") == "text",
+        image.op("NOT GLOB")("http://*"),
+        image.op("NOT GLOB")("https://*"),
+    )
+    return str(compiler.process(case((inline, sized), else_=Job.params), **kw))
 
 
 @compiles(stored_params, "postgresql")
@@ -269,6 +296,12 @@ def _child_queries(postgresql: bool) -> _ChildQueries:
 
 
 # --- downstream events, from the ORM job the worker holds ----------------------------------------
+def event_job(session: Session, job_id: str) -> Job | None:
+    """The job to build an event from, without `params` (an inline image can be 13 MB and the
+    event never shows it): reading `params` on it raises rather than loading the column."""
+    return session.get(Job, job_id, options=[defer(Job.params, raiseload=True)])
+
+
 def event_job_document(job: Job) -> dict[str, Any]:
     """A downstream event's `data` (`EVENT_JOB_FIELDS`) for a loaded job and its images."""
     return {
@@ -305,10 +338,12 @@ __all__ = [
     "JOB_FIELDS",
     "NOTIFICATION_FIELDS",
     "TRANSITION_FIELDS",
+    "event_job",
     "event_job_document",
     "iso_utc",
     "job_document",
     "job_documents",
     "job_select",
     "public_params",
+    "stored_params",
 ]

@@ -38,6 +38,7 @@ from models.logging import log_context
 from models.settings import Settings
 from models.statemachine import create_job
 from models.tables import Image, Job
+from webhook.body import MAX_WEBHOOK_URL, is_json_media_type, long_urls, unstorable
 from webhook.db import app_settings, autocommit_sessions, sessions
 from webhook.views import ViewResult
 from worker.fetch import METADATA_ADDRESSES, embedded_ipv4
@@ -51,7 +52,6 @@ PROVIDERS: tuple[Provider, ...] = ("kling", "appypie")
 RESERVED_FIELDS = ("callback_url", "external_task_id")
 # A 10 MB image is ~13.4 MB once base64-encoded.
 API_MAX_BODY_BYTES = 16 * 1024 * 1024
-MAX_WEBHOOK_URL = 2048
 MAX_METADATA_BYTES = 16 * 1024
 MAX_IDEMPOTENCY_KEY = 255
 DEFAULT_LIMIT, MAX_LIMIT = 50, 200
@@ -272,58 +272,31 @@ def image(job_id: str, index: int) -> ViewResult | Response:
 
 # --- helpers ------------------------------------------------------------------------------------
 def _json_object() -> dict[str, Any]:
+    if not is_json_media_type(request.mimetype):
+        raise ApiError(
+            415,
+            "the body must be JSON",
+            [FieldError("Content-Type", "media_type", "must be application/json")],
+        )
     raw = request.get_data(cache=False)
     try:
         body = json.loads(raw, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        raise ApiError(400, "malformed JSON body") from None
+        raise ApiError(
+            400, "malformed JSON body", [FieldError("(body)", "json", "is not valid JSON")]
+        ) from None
     if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object")
-    problem = _unstorable(body)
+        raise ApiError(
+            400, "the body must be a JSON object", [FieldError("(body)", "type", "must be an object")]
+        )
+    problem = unstorable(body)
     if problem:
-        raise ApiError(400, problem)
+        raise ApiError(400, problem.message, [problem])
     return body
 
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
-
-
-MAX_JSON_DEPTH = 32
-
-
-def _unstorable(body: object) -> str | None:
-    """Why the body cannot be stored, or None. A loop, not recursion: depth is the sender's."""
-    stack: list[tuple[object, int]] = [(body, 0)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            return f"the body must not nest deeper than {MAX_JSON_DEPTH} levels"
-        if isinstance(value, str):
-            texts: list[str] = [value]
-        elif isinstance(value, dict):
-            texts = [*value.keys()]
-            stack.extend((v, depth + 1) for v in value.values())
-        elif isinstance(value, list):
-            texts = []
-            stack.extend((v, depth + 1) for v in value)
-        else:
-            continue
-        for text in texts:
-            # PostgreSQL cannot store NUL, nor a lone surrogate, in text or JSONB: refuse them here.
-            if "\x00" in text:
-                return "strings in the body must not contain NUL characters"
-            if not _encodable(text):
-                return "strings in the body must be valid Unicode (no lone surrogates)"
-    return None
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _job_id(value: str) -> str:
@@ -351,7 +324,12 @@ def _split_body(
         errors.append(FieldError("provider", "enum", f"must be one of {', '.join(PROVIDERS)}"))
 
     webhook_url = body.pop("webhook_url", None)
-    if webhook_url is not None and not _is_http_url(webhook_url):
+    if isinstance(webhook_url, str) and len(webhook_url) > MAX_WEBHOOK_URL:
+        errors.append(
+            FieldError("webhook_url", "max_length", f"must be at most {MAX_WEBHOOK_URL} characters")
+        )
+        webhook_url = None
+    elif webhook_url is not None and not _is_http_url(webhook_url):
         errors.append(FieldError("webhook_url", "url", "must be an http(s) URL with a host"))
         webhook_url = None
     elif webhook_url is not None and not _public_host(urlsplit(webhook_url).hostname or "", settings):
@@ -371,6 +349,7 @@ def _split_body(
             body.pop(name)
             errors.append(FieldError(name, "reserved", "is set by the service, not by clients"))
     params = {k: v for k, v in body.items() if v is not None}
+    errors += long_urls(params)
     return provider, webhook_url, metadata, params, errors
 
 
@@ -408,7 +387,8 @@ def _idempotency_key() -> str | None:
     if key is None:
         return None
     if not key.strip() or len(key) > MAX_IDEMPOTENCY_KEY or "\x00" in key:
-        raise ApiError(400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+        rule = f"must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
+        raise ApiError(400, f"Idempotency-Key {rule}", [FieldError("Idempotency-Key", "length", rule)])
     return key
 
 
@@ -430,8 +410,13 @@ def _encode_cursor(doc: Mapping[str, Any]) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+MAX_CURSOR = 256  # ours are ~90 characters
+
+
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
+        if len(cursor) > MAX_CURSOR:
+            raise ValueError("cursor too long")
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         at, job_id = json.loads(raw)
         parsed = datetime.fromisoformat(at)
@@ -439,7 +424,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
             raise ValueError("bad cursor")
         parsed = parsed.astimezone(UTC)  # a year-1 time east of UTC overflows here, not in SQL
         job_id = str(uuid.UUID(job_id))
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, OverflowError):
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, OverflowError, RecursionError):
         raise _bad_query("cursor", "cursor", "is not a cursor returned by this API") from None
     return parsed, job_id
 

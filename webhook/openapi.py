@@ -16,6 +16,7 @@ from models.delivery import VOCABULARY
 from models.documents import IMAGE_FIELDS, JOB_FIELDS, NOTIFICATION_FIELDS, TRANSITION_FIELDS
 from models.enums import ImageStatus, JobStatus, TransitionSource
 from webhook.api import DEFAULT_LIMIT, MAX_IDEMPOTENCY_KEY, MAX_LIMIT, PROVIDERS
+from webhook.body import MAX_WEBHOOK_URL
 from webhook.views import ViewResult
 
 bp = Blueprint("openapi", __name__)
@@ -89,7 +90,11 @@ def _schemas() -> dict[str, Schema]:
             "negative_prompt": _nullable({"type": "string", "maxLength": MAX_PROMPT}),
             "model_name": _nullable({"type": "string", "enum": list(MODEL_CAPABILITIES)}),
             "image": _nullable(
-                {"type": "string", "description": "http(s) URL or bare base64 (jpg/png, >= 300 px, <= 10 MB)"}
+                {
+                    "type": "string",
+                    "description": "http(s) URL (at most 8,192 characters) or bare base64 "
+                    "(jpg/png, >= 300 px, <= 10 MB)",
+                }
             ),
             "image_reference": _nullable({"type": "string", "enum": list(IMAGE_REFERENCES)}),
             "image_fidelity": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
@@ -99,9 +104,16 @@ def _schemas() -> dict[str, Schema]:
             "aspect_ratio": _nullable({"type": "string", "enum": list(ALL_RATIOS)}),
             "provider": _nullable({"type": "string", "enum": list(PROVIDERS)}),
             "webhook_url": _nullable(
-                {"type": "string", "format": "uri", "description": "Downstream notification URL (http/https)"}
+                {
+                    "type": "string",
+                    "format": "uri",
+                    "maxLength": MAX_WEBHOOK_URL,
+                    "description": "Downstream notification URL (http/https, a public host)",
+                }
             ),
-            "metadata": _nullable({"type": "object", "additionalProperties": True}),
+            "metadata": _nullable(
+                {"type": "object", "additionalProperties": True, "description": "At most 16 KiB as JSON"}
+            ),
         },
     }
     transition = _document(
@@ -256,6 +268,7 @@ def _paths() -> dict[str, Any]:
                     "400": _error("Malformed JSON, a body that is not an object, or a bad Idempotency-Key"),
                     "401": UNAUTHORIZED,
                     "413": _error("Body too large"),
+                    "415": _error("Content-Type is not application/json"),
                     "422": _error("Invalid fields; `fields` names each one with its rule"),
                     "503": DB_DOWN,
                 },

@@ -29,7 +29,7 @@ from kling.callbacks import sign_callback
 from kling.http import backoff
 from models.base import utcnow
 from models.db import session_scope
-from models.documents import event_job_document, iso_utc
+from models.documents import event_job, event_job_document, iso_utc
 from models.enums import JobStatus
 from models.logging import log_context
 from models.tables import Job, Notification
@@ -62,7 +62,7 @@ def notify_job(
 ) -> Outcome:
     """Deliver the job's final event once; RETRY with backoff on failure, for up to 24 hours."""
     with session_scope(svc.sessions) as s:
-        job = s.get(Job, job_id)
+        job = event_job(s, job_id)
         if job is None or not job.webhook_url or job.status not in EVENTS:
             return Outcome(Step.DONE, detail="nothing to notify")
         event = EVENTS[job.status]

@@ -214,17 +214,19 @@ def test_n_above_the_account_concurrency_is_refused(api: Api) -> None:
 
 
 @pytest.mark.parametrize(
-    ("data", "message"),
+    ("data", "message", "rule"),
     [
-        (b"{not json", "malformed JSON body"),
-        (b"[1, 2]", "the body must be a JSON object"),
-        (b"", "malformed JSON body"),
+        (b"{not json", "malformed JSON body", "json"),
+        (b"[1, 2]", "the body must be a JSON object", "type"),
+        (b"", "malformed JSON body", "json"),
     ],
 )
-def test_malformed_bodies_get_400(api: Api, data: bytes, message: str) -> None:
+def test_malformed_bodies_get_400(api: Api, data: bytes, message: str, rule: str) -> None:
     response = api.client.post("/v1/jobs", data=data, headers={**AUTH, "Content-Type": "application/json"})
     assert response.status_code == 400
-    assert response.get_json() == {"error": message}
+    body = response.get_json()
+    assert body["error"] == message
+    assert [(f["field"], f["rule"]) for f in body["fields"]] == [("(body)", rule)]
     assert count(api, Job) == 0
 
 

@@ -83,4 +83,4 @@ def test_served_document_is_the_module_document(app: Flask) -> None:
     assert served == openapi_document()
     assert served["openapi"].startswith("3.")
     create = served["paths"]["/v1/jobs"]["post"]["responses"]
-    assert set(create) == {"200", "202", "400", "401", "413", "422", "503"}
+    assert set(create) == {"200", "202", "400", "401", "413", "415", "422", "503"}
