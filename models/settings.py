@@ -20,7 +20,7 @@ WEBHOOK_SECRETS = ("kling_webhook_secret", "notify_secret")
 GENERATE_HINT = "generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
 WEBHOOK_HINT = (
     "generate one with `python -c 'import base64, secrets; "
-    "print(\"whsec_\" + base64.b64encode(secrets.token_bytes(32)).decode())'`"
+    'print("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())\'`'
 )
 
 
@@ -41,9 +41,8 @@ def webhook_secret_problem(name: str, value: str) -> str | None:
     except (binascii.Error, ValueError):
         return f"{name.upper()} is not whsec_ followed by valid base64 ({WEBHOOK_HINT})"
     if len(key) < MIN_SECRET_BYTES:
-        return (
-            f"{name.upper()}'s key is {len(key)} bytes; it must be at least {MIN_SECRET_BYTES} ({WEBHOOK_HINT})"
-        )
+        rule = f"it must be at least {MIN_SECRET_BYTES} ({WEBHOOK_HINT})"
+        return f"{name.upper()}'s key is {len(key)} bytes; {rule}"
     return None
 
 
@@ -134,7 +133,7 @@ class Settings(BaseSettings):
     @field_validator(*PLAIN_SECRETS)
     @classmethod
     def _long_enough(cls, v: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
-        problem = plain_secret_problem(str(info.field_name), v.get_secret_value()) if v is not None else None
+        problem = v and plain_secret_problem(str(info.field_name), v.get_secret_value())
         if problem:
             raise ValueError(problem)
         return v
@@ -142,7 +141,7 @@ class Settings(BaseSettings):
     @field_validator(*WEBHOOK_SECRETS)
     @classmethod
     def _webhook_key_long_enough(cls, v: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
-        problem = webhook_secret_problem(str(info.field_name), v.get_secret_value()) if v is not None else None
+        problem = v and webhook_secret_problem(str(info.field_name), v.get_secret_value())
         if problem:
             raise ValueError(problem)
         return v
