@@ -5,6 +5,7 @@ import base64
 import pytest
 from pydantic import ValidationError
 
+from klingctl.errors import describe
 from models.settings import Settings, get_settings
 
 
@@ -75,3 +76,12 @@ def test_an_empty_variable_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings()
     assert settings.api_token is None and settings.kling_webhook_secret is None
     assert settings.metrics_token is None and settings.public_base_url is None
+
+
+def test_klingctl_reports_a_short_secret_as_one_line_naming_it() -> None:
+    with pytest.raises(ValidationError) as refused:
+        Settings(callback_secret="short-callback-secret")
+    line, code = describe(refused.value)
+    assert code == 2 and "\n" not in line
+    assert line.startswith("configuration: CALLBACK_SECRET: ") and "it must be at least 32" in line
+    assert "short-callback-secret" not in line
