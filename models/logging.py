@@ -51,6 +51,7 @@ def secret_values(settings: Settings) -> set[str]:
         settings.callback_secret,
         settings.kling_webhook_secret,
         settings.notify_secret,
+        settings.metrics_token,
         settings.appypie_subscription_key,
     ):
         if field is not None:

@@ -2,19 +2,58 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_ALLOWED_HOSTS = (".klingai.com", ".kling.ai", ".inkwai.com", ".kwai.net", ".kuaishou.com")
+# Shared secrets anyone could try to guess from outside: 32 bytes = 256 bits, HMAC-SHA256's key size.
+MIN_SECRET_BYTES = 32
+# Plain shared secrets (bearer tokens, HMAC keys): their UTF-8 length counts.
+PLAIN_SECRETS = ("api_token", "callback_secret", "metrics_token")
+# Standard Webhooks secrets (`whsec_<base64>`): the decoded key counts.
+WEBHOOK_SECRETS = ("kling_webhook_secret", "notify_secret")
+GENERATE_HINT = "generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+WEBHOOK_HINT = (
+    "generate one with `python -c 'import base64, secrets; "
+    'print("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())\'`'
+)
+
+
+def plain_secret_problem(name: str, value: str) -> str | None:
+    """Why a bearer token / HMAC key is unacceptable, naming the setting, or None (never the value)."""
+    size = len(value.encode())
+    if size < MIN_SECRET_BYTES:
+        return f"{name.upper()} is {size} bytes; it must be at least {MIN_SECRET_BYTES} ({GENERATE_HINT})"
+    return None
+
+
+def webhook_secret_problem(name: str, value: str) -> str | None:
+    """Why a `whsec_` secret is unacceptable (format, or decoded key too short), or None."""
+    if not value.startswith("whsec_"):
+        return f"{name.upper()} must look like whsec_<base64> ({WEBHOOK_HINT})"
+    try:
+        key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        return f"{name.upper()} is not whsec_ followed by valid base64 ({WEBHOOK_HINT})"
+    if len(key) < MIN_SECRET_BYTES:
+        rule = f"it must be at least {MIN_SECRET_BYTES} ({WEBHOOK_HINT})"
+        return f"{name.upper()}'s key is {len(key)} bytes; {rule}"
+    return None
 
 
 class Settings(BaseSettings):
     """Configuration of every process: webhook, worker, beat, klingctl (the README's table)."""
 
-    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+    # hide_input_in_errors: a refused value (a short secret, a URL with a password) is never echoed.
+    # env_ignore_empty: compose passes `${VAR:-}` for what the operator left out; empty = unset.
+    model_config = SettingsConfigDict(
+        env_file=None, extra="ignore", case_sensitive=False, hide_input_in_errors=True, env_ignore_empty=True
+    )
 
     database_url: str = "sqlite:///var/kling.db"
     celery_broker_url: str = "redis://localhost:6379/0"
@@ -35,6 +74,8 @@ class Settings(BaseSettings):
     callback_secret: SecretStr | None = None
     api_token: SecretStr | None = None
     notify_secret: SecretStr | None = None
+    # Bearer token for GET /metrics; unset = /metrics open (bind it to a private network then).
+    metrics_token: SecretStr | None = None
 
     s3_bucket: str = "kling-archive"
     s3_endpoint_url: str | None = None
@@ -88,6 +129,22 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, v: str | None) -> str | None:
         return v.rstrip("/") if v else None
+
+    @field_validator(*PLAIN_SECRETS)
+    @classmethod
+    def _long_enough(cls, v: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        problem = v and plain_secret_problem(str(info.field_name), v.get_secret_value())
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator(*WEBHOOK_SECRETS)
+    @classmethod
+    def _webhook_key_long_enough(cls, v: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        problem = v and webhook_secret_problem(str(info.field_name), v.get_secret_value())
+        if problem:
+            raise ValueError(problem)
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -5,21 +5,28 @@ Two kinds of metrics:
   `kling_archive_bytes_total`, `kling_archive_seconds`): this process's values, or every process's
   when `PROMETHEUS_MULTIPROC_DIR` is set (prometheus_client multiprocess mode: set it, to the same
   empty directory, for the webhook and every worker on the host).
-- Derived from shared state at scrape time (`kling_jobs`, `kling_images_at_risk`, `kling_outbox_backlog`
-  from the database, `kling_slots_in_use` / `kling_slots_limit` from the limiter): the same answer
-  whichever process serves the scrape. A source that cannot be read is reported by
-  `kling_metrics_source_up{source}` = 0 instead of failing the scrape.
+- Derived from shared state (`kling_jobs`, `kling_images_at_risk`, `kling_outbox_backlog` from the
+  database, `kling_slots_in_use` / `kling_slots_limit` from the limiter): the same answer whichever
+  process serves the scrape. The database gauges run `count(*)` queries, so each process computes
+  them at most once per `STATE_MAX_AGE_SECONDS` (15 s) and serves that copy, with its age in
+  `kling_metrics_state_age_seconds`, however often anyone scrapes. A source that cannot be read is
+  reported by `kling_metrics_source_up{source}` = 0 instead of failing the scrape.
+
+`METRICS_TOKEN`, when set, is required as `Authorization: Bearer <token>` (401 without it).
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app
+from flask import Blueprint, Flask, Response, current_app, request
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -42,35 +49,81 @@ bp = Blueprint("metrics", __name__)
 REGISTRY_KEY = "kling.metrics_registry"
 STATE_KEY = "kling.metrics_state"
 LIMITER_KEY = db.LIMITER_KEY
+TOKEN_KEY = "kling.metrics_token"  # noqa: S105 (the extension's name, not a token)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Prometheus scrapes every 15-60 s; a faster scraper (or an attacker) gets the same copy.
+STATE_MAX_AGE_SECONDS = 15.0
 
 # Names the scrape-time collector owns; a process-local metric of the same name is dropped.
 DERIVED = frozenset(
-    {"kling_jobs", "kling_images_at_risk", "kling_outbox_backlog", "kling_slots_in_use", "kling_slots_limit"}
+    {
+        "kling_jobs",
+        "kling_images_at_risk",
+        "kling_outbox_backlog",
+        "kling_slots_in_use",
+        "kling_slots_limit",
+        "kling_metrics_state_age_seconds",
+    }
 )
 _ = (webhook.callbacks.CALLBACKS, worker.metrics.provider_errors)
 
 
+def is_fresh(taken_at: float | None, now: float, max_age: float = STATE_MAX_AGE_SECONDS) -> bool:
+    """Whether gauges taken at `taken_at` (monotonic seconds; None = never) may still be served."""
+    return taken_at is not None and 0 <= now - taken_at < max_age
+
+
+def bearer_matches(expected: str, header: str) -> bool:
+    """Whether an `Authorization` header value carries `expected` as its bearer token."""
+    scheme, _, provided = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(provided.strip().encode(), expected.encode())
+
+
 class StateCollector(Collector):
-    """Gauges computed from the database and the limiter each time Prometheus scrapes."""
+    """Gauges from the database (cached per process, see STATE_MAX_AGE_SECONDS) and the limiter."""
 
     def __init__(
-        self, sessions: sessionmaker[Session], settings: Settings, limiter: Callable[[], Any]
+        self,
+        sessions: sessionmaker[Session],
+        settings: Settings,
+        limiter: Callable[[], Any],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sessions = sessions
         self._settings = settings
         self._limiter = limiter
+        self.clock = clock  # swappable: tests move time without sleeping
+        # One thread computes while concurrent scrapes wait for its result instead of querying too.
+        self._lock = threading.Lock()
+        self._taken_at: float | None = None
+        self._cached: list[Metric] | None = None  # None: the database did not answer then
+
+    def _database_cached(self) -> tuple[list[Metric] | None, float]:
+        with self._lock:
+            now = self.clock()
+            if not is_fresh(self._taken_at, now):
+                try:
+                    self._cached = self._database()
+                except Exception as exc:  # noqa: BLE001 (a scrape reports the outage, it does not fail)
+                    log.warning("metrics: database unavailable (%s)", type(exc).__name__)
+                    self._cached = None
+                self._taken_at = now
+            assert self._taken_at is not None
+            return self._cached, now - self._taken_at
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(
             "kling_metrics_source_up", "Whether a metrics source answered this scrape", labels=["source"]
         )
-        try:
-            yield from self._database()
-            up.add_metric(["database"], 1)
-        except Exception as exc:  # noqa: BLE001 (a scrape reports the outage, it does not fail)
-            log.warning("metrics: database unavailable (%s)", type(exc).__name__)
-            up.add_metric(["database"], 0)
+        database, age = self._database_cached()
+        if database is not None:
+            yield from database
+        up.add_metric(["database"], 0 if database is None else 1)
+        taken = GaugeMetricFamily(
+            "kling_metrics_state_age_seconds", "Age of the database gauges served (recomputed after 15 s)"
+        )
+        taken.add_metric([], age)
+        yield taken
         limit = GaugeMetricFamily("kling_slots_limit", "Provider concurrency limit, in slots")
         limit.add_metric([], self._settings.kling_concurrency)
         yield limit
@@ -139,6 +192,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     registry.register(state)
     app.extensions[REGISTRY_KEY] = registry
     app.extensions[STATE_KEY] = state
+    app.extensions[TOKEN_KEY] = settings.metrics_token.get_secret_value() if settings.metrics_token else ""
     app.register_blueprint(bp)
 
 
@@ -154,9 +208,27 @@ def state_snapshot(app: Flask) -> dict[str, float]:
 
 
 @bp.get("/metrics")
-def metrics() -> Response:
+def metrics() -> Response | tuple[dict[str, str], int, dict[str, str]]:
+    expected: str = current_app.extensions[TOKEN_KEY]
+    if expected and not bearer_matches(expected, request.headers.get("Authorization", "")):
+        return (
+            {"error": "missing or invalid bearer token (METRICS_TOKEN)", "field": "Authorization"},
+            401,
+            {"WWW-Authenticate": 'Bearer realm="kling-orchestrator metrics"'},
+        )
     registry: CollectorRegistry = current_app.extensions[REGISTRY_KEY]
     return Response(generate_latest(registry), content_type=CONTENT_TYPE)
 
 
-__all__ = ["DERIVED", "LIMITER_KEY", "ProcessCollector", "StateCollector", "bp", "init_app", "state_snapshot"]
+__all__ = [
+    "DERIVED",
+    "LIMITER_KEY",
+    "STATE_MAX_AGE_SECONDS",
+    "ProcessCollector",
+    "StateCollector",
+    "bearer_matches",
+    "bp",
+    "init_app",
+    "is_fresh",
+    "state_snapshot",
+]

@@ -390,18 +390,29 @@ def _paths() -> dict[str, Any]:
         },
         "/healthz": {
             "get": {
-                "summary": "Liveness",
+                "summary": "Liveness; with deep=1, every dependency (database, broker, S3) with its state",
                 "operationId": "healthz",
-                "responses": {"200": _json({"type": "object"}, "The process answers")},
+                "parameters": [
+                    {
+                        "name": "deep",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": ["1", "true"]},
+                    }
+                ],
+                "responses": {
+                    "200": _json({"type": "object"}, "The process answers (deep: every dependency answers)"),
+                    "503": _json({"type": "object"}, "deep only: some dependency does not answer"),
+                },
             }
         },
         "/readyz": {
             "get": {
-                "summary": "Readiness: database, broker, S3",
+                "summary": "Readiness: the database only",
                 "operationId": "readyz",
                 "responses": {
-                    "200": _json({"type": "object"}, "Every dependency answers"),
-                    "503": _json({"type": "object"}, "Some dependency does not answer"),
+                    "200": _json({"type": "object"}, "The database answers"),
+                    "503": _json({"type": "object"}, "The database does not answer"),
                 },
             }
         },

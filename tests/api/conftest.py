@@ -39,7 +39,8 @@ from webhook.metrics import LIMITER_KEY
 from worker.limiter import LocalSlotLimiter
 
 AUTH = {"Authorization": f"Bearer {TEST_API_TOKEN}"}
-TEST_NOTIFY_SECRET = "test-notify-secret-0123456789-abcdefghijklmn"
+# A Standard Webhooks secret like production's (settings refuse anything else): 32-byte key.
+TEST_NOTIFY_SECRET = "whsec_dGVzdC1ub3RpZnkta2V5LTAxMjM0NTY3ODlhYmNkZWY="
 TEST_KLING_API_KEY = "test-kling-api-key-0123456789-abcdefghijkl"
 TEST_APPYPIE_KEY = "test-appypie-key-0123456789-abcdefghijklmno"
 

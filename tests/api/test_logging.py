@@ -41,6 +41,7 @@ SECRETS = [
     TEST_KLING_API_KEY,
     TEST_APPYPIE_KEY,
     TEST_NOTIFY_SECRET,
+    TEST_NOTIFY_SECRET.removeprefix("whsec_"),
     TEST_AWS_SECRET,
 ]
 
@@ -121,17 +122,34 @@ def test_a_callback_that_raises_logs_its_path_without_the_token(
         assert f"/callbacks/kling/{job_id}/{REDACTED}" in text
 
 
-def test_url_passwords_are_redacted(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    ("url", "password", "kept"),
+    [
+        ("postgresql+psycopg://kling:hunter2-pw@db:5432/kling", "hunter2-pw", f"kling:{REDACTED}@db"),
+        ("postgresql+psycopg://u:pw@h/db", ":pw@", f"u:{REDACTED}@h/db"),
+        ("redis://:pw@h:6379/0", ":pw@", f"redis://:{REDACTED}@h:6379/0"),
+        ("amqp://u:pw@h//", ":pw@", f"amqp://u:{REDACTED}@h//"),
+    ],
+)
+def test_url_passwords_are_redacted(
+    url: str, password: str, kept: str, caplog: pytest.LogCaptureFixture, json_log: io.StringIO
+) -> None:
+    install_redaction(make_settings())  # what create_app and configure_logging do
     caplog.set_level(logging.DEBUG)
-    logging.getLogger("kling.test").warning(
-        "connecting to postgresql+psycopg://kling:hunter2-pw@db:5432/kling"
-    )
-    assert "hunter2-pw" not in caplog.text and f"kling:{REDACTED}@db" in caplog.text
+    log = logging.getLogger("kling.test")
+    log.warning("connecting to %s", url)
+    try:
+        raise ConnectionError(f"cannot reach {url}")
+    except ConnectionError:
+        log.exception("broker down")
+    for text in (caplog.text, json_log.getvalue()):
+        assert password not in text and kept in text
 
 
 def test_secret_values_cover_every_configured_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", TEST_AWS_SECRET)
-    assert secret_values(make_settings()) >= set(SECRETS)
+    metrics_token = "test-metrics-token-0123456789-abcdefghijk"
+    assert secret_values(make_settings(metrics_token=metrics_token)) >= {*SECRETS, metrics_token}
 
 
 def test_no_secret_in_logs_or_api_output_for_a_whole_run(

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import update
+from sqlalchemy import Engine, event, update
+from sqlalchemy.orm import sessionmaker
 
 from kling.callbacks import sign_callback
 from models.base import utcnow
 from models.tables import Image, Job
 from models.tokens import callback_token
-from tests.api.conftest import Api
+from tests.api.conftest import Api, build_app, make_settings
 from tests.conftest import TEST_CALLBACK_SECRET, TEST_WEBHOOK_SECRET
 from tests.data.helpers import encode, legacy_body
 from webhook.db import set_publisher
-from webhook.metrics import LIMITER_KEY
+from webhook.metrics import LIMITER_KEY, STATE_KEY, STATE_MAX_AGE_SECONDS, is_fresh, state_snapshot
 from worker import metrics as worker_metrics
 from worker.limiter import RedisSlotLimiter
 
@@ -128,3 +131,89 @@ def test_an_unreachable_limiter_is_reported_not_fatal(api: Api) -> None:
     assert value(metrics, "kling_slots_limit") == 5
     assert value(metrics, "kling_metrics_source_up", source="limiter") == 0
     assert value(metrics, "kling_jobs", status="queued") == 0
+
+
+class FakeClock:
+    """Monotonic seconds the test moves by hand: the cache window without sleeping or timing."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def statements(db_engine: Engine) -> Iterator[list[str]]:
+    """Every SQL statement the app sends to PostgreSQL while the test runs."""
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(db_engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(db_engine, "before_cursor_execute", record)
+
+
+def test_scrapes_inside_the_window_run_the_database_queries_once(api: Api, statements: list[str]) -> None:
+    clock = FakeClock()
+    api.app.extensions[STATE_KEY].clock = clock
+    api.create({"prompt": "counted", "n": 1})
+    statements.clear()
+    for _ in range(20):
+        metrics = scrape(api)
+        assert value(metrics, "kling_jobs", status="queued") == 1
+        clock.now += STATE_MAX_AGE_SECONDS / 40  # all 20 scrapes inside one window
+    counts = [s for s in statements if "count(" in s.lower()]
+    assert len(counts) == 3  # jobs by status, images at risk, outbox backlog: once
+    # The dashboard's snapshot reads the same copy.
+    state_snapshot(api.app)
+    assert len([s for s in statements if "count(" in s.lower()]) == 3
+
+    # A new job is seen once the window has passed, by one more round of queries.
+    api.create({"prompt": "later", "n": 1})
+    statements.clear()
+    clock.now += STATE_MAX_AGE_SECONDS
+    metrics = scrape(api)
+    assert value(metrics, "kling_jobs", status="queued") == 2
+    assert value(metrics, "kling_metrics_state_age_seconds") == 0
+    assert len([s for s in statements if "count(" in s.lower()]) == 3
+    clock.now += 4
+    assert value(scrape(api), "kling_metrics_state_age_seconds") == 4
+
+
+def test_freshness_is_a_window_of_15_seconds() -> None:
+    assert not is_fresh(None, 10.0)
+    assert is_fresh(10.0, 10.0) and is_fresh(10.0, 24.9)
+    assert not is_fresh(10.0, 25.0)
+    assert not is_fresh(10.0, 9.0)  # a clock that went backwards never serves a copy forever
+
+
+METRICS_TOKEN = "test-metrics-token-0123456789-abcdefghijk"
+
+
+def test_metrics_token_is_required_when_set(db_engine: Engine, s3_client: Any) -> None:
+    with db_engine.connect() as connection:
+        outer = connection.begin()
+        factory = sessionmaker(bind=connection, join_transaction_mode="create_savepoint")
+        app, _ = build_app(make_settings(metrics_token=METRICS_TOKEN), factory, s3_client)
+        client = app.test_client()
+        try:
+            wrong = ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {METRICS_TOKEN}"})
+            for headers in wrong:
+                refused = client.get("/metrics", headers=headers)
+                assert refused.status_code == 401
+                assert refused.get_json()["field"] == "Authorization"
+                assert METRICS_TOKEN not in refused.get_data(as_text=True)
+                assert "kling_jobs" not in refused.get_data(as_text=True)
+            allowed = client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+            assert allowed.status_code == 200 and "kling_jobs" in allowed.get_data(as_text=True)
+        finally:
+            outer.rollback()
+
+
+def test_metrics_are_open_without_a_token(api: Api) -> None:
+    assert api.client.get("/metrics").status_code == 200

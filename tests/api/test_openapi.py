@@ -51,7 +51,7 @@ def app(db_engine: Engine, s3_client: Any) -> Iterator[Flask]:
         factory = sessionmaker(
             bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
         )
-        # /readyz answers 200 only with every dependency up, the bucket included.
+        # /healthz?deep=1 answers 200 only with every dependency up, the bucket included.
         bucket = f"openapi-{uuid.uuid4().hex[:12]}"
         s3_client.create_bucket(Bucket=bucket)
         app, _ = build_app(make_settings(s3_bucket=bucket), factory, s3_client)
