@@ -56,7 +56,7 @@ def hand_off_slots(svc: Services, job_id: str, rows: Sequence[QueuedTask]) -> No
         publish_rows(svc.sessions, svc.publish, rows, done=done)
 
 
-def queued_head(now: datetime, limit: int) -> Select[tuple[str, int]]:
+def queued_head(now: datetime, limit: int) -> Select[str, int]:
     """The oldest `limit` queued jobs no run owns: (id, slots), by the (status, created_at, id) index."""
     return (
         select(Job.id, Job.slots)
