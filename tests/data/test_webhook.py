@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -327,6 +328,127 @@ def test_bad_bodies_are_refused_and_write_nothing(env: Env, body: bytes, status:
     assert answer.status_code == status
     assert answer.get_json()["error"]
     assert snapshot(env.session) == before
+
+
+def _legacy(**fields: Any) -> dict[str, Any]:
+    return {**legacy_body("task-1", "succeeded"), **fields}
+
+
+def _standard(**fields: Any) -> dict[str, Any]:
+    body = {"id": "task-1", "status": "succeeded", "message": "", "outputs": [{"url": "https://x/1.png"}]}
+    return {**body, **fields}
+
+
+def _nested(levels: int) -> Any:
+    value: Any = "x"
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+SURROGATE = "\\ud800"  # a lone surrogate, as a JSON escape
+HOSTILE: dict[str, bytes] = {
+    # Timestamps (legacy created_at/updated_at, standard create_time/update_time).
+    **{
+        f"{shape}-{field}-{name}": raw
+        for shape, fields, make in (
+            ("legacy", ("created_at", "updated_at"), _legacy),
+            ("standard", ("create_time", "update_time"), _standard),
+        )
+        for field in fields
+        for name, raw in (
+            ("nan", encode(make(**{field: "@"})).replace(b'"@"', b"NaN")),
+            ("infinity", encode(make(**{field: "@"})).replace(b'"@"', b"-Infinity")),
+            ("1e20", encode(make(**{field: 1e20}))),
+            ("negative", encode(make(**{field: -1}))),
+            ("string", encode(make(**{field: "yesterday"}))),
+            ("object", encode(make(**{field: {"ms": 1}}))),
+        )
+    },
+    # Image indexes and URLs.
+    **{
+        f"legacy-index-{name}": encode(
+            _legacy(task_result={"images": [{"index": index, "url": "https://x/1"}]})
+        )
+        for name, index in (
+            ("2^40", 2**40),
+            ("negative", -1),
+            ("string", "0"),
+            ("float", 0.5),
+            ("bool", True),
+        )
+    },
+    "legacy-url-surrogate": encode(_legacy(task_result={"images": [{"url": "https://x/"}]})).replace(
+        b"https://x/", b"https://x/" + SURROGATE.encode()
+    ),
+    "legacy-watermark-int": encode(
+        _legacy(task_result={"images": [{"url": "https://x/1", "watermark_url": 7}]})
+    ),
+    "standard-url-int": encode(_standard(outputs=[{"url": 5}])),
+    "standard-outputs-object": encode(_standard(outputs={"url": "https://x/1"})),
+    "standard-output-string": encode(_standard(outputs=["https://x/1"])),
+    # Task ids.
+    **{
+        f"{shape}-task-id-{name}": encode(make(**{key: value}))
+        for shape, key, make in (("legacy", "task_id", _legacy), ("standard", "id", _standard))
+        for name, value in (("200-chars", "t" * 200), ("nul", "task\u0000-1"), ("int", 7), ("list", ["t"]))
+    },
+    "legacy-task-id-surrogate": encode(_legacy(task_id="@")).replace(b'"@"', f'"{SURROGATE}"'.encode()),
+    "standard-id-surrogate": encode(_standard(id="@")).replace(b'"@"', f'"{SURROGATE}"'.encode()),
+    # Every other field with the wrong type or a lone surrogate.
+    "legacy-status-int": encode(_legacy(task_status=1)),
+    "legacy-status-null": encode(_legacy(task_status=None)),
+    "standard-status-list": encode(_standard(status=["succeeded"])),
+    "legacy-message-object": encode(_legacy(task_status_msg={"m": 1})),
+    "standard-message-number": encode(_standard(message=3)),
+    "legacy-message-surrogate": encode(_legacy(task_status_msg="@")).replace(
+        b'"@"', f'"{SURROGATE}"'.encode()
+    ),
+    "legacy-task-info-list": encode(_legacy(task_info=["x"])),
+    "legacy-external-id-int": encode(_legacy(task_info={"external_task_id": 5})),
+    "standard-external-id-surrogate": encode(_standard(external_id="@")).replace(
+        b'"@"', f'"{SURROGATE}"'.encode()
+    ),
+    "legacy-task-result-list": encode(_legacy(task_result=["x"])),
+    "legacy-images-object": encode(_legacy(task_result={"images": {"url": "https://x/1"}})),
+    # Not an object, too deep, not UTF-8.
+    **{
+        f"non-object-{name}": encode(value)
+        for name, value in (("list", []), ("string", "s"), ("number", 1), ("null", None), ("true", True))
+    },
+    "nested-500-levels": encode(_legacy(task_info=_nested(500))),
+    "nested-100000-levels": b"[" * 100_000 + b"]" * 100_000,
+    "utf-16": json.dumps(_legacy()).encode("utf-16"),
+    "invalid-utf-8": encode(_legacy(task_status_msg="@")).replace(b'"@"', b'"\xff\xfe"'),
+}
+
+
+@pytest.mark.parametrize("body", HOSTILE.values(), ids=HOSTILE.keys())
+def test_hostile_callbacks_answer_400_and_change_nothing(env: Env, body: bytes) -> None:
+    """Issue 16: every malformed field of both shapes answers 4xx with the field named (never a 5xx)
+    and writes nothing, though the token is valid."""
+    job = env.new_job()
+    before = snapshot(env.session)
+    answer = env.post(job.id, body)
+    assert answer.status_code == 400, answer.get_data(as_text=True)
+    assert answer.get_json()["error"]
+    assert snapshot(env.session) == before
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"webhook-id": "w" * 400},
+        {"webhook-id": "\u00e9\u00ff" * 100},
+        {"user-agent": "u" * 8000, "content-type": "text/plain"},
+        {"webhook-timestamp": "NaN", "webhook-signature": "v1,@@@"},
+    ],
+    ids=["400-char-id", "latin-1-id", "long-user-agent", "junk-signature-headers"],
+)
+def test_odd_headers_on_a_valid_hint_are_applied_not_failed(env: Env, headers: dict[str, str]) -> None:
+    job = env.new_job()
+    answer = env.post(job.id, encode(legacy_body("task-1", "processing")), headers=headers)
+    assert (answer.status_code, answer.get_json()) == (200, {"outcome": "applied"})
 
 
 def test_an_overlong_webhook_id_still_dedupes(env: Env) -> None:
