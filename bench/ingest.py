@@ -1,8 +1,9 @@
 """Webhook ingest: callbacks/s and latency of the real receiver vs one INSERT per request.
 
-Every job starts `submitted`, so each first callback is a real applied transition: two thirds
-`processing`, one third `succeed` (images rows, archive + release outbox rows published to the
-broker), plus 10% byte-identical re-deliveries that must be answered 200 as duplicates.
+Every job starts `submitted`, so each first callback is a real decision: two thirds `processing`
+(applied), one third `succeed`, unsigned as with compose's defaults, so stored `unconfirmed` with a
+`confirm_job` outbox row published to the broker (webhook/callbacks.py), plus 10% byte-identical
+re-deliveries that must be answered 200 as duplicates.
 
 Both servers run side by side and take turns, three rounds of fresh jobs each, alternating which
 goes first; callbacks/s is each side's median round, latencies are over every round's answers.

@@ -16,6 +16,8 @@ from kling.errors import CallbackError, SignatureError, UnexpectedResponseError
 from kling.types import Task
 
 SIGNATURE_TOLERANCE_SECONDS = 300
+# Kling's bodies nest 4 levels (task, task_result, images, image); room to spare, no more.
+MAX_DEPTH = 32
 
 
 def parse_callback(body: bytes) -> Task:
@@ -24,11 +26,16 @@ def parse_callback(body: bytes) -> Task:
     Raises `CallbackError` (a `ValueError`) for anything that is not one of those shapes.
     """
     try:
-        data = json.loads(body)
+        # UTF-8 only: json.loads would take UTF-16 bytes too, whose NULs the stored body cannot hold.
+        data = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise CallbackError(f"callback body is not JSON: {exc}") from None
+        raise CallbackError(f"callback body is not UTF-8 JSON: {exc}") from None
+    except RecursionError:
+        raise CallbackError("callback body is nested too deeply") from None
     if not isinstance(data, Mapping):
         raise CallbackError(f"callback body must be a JSON object, got {type(data).__name__}")
+    if _depth(data) > MAX_DEPTH:
+        raise CallbackError(f"callback body is nested deeper than {MAX_DEPTH} levels")
     # Some senders wrap the task in the usual envelope.
     if "task_id" not in data and "id" not in data and isinstance(data.get("data"), Mapping):
         data = data["data"]
@@ -40,6 +47,19 @@ def parse_callback(body: bytes) -> Task:
     except UnexpectedResponseError as exc:
         raise CallbackError(exc.message) from None
     raise CallbackError("callback body has neither task_id nor id")
+
+
+def _depth(value: object) -> int:
+    """How deeply a parsed JSON value nests (iterative: hostile depth must not recurse)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(item, Mapping):
+            stack.extend((child, level + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, level + 1) for child in item)
+    return deepest
 
 
 def sign_callback(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:

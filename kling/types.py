@@ -65,15 +65,17 @@ class Task:
             raise UnexpectedResponseError(f"expected a task object, got {type(data).__name__}")
         task_id = _task_id(data.get("task_id"), "task_id")
         info = data.get("task_info") or {}
-        ext = info.get("external_task_id") if isinstance(info, Mapping) else None
+        if not isinstance(info, Mapping):
+            raise UnexpectedResponseError("task_info is not an object")
+        ext = info.get("external_task_id")
         result = data.get("task_result") or {}
         if not isinstance(result, Mapping):
             raise UnexpectedResponseError("task_result is not an object")
         return cls(
             task_id=task_id,
             status=TaskStatus.parse(data.get("task_status")),
-            status_message=_message(data.get("task_status_msg")),
-            external_task_id=_external_id(ext),
+            status_message=_message(data.get("task_status_msg"), "task_status_msg"),
+            external_task_id=_external_id(ext, "task_info.external_task_id"),
             created_at=ms_to_datetime(data.get("created_at")),
             updated_at=ms_to_datetime(data.get("updated_at")),
             images=_images(result.get("images")),
@@ -97,13 +99,13 @@ class Task:
                 continue
             if i > MAX_IMAGE_INDEX:
                 raise UnexpectedResponseError("too many outputs")
-            images.append(TaskImage(index=i, url=url, watermark_url=out.get("watermark_url") or None))
-        ext = data.get("external_id")
+            watermark = _optional_url(out.get("watermark_url"), f"outputs[{i}].watermark_url")
+            images.append(TaskImage(index=i, url=url, watermark_url=watermark))
         return cls(
             task_id=task_id,
             status=TaskStatus.parse(data.get("status")),
-            status_message=_message(data.get("message")),
-            external_task_id=_external_id(ext),
+            status_message=_message(data.get("message"), "message"),
+            external_task_id=_external_id(data.get("external_id"), "external_id"),
             created_at=ms_to_datetime(data.get("create_time")),
             updated_at=ms_to_datetime(data.get("update_time")),
             images=tuple(images),
@@ -126,8 +128,7 @@ def _images(value: object) -> tuple[TaskImage, ...]:
             raise UnexpectedResponseError(
                 f"task_result.images[{pos}].index is not an integer 0-{MAX_IMAGE_INDEX}"
             )
-        wm = img.get("watermark_url")
-        watermark = wm if isinstance(wm, str) and wm else None
+        watermark = _optional_url(img.get("watermark_url"), f"task_result.images[{pos}].watermark_url")
         out.append(TaskImage(index=index, url=url, watermark_url=watermark))
     return tuple(out)
 
@@ -160,16 +161,43 @@ def _task_id(value: object, name: str) -> str:
     return value
 
 
-def _external_id(value: object) -> str | None:
-    # Ours are job ids (UUIDs); anything else can never match a job and is dropped.
-    return value if isinstance(value, str) and value and len(value) <= MAX_TASK_ID else None
+def _external_id(value: object, name: str) -> str | None:
+    # Ours are job ids (UUIDs); any other text can never match a job and is dropped.
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _is_text(value):
+        raise UnexpectedResponseError(f"{name} is not text")
+    return value if value and len(value) <= MAX_TASK_ID else None
 
 
 def _url(value: object, name: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > MAX_URL or "\x00" in value:
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > MAX_URL
+        or "\x00" in value
+        or not _is_text(value)
+    ):
         raise UnexpectedResponseError(f"{name} has no usable url")
     return value
 
 
-def _message(value: object) -> str:
-    return str(value or "").replace("\x00", "")[:2000]
+def _optional_url(value: object, name: str) -> str | None:
+    return None if value is None or value == "" else _url(value, name)
+
+
+def _message(value: object, name: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or not _is_text(value):
+        raise UnexpectedResponseError(f"{name} is not text")
+    return value.replace("\x00", "")[:2000]
+
+
+def _is_text(value: str) -> bool:
+    # A JSON escape like \ud800 decodes to a lone surrogate, which UTF-8 (and PostgreSQL) cannot hold.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

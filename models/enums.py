@@ -39,6 +39,8 @@ class EventOutcome(StrEnum):
     DUPLICATE = "duplicate"
     STALE = "stale"
     REJECTED = "rejected"
+    # An unsigned final report: stored, not applied; a provider lookup decides (CONFIRM_JOB).
+    UNCONFIRMED = "unconfirmed"
 
 
 def sql_in(column: str, values: type[StrEnum]) -> str:

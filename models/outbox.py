@@ -17,6 +17,8 @@ DISPATCH_JOB = "dispatch_job"  # the same task for a job slots were just found f
 ARCHIVE_JOB = "archive_job"
 RELEASE_SLOTS = "release_slots"
 NOTIFY = "notify"
+# An unsigned callback reported a final state: look the task up at the provider and apply that.
+CONFIRM_JOB = "confirm_job"
 
 
 class QueuedTask(Protocol):

@@ -19,7 +19,7 @@ from typing import Any
 
 from kling.types import Task, TaskStatus
 from models.enums import EventOutcome, JobStatus, TransitionSource
-from models.outbox import ARCHIVE_JOB, NOTIFY, RELEASE_SLOTS
+from models.outbox import ARCHIVE_JOB, CONFIRM_JOB, NOTIFY, RELEASE_SLOTS
 
 _RANK = {
     JobStatus.QUEUED: 0,
@@ -231,3 +231,15 @@ def decide(job: JobState, report: Task, source: str, now: datetime) -> Plan:
         report.created_at or now,
         tuple(queued),
     )
+
+
+def needs_confirmation(plan: Plan, report: Task) -> bool:
+    """Whether a report's plan is one only the provider may make: it ends the provider task
+    (`succeeded`, `failed`) or sets the job's images. An unsigned callback proves only that its
+    sender holds the job's URL, so such a plan waits for a provider lookup (`unconfirmed`)."""
+    return bool(plan.images) or (plan.moved and report.status.is_final)
+
+
+def decide_unconfirmed(job: JobState) -> Plan:
+    """An unsigned final report: change nothing, queue one lookup of the job's task."""
+    return Plan(EventOutcome.UNCONFIRMED, job.status, queued=(CONFIRM_JOB,))

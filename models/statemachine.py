@@ -36,6 +36,8 @@ from models.rules import (
     can_move,
     decide,
     decide_move,
+    decide_unconfirmed,
+    needs_confirmation,
 )
 from models.tables import CallbackEvent, Image, Job, Transition, new_job_id
 
@@ -144,7 +146,13 @@ _READ_JOB = select(
 _LOCK_JOB = _READ_JOB.with_for_update(of=JOBS)
 _UPDATE_JOB = update(JOBS).where(JOBS.c.id == bindparam("job_id"))
 _INSERT_TRANSITION = insert(cast(Table, Transition.__table__))
-_INSERT_IMAGES = insert(_IMAGES)
+# A report's images once per (job, index): under READ COMMITTED the lock wait re-reads the job row
+# but not `has_images` (its subquery keeps the statement's first snapshot), so two deliveries of a
+# bare-then-full `succeed` could both decide to fill the images in; the second writes nothing.
+_INSERT_IMAGES = {
+    name: dialect.insert(_IMAGES).on_conflict_do_nothing(index_elements=["job_id", "index"])
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
 _INSERT_EVENT = {
     name: dialect.insert(cast(Table, CallbackEvent.__table__))
     .on_conflict_do_nothing(index_elements=["dedupe_key"])
@@ -187,7 +195,7 @@ def _execute(db: Session | Connection, conn: Connection, job_id: str, plan: Plan
             {"job_id": job_id, "index": index, "source_url": url, "provider_created_at": plan.image_created}
             for index, url in plan.images
         ]
-        conn.execute(_INSERT_IMAGES, rows)
+        conn.execute(_INSERT_IMAGES[conn.dialect.name], rows)
     if plan.changes:
         conn.execute(_UPDATE_JOB.values(dict(plan.changes)), {"job_id": job_id})
     outbox = enqueue_rows(db, [(name, [job_id]) for name in plan.queued])
@@ -253,17 +261,22 @@ def apply_provider_task(
     source: str,
     event: CallbackEvent | None = None,
     now: datetime | None = None,
+    trusted: bool = True,
 ) -> ApplyResult:
     """Apply a provider task state (from a callback or a poll) to a job, in the caller's transaction.
 
     Raises `JobNotFound` or `TaskMismatch` (nothing written). `event`, when given, is a new
     `CallbackEvent` (dedupe_key, headers, body set); it is stored with its outcome, unless its
     dedupe key was seen before, in which case the answer is `duplicate` and nothing is written.
+    An untrusted report (an unsigned callback) that would end the provider task or set images is
+    not applied: the answer is `unconfirmed` and a CONFIRM_JOB outbox row asks the provider.
     """
     TransitionSource(source)
     conn = _connection(db)
     state = _locked_state(conn, job_id)
     plan = decide(state, task, source, now or utcnow())
+    if not trusted and needs_confirmation(plan, task):
+        plan = decide_unconfirmed(state)
     if event is not None:
         _describe(event, state.id, task, plan.outcome)
         # One statement where a lookup and an insert would take two: the unique key decides, also

@@ -8,10 +8,18 @@ Checks, in order, each answering before anything is written:
 3. Standard Webhooks signature on the raw body when KLING_WEBHOOK_SECRET is set -> 401;
 4. body shape (`kling.callbacks.parse_callback`, both shapes) -> 400 with a message;
 5. unknown job -> 404; a task that is not the job's -> 409;
-6. state machine, all writes or none -> 200 {"outcome": applied|duplicate|stale}. On PostgreSQL
-   one statement makes them (`apply_callback`), unless the job changed since it was read; else,
-   and on SQLite, one transaction holding the job's row lock.
+6. state machine, all writes or none -> 200 {"outcome": applied|duplicate|stale|unconfirmed}. On
+   PostgreSQL one statement makes them (`apply_callback`), unless the job changed since it was
+   read; else, and on SQLite, one transaction holding the job's row lock.
 The database being unreachable answers 503 so a retrying sender tries again.
+
+Trust: the token proves only that the sender knows the callback URL. Without KLING_WEBHOOK_SECRET
+(no signature to check) a report that would end the provider task (`succeed`, `failed`) or set
+the job's images is not applied: the event is stored as `unconfirmed`, the answer is 200
+{"outcome": "unconfirmed"}, and a `confirm_job` outbox row (published after the commit) has a
+worker look the task up at the provider (`worker.polling.confirm`) and apply what the provider
+says. No provider call is made inside the request. `submitted`/`processing` hints, duplicates and
+stale reports are applied as before; signed callbacks are trusted and applied directly.
 """
 
 from __future__ import annotations
@@ -40,7 +48,14 @@ from models.statemachine import (
 )
 from models.tables import CallbackEvent
 from models.tokens import check_callback_token
-from webhook.db import app_settings, provider_task_ended, request_connection, single_statements, transaction
+from webhook.db import (
+    app_settings,
+    provider_task_ended,
+    publish_outbox,
+    request_connection,
+    single_statements,
+    transaction,
+)
 from webhook.views import ViewResult
 
 log = logging.getLogger(__name__)
@@ -66,7 +81,14 @@ def _reject(status: int, reason: str, job_id: str) -> ViewResult:
     return {"error": reason}, status
 
 
-def _apply(conn: Connection, job_id: str, task: Task, event: CallbackEvent) -> ApplyResult:
+def _apply(conn: Connection, job_id: str, task: Task, event: CallbackEvent, *, signed: bool) -> ApplyResult:
+    if not signed and task.status.is_final:
+        # Possibly a final state nobody vouched for: decided under the row lock, and stored as
+        # `unconfirmed` with a lookup queued if it would end the task or set images.
+        with transaction(conn):
+            return apply_provider_task(
+                conn, job_id, task, source=TransitionSource.CALLBACK.value, event=event, trusted=False
+            )
     if conn.dialect.name == "postgresql":
         with single_statements(conn):
             result = apply_callback(conn, job_id, task, event=event)
@@ -97,11 +119,11 @@ def _receive(job_id: str, token: str) -> ViewResult:
     if secret is None or not check_callback_token(secret.get_secret_value(), job_id, token):
         return _reject(403, "invalid callback token", job_id)
 
-    if settings.kling_webhook_secret is not None:
+    webhook_secret = settings.kling_webhook_secret
+    signed = webhook_secret is not None
+    if webhook_secret is not None:
         try:
-            verify_callback_signature(
-                settings.kling_webhook_secret.get_secret_value(), dict(request.headers), body
-            )
+            verify_callback_signature(webhook_secret.get_secret_value(), dict(request.headers), body)
         except SignatureError as exc:
             return _reject(401, f"invalid signature: {exc.message}", job_id)
 
@@ -115,11 +137,13 @@ def _receive(job_id: str, token: str) -> ViewResult:
     event = CallbackEvent(dedupe_key=key, headers=headers, body=body.decode("utf-8", errors="replace"))
     try:
         with request_connection() as conn:
-            result = _apply(conn, job_id, task, event)
+            result = _apply(conn, job_id, task, event, signed=signed)
             # Only a final provider state enqueues work (archive, release, notify): a `processing`
             # callback costs no second step.
             if result.changed and task.status.is_final:
                 provider_task_ended(conn, job_id, result.outbox)
+        if result.outcome is EventOutcome.UNCONFIRMED:
+            publish_outbox(result.outbox)  # the lookup goes to a worker: no provider call in here
     except JobNotFound:
         return _reject(404, "unknown job", job_id)
     except TaskMismatch:

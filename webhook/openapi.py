@@ -373,7 +373,10 @@ def _paths() -> dict[str, Any]:
                             "type": "object",
                             "required": ["outcome"],
                             "properties": {
-                                "outcome": {"type": "string", "enum": ["applied", "duplicate", "stale"]}
+                                "outcome": {
+                                    "type": "string",
+                                    "enum": ["applied", "duplicate", "stale", "unconfirmed"],
+                                }
                             },
                         },
                         "Applied, or harmlessly ignored",

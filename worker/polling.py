@@ -29,9 +29,10 @@ from kling.errors import KlingError, RateLimited
 from models.base import utcnow
 from models.db import session_scope
 from models.enums import JobStatus
+from models.logging import log_context
 from models.outbox import RELEASE_SLOTS
-from models.statemachine import apply_provider_task
-from models.tables import Job
+from models.statemachine import ApplyResult, apply_provider_task
+from models.tables import Image, Job
 from worker.outbox import publish_rows
 from worker.provider import ProviderNotConfigured
 from worker.slots import hand_off_slots
@@ -349,27 +350,68 @@ def mark_polled(svc: Services, job_id: str) -> None:
 
 
 def _apply(svc: Services, job: InFlight, task: Task, report: PollReport) -> None:
-    with svc.engine.begin() as conn:
-        result = apply_provider_task(conn, job.id, task, source="poll")
-    if result.changed:
+    if apply_answer(svc, job.id, task).changed:
         report.changed.append(job.id)
+
+
+def apply_answer(svc: Services, job_id: str, task: Task) -> ApplyResult:
+    """Apply the provider's answer about a job's task, then do what a final state calls for."""
+    with svc.engine.begin() as conn:
+        result = apply_provider_task(conn, job_id, task, source="poll")
     if not task.status.is_final:
-        svc.limiter.renew(job.id)  # still running at the provider: keep its slots leased
+        svc.limiter.renew(job_id)  # still running at the provider: keep its slots leased
     if any(row.task == RELEASE_SLOTS for row in result.outbox):
         # The first word of a final state: its slots go to the next jobs now, as after a callback.
-        hand_off_slots(svc, job.id, result.outbox)
+        hand_off_slots(svc, job_id, result.outbox)
     elif result.outbox and svc.publish is not None:
         publish_rows(svc.sessions, svc.publish, result.outbox)
+    return result
+
+
+_PROVIDER_DONE = (JobStatus.SUCCEEDED, JobStatus.ARCHIVED, JobStatus.FAILED)
+# A job that succeeded without images (a bare report) still wants the lookup that carries them.
+_HAS_IMAGES = select(Image.id).where(Image.job_id == Job.id).exists().label("has_images")
+
+
+def confirm(svc: Services, job_id: str) -> str:
+    """An unsigned callback said the job's task ended: ask the provider and apply its answer, not
+    the callback's (webhook/callbacks.py). Returns the outcome, or why nothing was asked.
+
+    A failed lookup is left to the poller and reconcile, which ask about in-flight jobs anyway.
+    """
+    with session_scope(svc.sessions) as s:
+        row = s.execute(
+            select(Job.provider, Job.provider_task_id, Job.status, _HAS_IMAGES).where(Job.id == job_id)
+        ).one_or_none()
+    if row is None:
+        return "unknown_job"
+    if JobStatus(row.status) in _PROVIDER_DONE and (row.status != JobStatus.SUCCEEDED or row.has_images):
+        return "already_final"  # a poll or a signed report got there first
+    try:
+        provider = svc.provider_for(row.provider)
+        if row.provider_task_id:
+            task = provider.get_image(row.provider_task_id)
+        else:
+            task = provider.get_image(external_task_id=job_id)
+        return apply_answer(svc, job_id, task).outcome.value
+    except Exception as exc:  # noqa: BLE001  (the poller and reconcile look at it again)
+        log.warning("confirm: job %s: %s: %s", job_id, type(exc).__name__, exc)
+        return "lookup_failed"
 
 
 def register(app: Celery) -> Schedule:
-    """The poll task and its place in the beat schedule."""
-    from worker.tasks import POLL_TASK, KlingTask, every
+    """The poll task and its place in the beat schedule; the confirm task (one job's lookup)."""
+    from worker.tasks import CONFIRM_TASK, POLL_TASK, KlingTask, every
 
     @app.task(bind=True, base=KlingTask, shared=False, name=POLL_TASK.name)
     def poll_overdue_task(self: KlingTask) -> dict[str, int]:
         report = poll_overdue(self.services)
         return {"due": report.due, "requests": report.requests, "changed": len(report.changed)}
+
+    @app.task(bind=True, base=KlingTask, shared=False, name=CONFIRM_TASK.name)
+    def confirm_task(self: KlingTask, job_id: str) -> str:
+        with log_context(job_id=job_id):
+            return confirm(self.services, job_id)
 
     interval = app.conf.kling_settings.poll_interval_seconds
     # A round nobody ran within a few intervals is stale: dropped, not run late ahead of dispatches.

@@ -18,7 +18,7 @@ from typing import Any
 from celery import Celery, Task
 
 from models.logging import log_context
-from models.outbox import ARCHIVE_JOB, DISPATCH_JOB, NOTIFY, RELEASE_SLOTS, SUBMIT_JOB
+from models.outbox import ARCHIVE_JOB, CONFIRM_JOB, DISPATCH_JOB, NOTIFY, RELEASE_SLOTS, SUBMIT_JOB
 from worker import metrics
 from worker.factory import VISIBILITY_TIMEOUT
 from worker.outbox import celery_publisher, relay
@@ -52,6 +52,8 @@ DISPATCH_TASK = TaskSpec("kling.submit_job", 0, DISPATCH_JOB)
 RELEASE_TASK = TaskSpec("kling.release_slots", 0, RELEASE_SLOTS)
 # Polling frees the slots of tasks whose callback was lost: as urgent as a release.
 POLL_TASK = TaskSpec("kling.poll_overdue", 0)
+# The lookup that confirms an unsigned final callback: it frees slots the same way.
+CONFIRM_TASK = TaskSpec("kling.confirm_job", 0, CONFIRM_JOB)
 ARCHIVE_TASK = TaskSpec("kling.archive_job", 3, ARCHIVE_JOB)
 # Downstream deliveries go last (with the sweep): a worker pops every queued archive before any
 # delivery, and a delivery holds a process for at most its overall deadline (worker.delivery,
@@ -65,6 +67,7 @@ TASKS = (
     SUBMIT_TASK,
     RELEASE_TASK,
     POLL_TASK,
+    CONFIRM_TASK,
     ARCHIVE_TASK,
     NOTIFY_TASK,
     RELAY_TASK,

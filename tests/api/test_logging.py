@@ -5,12 +5,19 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from kling.callbacks import sign_callback
+from klingctl.ops import gunicorn_argv
 from models.base import utcnow
 from models.logging import REDACTED, JsonFormatter, install_redaction, log_context, secret_values
 from models.tables import Job
@@ -30,6 +37,9 @@ from tests.conftest import (
     TEST_WEBHOOK_SECRET,
 )
 from tests.data.helpers import encode, legacy_body
+from tests.wsgi import serve_wsgi
+
+ROOT = Path(__file__).resolve().parents[2]
 
 TEST_AWS_SECRET = "test-aws-secret-access-key-0123456789abcdef"
 SECRETS = [
@@ -120,6 +130,79 @@ def test_a_callback_that_raises_logs_its_path_without_the_token(
     for text in (json_log.getvalue(), caplog.text):
         assert token not in text
         assert f"/callbacks/kling/{job_id}/{REDACTED}" in text
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _post_until_served(url: str, body: bytes, deadline: float) -> int:
+    while True:
+        try:
+            return requests.post(url, data=body, headers={"Referer": url}, timeout=10).status_code
+        except requests.ConnectionError:
+            assert time.monotonic() < deadline, "gunicorn did not start"
+            time.sleep(0.1)  # polling interval of a deadline loop
+
+
+def test_gunicorn_access_and_error_logs_never_show_a_callback_token(tmp_path: Path) -> None:
+    """The real gunicorn, with the project's config and its default access-log format (request
+    line, referrer): a 400 and a 500 raised in the view leave the token in no line."""
+    job_id = "5f6a0c0e-8a1b-4c8e-9d2f-0b1e2c3d4a5b"
+    token = callback_token(TEST_CALLBACK_SECRET, job_id)
+    port = _free_port()
+    access, errors = tmp_path / "access.log", tmp_path / "error.log"
+    argv = gunicorn_argv(
+        "127.0.0.1",
+        port,
+        1,
+        ("--access-logfile", str(access), "--error-logfile", str(errors), "--log-level", "debug"),
+    )
+    argv[-1] = "tests.api.logging_app:app()"
+    stderr = tmp_path / "stderr.log"  # the app's own JSON lines (Flask's exception log)
+    with stderr.open("wb") as out:
+        server = subprocess.Popen(
+            argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=out, stderr=out
+        )
+    try:
+        url = f"http://127.0.0.1:{port}/callbacks/kling/{job_id}/{token}"
+        deadline = time.monotonic() + 60
+        assert _post_until_served(url, b"{oops", deadline) == 400
+        assert _post_until_served(url + "?x=1", b"boom", deadline) == 500
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    logged = access.read_text() + errors.read_text() + stderr.read_text()
+    assert f"/callbacks/kling/{job_id}/{REDACTED}" in access.read_text()
+    assert f"Exception on /callbacks/kling/{job_id}/{REDACTED} [POST]" in stderr.read_text()
+    assert token not in logged and token[:16] not in logged
+
+
+def test_werkzeug_request_lines_never_show_a_callback_token(
+    api: Api, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The development server (`klingctl webhook --dev`, the tests' `serve_wsgi`) logs each request
+    line through the `werkzeug` logger: scrubbed like every other record."""
+    import webhook.callbacks
+
+    def explode(body: bytes) -> None:
+        raise RuntimeError("a bug while parsing")
+
+    job_id = api.create({"prompt": "p"}).get_json()["id"]
+    token = callback_token(TEST_CALLBACK_SECRET, job_id)
+    caplog.set_level(logging.DEBUG)
+    api.app.testing = False
+    with serve_wsgi(api.app) as base:
+        url = f"{base}/callbacks/kling/{job_id}/{token}"
+        assert requests.post(url, data=b"{}", timeout=10).status_code == 401  # unsigned: refused
+        monkeypatch.setattr(webhook.callbacks, "verify_callback_signature", lambda *args: None)
+        monkeypatch.setattr(webhook.callbacks, "parse_callback", explode)
+        assert requests.post(url, data=b"{}", timeout=10).status_code == 500
+    lines = [r.getMessage() for r in caplog.records if r.name == "werkzeug"]
+    assert len([line for line in lines if f"/callbacks/kling/{job_id}/{REDACTED}" in line]) == 2, lines
+    assert token not in caplog.text
 
 
 @pytest.mark.parametrize(

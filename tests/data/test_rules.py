@@ -12,8 +12,16 @@ from hypothesis import strategies as st
 
 from kling.types import Task, TaskImage, TaskStatus
 from models.enums import EventOutcome, JobStatus, TransitionSource
-from models.outbox import ARCHIVE_JOB, NOTIFY, RELEASE_SLOTS
-from models.rules import PROVIDER_TO_JOB, JobState, TaskMismatch, decide, decide_move
+from models.outbox import ARCHIVE_JOB, CONFIRM_JOB, NOTIFY, RELEASE_SLOTS
+from models.rules import (
+    PROVIDER_TO_JOB,
+    JobState,
+    TaskMismatch,
+    decide,
+    decide_move,
+    decide_unconfirmed,
+    needs_confirmation,
+)
 from tests.data.helpers import expected_move, expected_outcome
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
@@ -154,3 +162,28 @@ def test_a_final_report_records_how_long_the_provider_ran_by_its_clock(
         assert plan.changes["provider_seconds"] == 2.0
     else:
         assert "provider_seconds" not in plan.changes
+
+
+@given(job_states(), reports())
+def test_an_untrusted_report_needs_confirmation_exactly_when_it_would_end_the_task_or_set_images(
+    job: JobState, report: Task
+) -> None:
+    """Issue 16: what an unsigned callback may not do alone. `processing`/`submitted` moves,
+    duplicates and stale reports stay direct; a move to `succeeded`/`failed` or new image rows
+    wait for the provider's lookup, and the plan that replaces them writes nothing but the lookup."""
+    try:
+        plan = decide(job, report, TransitionSource.CALLBACK, NOW)
+    except TaskMismatch:
+        return
+    ends = plan.job_status in (JobStatus.SUCCEEDED, JobStatus.FAILED) and plan.moved
+    assert needs_confirmation(plan, report) is (ends or bool(plan.images))
+    if report.status in (TaskStatus.SUBMITTED, TaskStatus.PROCESSING):
+        assert not needs_confirmation(plan, report)
+    held = decide_unconfirmed(job)
+    assert (held.outcome, held.changes, held.transition, held.images) == (
+        EventOutcome.UNCONFIRMED,
+        {},
+        None,
+        (),
+    )
+    assert held.queued == (CONFIRM_JOB,) and held.job_status is job.status

@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 from models import CallbackEvent, Image, Job, callback_token, create_job, transition
 from models.db import make_engine, make_sessionmaker, upgrade
 from models.settings import Settings
-from tests.conftest import TEST_CALLBACK_SECRET
-from tests.data.helpers import encode, legacy_body, transitions_of
+from tests.conftest import TEST_CALLBACK_SECRET, TEST_WEBHOOK_SECRET
+from tests.data.helpers import encode, legacy_body, signed_headers, transitions_of
 from tests.wsgi import serve_wsgi
 from webhook import create_app
 
@@ -43,16 +43,19 @@ def server(committing_engine: Engine) -> Iterator[str]:
 
 @contextmanager
 def _serve(engine: Engine) -> Iterator[str]:
-    settings = Settings(database_url="sqlite://", callback_secret=SecretStr(TEST_CALLBACK_SECRET))
+    # Signed, so final reports are trusted and applied in the request (the path raced here).
+    settings = Settings(
+        database_url="sqlite://",
+        callback_secret=SecretStr(TEST_CALLBACK_SECRET),
+        kling_webhook_secret=SecretStr(TEST_WEBHOOK_SECRET),
+    )
     app = create_app(settings, session_factory=make_sessionmaker(engine))
     with serve_wsgi(app) as url:
         yield url
 
 
-def _deliver(url: str, body: bytes, webhook_id: str | None) -> tuple[int, str]:
-    headers = {"content-type": "application/json"}
-    if webhook_id:
-        headers["webhook-id"] = webhook_id
+def _deliver(url: str, body: bytes, webhook_id: str) -> tuple[int, str]:
+    headers = signed_headers(body, msg_id=webhook_id)
     answer = requests.post(url, data=body, headers=headers, timeout=30)
     return answer.status_code, answer.json().get("outcome", "")
 
@@ -66,9 +69,9 @@ def test_ten_deliveries_per_status_some_concurrent(server: str, committing_engin
 
     for status in ("submitted", "processing", "succeeded"):
         body = encode(legacy_body("task-1", status))
-        # Even deliveries are identical (deduped by body hash); odd ones carry their own webhook-id,
-        # so only the state machine can tell they repeat a status.
-        deliveries = [(body, None if i % 2 == 0 else f"{status}-{i}") for i in range(10)]
+        # Even deliveries are redeliveries (one webhook-id, deduped by it); odd ones carry their own
+        # webhook-id, so only the state machine can tell they repeat a status.
+        deliveries = [(body, f"{status}-even" if i % 2 == 0 else f"{status}-{i}") for i in range(10)]
         # The first seven race each other for the one change; the last three repeat it afterwards.
         with ThreadPoolExecutor(max_workers=7) as pool:
             answers = list(pool.map(lambda d: _deliver(url, *d), deliveries[:7]))
@@ -88,7 +91,7 @@ def test_ten_deliveries_per_status_some_concurrent(server: str, committing_engin
         assert stored is not None
         assert stored.status == "succeeded"
         assert len(session.scalars(select(Image).where(Image.job_id == job.id)).all()) == 2
-        # Per status: one row for the identical bodies plus one per distinct webhook-id.
+        # Per status: one row for the redeliveries plus one per distinct webhook-id.
         assert len(session.scalars(select(CallbackEvent).where(CallbackEvent.job_id == job.id)).all()) == 18
 
 

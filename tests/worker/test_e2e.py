@@ -10,10 +10,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from kling.callbacks import verify_callback_signature
 from kling.simulator import Simulator
+from models.db import session_scope
 from models.settings import Settings
+from models.tables import CallbackEvent
 from tests.conftest import TEST_WEBHOOK_SECRET
 from tests.worker.stack import Stack, base_settings, flush_broker
 from tests.wsgi import serve_wsgi
@@ -111,6 +114,16 @@ def test_thirty_jobs_share_six_slots(make_stack, s3_client, httpserver) -> None:
     assert sim.count_by_code.get(1303, 0) <= 5, sim.count_by_code
     # Callbacks did the work: the webhook received them.
     assert sim.deliveries, "no callback was delivered"
+    # Unsigned (no KLING_WEBHOOK_SECRET here), each final one was stored `unconfirmed` and the
+    # worker's `kling.confirm_job` lookup moved the job (issue 16): no transition from a callback
+    # ends a task.
+    with session_scope(stack.sessions) as s:
+        outcomes = set(s.scalars(select(CallbackEvent.outcome).where(CallbackEvent.job_id.in_(job_ids))))
+    assert "unconfirmed" in outcomes, outcomes
+    for job in stack.jobs(job_ids):
+        assert all(
+            t.source != "callback" for t in job.transitions if t.to_status in ("succeeded", "failed")
+        ), job.id
 
 
 def test_callbacks_disabled_reconciler_finishes(make_stack, s3_client) -> None:
