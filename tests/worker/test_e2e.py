@@ -16,7 +16,7 @@ from kling.callbacks import verify_callback_signature
 from kling.simulator import Simulator
 from models.db import session_scope
 from models.settings import Settings
-from models.tables import CallbackEvent
+from models.tables import CallbackEvent, Notification
 from tests.conftest import TEST_WEBHOOK_SECRET
 from tests.worker.stack import Stack, base_settings, flush_broker
 from tests.wsgi import serve_wsgi
@@ -99,8 +99,12 @@ def test_thirty_jobs_share_six_slots(make_stack, s3_client, httpserver) -> None:
     notified = {job_ids[i] for i in (0, 10, 20)}
     deadline = time.monotonic() + 30
     while len(httpserver.log) < len(notified):
-        assert time.monotonic() < deadline, f"{len(httpserver.log)} downstream deliveries"
-        time.sleep(0.1)
+        if time.monotonic() > deadline:
+            with session_scope(stack.sessions) as s:
+                query = select(Notification.__table__).where(Notification.job_id.in_(notified))
+                rows = s.execute(query).all()
+            raise AssertionError(f"{len(httpserver.log)} downstream deliveries: {rows}\n{stack.worker_log()}")
+        time.sleep(0.1)  # polling interval of a deadline loop
     seen = set()
     for request, _ in httpserver.log:
         body = request.get_data()
