@@ -10,7 +10,6 @@ import string
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
@@ -18,11 +17,11 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from kling.errors import CODE_TABLE
 from kling.simulator import accounts as acc
-from kling.simulator import images
 from kling.simulator.account_api import AccountsMixin
 from kling.simulator.accounts import DEFAULT, AccountBook, CreateRefused
 from kling.simulator.config import CALLBACK_FAULT_KNOBS, SimulatorConfig
 from kling.simulator.dispatch import CallbackDelivery, Dispatcher, Pending
+from kling.simulator.image_api import ImagesMixin
 from kling.simulator.state import Kind, SimTask, Status
 
 _ID_ALPHABET = string.ascii_letters + string.digits + "-_"
@@ -40,7 +39,7 @@ class _QuietHandler(WSGIRequestHandler):
 __all__ = ["CreateRefused", "Simulator"]
 
 
-class Simulator(AccountsMixin):
+class Simulator(AccountsMixin, ImagesMixin):
     """Simulated Kling accounts served over HTTP. Thread-safe; start it, use `base_url`, stop it."""
 
     def __init__(self, config: SimulatorConfig | None = None, **knobs: Any) -> None:
@@ -275,32 +274,6 @@ class Simulator(AccountsMixin):
             for a in self._accounts.accounts.values():
                 a.creates, a.max_slots, a.units_used, a.costs_requests, a.costs_refused = 0, 0, 0.0, 0, 0
                 a.refused.clear()
-
-    def image_stream(
-        self, task_id: str, index: int, *, watermark: bool = False
-    ) -> tuple[int, Iterator[bytes]]:
-        """(size, chunks) of what an image URL serves; KeyError when it answers 404."""
-        with self._lock:
-            self._advance()
-            t = self._tasks.get(task_id)
-            if t is None or t.status != "succeed" or not 0 <= index < t.image_count:
-                raise KeyError(f"no image {index} for task {task_id}")
-            if t.is_expired(self.now(), self._config.retention_seconds):
-                raise KeyError(f"images of task {task_id} expired")
-            width, height, target = t.image_spec
-        base = images.base_png(f"{task_id}/{index}/{'wm' if watermark else 'raw'}", width, height)
-        plan = images.padding_plan(len(base), target)
-        return images.total_size(base, plan), images.stream_png(base, plan)
-
-    def image_bytes(self, task_id: str, index: int, *, watermark: bool = False) -> bytes:
-        return b"".join(self.image_stream(task_id, index, watermark=watermark)[1])
-
-    def image_sha256(self, task_id: str, index: int, *, watermark: bool = False) -> str:
-        """SHA-256 (hex) of what the image URL serves, without keeping the bytes."""
-        return images.sha256_of(self.image_stream(task_id, index, watermark=watermark)[1])
-
-    def image_size(self, task_id: str, index: int, *, watermark: bool = False) -> int:
-        return self.image_stream(task_id, index, watermark=watermark)[0]
 
     # --- used by the HTTP app ---------------------------------------------------------------------
     def now(self) -> float:
