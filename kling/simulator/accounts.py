@@ -290,6 +290,7 @@ def account_view(acct: SimAccount, *, concurrency: int, slots_in_use: int) -> di
         "account_code": acct.account_code,
         "pack_dry_after_creates": acct.pack_dry_after_creates,
         "pack_dry_seconds": acct.pack_dry_seconds,
+        "pack_dried": acct.dried,
         "creates": acct.creates,
         "refused_by_code": {str(k): v for k, v in acct.refused.items()},
         "slots_in_use": slots_in_use,
