@@ -6,6 +6,8 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pytest_httpserver import HTTPServer
 
 from kling import (
@@ -104,3 +106,30 @@ def test_gateway_has_no_costs(server: HTTPServer, gateway: AppyPieClient) -> Non
     with pytest.raises(UnsupportedOperation, match="costs"):
         gateway.account_costs()
     assert server.log == []
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+PACK_FIELDS = (
+    "resource_pack_name",
+    "resource_pack_id",
+    "resource_pack_type",
+    "total_quantity",
+    "remaining_quantity",
+    "purchase_time",
+    "effective_time",
+    "invalid_time",
+    "status",
+)
+
+
+@given(st.lists(st.fixed_dictionaries({}, optional=dict.fromkeys(PACK_FIELDS, JSON)), max_size=4))
+def test_any_pack_fields_parse_without_crashing(packs: list[dict[str, object]]) -> None:
+    costs = AccountCosts.from_kling({"resource_pack_subscribe_infos": packs})
+    remaining = costs.remaining_online
+    assert remaining is None if not packs else remaining is not None and remaining >= 0
