@@ -12,6 +12,7 @@ from typing import Any
 
 import requests
 
+from chaos.accounts import PackRunsDry
 from chaos.probe import Probe
 from chaos.procs import POLL, wait_until
 from chaos.stack import ChaosStack, Check, JobSpec
@@ -37,6 +38,7 @@ class Profile:
     stall_seconds: float
     timeout: float
     backlog_jobs: int
+    pack_dry_seconds: float
 
 
 FULL = Profile(
@@ -48,6 +50,7 @@ FULL = Profile(
     stall_seconds=30,
     timeout=240,
     backlog_jobs=5000,
+    pack_dry_seconds=30,
 )
 SHORT = Profile(
     jobs=20,
@@ -58,6 +61,7 @@ SHORT = Profile(
     stall_seconds=10,
     timeout=120,
     backlog_jobs=300,
+    pack_dry_seconds=30,
 )
 BACKLOG_CONNECTIONS = 8
 # A generous drain time per queued job (measured: ~0.05 s per job on the 2-core machine).
@@ -91,6 +95,8 @@ class Injected:
 
 
 Inject = Callable[[ChaosStack, Profile, list[str], list[str]], Injected | None]
+# Checks of a scenario's own, once its jobs are final: (stack, job ids, notes, problems).
+After = Callable[[ChaosStack, list[str], list[str], list[str]], None]
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,7 @@ class Scenario:
     fault: str
     inject: Inject
     knobs: dict[str, Any] = field(default_factory=dict)
+    after: After | None = None
 
 
 def _wait_for(stack: ChaosStack, ids: list[str], *states: str, timeout: float = 60.0) -> None:
@@ -244,6 +251,15 @@ def stall_postgres(stack: ChaosStack, p: Profile, ids: list[str], notes: list[st
     return _stall(stack, p, ids, notes, what="postgres", pause=stack.pg.pause, resume=stack.pg.resume)
 
 
+_PACK = PackRunsDry()
+
+
+def pack_runs_dry(stack: ChaosStack, p: Profile, ids: list[str], notes: list[str]) -> Injected:
+    problems = _PACK.inject(stack, p.pack_dry_seconds, ids, notes)
+    # The queue drains after the top-up, within one probe interval: the wait grows by both.
+    return Injected(problems=problems, extra_seconds=p.pack_dry_seconds + stack.tuning.account_probe_seconds)
+
+
 def drop_callbacks(stack: ChaosStack, p: Profile, ids: list[str], notes: list[str]) -> None:
     notes.append("every callback dropped by the provider")
 
@@ -277,6 +293,12 @@ SCENARIOS = [
         # Short tasks and small images: the backlog, not the provider, is what this scenario tests.
         {"task_seconds": 0.2, "image_bytes": 4096},
     ),
+    Scenario(
+        "pack-runs-dry",
+        "resource pack runs dry mid-run (1102), topped up later",
+        pack_runs_dry,
+        after=_PACK.after,
+    ),
 ]
 NAMES = [s.name for s in SCENARIOS]
 
@@ -309,6 +331,8 @@ def run(
         if pending or len(statuses) != len(ids):
             result.problems.append(f"{len(pending) + len(ids) - len(statuses)} job(s) not final: {pending}")
         result.check = stack.check(specs, statuses, result.problems)
+        if scenario.after is not None:
+            scenario.after(stack, ids, notes, result.problems)
     except Exception as exc:  # noqa: BLE001  (a broken scenario is a FAIL row, not a crash of the suite)
         result.seconds = time.monotonic() - started
         result.problems.append(f"{type(exc).__name__}: {exc}")

@@ -57,6 +57,8 @@ class Tuning:
     slot_lease_seconds: float = 20.0
     stuck_submit_seconds: float = 6.0
     stuck_archive_seconds: float = 15.0
+    # How often a paused account is probed (pack-runs-dry); the service's default is 30.
+    account_probe_seconds: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,11 @@ class ChaosStack:
         return f"http://127.0.0.1:{self.sim_port}"
 
     @property
+    def sessions(self) -> Any:
+        """The stack database's sessionmaker (after `start`)."""
+        return self._sessions
+
+    @property
     def web_url(self) -> str:
         return f"http://127.0.0.1:{self.web_port}"
 
@@ -179,6 +186,7 @@ class ChaosStack:
             "SLOT_LEASE_SECONDS": str(t.slot_lease_seconds),
             "STUCK_SUBMIT_SECONDS": str(t.stuck_submit_seconds),
             "STUCK_ARCHIVE_SECONDS": str(t.stuck_archive_seconds),
+            "ACCOUNT_PROBE_SECONDS": str(t.account_probe_seconds),
             "LOG_LEVEL": "INFO",
         }
 

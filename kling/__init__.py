@@ -58,6 +58,8 @@ from kling.http import (
     RetryPolicy,
 )
 from kling.types import (
+    AccountCosts,
+    ResourcePack,
     Task,
     TaskImage,
     TaskStatus,
@@ -77,6 +79,7 @@ __all__ = [
     "HTTP_STATUS_TABLE",
     "MODEL_CAPABILITIES",
     "SINGAPORE",
+    "AccountCosts",
     "AccountError",
     "AccountInArrears",
     "AppyPieClient",
@@ -102,6 +105,7 @@ __all__ = [
     "PolicyError",
     "RateLimited",
     "ResourceNotFound",
+    "ResourcePack",
     "ResourcePackDepleted",
     "RetryPolicy",
     "ServerError",

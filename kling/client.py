@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 from urllib.parse import quote
@@ -29,7 +30,7 @@ from kling.http import (
     Timeout,
     create_idempotently,
 )
-from kling.types import Task
+from kling.types import AccountCosts, Task
 from kling.validation import ImageRequest, OmniImageRequest
 
 SINGAPORE = "https://api-singapore.klingai.com"
@@ -37,6 +38,9 @@ BEIJING = "https://api-beijing.klingai.com"
 
 IMAGES_PATH = "/v1/images/generations"
 OMNI_PATH = "/v1/images/omni-image"
+COSTS_PATH = "/account/costs"
+# Packs bought before start_time are left out of the answer, so ask for a wide window.
+COSTS_WINDOW_DAYS = 400
 
 
 class UnsupportedOperation(KlingError):
@@ -57,6 +61,8 @@ class ImageProvider(Protocol):
     def get_image(self, task_id: str | None = None, *, external_task_id: str | None = None) -> Task: ...
 
     def list_images(self, page: int = 1, page_size: int = 30) -> list[Task]: ...
+
+    def account_costs(self) -> AccountCosts: ...
 
     def close(self) -> None: ...
 
@@ -192,6 +198,7 @@ class KlingClient(_HttpClient):
             else:
                 raise ValueError("give either access_key and secret_key, or api_key")
         self._auth = auth
+        self._now = clock or time.time
         super().__init__(
             base_url,
             secrets=auth.secrets,
@@ -233,6 +240,16 @@ class KlingClient(_HttpClient):
         if not isinstance(data, list):
             raise UnexpectedResponseError("list answer data is not a list")
         return [Task.from_kling(item) for item in data]
+
+    # --- account -----------------------------------------------------------------------------
+    def account_costs(self) -> AccountCosts:
+        """`GET /account/costs` over the last 400 days: the resource packs (free to call, but at
+        most 1 request/s per account; remaining quantities may lag by hours)."""
+        end = int(self._now() * 1000)
+        start = end - COSTS_WINDOW_DAYS * 86_400_000
+        params = {"start_time": start, "end_time": end}
+        data = self._retry.run(lambda: self._call("GET", COSTS_PATH, params=params), "account costs")
+        return AccountCosts.from_kling(data)
 
     # --- omni image ---------------------------------------------------------------------------
     def create_omni_image(

@@ -27,7 +27,7 @@ from kling.http import (
     create_idempotently,
     log,
 )
-from kling.types import Task
+from kling.types import AccountCosts, Task
 from kling.validation import ImageRequest, validate_image_params
 
 APPYPIE = "https://gateway.appypie.com"
@@ -39,8 +39,9 @@ KEY_HEADER = "Ocp-Apim-Subscription-Key"
 class AppyPieClient(_HttpClient):
     """Same interface as `KlingClient`, through the gateway.
 
-    The gateway has no external task id, no lookup by it and no list: `get_image(external_task_id=...)`
-    and `list_images()` raise `UnsupportedOperation`. An `external_task_id` given to `create_image`
+    The gateway has no external task id, no lookup by it, no list and no account costs:
+    `get_image(external_task_id=...)`, `list_images()` and `account_costs()` raise
+    `UnsupportedOperation`. An `external_task_id` given to `create_image`
     is not sent, and, since the task cannot then be found after an ambiguous failure, such a
     create is never retried.
     """
@@ -124,6 +125,9 @@ class AppyPieClient(_HttpClient):
 
     def list_images(self, page: int = 1, page_size: int = 30) -> list[Task]:
         raise UnsupportedOperation("the Appy Pie gateway has no list endpoint")
+
+    def account_costs(self) -> AccountCosts:
+        raise UnsupportedOperation("the Appy Pie gateway has no account costs endpoint")
 
     def _post(self, path: str, body: dict[str, Any]) -> Mapping[str, Any]:
         answer = self._http.send("POST", path, headers={KEY_HEADER: self._key}, json_body=body)

@@ -56,6 +56,8 @@ class Task:
     updated_at: datetime | None = None
     images: tuple[TaskImage, ...] = ()
     series_images: tuple[TaskImage, ...] = ()
+    # Units the task cost (`final_unit_deduction`); None until final, or when unreadable.
+    units: float | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -80,6 +82,7 @@ class Task:
             updated_at=ms_to_datetime(data.get("updated_at")),
             images=_images(result.get("images")),
             series_images=_images(result.get("series_images")),
+            units=parse_units(data.get("final_unit_deduction")),
             raw=dict(data),
         )
 
@@ -109,8 +112,46 @@ class Task:
             created_at=ms_to_datetime(data.get("create_time")),
             updated_at=ms_to_datetime(data.get("update_time")),
             images=tuple(images),
+            units=_standard_units(data),
             raw=dict(data),
         )
+
+
+def parse_units(value: object) -> float | None:
+    """Units from `final_unit_deduction` (Kling sends a string like "2"); None when absent or not
+    a finite non-negative number: a bad count must never fail the task it came with."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text or len(text) > 32:
+            return None
+        try:
+            number = float(text)
+        except ValueError:
+            return None
+    elif isinstance(value, int | float):
+        number = float(value)
+    else:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def _standard_units(data: Mapping[str, Any]) -> float | None:
+    # The newer shape may carry `final_unit_deduction` too; otherwise sum its `billing[]` unit lines.
+    units = parse_units(data.get("final_unit_deduction"))
+    if units is not None:
+        return units
+    billing = data.get("billing")
+    if not isinstance(billing, list):
+        return None
+    amounts = [
+        parse_units(line.get("amount"))
+        for line in billing
+        if isinstance(line, Mapping) and line.get("charge_type") == "unit"
+    ]
+    known = [a for a in amounts if a is not None]
+    return sum(known) if known else None
 
 
 def _images(value: object) -> tuple[TaskImage, ...]:
@@ -201,3 +242,81 @@ def _is_text(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+# --- account usage (`GET /account/costs`) -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResourcePack:
+    """One entry of `data.resource_pack_subscribe_infos`; unreadable fields become None."""
+
+    name: str
+    id: str
+    type: str  # decreasing_total | constant_period
+    total_quantity: float | None
+    remaining_quantity: float | None  # may lag the real balance by hours
+    status: str  # toBeOnline | online | expired | runOut
+    purchase_time: datetime | None = None
+    effective_time: datetime | None = None
+    invalid_time: datetime | None = None
+
+    @classmethod
+    def from_kling(cls, data: object) -> ResourcePack:
+        if not isinstance(data, Mapping):
+            raise UnexpectedResponseError("resource pack is not an object")
+        return cls(
+            name=_text(data.get("resource_pack_name")),
+            id=_text(data.get("resource_pack_id")),
+            type=_text(data.get("resource_pack_type")),
+            total_quantity=parse_units(data.get("total_quantity")),
+            remaining_quantity=parse_units(data.get("remaining_quantity")),
+            status=_text(data.get("status")),
+            purchase_time=_lenient_time(data.get("purchase_time")),
+            effective_time=_lenient_time(data.get("effective_time")),
+            invalid_time=_lenient_time(data.get("invalid_time")),
+        )
+
+
+@dataclass(frozen=True)
+class AccountCosts:
+    """The account's resource packs, as `GET /account/costs` reports them."""
+
+    packs: tuple[ResourcePack, ...] = ()
+
+    @property
+    def remaining_online(self) -> float | None:
+        """Units left in `online` packs (expired, run-out and not-yet-online ones count nothing);
+        None when the answer listed no pack at all, so the caller cannot tell."""
+        if not self.packs:
+            return None
+        return sum(p.remaining_quantity or 0.0 for p in self.packs if p.status == "online")
+
+    @classmethod
+    def from_kling(cls, data: object) -> AccountCosts:
+        """Build from the `data` of the answer: `{"resource_pack_subscribe_infos": [...]}`."""
+        if data is None:
+            return cls()
+        if not isinstance(data, Mapping):
+            raise UnexpectedResponseError("account costs data is not an object")
+        infos = data.get("resource_pack_subscribe_infos")
+        if infos is None:
+            return cls()
+        if not isinstance(infos, list):
+            raise UnexpectedResponseError("resource_pack_subscribe_infos is not a list")
+        return cls(packs=tuple(ResourcePack.from_kling(p) for p in infos))
+
+
+def _text(value: object) -> str:
+    if isinstance(value, str) and _is_text(value):
+        return value[:256]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return ""
+
+
+def _lenient_time(value: object) -> datetime | None:
+    try:
+        return ms_to_datetime(value)
+    except UnexpectedResponseError:
+        return None

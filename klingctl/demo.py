@@ -31,6 +31,7 @@ from sqlalchemy import func, select
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from klingctl.common import console, safe_url, settings
+from klingctl.demo_pack import ACCOUNT_CODES, PROBE_SECONDS, PackOutage, dry_after
 from klingctl.render import counts_panel, status_text
 from klingctl.stopping import stop_raises, wait_for_stop
 from models.db import session_scope
@@ -130,8 +131,11 @@ class Demo:
         out: Console,
         drop_rate: float,
         seed: int,
+        dry_pack: bool = True,
     ) -> None:
         self.base = base
+        self.dry_pack = dry_pack
+        self.outage: PackOutage | None = None
         self.env = env
         self.data_dir = data_dir
         self.out = out
@@ -283,6 +287,8 @@ class Demo:
             "reconcile_interval_seconds": 0.5,
             "outbox_relay_seconds": 0.3,
             "limiter_key_prefix": f"{self.base.limiter_key_prefix}:demo-{self.stamp}",
+            # A paused account is probed every second, so the queue drains soon after the top-up.
+            "account_probe_seconds": PROBE_SECONDS,
         }
         self.settings = Settings(**{**self.base.model_dump(), **overrides})
 
@@ -389,6 +395,9 @@ class Demo:
         for j in silent:
             j.callbacks_dropped = True
         self.sim.configure(task_overrides={j.id: {"callback_drop_rate": 1.0} for j in silent})
+        if self.dry_pack:
+            self.outage = PackOutage(dry_after(count))
+            self.outage.arm(self.sim)
         assert self.svc.publish is not None
         publish_rows(self.svc.sessions, self.svc.publish, rows)
         return jobs
@@ -408,6 +417,12 @@ class Demo:
             ).one()
         return counts, int(archived), int(total), int(nbytes or 0)
 
+    def failed_on_account(self, ids: list[str]) -> int:
+        """Jobs failed with a code about the account (a dry pack must never fail a job)."""
+        with session_scope(self.svc.sessions) as s:
+            query = select(func.count()).where(Job.id.in_(ids), Job.error_code.in_(ACCOUNT_CODES))
+            return int(s.scalar(query) or 0)
+
     def watch(self, jobs: list[DemoJob], timeout: float) -> bool:
         """Live progress until every job is final; False when the deadline passes first."""
         ids = [j.id for j in jobs]
@@ -423,6 +438,8 @@ class Demo:
                 "archived": f"{nbytes / 1024:.0f} KiB",
                 "elapsed": f"{time.monotonic() - started:.1f}s",
             }
+            if self.outage is not None:
+                extra["pack"] = self.outage.state(self.sim)
             return counts_panel(counts, extra, title=f"{len(ids)} jobs"), done
 
         panel, done = frame()
@@ -523,16 +540,33 @@ def results_table(verdicts: list[Verdict]) -> Table:
 @click.option("--timeout", default=50.0, show_default=True, type=click.FloatRange(1), help="Seconds to wait.")
 @click.option("--seed", default=7, show_default=True, type=int, help="Seed of the batch and the fault dice.")
 @click.option("--serve", is_flag=True, help="Keep everything running after the check, until Ctrl-C.")
-def demo(*, count: int, data_dir: Path, drop_rate: float, timeout: float, seed: int, serve: bool) -> None:
+@click.option(
+    "--dry-pack/--no-dry-pack",
+    default=True,
+    show_default=True,
+    help="Let the resource pack run dry mid-run and top it up seconds later.",
+)
+def demo(
+    *, count: int, data_dir: Path, drop_rate: float, timeout: float, seed: int, serve: bool, dry_pack: bool
+) -> None:
     """Run the whole service in this process on a batch of jobs, then verify every image in S3.
 
     Embedded by default (SQLite file, in-process Celery worker and beat on a memory broker, moto S3,
     the simulator); DATABASE_URL, CELERY_BROKER_URL and S3_ENDPOINT_URL switch to real services.
     Exits 0 only if every job ended as expected: the content-policy job failed with 1301, every
-    other job archived with each object's SHA-256 matching the database and the provider.
+    other job archived with each object's SHA-256 matching the database and the provider. Mid-run
+    the resource pack runs dry for a few seconds (--no-dry-pack skips it): jobs wait, none fails.
     """
     out = console()
-    run = Demo(settings(), env=os.environ, data_dir=data_dir, out=out, drop_rate=drop_rate, seed=seed)
+    run = Demo(
+        settings(),
+        env=os.environ,
+        data_dir=data_dir,
+        out=out,
+        drop_rate=drop_rate,
+        seed=seed,
+        dry_pack=dry_pack,
+    )
     began = time.monotonic()
     # SIGTERM stops the demo as Ctrl-C does; a second signal during the shutdown is not caught.
     try:
@@ -565,6 +599,8 @@ def run_and_report(run: Demo, out: Console, *, count: int, timeout: float, began
     finished = run.watch(batch, timeout)
     verdicts = run.verify(batch)
     passed = finished and all(v.ok for v in verdicts)
+    if run.outage is not None:
+        out.print(run.outage.summary(run.sim, run.failed_on_account([j.id for j in batch]))[1])
     report(out, verdicts, passed=passed, finished=finished, timeout=timeout, began=began, log=run.log_path)
     return passed
 

@@ -13,7 +13,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from kling.errors import CODE_TABLE
-from kling.simulator.auth import check_authorization, check_subscription_key
+from kling.simulator.account_routes import register_account_routes
 from kling.simulator.state import Kind
 
 if TYPE_CHECKING:
@@ -90,26 +90,22 @@ def create_app(sim: Simulator) -> Flask:
         return data if isinstance(data, dict) else None
 
     # --- official API -----------------------------------------------------------------------------
-    def official_guard(create: bool) -> Response | None:
+    def official_guard(create: bool) -> tuple[str, Response | None]:
+        """(the account the credentials name, an error answer or None)."""
         cfg = sim.config
         if cfg.response_delay_seconds:
             time.sleep(cfg.response_delay_seconds)
-        code = check_authorization(
-            request.headers.get("Authorization"),
-            access_key=cfg.access_key,
-            secret_key=cfg.secret_key,
-            api_key=cfg.api_key,
-        )
+        account, code = sim.resolve_account(request.headers.get("Authorization"))
         if code:
-            return envelope(code)
+            return account, envelope(code)
         fault = rolled_fault(create)
-        return envelope(fault) if fault is not None else None
+        return account, envelope(fault) if fault is not None else None
 
     def official_create(kind: Kind) -> Response:
         from kling.simulator.server import CreateRefused
         from kling.validation import validate_image_params, validate_omni_params
 
-        refused = official_guard(create=True)
+        account, refused = official_guard(create=True)
         if refused is not None:
             return refused
         params = json_body()
@@ -123,7 +119,7 @@ def create_app(sim: Simulator) -> Flask:
         if cfg.policy_marker and cfg.policy_marker in str(params.get("prompt", "")):
             return envelope(1301, "Failure to pass the risk control system")
         try:
-            task = sim.create_task(kind, params)
+            task = sim.create_task(kind, params, account)
         except CreateRefused as exc:
             return envelope(exc.code, exc.message)
         return after_create(envelope(0, "SUCCEED", task), lambda: envelope(5000))
@@ -139,16 +135,16 @@ def create_app(sim: Simulator) -> Flask:
         return ok
 
     def official_get(kind: Kind, key: str) -> Response:
-        refused = official_guard(create=False)
+        account, refused = official_guard(create=False)
         if refused is not None:
             return refused
-        task = sim.find_task(key, kind)
+        task = sim.find_task(key, kind, account)
         if task is None:
             return envelope(1203, f"task not found: {key}")
         return envelope(0, "SUCCEED", task)
 
     def official_list(kind: Kind) -> Response:
-        refused = official_guard(create=False)
+        account, refused = official_guard(create=False)
         if refused is not None:
             return refused
         bounds = {"pageNum": (1, 1000, 1), "pageSize": (1, 500, 30)}
@@ -161,7 +157,22 @@ def create_app(sim: Simulator) -> Flask:
                 values[name] = low - 1
             if not low <= values[name] <= high:
                 return envelope(1201, f"{name} must be an integer between {low} and {high}")
-        return envelope(0, "SUCCEED", sim.list_tasks(kind, values["pageNum"], values["pageSize"]))
+        return envelope(0, "SUCCEED", sim.list_tasks(kind, values["pageNum"], values["pageSize"], account))
+
+    @app.get("/account/costs")
+    def account_costs() -> Response:
+        from kling.simulator.server import CreateRefused
+
+        account, refused = official_guard(create=False)
+        if refused is not None:
+            return refused
+        for name in ("start_time", "end_time"):
+            if not (request.args.get(name) or "").isdigit():
+                return envelope(1200, f"{name} is required (Unix milliseconds)")
+        try:
+            return envelope(0, "SUCCEED", sim.account_costs(account))
+        except CreateRefused as exc:
+            return envelope(exc.code, exc.message)
 
     app.add_url_rule(
         "/v1/images/generations", "image_create", lambda: official_create("image"), methods=["POST"]
@@ -179,23 +190,24 @@ def create_app(sim: Simulator) -> Flask:
     )
 
     # --- Appy Pie gateway -------------------------------------------------------------------------
-    def gateway_guard(create: bool) -> Response | None:
+    def gateway_guard(create: bool) -> tuple[str, Response | None]:
         cfg = sim.config
         if cfg.response_delay_seconds:
             time.sleep(cfg.response_delay_seconds)
-        if not check_subscription_key(request.headers.get("Ocp-Apim-Subscription-Key"), cfg.subscription_key):
-            return gateway_error(401, code=1000)
+        account = sim.resolve_gateway_account(request.headers.get("Ocp-Apim-Subscription-Key"))
+        if account is None:
+            return "", gateway_error(401, code=1000)
         fault = rolled_fault(create)
         if fault is not None:
-            return gateway_error(_http_status(fault), code=fault)
-        return None
+            return account, gateway_error(_http_status(fault), code=fault)
+        return account, None
 
     @app.post("/kling-ai-image/v1/getImageTask")
     def gateway_create() -> Response:
         from kling.simulator.server import CreateRefused
         from kling.validation import validate_image_params
 
-        refused = gateway_guard(create=True)
+        account, refused = gateway_guard(create=True)
         if refused is not None:
             return refused
         params = json_body()
@@ -209,7 +221,7 @@ def create_app(sim: Simulator) -> Flask:
         if cfg.policy_marker and cfg.policy_marker in str(params.get("prompt", "")):
             return gateway_error(400, "Failure to pass the risk control system", 1301)
         try:
-            task = sim.create_task("image", params)
+            task = sim.create_task("image", params, account)
         except CreateRefused as exc:
             return gateway_error(_http_status(exc.code), exc.message, exc.code)
         sim.record_code(0)
@@ -218,14 +230,14 @@ def create_app(sim: Simulator) -> Flask:
 
     @app.post("/kling-ai-polling/v1/getImageStatus")
     def gateway_status() -> Response:
-        refused = gateway_guard(create=False)
+        account, refused = gateway_guard(create=False)
         if refused is not None:
             return refused
         params = json_body()
         task_id = params.get("task_id") if params else None
         if not isinstance(task_id, str) or not task_id:
             return gateway_error(400, "Invalid request parameters: task_id is required", 1200)
-        task = sim.find_task(task_id, "image")
+        task = sim.find_task(task_id, "image", account)
         sim.record_code(0)
         if task is None:
             return jsonify({"task_status": "failed", "task_status_msg": "task not found"})
@@ -309,6 +321,8 @@ def create_app(sim: Simulator) -> Flask:
     def sim_callbacks() -> Response:
         task_id = request.args.get("task_id")
         return jsonify([d.to_dict() for d in sim.deliveries if task_id is None or d.task_id == task_id])
+
+    register_account_routes(app, sim)
 
     @app.post("/_sim/reset")
     def sim_reset() -> Response:

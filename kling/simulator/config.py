@@ -82,6 +82,14 @@ class SimulatorConfig:
     # Every create is refused with this account code (1100, 1101, 1102, 1304: a dry pack, arrears,
     # an IP not whitelisted), nothing created; None (the default) refuses none.
     account_code: int | None = None
+    # Units each image of a succeeded task deducts from its account's pack (`final_unit_deduction`).
+    unit_cost_per_image: float = 1.0
+    # `GET /account/costs` reports the balance as it was this long ago (Kling's may lag by hours).
+    costs_lag_seconds: float = 0.0
+    # The default account's pack runs dry (runOut, creates answered 1102) after this many creates,
+    # and is back after `pack_dry_seconds` (None = dry for good). None = never.
+    pack_dry_after_creates: int | None = None
+    pack_dry_seconds: float | None = None
     # Sleep this long before answering every API request.
     response_delay_seconds: float = 0.0
 
@@ -107,6 +115,8 @@ class SimulatorConfig:
             "callback_timeout_seconds",
             "callback_delay_seconds",
             "response_delay_seconds",
+            "unit_cost_per_image",
+            "costs_lag_seconds",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
@@ -121,6 +131,10 @@ class SimulatorConfig:
             raise ValueError("webhook_secret must start with whsec_")
         if self.account_code is not None and self.account_code not in ACCOUNT_CODES:
             raise ValueError(f"account_code must be one of {sorted(ACCOUNT_CODES)} or null")
+        if self.pack_dry_after_creates is not None and self.pack_dry_after_creates < 0:
+            raise ValueError("pack_dry_after_creates must be >= 0 or null")
+        if self.pack_dry_seconds is not None and self.pack_dry_seconds < 0:
+            raise ValueError("pack_dry_seconds must be >= 0 or null")
         for key, over in self.task_overrides.items():
             unknown = set(over) - set(CALLBACK_FAULT_KNOBS)
             if unknown:

@@ -73,6 +73,24 @@ class SimulatorRemote:
         result: list[dict[str, Any]] = self._call("GET", "/callbacks", params=params)
         return result
 
+    # --- accounts (see Simulator.add_account and friends) ----------------------------------------
+    def add_account(self, name: str, **fields: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", "/accounts", json={"name": name, **fields})
+        return result
+
+    def accounts(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/accounts")
+        return result
+
+    def account(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/accounts/{name}")
+        return result
+
+    def set_pack(self, name: str, *, units: float | None = None, status: str | None = None) -> dict[str, Any]:
+        body = {k: v for k, v in (("units", units), ("status", status)) if v is not None}
+        result: dict[str, Any] = self._call("POST", f"/accounts/{name}/pack", json=body)
+        return result
+
     def reset(self) -> None:
         self._call("POST", "/reset")
 

@@ -10,16 +10,18 @@ import string
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from kling.errors import CODE_TABLE
-from kling.simulator import images
+from kling.simulator import accounts as acc
+from kling.simulator.account_api import AccountsMixin
+from kling.simulator.accounts import DEFAULT, AccountBook, CreateRefused
 from kling.simulator.config import CALLBACK_FAULT_KNOBS, SimulatorConfig
 from kling.simulator.dispatch import CallbackDelivery, Dispatcher, Pending
+from kling.simulator.image_api import ImagesMixin
 from kling.simulator.state import Kind, SimTask, Status
 
 _ID_ALPHABET = string.ascii_letters + string.digits + "-_"
@@ -34,17 +36,11 @@ class _QuietHandler(WSGIRequestHandler):
         return
 
 
-class CreateRefused(Exception):
-    """A create the account refuses; carries the Kling code and message."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+__all__ = ["CreateRefused", "Simulator"]
 
 
-class Simulator:
-    """A simulated Kling account served over HTTP. Thread-safe; start it, use `base_url`, stop it."""
+class Simulator(AccountsMixin, ImagesMixin):
+    """Simulated Kling accounts served over HTTP. Thread-safe; start it, use `base_url`, stop it."""
 
     def __init__(self, config: SimulatorConfig | None = None, **knobs: Any) -> None:
         base = config if config is not None else SimulatorConfig()
@@ -57,6 +53,8 @@ class Simulator:
         # 20,000 finished ones behind, and walking them every tick took most of a core).
         self._live: dict[str, SimTask] = {}
         self._by_ext: dict[str, str] = {}
+        self._accounts = AccountBook()
+        self._sync_default_pack()
         self._create_count = 0
         self._max_slots = 0
         self._codes: Counter[int] = Counter()
@@ -164,8 +162,19 @@ class Simulator:
                 self._rng.seed(self._config.seed)
             self._dispatcher.webhook_secret = self._config.webhook_secret
             self._dispatcher.timeout = self._config.callback_timeout_seconds
+            if {"pack_dry_after_creates", "pack_dry_seconds"} & set(knobs):
+                self._sync_default_pack()
             self._wake.notify_all()
             return self._config
+
+    def _sync_default_pack(self) -> None:
+        # The global dry-pack knobs belong to the default account (the one without own keys).
+        cfg = self._config
+        knobs = {
+            "pack_dry_after_creates": cfg.pack_dry_after_creates,
+            "pack_dry_seconds": cfg.pack_dry_seconds,
+        }
+        self._accounts.upsert(DEFAULT, knobs, self.now())
 
     def roll(self, rate: float) -> bool:
         """A seeded coin toss that comes up True with probability `rate`."""
@@ -262,32 +271,9 @@ class Simulator:
             self._list_count = 0
             self._codes.clear()
             self._dispatcher.clear()
-
-    def image_stream(
-        self, task_id: str, index: int, *, watermark: bool = False
-    ) -> tuple[int, Iterator[bytes]]:
-        """(size, chunks) of what an image URL serves; KeyError when it answers 404."""
-        with self._lock:
-            self._advance()
-            t = self._tasks.get(task_id)
-            if t is None or t.status != "succeed" or not 0 <= index < t.image_count:
-                raise KeyError(f"no image {index} for task {task_id}")
-            if t.is_expired(self.now(), self._config.retention_seconds):
-                raise KeyError(f"images of task {task_id} expired")
-            width, height, target = t.image_spec
-        base = images.base_png(f"{task_id}/{index}/{'wm' if watermark else 'raw'}", width, height)
-        plan = images.padding_plan(len(base), target)
-        return images.total_size(base, plan), images.stream_png(base, plan)
-
-    def image_bytes(self, task_id: str, index: int, *, watermark: bool = False) -> bytes:
-        return b"".join(self.image_stream(task_id, index, watermark=watermark)[1])
-
-    def image_sha256(self, task_id: str, index: int, *, watermark: bool = False) -> str:
-        """SHA-256 (hex) of what the image URL serves, without keeping the bytes."""
-        return images.sha256_of(self.image_stream(task_id, index, watermark=watermark)[1])
-
-    def image_size(self, task_id: str, index: int, *, watermark: bool = False) -> int:
-        return self.image_stream(task_id, index, watermark=watermark)[0]
+            for a in self._accounts.accounts.values():
+                a.creates, a.max_slots, a.units_used, a.costs_requests, a.costs_refused = 0, 0, 0.0, 0, 0
+                a.refused.clear()
 
     # --- used by the HTTP app ---------------------------------------------------------------------
     def now(self) -> float:
@@ -301,67 +287,96 @@ class Simulator:
         with self._lock:
             self._codes[code] += 1
 
-    def create_task(self, kind: Kind, params: dict[str, Any]) -> dict[str, Any]:
-        """Create a task or raise CreateRefused (the `account_code` knob, 1201 duplicate external
-        id, 1303 no free slots)."""
+    def create_task(self, kind: Kind, params: dict[str, Any], account: str = DEFAULT) -> dict[str, Any]:
+        """Create a task on `account` or raise CreateRefused (the `account_code` knob, 1201
+        duplicate external id, 1102 pack cannot cover it, 1303 no free slots)."""
         with self._lock:
             self._advance()
-            cfg = self._config
-            if cfg.account_code is not None:
-                raise CreateRefused(
-                    cfg.account_code, CODE_TABLE[cfg.account_code].__doc__ or "account refused"
-                )
-            ext = params.get("external_task_id") or None
-            if ext is not None and ext in self._by_ext:
-                raise CreateRefused(1201, "external_task_id already exists")
-            series = kind == "omni" and params.get("result_type") == "series"
-            if series:
-                amount = params.get("series_amount")
-                count = amount if isinstance(amount, int) else 4
-                slots = 1
-            else:
-                count = int(params.get("n") or 1)
-                slots = count
-            if self._slots_in_use() + slots > cfg.concurrency:
-                raise CreateRefused(1303, "parallel task over resource pack limit")
-            prompt = str(params.get("prompt") or "")
-            task = SimTask(
-                task_id=self._new_id(),
-                kind=kind,
-                external_task_id=ext,
-                params=dict(params),
-                slots=slots,
-                image_count=count,
-                series=series,
-                callback_url=params.get("callback_url") or None,
-                created_at=self.now(),
-                submitted_seconds=cfg.submitted_seconds,
-                processing_seconds=cfg.processing_seconds,
-                will_fail=bool(cfg.fail_marker) and cfg.fail_marker in prompt,
-                fail_message=cfg.fail_message,
-                image_spec=(cfg.image_width, cfg.image_height, cfg.image_bytes),
-            )
-            self._tasks[task.task_id] = task
-            self._live[task.task_id] = task
-            if ext is not None:
-                self._by_ext[ext] = task.task_id
-            self._create_count += 1
-            self._max_slots = max(self._max_slots, self._slots_in_use())
-            self._emit(task, "submitted", task.created_at)
-            self._wake.notify_all()
-            return task.task_object(self.public_url)
+            acct = self._accounts.get(account)
+            try:
+                return self._create(kind, params, acct)
+            except CreateRefused as exc:
+                acct.refused[exc.code] += 1
+                raise
 
-    def find_task(self, key: str, kind: Kind) -> dict[str, Any] | None:
-        """Task object by task_id or external_task_id."""
+    def _create(self, kind: Kind, params: dict[str, Any], acct: acc.SimAccount) -> dict[str, Any]:
+        cfg = self._config
+        now = self.now()
+        self._accounts.refresh(acct, now)
+        code = acct.account_code
+        if code is None and acct.name == DEFAULT:
+            code = cfg.account_code
+        if code is not None:
+            raise CreateRefused(code, CODE_TABLE[code].__doc__ or "account refused")
+        ext = params.get("external_task_id") or None
+        if ext is not None and acc.ext_key(acct.name, ext) in self._by_ext:
+            raise CreateRefused(1201, "external_task_id already exists")
+        series = kind == "omni" and params.get("result_type") == "series"
+        if series:
+            amount = params.get("series_amount")
+            count = amount if isinstance(amount, int) else 4
+            slots = 1
+        else:
+            count = int(params.get("n") or 1)
+            slots = count
+        cost = cfg.unit_cost_per_image * count
+        refusal = acc.admission_code(
+            acct,
+            slots=slots,
+            cost=cost,
+            in_use=self._account_slots(acct.name),
+            reserved=self._account_reserved(acct.name),
+            concurrency=self._concurrency_of(acct),
+        )
+        if refusal == 1102:
+            raise CreateRefused(1102, "resource pack exhausted or expired")
+        if refusal == 1303:
+            raise CreateRefused(1303, "parallel task over resource pack limit")
+        prompt = str(params.get("prompt") or "")
+        task = SimTask(
+            task_id=self._new_id(),
+            kind=kind,
+            external_task_id=ext,
+            params=dict(params),
+            slots=slots,
+            image_count=count,
+            series=series,
+            callback_url=params.get("callback_url") or None,
+            created_at=self.now(),
+            submitted_seconds=cfg.submitted_seconds,
+            processing_seconds=cfg.processing_seconds,
+            will_fail=bool(cfg.fail_marker) and cfg.fail_marker in prompt,
+            fail_message=cfg.fail_message,
+            image_spec=(cfg.image_width, cfg.image_height, cfg.image_bytes),
+            account=acct.name,
+            units=cost,
+        )
+        self._tasks[task.task_id] = task
+        self._live[task.task_id] = task
+        if ext is not None:
+            self._by_ext[acc.ext_key(acct.name, ext)] = task.task_id
+        self._create_count += 1
+        self._max_slots = max(self._max_slots, self._slots_in_use())
+        acc.after_create(acct, now, self._account_slots(acct.name))
+        self._emit(task, "submitted", task.created_at)
+        self._wake.notify_all()
+        return task.task_object(self.public_url)
+
+    def find_task(self, key: str, kind: Kind, account: str = DEFAULT) -> dict[str, Any] | None:
+        """Task object by task_id or external_task_id; an account sees only its own tasks."""
         with self._lock:
             self._advance()
             self._query_count += 1
-            t = self._tasks.get(key) or self._tasks.get(self._by_ext.get(key, ""))
-            if t is None or t.kind != kind:
+            t = self._tasks.get(key)
+            if t is None or t.account != account:
+                t = self._tasks.get(self._by_ext.get(acc.ext_key(account, key), ""))
+            if t is None or t.kind != kind or t.account != account:
                 return None
             return t.task_object(self.public_url)
 
-    def list_tasks(self, kind: Kind, page_num: int, page_size: int) -> list[dict[str, Any]]:
+    def list_tasks(
+        self, kind: Kind, page_num: int, page_size: int, account: str = DEFAULT
+    ) -> list[dict[str, Any]]:
         """Newest first, like Kling's list."""
         with self._lock:
             self._advance()
@@ -369,7 +384,9 @@ class Simulator:
             # Newest first, reading only as far as the page: a benchmark leaves 20,000 tasks behind.
             start = (page_num - 1) * page_size
             chosen = itertools.islice(
-                (t for t in reversed(self._tasks.values()) if t.kind == kind), start, start + page_size
+                (t for t in reversed(self._tasks.values()) if t.kind == kind and t.account == account),
+                start,
+                start + page_size,
             )
             return [t.task_object(self.public_url) for t in chosen]
 
@@ -396,6 +413,8 @@ class Simulator:
             if not t.is_final:
                 for status in t.advance(now):
                     self._emit(t, status, t.updated_at if status == t.status else now)
+                    if status == "succeed":
+                        acc.settle(self._accounts.get(t.account), t.units, now)
             if t.is_final:
                 del self._live[t.task_id]
 

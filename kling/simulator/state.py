@@ -33,6 +33,9 @@ class SimTask:
     fail_message: str
     # Pixel width, height and target byte size, fixed at create so a URL always serves the same bytes.
     image_spec: tuple[int, int, int | None] = (64, 64, None)
+    # The account that created it and the units it deducts if it succeeds.
+    account: str = "default"
+    units: float = 0.0
     status: Status = "submitted"
     status_msg: str = ""
     updated_at: float = 0.0
@@ -118,7 +121,8 @@ class SimTask:
                 result["images"] = images
         obj["task_result"] = result
         if status in FINAL:
-            obj["final_unit_deduction"] = str(self.slots)
+            # Kling charges nothing for a failed task.
+            obj["final_unit_deduction"] = f"{self.units if status == 'succeed' else 0:g}"
         return obj
 
     def inspect(self, public_url: str, now: float, retention_seconds: float | None) -> dict[str, Any]:
@@ -130,6 +134,8 @@ class SimTask:
             "status": self.status,
             "status_msg": self.status_msg,
             "slots": self.slots,
+            "account": self.account,
+            "units": self.units,
             "image_count": self.image_count,
             "callback_url": self.callback_url,
             "params": self.params,

@@ -37,6 +37,7 @@ def test_short_chaos_suite_holds_every_invariant() -> None:
         "redis-stall",
         "postgres-stall",
         "backlog-redis-restart",
+        "pack-runs-dry",
     ):
         assert name in out, name
     assert out.count("PASS") >= 20, out[-6000:]  # one row per scenario, printed again in the summary
