@@ -50,6 +50,10 @@ from kling.errors import (
     ValidationError,
     error_for,
 )
+from kling.failures import (
+    FAILURE_REASONS,
+    failure_reason,
+)
 from kling.gateway import (
     APPYPIE,
     AppyPieClient,
@@ -57,8 +61,14 @@ from kling.gateway import (
 from kling.http import (
     RetryPolicy,
 )
+from kling.kinds import (
+    KINDS,
+    TaskKind,
+    kind_for,
+)
 from kling.types import (
     AccountCosts,
+    Output,
     ResourcePack,
     Task,
     TaskImage,
@@ -76,7 +86,9 @@ __all__ = [
     "APPYPIE",
     "BEIJING",
     "CODE_TABLE",
+    "FAILURE_REASONS",
     "HTTP_STATUS_TABLE",
+    "KINDS",
     "MODEL_CAPABILITIES",
     "SINGAPORE",
     "AccountCosts",
@@ -101,6 +113,7 @@ __all__ = [
     "KlingClient",
     "KlingError",
     "OmniImageRequest",
+    "Output",
     "PermissionDenied",
     "PolicyError",
     "RateLimited",
@@ -115,6 +128,7 @@ __all__ = [
     "StaticKeyAuth",
     "Task",
     "TaskImage",
+    "TaskKind",
     "TaskStatus",
     "TokenProvider",
     "TransportError",
@@ -122,7 +136,9 @@ __all__ = [
     "UnsupportedOperation",
     "ValidationError",
     "error_for",
+    "failure_reason",
     "jwt_token",
+    "kind_for",
     "parse_callback",
     "sign_callback",
     "validate_image_params",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ClassVar, Protocol, Self, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, Self, runtime_checkable
 from urllib.parse import quote
 
 import requests
@@ -30,6 +30,7 @@ from kling.http import (
     Timeout,
     create_idempotently,
 )
+from kling.kinds import TaskKind, kind_for
 from kling.types import AccountCosts, Task
 from kling.validation import ImageRequest, OmniImageRequest
 
@@ -63,6 +64,19 @@ class ImageProvider(Protocol):
     def list_images(self, page: int = 1, page_size: int = 30) -> list[Task]: ...
 
     def account_costs(self) -> AccountCosts: ...
+
+    def create_task(
+        self,
+        kind: str | TaskKind,
+        params: Mapping[str, Any],
+        *,
+        callback_url: str | None = None,
+        external_task_id: str | None = None,
+    ) -> Task: ...
+
+    def get_task(
+        self, kind: str | TaskKind, task_id: str | None = None, *, external_task_id: str | None = None
+    ) -> Task: ...
 
     def close(self) -> None: ...
 
@@ -117,6 +131,38 @@ def extra_fields(callback_url: str | None, external_task_id: str | None) -> dict
     if external_task_id is not None:
         out["external_task_id"] = external_task_id
     return out
+
+
+def as_kind(kind: str | TaskKind) -> TaskKind:
+    return kind if isinstance(kind, TaskKind) else kind_for(kind)
+
+
+def task_body(
+    kind: TaskKind,
+    params: Mapping[str, Any],
+    provider: Literal["kling", "appypie"],
+    callback_url: str | None,
+    external_task_id: str | None,
+) -> dict[str, Any]:
+    """The create body for `kind`, validated; raises `ValidationError` naming every bad field."""
+    if not isinstance(params, Mapping):
+        raise ValidationError([FieldError("params", "type", "must be an object")])
+    body = {**params, **extra_fields(callback_url, external_task_id)}
+    errors = kind.validate(body, provider)
+    if errors:
+        raise ValidationError(errors)
+    return body
+
+
+def page_params(page: int, page_size: int) -> dict[str, int]:
+    errors = []
+    if isinstance(page, bool) or not isinstance(page, int) or not 1 <= page <= 1000:
+        errors.append(FieldError("page", "range", "must be an integer between 1 and 1000"))
+    if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= 500:
+        errors.append(FieldError("page_size", "range", "must be an integer between 1 and 500"))
+    if errors:
+        raise ValidationError(errors)
+    return {"pageNum": page, "pageSize": page_size}
 
 
 def one_id(task_id: str | None, external_task_id: str | None) -> str:
@@ -228,15 +274,34 @@ class KlingClient(_HttpClient):
 
     def list_images(self, page: int = 1, page_size: int = 30) -> list[Task]:
         """`GET /v1/images/generations?pageNum=&pageSize=` (page 1-1000, page_size 1-500)."""
-        errors = []
-        if isinstance(page, bool) or not isinstance(page, int) or not 1 <= page <= 1000:
-            errors.append(FieldError("page", "range", "must be an integer between 1 and 1000"))
-        if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= 500:
-            errors.append(FieldError("page_size", "range", "must be an integer between 1 and 500"))
-        if errors:
-            raise ValidationError(errors)
-        params = {"pageNum": page, "pageSize": page_size}
-        data = self._retry.run(lambda: self._call("GET", IMAGES_PATH, params=params), "list images")
+        return self.list_tasks("image", page, page_size)
+
+    # --- every task kind (kling.kinds) ---------------------------------------------------------
+    def create_task(
+        self,
+        kind: str | TaskKind,
+        params: Mapping[str, Any],
+        *,
+        callback_url: str | None = None,
+        external_task_id: str | None = None,
+    ) -> Task:
+        """`POST {kind.path}` with the kind's rules checked first; never two tasks for one
+        `external_task_id` (an ambiguous failure is followed by a lookup, as for images)."""
+        k = as_kind(kind)
+        body = task_body(k, params, "kling", callback_url, external_task_id)
+        return self._create(k.path, body, external_task_id)
+
+    def get_task(
+        self, kind: str | TaskKind, task_id: str | None = None, *, external_task_id: str | None = None
+    ) -> Task:
+        """`GET {kind.path}/{id}`, by task id or by external task id."""
+        return self._get(as_kind(kind).path, task_id, external_task_id)
+
+    def list_tasks(self, kind: str | TaskKind, page: int = 1, page_size: int = 30) -> list[Task]:
+        """`GET {kind.path}?pageNum=&pageSize=` (page 1-1000, page_size 1-500), newest first."""
+        path = as_kind(kind).path
+        params = page_params(page, page_size)
+        data = self._retry.run(lambda: self._call("GET", path, params=params), f"list {path}")
         if not isinstance(data, list):
             raise UnexpectedResponseError("list answer data is not a list")
         return [Task.from_kling(item) for item in data]

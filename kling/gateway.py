@@ -10,6 +10,7 @@ import requests
 from kling.client import (
     UnsupportedOperation,
     _HttpClient,
+    as_kind,
     envelope_error,
     extra_fields,
     one_id,
@@ -27,6 +28,7 @@ from kling.http import (
     create_idempotently,
     log,
 )
+from kling.kinds import TaskKind
 from kling.types import AccountCosts, Task
 from kling.validation import ImageRequest, validate_image_params
 
@@ -125,6 +127,36 @@ class AppyPieClient(_HttpClient):
 
     def list_images(self, page: int = 1, page_size: int = 30) -> list[Task]:
         raise UnsupportedOperation("the Appy Pie gateway has no list endpoint")
+
+    # --- every task kind: the gateway has image generation only --------------------------------
+    def create_task(
+        self,
+        kind: str | TaskKind,
+        params: Mapping[str, Any],
+        *,
+        callback_url: str | None = None,
+        external_task_id: str | None = None,
+    ) -> Task:
+        self._image_only(kind)
+        request = ImageRequest.from_params(params)
+        return self.create_image(request, external_task_id=external_task_id, callback_url=callback_url)
+
+    def get_task(
+        self, kind: str | TaskKind, task_id: str | None = None, *, external_task_id: str | None = None
+    ) -> Task:
+        self._image_only(kind)
+        return self.get_image(task_id, external_task_id=external_task_id)
+
+    def list_tasks(self, kind: str | TaskKind, page: int = 1, page_size: int = 30) -> list[Task]:
+        self._image_only(kind)
+        return self.list_images(page, page_size)
+
+    @staticmethod
+    def _image_only(kind: str | TaskKind) -> TaskKind:
+        k = as_kind(kind)
+        if "appypie" not in k.providers:
+            raise UnsupportedOperation(f"the Appy Pie gateway has no {k.name} endpoint")
+        return k
 
     def account_costs(self) -> AccountCosts:
         raise UnsupportedOperation("the Appy Pie gateway has no account costs endpoint")

@@ -7,9 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from kling.errors import UnexpectedResponseError
+from kling.failures import FailureReason, failure_reason
 
 
 class TaskStatus(StrEnum):
@@ -47,6 +48,23 @@ class TaskImage:
 
 
 @dataclass(frozen=True)
+class Output:
+    """One thing a task made, whatever its kind: an image or a video.
+
+    `url` is the best copy there is: the raw file, or the watermarked one when a report carries
+    only `watermark_url` (`watermark_only` says so), so such a report never reads as "no output".
+    """
+
+    type: Literal["image", "video"]
+    index: int
+    url: str
+    watermark_url: str | None = None
+    duration: float | None = None  # seconds, videos only
+    id: str | None = None  # the provider's video id
+    watermark_only: bool = False
+
+
+@dataclass(frozen=True)
 class Task:
     task_id: str
     status: TaskStatus
@@ -58,7 +76,14 @@ class Task:
     series_images: tuple[TaskImage, ...] = ()
     # Units the task cost (`final_unit_deduction`); None until final, or when unreadable.
     units: float | None = None
+    # Every image and video, in order; `images` above keeps the image-only view callers know.
+    outputs: tuple[Output, ...] = ()
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def failure_reason(self) -> FailureReason | None:
+        """`content_policy`, `timeout`, `internal` or `other` for a failed task; None otherwise."""
+        return failure_reason(self.status_message) if self.status == TaskStatus.FAILED else None
 
     @classmethod
     def from_kling(cls, data: object) -> Task:
@@ -73,6 +98,8 @@ class Task:
         result = data.get("task_result") or {}
         if not isinstance(result, Mapping):
             raise UnexpectedResponseError("task_result is not an object")
+        images = _images(result.get("images"))
+        series = _images(result.get("series_images"), "task_result.series_images")
         return cls(
             task_id=task_id,
             status=TaskStatus.parse(data.get("task_status")),
@@ -80,9 +107,10 @@ class Task:
             external_task_id=_external_id(ext, "task_info.external_task_id"),
             created_at=ms_to_datetime(data.get("created_at")),
             updated_at=ms_to_datetime(data.get("updated_at")),
-            images=_images(result.get("images")),
-            series_images=_images(result.get("series_images")),
+            images=images,
+            series_images=series,
             units=parse_units(data.get("final_unit_deduction")),
+            outputs=_legacy_outputs(images + series, result.get("videos")),
             raw=dict(data),
         )
 
@@ -90,20 +118,8 @@ class Task:
     def from_standard(cls, data: Mapping[str, Any]) -> Task:
         """Build from the newer callback standard: `{id, status, message, outputs[...]}`."""
         task_id = _task_id(data.get("id"), "id")
-        outputs = data.get("outputs") or []
-        if not isinstance(outputs, list):
-            raise UnexpectedResponseError("outputs is not a list")
-        images = []
-        for i, out in enumerate(outputs):
-            if not isinstance(out, Mapping):
-                raise UnexpectedResponseError(f"outputs[{i}] is not an object")
-            url = _url(out.get("url"), f"outputs[{i}]")
-            if out.get("type") not in (None, "image"):
-                continue
-            if i > MAX_IMAGE_INDEX:
-                raise UnexpectedResponseError("too many outputs")
-            watermark = _optional_url(out.get("watermark_url"), f"outputs[{i}].watermark_url")
-            images.append(TaskImage(index=i, url=url, watermark_url=watermark))
+        outputs = _standard_outputs(data.get("outputs"))
+        images = tuple(TaskImage(o.index, o.url, o.watermark_url) for o in outputs if o.type == "image")
         return cls(
             task_id=task_id,
             status=TaskStatus.parse(data.get("status")),
@@ -111,8 +127,9 @@ class Task:
             external_task_id=_external_id(data.get("external_id"), "external_id"),
             created_at=ms_to_datetime(data.get("create_time")),
             updated_at=ms_to_datetime(data.get("update_time")),
-            images=tuple(images),
+            images=images,
             units=_standard_units(data),
+            outputs=outputs,
             raw=dict(data),
         )
 
@@ -154,24 +171,95 @@ def _standard_units(data: Mapping[str, Any]) -> float | None:
     return sum(known) if known else None
 
 
-def _images(value: object) -> tuple[TaskImage, ...]:
+def _images(value: object, where: str = "task_result.images") -> tuple[TaskImage, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise UnexpectedResponseError("task_result.images is not a list")
+        raise UnexpectedResponseError(f"{where} is not a list")
     out = []
     for pos, img in enumerate(value):
         if not isinstance(img, Mapping):
-            raise UnexpectedResponseError(f"task_result.images[{pos}] is not an object")
-        url = _url(img.get("url"), f"task_result.images[{pos}]")
+            raise UnexpectedResponseError(f"{where}[{pos}] is not an object")
+        url, watermark, _ = _urls(img, f"{where}[{pos}]")
         index = img.get("index", pos)
         if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index <= MAX_IMAGE_INDEX:
-            raise UnexpectedResponseError(
-                f"task_result.images[{pos}].index is not an integer 0-{MAX_IMAGE_INDEX}"
-            )
-        watermark = _optional_url(img.get("watermark_url"), f"task_result.images[{pos}].watermark_url")
+            raise UnexpectedResponseError(f"{where}[{pos}].index is not an integer 0-{MAX_IMAGE_INDEX}")
         out.append(TaskImage(index=index, url=url, watermark_url=watermark))
     return tuple(out)
+
+
+def _urls(item: Mapping[str, Any], where: str) -> tuple[str, str | None, bool]:
+    """(best url, watermark url, watermark only): a report with only `watermark_url` still counts."""
+    watermark = _optional_url(item.get("watermark_url"), f"{where}.watermark_url")
+    raw = item.get("url")
+    if (raw is None or raw == "") and watermark is not None:
+        return watermark, watermark, True
+    return _url(raw, where), watermark, False
+
+
+def _legacy_outputs(images: tuple[TaskImage, ...], videos: object) -> tuple[Output, ...]:
+    """Images (plain, then series) and `task_result.videos[{id, url, duration}]`, indexes unique."""
+    out: list[Output] = []
+    used: set[int] = set()
+
+    def free(index: int) -> int:
+        # An omni task may number its images and its series from 0 alike; keep keys distinct.
+        while index in used:
+            index += 1
+        used.add(index)
+        return index
+
+    for img in images:
+        wm_only = img.url == img.watermark_url
+        out.append(Output("image", free(img.index), img.url, img.watermark_url, watermark_only=wm_only))
+    if videos is None:
+        return tuple(out)
+    if not isinstance(videos, list):
+        raise UnexpectedResponseError("task_result.videos is not a list")
+    for pos, video in enumerate(videos):
+        where = f"task_result.videos[{pos}]"
+        if not isinstance(video, Mapping):
+            raise UnexpectedResponseError(f"{where} is not an object")
+        url, watermark, wm_only = _urls(video, where)
+        video_id = video.get("id")
+        out.append(
+            Output(
+                "video",
+                free(pos),
+                url,
+                watermark,
+                duration=_seconds(video.get("duration")),
+                id=video_id if isinstance(video_id, str) and _is_text(video_id) else None,
+                watermark_only=wm_only,
+            )
+        )
+    return tuple(out)
+
+
+def _standard_outputs(value: object) -> tuple[Output, ...]:
+    """The 3.0 shape's `outputs[{type, url, watermark_url, duration}]`; index = position."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise UnexpectedResponseError("outputs is not a list")
+    if len(value) > MAX_IMAGE_INDEX + 1:
+        raise UnexpectedResponseError("too many outputs")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, Mapping):
+            raise UnexpectedResponseError(f"outputs[{i}] is not an object")
+        if item.get("type") not in (None, "image", "video"):
+            continue  # a type we do not archive (audio, ...) must not fail the task
+        url, watermark, wm_only = _urls(item, f"outputs[{i}]")
+        kind: Literal["image", "video"] = "video" if item.get("type") == "video" else "image"
+        duration = _seconds(item.get("duration")) if kind == "video" else None
+        out.append(Output(kind, i, url, watermark, duration=duration, watermark_only=wm_only))
+    return tuple(out)
+
+
+def _seconds(value: object) -> float | None:
+    # Kling sends a video's duration as a string ("5.1"); a bad one must not fail the task.
+    return parse_units(value)
 
 
 # Bounds on what a report may carry: past them it is not Kling's (ids and indexes are small).
