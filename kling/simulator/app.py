@@ -1,4 +1,4 @@
-"""The simulator's HTTP surface: official API, Appy Pie gateway, image URLs and `/_sim` inspection."""
+"""The simulator's HTTP surface: official API (every kind), Appy Pie gateway, media URLs, `/_sim`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from kling.errors import CODE_TABLE
+from kling.kinds import KINDS
 from kling.simulator.account_routes import register_account_routes
 from kling.simulator.state import Kind
 
@@ -103,7 +104,6 @@ def create_app(sim: Simulator) -> Flask:
 
     def official_create(kind: Kind) -> Response:
         from kling.simulator.server import CreateRefused
-        from kling.validation import validate_image_params, validate_omni_params
 
         account, refused = official_guard(create=True)
         if refused is not None:
@@ -111,7 +111,7 @@ def create_app(sim: Simulator) -> Flask:
         params = json_body()
         if params is None:
             return envelope(1200, "request body must be a JSON object")
-        errors = validate_image_params(params) if kind == "image" else validate_omni_params(params)
+        errors = KINDS[kind].validate(params, "kling")
         if errors:
             code = 1200 if all(e.rule == "required" for e in errors) else 1201
             return envelope(code, "; ".join(str(e) for e in errors))
@@ -174,20 +174,20 @@ def create_app(sim: Simulator) -> Flask:
         except CreateRefused as exc:
             return envelope(exc.code, exc.message)
 
-    app.add_url_rule(
-        "/v1/images/generations", "image_create", lambda: official_create("image"), methods=["POST"]
-    )
-    app.add_url_rule("/v1/images/generations", "image_list", lambda: official_list("image"), methods=["GET"])
-    app.add_url_rule(
-        "/v1/images/generations/<key>", "image_get", lambda key: official_get("image", key), methods=["GET"]
-    )
-    app.add_url_rule(
-        "/v1/images/omni-image", "omni_create", lambda: official_create("omni"), methods=["POST"]
-    )
-    app.add_url_rule("/v1/images/omni-image", "omni_list", lambda: official_list("omni"), methods=["GET"])
-    app.add_url_rule(
-        "/v1/images/omni-image/<key>", "omni_get", lambda key: official_get("omni", key), methods=["GET"]
-    )
+    # One create/list/query route triple per registered kind, on the kind's own path.
+    for name, task_kind in KINDS.items():
+        app.add_url_rule(
+            task_kind.path, f"{name}_create", lambda name=name: official_create(name), methods=["POST"]
+        )
+        app.add_url_rule(
+            task_kind.path, f"{name}_list", lambda name=name: official_list(name), methods=["GET"]
+        )
+        app.add_url_rule(
+            f"{task_kind.path}/<key>",
+            f"{name}_get",
+            lambda key, name=name: official_get(name, key),
+            methods=["GET"],
+        )
 
     # --- Appy Pie gateway -------------------------------------------------------------------------
     def gateway_guard(create: bool) -> tuple[str, Response | None]:
@@ -259,6 +259,21 @@ def create_app(sim: Simulator) -> Flask:
         resp.content_length = size
         return resp
 
+    @app.get("/videos/<task_id>/<name>")
+    def video(task_id: str, name: str) -> Response:
+        stem = name.removesuffix(".mp4")
+        watermark = stem.endswith("-watermark")
+        index_text = stem.removesuffix("-watermark")
+        if not name.endswith(".mp4") or not index_text.isdigit():
+            return Response("not found\n", status=404, mimetype="text/plain")
+        try:
+            size, chunks = sim.video_stream(task_id, int(index_text), watermark=watermark)
+        except KeyError:
+            return Response("not found\n", status=404, mimetype="text/plain")
+        resp = Response(chunks, mimetype="video/mp4", direct_passthrough=True)
+        resp.content_length = size
+        return resp
+
     # --- inspection -------------------------------------------------------------------------------
     def sim_error(status: int, message: str) -> Response:
         resp = jsonify({"error": message})
@@ -311,6 +326,17 @@ def create_app(sim: Simulator) -> Flask:
         watermark = request.args.get("watermark") in ("1", "true")
         try:
             size, chunks = sim.image_stream(task_id, index, watermark=watermark)
+        except KeyError as exc:
+            return sim_error(404, str(exc.args[0]))
+        from kling.simulator.images import sha256_of
+
+        return jsonify({"sha256": sha256_of(chunks), "bytes": size})
+
+    @app.get("/_sim/tasks/<task_id>/videos/<int:index>")
+    def sim_video(task_id: str, index: int) -> Response:
+        watermark = request.args.get("watermark") in ("1", "true")
+        try:
+            size, chunks = sim.video_stream(task_id, index, watermark=watermark)
         except KeyError as exc:
             return sim_error(404, str(exc.args[0]))
         from kling.simulator.images import sha256_of

@@ -15,6 +15,8 @@ CALLBACK_FAULT_KNOBS = (
     "callback_delay_seconds",
 )
 
+CALLBACK_SHAPES = ("legacy", "v3")
+
 # Codes about the account, not the request, that `account_code` may make every create answer.
 ACCOUNT_CODES = frozenset({1100, 1101, 1102, 1103, 1304})
 
@@ -51,6 +53,11 @@ class SimulatorConfig:
     image_width: int = 64
     image_height: int = 64
     image_bytes: int | None = None
+    # Videos: target byte size of each MP4 (padded with `free` boxes; None = natural, about 8 KB).
+    video_bytes: int | None = None
+    # Callback body shape: `legacy` (the task object, `task_status: succeed`) or `v3`
+    # (Kling 3.0: `id`, `status: succeeded`, `outputs[]`, `billing[]`).
+    callback_shape: str = "legacy"
     # Seconds after the task ends before its image URLs answer 404 (None = forever).
     retention_seconds: float | None = None
     # Shifts the simulator's clock (timestamps, lifecycle, retention) to jump ahead in time.
@@ -127,6 +134,10 @@ class SimulatorConfig:
             raise ValueError("image_width and image_height must be >= 1")
         if self.image_bytes is not None and self.image_bytes < 0:
             raise ValueError("image_bytes must be >= 0")
+        if self.video_bytes is not None and self.video_bytes < 0:
+            raise ValueError("video_bytes must be >= 0")
+        if self.callback_shape not in CALLBACK_SHAPES:
+            raise ValueError(f"callback_shape must be one of {', '.join(CALLBACK_SHAPES)}")
         if self.webhook_secret is not None and not self.webhook_secret.startswith("whsec_"):
             raise ValueError("webhook_secret must start with whsec_")
         if self.account_code is not None and self.account_code not in ACCOUNT_CODES:

@@ -16,12 +16,13 @@ from typing import Any
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from kling.errors import CODE_TABLE
+from kling.kinds import KINDS
 from kling.simulator import accounts as acc
 from kling.simulator.account_api import AccountsMixin
 from kling.simulator.accounts import DEFAULT, AccountBook, CreateRefused
 from kling.simulator.config import CALLBACK_FAULT_KNOBS, SimulatorConfig
 from kling.simulator.dispatch import CallbackDelivery, Dispatcher, Pending
-from kling.simulator.image_api import ImagesMixin
+from kling.simulator.image_api import ImagesMixin, VideosMixin
 from kling.simulator.state import Kind, SimTask, Status
 
 _ID_ALPHABET = string.ascii_letters + string.digits + "-_"
@@ -39,7 +40,7 @@ class _QuietHandler(WSGIRequestHandler):
 __all__ = ["CreateRefused", "Simulator"]
 
 
-class Simulator(AccountsMixin, ImagesMixin):
+class Simulator(AccountsMixin, ImagesMixin, VideosMixin):
     """Simulated Kling accounts served over HTTP. Thread-safe; start it, use `base_url`, stop it."""
 
     def __init__(self, config: SimulatorConfig | None = None, **knobs: Any) -> None:
@@ -311,14 +312,11 @@ class Simulator(AccountsMixin, ImagesMixin):
         ext = params.get("external_task_id") or None
         if ext is not None and acc.ext_key(acct.name, ext) in self._by_ext:
             raise CreateRefused(1201, "external_task_id already exists")
-        series = kind == "omni" and params.get("result_type") == "series"
-        if series:
-            amount = params.get("series_amount")
-            count = amount if isinstance(amount, int) else 4
-            slots = 1
-        else:
-            count = int(params.get("n") or 1)
-            slots = count
+        # Slots and output count come from the registry, like everything kind-specific.
+        task_kind = KINDS[kind]
+        series = kind == "omni_image" and params.get("result_type") == "series"
+        count = task_kind.output_count(params)
+        slots = task_kind.slots(params)
         cost = cfg.unit_cost_per_image * count
         refusal = acc.admission_code(
             acct,
@@ -350,6 +348,8 @@ class Simulator(AccountsMixin, ImagesMixin):
             image_spec=(cfg.image_width, cfg.image_height, cfg.image_bytes),
             account=acct.name,
             units=cost,
+            yields=task_kind.yields,
+            video_bytes=cfg.video_bytes,
         )
         self._tasks[task.task_id] = task
         self._live[task.task_id] = task
@@ -427,7 +427,11 @@ class Simulator(AccountsMixin, ImagesMixin):
             if key and key in cfg.task_overrides:
                 knobs.update(cfg.task_overrides[key])
         history_at = dict(task.history).get(status, at)
-        body = json.dumps(task.task_object(self.public_url, status, history_at)).encode()
+        if cfg.callback_shape == "v3":
+            obj = task.standard_object(self.public_url, status, history_at)
+        else:
+            obj = task.task_object(self.public_url, status, history_at)
+        body = json.dumps(obj).encode()
         pending = Pending(task.task_id, task.callback_url, status, body)
         if self._rng.random() < knobs["callback_drop_rate"]:
             self._dispatcher.record_drop(pending)

@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Kind = Literal["image", "omni"]
+from kling.simulator.videos import duration_seconds
+
+# A name from `kling.kinds.KINDS` ("image", "omni_image", "text_to_video", ...).
+Kind = str
 Status = Literal["submitted", "processing", "succeed", "failed"]
 FINAL: tuple[Status, ...] = ("succeed", "failed")
 
@@ -36,6 +39,9 @@ class SimTask:
     # The account that created it and the units it deducts if it succeeds.
     account: str = "default"
     units: float = 0.0
+    # What the task makes ("image" or "video", from the registry) and a video's target byte size.
+    yields: str = "image"
+    video_bytes: int | None = None
     status: Status = "submitted"
     status_msg: str = ""
     updated_at: float = 0.0
@@ -91,6 +97,58 @@ class SimTask:
         suffix = "-watermark" if watermark else ""
         return f"/images/{self.task_id}/{index}{suffix}.png"
 
+    def video_path(self, index: int, *, watermark: bool = False) -> str:
+        suffix = "-watermark" if watermark else ""
+        return f"/videos/{self.task_id}/{index}{suffix}.mp4"
+
+    def _outputs(self, public_url: str) -> list[dict[str, Any]]:
+        if self.yields == "video":
+            return [
+                {
+                    "id": f"{self.task_id}-{i}",
+                    "url": public_url + self.video_path(i),
+                    "watermark_url": public_url + self.video_path(i, watermark=True),
+                    "duration": f"{duration_seconds():g}",
+                }
+                for i in range(self.image_count)
+            ]
+        return [
+            {
+                "index": i,
+                "url": public_url + self.image_path(i),
+                "watermark_url": public_url + self.image_path(i, watermark=True),
+            }
+            for i in range(self.image_count)
+        ]
+
+    def standard_object(self, public_url: str, status: Status, at: float) -> dict[str, Any]:
+        """The Kling 3.0 callback shape: `{id, status: succeeded, outputs[{type, ...}], billing[]}`."""
+        outputs = []
+        if status == "succeed":
+            for out in self._outputs(public_url):
+                outputs.append(
+                    {
+                        "type": self.yields,
+                        "url": out["url"],
+                        "watermark_url": out["watermark_url"],
+                        "duration": out.get("duration"),
+                        "group_id": None,
+                    }
+                )
+        obj: dict[str, Any] = {
+            "id": self.task_id,
+            "status": "succeeded" if status == "succeed" else status,
+            "message": self.status_msg if status == "failed" else "",
+            "create_time": ms(self.created_at),
+            "update_time": ms(at),
+            "external_id": self.external_task_id or "",
+            "outputs": outputs,
+        }
+        if status in FINAL:
+            amount = f"{self.units if status == 'succeed' else 0:g}"
+            obj["billing"] = [{"charge_type": "unit", "amount": amount, "package_type": self.yields}]
+        return obj
+
     def task_object(
         self, public_url: str, status: Status | None = None, at: float | None = None
     ) -> dict[str, Any]:
@@ -107,18 +165,13 @@ class SimTask:
         }
         result: dict[str, Any] = {}
         if status == "succeed":
-            images = [
-                {
-                    "index": i,
-                    "url": public_url + self.image_path(i),
-                    "watermark_url": public_url + self.image_path(i, watermark=True),
-                }
-                for i in range(self.image_count)
-            ]
-            if self.series:
-                result["series_images"] = images
+            outputs = self._outputs(public_url)
+            if self.yields == "video":
+                result["videos"] = outputs
+            elif self.series:
+                result["series_images"] = outputs
             else:
-                result["images"] = images
+                result["images"] = outputs
         obj["task_result"] = result
         if status in FINAL:
             # Kling charges nothing for a failed task.
@@ -137,6 +190,7 @@ class SimTask:
             "account": self.account,
             "units": self.units,
             "image_count": self.image_count,
+            "yields": self.yields,
             "callback_url": self.callback_url,
             "params": self.params,
             "created_at": ms(self.created_at),
