@@ -68,6 +68,10 @@ class SimulatorRemote:
         params = {"watermark": "1"} if watermark else {}
         return str(self._call("GET", f"/tasks/{task_id}/images/{index}", params=params)["sha256"])
 
+    def video_sha256(self, task_id: str, index: int, *, watermark: bool = False) -> str:
+        params = {"watermark": "1"} if watermark else {}
+        return str(self._call("GET", f"/tasks/{task_id}/videos/{index}", params=params)["sha256"])
+
     def deliveries(self, task_id: str | None = None) -> list[dict[str, Any]]:
         params = {"task_id": task_id} if task_id else {}
         result: list[dict[str, Any]] = self._call("GET", "/callbacks", params=params)

@@ -19,6 +19,7 @@ from kling import (
     ValidationError,
     parse_callback,
 )
+from kling.simulator import SimulatorRemote
 from kling.simulator.videos import FRAMES, HEIGHT, WIDTH
 from tests.kling.test_kinds import VALID
 from tests.simulator.helpers import client, get, post, wait_until
@@ -128,6 +129,9 @@ def test_videos_are_served_streamed_and_hashed(simulator_factory):
     assert sim.video_sha256(task.task_id, 0) == digest
     assert sim.video_size(task.task_id, 0) == 300_000
     assert get(sim, f"/_sim/tasks/{task.task_id}/videos/0").json() == {"sha256": digest, "bytes": 300_000}
+    with SimulatorRemote(sim.base_url) as remote:
+        assert remote.video_sha256(task.task_id, 0) == digest
+        assert remote.video_sha256(task.task_id, 0, watermark=True) != digest
     # Stable: the same URL serves the same bytes; the watermarked copy is another file.
     assert hashlib.sha256(requests.get(video.url, timeout=5).content).hexdigest() == digest
     assert video.watermark_url is not None
