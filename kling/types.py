@@ -199,6 +199,9 @@ def _urls(item: Mapping[str, Any], where: str) -> tuple[str, str | None, bool]:
 
 def _legacy_outputs(images: tuple[TaskImage, ...], videos: object) -> tuple[Output, ...]:
     """Images (plain, then series) and `task_result.videos[{id, url, duration}]`, indexes unique."""
+    if len(images) > MAX_IMAGE_INDEX + 1:
+        # Also bounds the renumbering below, which walks past indexes already taken.
+        raise UnexpectedResponseError("too many outputs")
     out: list[Output] = []
     used: set[int] = set()
 
@@ -216,6 +219,8 @@ def _legacy_outputs(images: tuple[TaskImage, ...], videos: object) -> tuple[Outp
         return tuple(out)
     if not isinstance(videos, list):
         raise UnexpectedResponseError("task_result.videos is not a list")
+    if len(images) + len(videos) > MAX_IMAGE_INDEX + 1:
+        raise UnexpectedResponseError("too many outputs")
     for pos, video in enumerate(videos):
         where = f"task_result.videos[{pos}]"
         if not isinstance(video, Mapping):

@@ -3,10 +3,12 @@ kind through the client; watermark-only outputs; failure reasons."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pytest_httpserver import HTTPServer
 
-from kling import KINDS, KlingClient, Output, TaskStatus, failure_reason, parse_callback
+from kling import KINDS, CallbackError, KlingClient, Output, TaskStatus, failure_reason, parse_callback
 from tests.samples import load, raw
 
 
@@ -100,3 +102,17 @@ def test_failed_tasks_keep_their_message_and_reason() -> None:
 )
 def test_failure_reason_is_a_pure_mapping(message: str | None, reason: str) -> None:
     assert failure_reason(message) == reason
+
+
+def test_output_indexes_stay_unique_and_bounded() -> None:
+    body = load("callbacks/legacy-omni_image-succeed")
+    result = body["task_result"]
+    result["images"] = [dict(result["series_images"][0])]
+    task = parse_callback(json.dumps(body).encode())
+    assert [o.index for o in task.outputs] == [0, 1, 2, 3]
+    result["images"] = [dict(result["series_images"][0], index=0) for _ in range(1001)]
+    with pytest.raises(CallbackError, match="too many outputs"):
+        parse_callback(json.dumps(body).encode())
+    body = load("callbacks/standard-omni_video-succeeded")
+    body["outputs"] = [*body["outputs"], {"type": "audio", "url": "https://cdn.klingai.com/a.mp3"}]
+    assert [o.type for o in parse_callback(json.dumps(body).encode()).outputs] == ["video"]
