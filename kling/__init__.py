@@ -16,6 +16,7 @@ from kling.client import (
     SINGAPORE,
     ImageProvider,
     KlingClient,
+    TaskProvider,
     UnsupportedOperation,
 )
 from kling.errors import (
@@ -129,6 +130,7 @@ __all__ = [
     "Task",
     "TaskImage",
     "TaskKind",
+    "TaskProvider",
     "TaskStatus",
     "TokenProvider",
     "TransportError",

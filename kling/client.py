@@ -65,6 +65,14 @@ class ImageProvider(Protocol):
 
     def account_costs(self) -> AccountCosts: ...
 
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class TaskProvider(ImageProvider, Protocol):
+    """`ImageProvider` plus every task kind (`kling.kinds`); both clients implement it (the gateway
+    for `image` only). Kept apart so existing `ImageProvider` implementations stay complete."""
+
     def create_task(
         self,
         kind: str | TaskKind,
@@ -78,7 +86,7 @@ class ImageProvider(Protocol):
         self, kind: str | TaskKind, task_id: str | None = None, *, external_task_id: str | None = None
     ) -> Task: ...
 
-    def close(self) -> None: ...
+    def list_tasks(self, kind: str | TaskKind, page: int = 1, page_size: int = 30) -> list[Task]: ...
 
 
 def envelope_error(

@@ -14,6 +14,7 @@ from kling import (
     KINDS,
     AppyPieClient,
     ConcurrencyLimitExceeded,
+    TaskProvider,
     TaskStatus,
     UnsupportedOperation,
     ValidationError,
@@ -32,6 +33,7 @@ def finished(c, kind, task_id):
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_sdk_round_trip_for_every_kind(simulator, kind):
     with client(simulator) as c:
+        assert isinstance(c, TaskProvider)
         created = c.create_task(kind, VALID[kind], external_task_id=f"ext-{kind}")
         assert created.status is TaskStatus.SUBMITTED
         done = finished(c, kind, created.task_id)
@@ -233,6 +235,7 @@ def test_bad_callback_shape_knob_is_refused(simulator):
 
 def test_gateway_offers_image_kind_only(simulator):
     with AppyPieClient(subscription_key="any", base_url=simulator.base_url) as gw:
+        assert isinstance(gw, TaskProvider)
         task = gw.create_task("image", {"prompt": "a fox"})
         assert gw.get_task("image", task.task_id).task_id == task.task_id
         for kind in set(KINDS) - {"image"}:
