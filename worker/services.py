@@ -7,12 +7,14 @@ and the demo pass any of them to the constructor instead.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
+from models.accounts import Account
 from models.db import SessionFactory
 from models.settings import Settings
 
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
 Publish = Callable[[str, list[Any]], None]
 # The poll and account gates' Redis calls, as bounded as the limiter's (worker/limiter.py).
 GATE_TIMEOUT = 2.0
+# How stale this process's view of the disabled accounts may be.
+DISABLED_TTL_SECONDS = 2.0
 
 
 class Services:
@@ -46,12 +50,27 @@ class Services:
         publish: Publish | None = None,
         poll_gate: PollGate | LocalPollGate | None = None,
         account_gate: AccountGate | LocalAccountGate | None = None,
+        accounts: tuple[Account, ...] | None = None,
+        account_providers: dict[str, ImageProvider] | None = None,
+        limiters: dict[str, SlotLimiter] | None = None,
     ) -> None:
         self.settings = settings
         self.publish = publish
         self._provider = provider
         self._lock = threading.Lock()
         self._providers: dict[str, ImageProvider] = {}
+        # Accounts given without their clients/limiters get them built like the settings' ones.
+        self.accounts: tuple[Account, ...] = accounts or settings.accounts
+        self.account_names = tuple(a.name for a in self.accounts)
+        self._by_name = {a.name: a for a in self.accounts}
+        # No file: the one `default` account serves every provider the settings have keys for.
+        self.legacy = accounts is None and not settings.kling_accounts_file
+        self._account_providers: dict[str, ImageProvider] = dict(account_providers or {})
+        self._limiters: dict[str, SlotLimiter] = dict(limiters or {})
+        self._disabled: frozenset[str] = frozenset()
+        self._disabled_until = float("-inf")
+        if limiter is not None:
+            self._limiters.setdefault(self.accounts[0].name, limiter)
         for name, given in (
             ("engine", engine),
             ("sessions", sessions),
@@ -101,16 +120,86 @@ class Services:
                 client = self._providers[name] = make_provider(self.settings, name)
             return client
 
+    def account(self, name: str | None) -> Account:
+        """A job's account by name; jobs from before accounts (NULL) and accounts since removed
+        from the file fall back to the first one."""
+        return self._by_name.get(name or "", self.accounts[0])
+
+    def provider_for_account(self, name: str | None, provider_name: str | None = None) -> ImageProvider:
+        """The client of one account (its own credentials and base URL), built once per process."""
+        account = self.account(name)
+        given = self._account_providers.get(account.name)
+        if given is not None:
+            return given
+        if self.legacy or self._provider is not None:
+            return self.provider_for(provider_name or account.provider)
+        with self._lock:
+            client = self._account_providers.get(account.name)
+            if client is None:
+                from worker.provider import make_account_provider
+
+                client = self._account_providers[account.name] = make_account_provider(account)
+            return client
+
+    def serves(self, account: Account, provider_name: str) -> bool:
+        return self.legacy or account.provider == provider_name
+
     @cached_property
     def limiter(self) -> SlotLimiter:
-        from worker.limiter import RedisSlotLimiter
+        """The first account's limiter (the only one in a single-account deployment)."""
+        return self.limiter_for(self.accounts[0].name)
 
-        return RedisSlotLimiter(
-            self.settings.limiter_redis_url,
-            limit=self.settings.kling_concurrency,
-            lease_seconds=self.settings.slot_lease_seconds,
-            key_prefix=self.settings.limiter_key_prefix,
-        )
+    def limiter_for(self, name: str | None) -> SlotLimiter:
+        """One limiter per account: its own keys, its own concurrency. The first account keeps the
+        unsuffixed keys, so leases taken before accounts existed still count."""
+        account = self.account(name)
+        with self._lock:
+            found = self._limiters.get(account.name)
+            if found is None:
+                from worker.limiter import RedisSlotLimiter
+
+                prefix = self.settings.limiter_key_prefix
+                if account.name != self.accounts[0].name:
+                    prefix = f"{prefix}:acct:{account.name}"
+                found = self._limiters[account.name] = RedisSlotLimiter(
+                    self.settings.limiter_redis_url,
+                    limit=account.concurrency,
+                    lease_seconds=self.settings.slot_lease_seconds,
+                    key_prefix=prefix,
+                )
+            return found
+
+    def limiters(self) -> dict[str, SlotLimiter]:
+        return {name: self.limiter_for(name) for name in self.account_names}
+
+    def release(self, job_id: str) -> bool:
+        """Free a job's slots whichever account holds them (release is idempotent): no database
+        read to learn its account, one Redis call per account."""
+        released = False
+        for name in self.account_names:
+            released = self.limiter_for(name).release(job_id) or released
+        return released
+
+    def renew(self, job_id: str, account: str | None) -> bool:
+        return self.limiter_for(account).renew(job_id)
+
+    def disabled_accounts(self) -> frozenset[str]:
+        """Accounts the operator disabled (a table), read at most every DISABLED_TTL_SECONDS per
+        process: no query per job."""
+        now = time.monotonic()
+        with self._lock:
+            if now < self._disabled_until:
+                return self._disabled
+        from sqlalchemy import select
+
+        from models.db import session_scope
+        from models.tables import DisabledAccount
+
+        with session_scope(self.sessions) as s:
+            names = frozenset(s.scalars(select(DisabledAccount.name)))
+        with self._lock:
+            self._disabled, self._disabled_until = names, now + DISABLED_TTL_SECONDS
+        return names
 
     @cached_property
     def fetcher(self) -> SafeFetcher:

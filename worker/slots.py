@@ -37,7 +37,7 @@ def release_slots(svc: Services, job_id: str, *, durable: bool = False) -> list[
     a poller applied), so it pumps even when the lease is already gone: an earlier release whose
     pump failed (broker or database down) must not leave the freed slots idle.
     """
-    if not svc.limiter.release(job_id) and not durable:
+    if not svc.release(job_id) and not durable:
         return []
     return pump(svc)
 
@@ -76,13 +76,22 @@ def pump(svc: Services) -> list[str]:
     """
     if svc.publish is None:
         return []
-    limiter = svc.limiter
-    holders = limiter.holders()
-    free = limiter.limit - sum(holders.values())
+    # Per account: its free slots, its leases, its wait queue (accounts disabled by the operator
+    # count no free slots; their pinned jobs are re-dispatched through their leases).
+    disabled = svc.disabled_accounts() if len(svc.account_names) > 1 else frozenset()
+    holders: dict[str, int] = {}
+    waiting: list[str] = []
+    free = limit = 0
+    for name, limiter in svc.limiters().items():
+        held = limiter.holders()
+        holders.update(held)
+        limit += limiter.limit
+        if name not in disabled:
+            free += limiter.limit - sum(held.values())
+        waiting += [w for w in limiter.waiting(max(100, limiter.limit * 4)) if w not in waiting]
     # Only the head of the queue: free slots are at most `limit`, and with a backlog of 20,000
     # reading the whole queue (and querying all of it) on every release made draining quadratic.
-    candidates = max(100, limiter.limit * 4)
-    waiting = limiter.waiting(candidates)
+    candidates = max(100, limit * 4)
     now = utcnow()
     with session_scope(svc.sessions) as s:
         walk_index_in_order(s)

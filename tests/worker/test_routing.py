@@ -1,0 +1,202 @@
+"""Several accounts (worker/routing.py, worker/submit.py): jobs spread over the accounts serving
+their provider within each account's own concurrency, the account recorded on the job, every later
+call on it, and no create on a second account after a create that may have gone out on the first.
+
+Real parts: PostgreSQL, one Redis limiter per account, two simulators over HTTP (one per account).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from kling import KlingClient
+from kling.simulator import Simulator
+from models.accounts import Account
+from models.db import make_engine, session_scope
+from models.settings import Settings
+from models.statemachine import create_job
+from models.tables import DisabledAccount, Job
+from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
+from worker import polling, repair, slots, submit
+from worker.accounts import AccountGate
+from worker.limiter import RedisSlotLimiter
+from worker.outcome import Step
+from worker.services import Services
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Pool:
+    svc: Services
+    sims: dict[str, Simulator]
+    limiters: dict[str, RedisSlotLimiter]
+    published: list[tuple[str, list[Any]]]
+
+    def job(self, params: dict[str, Any] | None = None) -> str:
+        with session_scope(self.svc.sessions) as s:
+            return create_job(s, params or {"prompt": "a lighthouse", "n": 1}, provider="kling").job.id
+
+    def get(self, job_id: str) -> Job:
+        with session_scope(self.svc.sessions) as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            s.expunge(job)
+            return job
+
+
+@pytest.fixture
+def pool(committed_pg_url: str, simulator_factory: Any, redis_client: Any) -> Iterator[Pool]:
+    concurrency = {"a": 2, "b": 2}
+    # Own seeds: task ids are unique across real accounts, and must be across the simulators too.
+    sims = {
+        name: simulator_factory(concurrency=n, task_seconds=30, seed=seed)
+        for seed, (name, n) in enumerate(concurrency.items())
+    }
+    prefix = f"test:routing:{secrets.token_hex(4)}"
+    accounts = tuple(
+        Account(name=name, provider="kling", api_base=sims[name].base_url, concurrency=n, api_key=None)
+        for name, n in concurrency.items()
+    )
+    limiters = {
+        name: RedisSlotLimiter(redis_client, limit=n, lease_seconds=60, key_prefix=f"{prefix}:{name}")
+        for name, n in concurrency.items()
+    }
+    clients = {
+        name: KlingClient(
+            access_key=TEST_ACCESS_KEY, secret_key=TEST_SECRET_KEY, base_url=sim.base_url, max_retries=0
+        )
+        for name, sim in sims.items()
+    }
+    engine = make_engine(committed_pg_url)
+    published: list[tuple[str, list[Any]]] = []
+    svc = Services(
+        Settings(database_url=committed_pg_url, reconcile_after_seconds=0),
+        engine=engine,
+        accounts=accounts,
+        account_providers=clients,
+        limiters=dict(limiters),
+        account_gate=AccountGate(redis_client, f"{prefix}:account", probe_seconds=30),
+        publish=lambda name, args: published.append((name, args)),
+    )
+    yield Pool(svc, sims, dict(limiters), published)
+    engine.dispose()
+    keys = list(redis_client.scan_iter(match=f"{prefix}*"))
+    if keys:
+        redis_client.delete(*keys)
+
+
+def test_jobs_spread_over_both_accounts_and_neither_goes_over_its_concurrency(pool: Pool) -> None:
+    jobs = [pool.job() for _ in range(5)]
+    outcomes = [submit.submit_job(pool.svc, j).step for j in jobs]
+    assert outcomes == [Step.DONE] * 4 + [Step.WAIT]
+    accounts = [pool.get(j).account for j in jobs]
+    assert accounts == ["a", "a", "b", "b", None]
+    for name, sim in pool.sims.items():
+        assert sim.create_count == 2
+        assert sim.max_slots_in_use <= 2
+        assert set(pool.limiters[name].holders()) == {
+            j for j, a in zip(jobs, accounts, strict=True) if a == name
+        }
+    assert pool.get(jobs[4]).status == "queued"
+
+
+def test_the_pump_counts_the_free_slots_of_every_account(pool: Pool) -> None:
+    jobs = [pool.job() for _ in range(5)]
+    assert submit.submit_job(pool.svc, jobs[0]).step is Step.DONE  # one slot of a's two in use
+    dispatched = slots.pump(pool.svc)
+    assert dispatched == jobs[1:4]  # a has 1 free, b has 2
+
+
+def test_a_job_whose_create_may_exist_on_one_account_is_never_created_on_another(pool: Pool) -> None:
+    # As an ambiguous create leaves it: counted, on account a, the task there after all.
+    job_id = pool.job()
+    with session_scope(pool.svc.sessions) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(create_attempts=1, account="a"))
+    from kling import ImageRequest
+
+    made = pool.svc.provider_for_account("a").create_image(
+        ImageRequest.from_params({"prompt": "a lighthouse"}), external_task_id=job_id
+    )
+    # a is full (two other jobs hold its slots); b has every slot free, and still is not used.
+    assert pool.limiters["a"].acquire("other-1", 1) and pool.limiters["a"].acquire("other-2", 1)
+    assert submit.submit_job(pool.svc, job_id).step is Step.WAIT
+    assert pool.sims["b"].create_count == 0 and pool.limiters["b"].holders() == {}
+    pool.limiters["a"].release("other-1")
+    assert submit.submit_job(pool.svc, job_id).step is Step.DONE
+    job = pool.get(job_id)
+    assert (job.account, job.provider_task_id) == ("a", made.task_id)
+    assert pool.sims["a"].create_count == 1 and pool.sims["b"].create_count == 0
+
+
+def test_a_create_dropped_after_it_went_through_is_found_on_its_own_account(pool: Pool) -> None:
+    pool.sims["a"].configure(accept_then_drop_rate=1.0)
+    job_id = pool.job()
+    assert submit.submit_job(pool.svc, job_id).step is Step.DONE
+    job = pool.get(job_id)
+    assert job.account == "a"
+    assert len(pool.sims["a"].tasks_by_external_id(job_id)) == 1
+    assert pool.sims["b"].create_count == 0
+
+
+def test_a_disabled_account_takes_no_new_jobs(pool: Pool) -> None:
+    with session_scope(pool.svc.sessions) as s:
+        s.add(DisabledAccount(name="a"))
+    try:
+        job_id = pool.job()
+        assert submit.submit_job(pool.svc, job_id).step is Step.DONE
+        assert pool.get(job_id).account == "b"
+        assert pool.sims["a"].create_count == 0
+    finally:
+        with session_scope(pool.svc.sessions) as s:
+            s.query(DisabledAccount).delete()
+
+
+def test_a_paused_account_sends_its_jobs_to_the_other(pool: Pool) -> None:
+    pool.sims["a"].configure(account_code=1102)
+    first = pool.job()
+    assert submit.submit_job(pool.svc, first).step is Step.WAIT  # refused by a: queued, not failed
+    job = pool.get(first)
+    assert (job.status, job.create_attempts) == ("queued", 0)
+    assert pool.svc.account_gate.state("a").code == 1102
+    assert submit.submit_job(pool.svc, first).step is Step.DONE
+    assert pool.get(first).account == "b"
+    assert pool.sims["a"].tasks() == []
+
+
+def test_1103_routes_the_job_to_another_account_and_fails_it_only_when_none_can(pool: Pool) -> None:
+    pool.sims["a"].configure(account_code=1103)
+    job_id = pool.job({"prompt": "x", "model_name": "kling-v2"})
+    assert submit.submit_job(pool.svc, job_id).step is Step.WAIT
+    assert pool.get(job_id).status == "queued"
+    assert ("dispatch_job", [job_id]) in pool.published
+    assert submit.submit_job(pool.svc, job_id).step is Step.DONE
+    assert pool.get(job_id).account == "b"
+    assert pool.svc.account_gate.denied("a", "kling-v2")
+
+    pool.sims["b"].configure(account_code=1103)
+    other = pool.job({"prompt": "y", "model_name": "kling-v1"})
+    assert submit.submit_job(pool.svc, other).step is Step.WAIT  # a refused kling-v1
+    assert submit.submit_job(pool.svc, other).step is Step.FAILED  # and b too
+    job = pool.get(other)
+    assert (job.status, job.error_code) == ("failed", "1103")
+
+
+def test_lookups_go_to_the_account_of_the_job(pool: Pool) -> None:
+    jobs = [pool.job() for _ in range(4)]
+    for j in jobs:
+        assert submit.submit_job(pool.svc, j).step is Step.DONE
+    on_b = next(j for j in jobs if pool.get(j).account == "b")
+    report = repair.reconcile(pool.svc)
+    # Every job was looked up on its own account: on the other one its task does not exist, and
+    # the lookup would have failed and counted as an error.
+    assert (report.polled, report.errors) == (4, 0)
+    assert polling.confirm(pool.svc, on_b) != "lookup_failed"
+    # Still running: each lease renewed in its own account's limiter, none moved.
+    assert set(pool.limiters["b"].holders()) == {j for j in jobs if pool.get(j).account == "b"}
