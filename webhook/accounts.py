@@ -29,9 +29,14 @@ def init_app(app: Flask) -> None:
 
 
 def services() -> Services:
-    svc: Services | None = current_app.extensions.get(SERVICES_KEY)
+    return services_for(current_app)
+
+
+def services_for(app: Flask) -> Services:
+    svc: Services | None = app.extensions.get(SERVICES_KEY)
     if svc is None:
-        svc = current_app.extensions[SERVICES_KEY] = Services(app_settings(), sessions=sessions())
+        with app.app_context():
+            svc = app.extensions[SERVICES_KEY] = Services(app_settings(), sessions=sessions())
     return svc
 
 

