@@ -128,6 +128,12 @@ class AccountGate:
         """Let the next submit probe at once (e.g. right after the pack was topped up)."""
         self._redis.delete(self._probe_key(name))
 
+    def costs_turn(self, name: str) -> bool:
+        """True for at most one caller per `probe_seconds`: that run may ask for the pack list
+        (its own turn: the list is free, and it must not use up the probe create's)."""
+        key = f"{self._prefix}:{name}:costs"
+        return bool(self._redis.set(key, "1", nx=True, px=int(self.probe_seconds * 1000)))
+
 
 class LocalAccountGate:
     """The same rules in one process (the demo's embedded broker, which has no Redis)."""
@@ -138,6 +144,7 @@ class LocalAccountGate:
         self._states: dict[str, AccountState] = {}
         self._next_probe: dict[str, float] = {}  # time.monotonic() from which a probe may go
         self._denied: dict[tuple[str, str], float] = {}  # (account, model) -> monotonic expiry
+        self._next_costs: dict[str, float] = {}
 
     def state(self, name: str) -> AccountState:
         with self._lock:
@@ -181,3 +188,11 @@ class LocalAccountGate:
     def probe_now(self, name: str) -> None:
         with self._lock:
             self._next_probe.pop(name, None)
+
+    def costs_turn(self, name: str) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next_costs.get(name, 0.0):
+                return False
+            self._next_costs[name] = now + self.probe_seconds
+            return True

@@ -20,6 +20,7 @@ from worker import metrics
 from worker.claims import db_now, unclaimed
 from worker.notify import GIVE_UP_AFTER
 from worker.polling import mark_polled
+from worker.probe import probe_paused
 from worker.pruning import PruneReport, prune
 from worker.services import Services
 from worker.slots import pump
@@ -42,6 +43,7 @@ class ReconcileReport:
     renotified: list[str] = field(default_factory=list)
     redispatched: list[str] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
 
 
 def reconcile(svc: Services, *, limit: int = 200) -> ReconcileReport:
@@ -82,6 +84,7 @@ def reconcile(svc: Services, *, limit: int = 200) -> ReconcileReport:
             report.changed += 1
 
     for name, step in (
+        ("resumed", probe_paused),
         ("rearchived", _redispatch_archives),
         ("renotified", _redispatch_notifications),
         ("released", _release_leaked),

@@ -23,7 +23,7 @@ from models.settings import Settings
 from models.statemachine import create_job
 from models.tables import DisabledAccount, Job
 from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
-from worker import polling, repair, slots, submit
+from worker import polling, probe, repair, slots, submit
 from worker.accounts import AccountGate
 from worker.limiter import RedisSlotLimiter
 from worker.outcome import Step
@@ -222,3 +222,77 @@ def test_a_finished_task_records_its_units_and_frees_its_own_accounts_slots(pool
     polling.apply_answer(pool.svc, job_id, task, job.account)
     assert pool.get(job_id).units == task.units  # type: ignore[attr-defined]
     assert pool.limiters[job.account or ""].holders() == {}
+
+
+# --- the probe (worker/probe.py) -----------------------------------------------------------------------
+class PackReporting:
+    """The account's real client (the simulator over HTTP), with the pack query the SDK is gaining
+    (`account_costs`), answering what the test sets: a number, None, or an exception to raise."""
+
+    def __init__(self, client: KlingClient) -> None:
+        self._client = client
+        self.remaining: Any = 0.0
+        self.asked = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def account_costs(self) -> Any:
+        self.asked += 1
+        if isinstance(self.remaining, Exception):
+            raise self.remaining
+        from types import SimpleNamespace
+
+        return SimpleNamespace(remaining_online=self.remaining)
+
+
+def test_a_dry_account_is_asked_about_its_packs_once_per_interval_and_resumes_with_units(
+    pool: Pool, redis_client: Any
+) -> None:
+    import time
+
+    from kling.client import UnsupportedOperation
+
+    reporting = PackReporting(pool.svc.provider_for_account("a"))  # type: ignore[arg-type]
+    pool.svc._account_providers["a"] = reporting  # type: ignore[assignment]
+    prefix = pool.svc.account_gate._prefix  # type: ignore[union-attr]  (the fixture cleans it up)
+    fast = AccountGate(redis_client, f"{prefix}:fast", probe_seconds=0.3)
+    pool.svc.__dict__["account_gate"] = fast
+    fast.pause("a", 1102, "dry")
+    pool.sims["a"].configure(account_code=1102)
+    queued = pool.job()
+    # b is full, so the job waits for a.
+    assert pool.limiters["b"].acquire("x", 2)
+
+    for answer in (0.0, None, UnsupportedOperation("no pack query"), RuntimeError("down")):
+        reporting.remaining = answer
+        asked = reporting.asked
+        deadline = time.monotonic() + 10
+        while reporting.asked == asked:
+            assert time.monotonic() < deadline, "the pack was never asked about"
+            assert probe.probe_paused(pool.svc) == []
+            time.sleep(0.02)
+        assert probe.probe_paused(pool.svc) == []  # at most once per interval
+        assert reporting.asked == asked + 1
+        assert fast.state("a").paused  # inconclusive: stays paused, no create sent
+    assert pool.sims["a"].tasks() == []
+
+    pool.sims["a"].configure(account_code=None)
+    reporting.remaining = 12.0
+    deadline = time.monotonic() + 10
+    while not (resumed := probe.probe_paused(pool.svc)):
+        assert time.monotonic() < deadline, "the account never resumed"
+        time.sleep(0.02)
+    assert resumed == ["a"] and not fast.state("a").paused
+    assert ("dispatch_job", [queued]) in pool.published  # the queue drains
+    assert submit.submit_job(pool.svc, queued).step is Step.DONE
+    assert pool.get(queued).account == "a"
+
+
+def test_an_account_paused_for_another_reason_is_not_asked_about_its_packs(pool: Pool) -> None:
+    reporting = PackReporting(pool.svc.provider_for_account("a"))  # type: ignore[arg-type]
+    reporting.remaining = 50.0
+    pool.svc._account_providers["a"] = reporting  # type: ignore[assignment]
+    pool.svc.account_gate.pause("a", 1101, "arrears")
+    assert probe.probe_paused(pool.svc) == []
+    assert reporting.asked == 0 and pool.svc.account_gate.state("a").paused
