@@ -67,6 +67,9 @@ def png_bytes(width: int = 320, height: int = 320) -> bytes:
         ["db", "upgrade"],
         ["sweep"],
         ["demo"],
+        ["accounts"],
+        ["accounts", "disable"],
+        ["accounts", "enable"],
     ],
 )
 def test_every_command_has_help(cli: Run, command: list[str]) -> None:
