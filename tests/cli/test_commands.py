@@ -341,6 +341,7 @@ def test_sweep_prunes_old_outbox_rows_and_callback_events(cli: Run, fresh_sqlite
 
 def test_every_command_is_registered() -> None:
     assert sorted(main.commands) == [
+        "accounts",
         "beat",
         "db",
         "demo",
