@@ -172,11 +172,11 @@ def create() -> ViewResult:
     key = _idempotency_key()
     errors += validate_image_params(params, provider=provider)
     n = params.get("n", 1)
-    if isinstance(n, int) and not isinstance(n, bool) and n > settings.kling_concurrency:
-        # Kling holds n slots per task: a job bigger than the account could never start.
-        errors.append(
-            FieldError("n", "concurrency", f"must be at most KLING_CONCURRENCY={settings.kling_concurrency}")
-        )
+    # Kling holds n slots per task: a job bigger than every account could never start.
+    most = max(a.concurrency for a in settings.accounts)
+    if isinstance(n, int) and not isinstance(n, bool) and n > most:
+        name = "the largest account concurrency" if settings.kling_accounts_file else "KLING_CONCURRENCY"
+        errors.append(FieldError("n", "concurrency", f"must be at most {name}={most}"))
     if errors:
         raise ApiError(422, "invalid request", errors)
 

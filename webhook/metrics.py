@@ -127,8 +127,8 @@ class StateCollector(Collector):
         )
         taken.add_metric([], age)
         yield taken
-        limit = GaugeMetricFamily("kling_slots_limit", "Provider concurrency limit, in slots")
-        limit.add_metric([], self._settings.kling_concurrency)
+        limit = GaugeMetricFamily("kling_slots_limit", "Provider concurrency limit, in slots (first account)")
+        limit.add_metric([], self._settings.accounts[0].concurrency)
         yield limit
         try:
             in_use = GaugeMetricFamily("kling_slots_in_use", "Provider slots held by live leases")

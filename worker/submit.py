@@ -48,6 +48,7 @@ class Lookup(Enum):
 
 def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | None = None) -> Outcome:
     """Create the provider task for a queued job, at most once (docs/architecture.md rules 1 and 3)."""
+    disabled = svc.disabled_accounts()  # cached per process: a query every few seconds, not per job
     with session_scope(svc.sessions) as s:
         job = s.get(Job, job_id)
         if job is None:
@@ -65,7 +66,7 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
             svc.accounts,
             provider_name,
             pinned=pinned_account(job.account, job.create_attempts),
-            disabled=svc.disabled_accounts(),
+            disabled=disabled,
             legacy=svc.legacy,
         )
         model = str(params.get("model_name") or "")
