@@ -11,7 +11,7 @@ from typing import Any
 from flask import Blueprint, Flask, current_app
 
 from webhook.api import require_token
-from webhook.db import app_settings, sessions
+from webhook.db import LIMITER_KEY, app_settings, sessions
 from webhook.views import ViewResult
 from worker.account_views import account_views, waiting_for
 from worker.services import Services
@@ -33,10 +33,22 @@ def services() -> Services:
 
 
 def services_for(app: Flask) -> Services:
+    """The app's account view; a host that embeds the app (the demo) may set SERVICES_KEY to its
+    own. An in-process limiter set on the app (no Redis) comes with an in-process pause gate."""
     svc: Services | None = app.extensions.get(SERVICES_KEY)
     if svc is None:
+        from worker.accounts import LocalAccountGate
+        from worker.limiter import RedisSlotLimiter
+
+        limiter = app.extensions.get(LIMITER_KEY)
+        local = limiter is not None and not isinstance(limiter, RedisSlotLimiter)
         with app.app_context():
-            svc = app.extensions[SERVICES_KEY] = Services(app_settings(), sessions=sessions())
+            svc = app.extensions[SERVICES_KEY] = Services(
+                app_settings(),
+                sessions=sessions(),
+                limiter=limiter,
+                account_gate=LocalAccountGate() if local else None,
+            )
     return svc
 
 
