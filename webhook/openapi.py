@@ -252,6 +252,12 @@ def _schemas() -> dict[str, Schema]:
                 "properties": {"in_use": _nullable({"type": "integer"}), "limit": {"type": "integer"}},
             },
             "images_at_risk": _nullable({"type": "integer"}),
+            "accounts_not_active": {
+                "type": "array",
+                "nullable": True,
+                "items": _ref("Account"),
+                "description": "Paused or disabled accounts (the banner); null when unknown",
+            },
             "outbox_backlog": _nullable({"type": "integer"}),
             "jobs": {"type": "array", "items": _ref("Job")},
             "gallery": {
