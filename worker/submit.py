@@ -104,9 +104,11 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
                 continue
             account = name
             break
-        for name in tried if len(tried) > 1 else ():
+        # Taken somewhere: leave the other accounts' wait queues (a job still waiting keeps its
+        # place in every queue it joined, for their fairness rule).
+        for name in tried if account and len(tried) > 1 else ():
             if name != account:
-                svc.limiter_for(name).release(job_id)  # leave the other accounts' wait queues
+                svc.limiter_for(name).release(job_id)
         if unusable is None and not account:
             if plan.accounts and too_big + denied < len(plan.accounts):
                 # No slots (the common case while a batch waits) or every account paused: give the

@@ -296,3 +296,15 @@ def test_an_account_paused_for_another_reason_is_not_asked_about_its_packs(pool:
     pool.svc.account_gate.pause("a", 1101, "arrears")
     assert probe.probe_paused(pool.svc) == []
     assert reporting.asked == 0 and pool.svc.account_gate.state("a").paused
+
+
+def test_a_waiting_job_keeps_its_place_in_every_queue_until_one_account_takes_it(pool: Pool) -> None:
+    for name in ("a", "b"):
+        assert pool.limiters[name].acquire(f"full-{name}", 2)
+    job_id = pool.job()
+    assert submit.submit_job(pool.svc, job_id).step is Step.WAIT
+    assert job_id in pool.limiters["a"].waiting() and job_id in pool.limiters["b"].waiting()
+    pool.limiters["b"].release("full-b")
+    assert submit.submit_job(pool.svc, job_id).step is Step.DONE
+    assert pool.get(job_id).account == "b"
+    assert job_id not in pool.limiters["a"].waiting()  # gone from the queue it no longer needs
