@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ACTIVE, PAUSED, DISABLED = "active", "paused", "disabled"
+BUDGET = "budget"  # the pause reason of an account whose daily unit budget is used up
 STATES = (ACTIVE, PAUSED, DISABLED)
 ACCOUNT_FIELDS = (
     "name",
@@ -52,7 +53,7 @@ class AccountView:
     @property
     def reason(self) -> str | None:
         if self.state == PAUSED:
-            return f"paused: {self.code}" if self.code is not None else "paused"
+            return f"paused: {self.code}" if self.code is not None else f"paused: {self.message or 'unknown'}"
         return DISABLED if self.state == DISABLED else None
 
     def document(self) -> dict[str, Any]:
@@ -110,6 +111,12 @@ def account_views(svc: Services, *, with_units: bool = True) -> list[AccountView
     views = []
     for account in svc.accounts:
         state = svc.account_gate.state(account.name)
+        if (
+            not state.paused
+            and account.daily_unit_budget
+            and svc.budget.paused(account.name, datetime.now(UTC))
+        ):
+            state = replace(state, paused=True, message=BUDGET)
         try:
             in_use: int | None = svc.limiter_for(account.name).in_use()
         except Exception as exc:  # noqa: BLE001  (shown as unknown, the rest still answers)

@@ -21,6 +21,7 @@ from models.settings import Settings
 if TYPE_CHECKING:
     from kling.client import ImageProvider
     from worker.accounts import AccountGate, LocalAccountGate
+    from worker.budget import LocalUnitBudget, UnitBudget
     from worker.fetch import SafeFetcher
     from worker.limiter import SlotLimiter
     from worker.polling import DurationCache, LocalPollGate, PollGate
@@ -30,6 +31,9 @@ Publish = Callable[[str, list[Any]], None]
 GATE_TIMEOUT = 2.0
 # How stale this process's view of the disabled accounts may be.
 DISABLED_TTL_SECONDS = 2.0
+# A budgeted account's estimate of a task's units: its last UNIT_SAMPLES tasks, re-read each minute.
+UNIT_SAMPLES = 50
+UNIT_ESTIMATE_TTL_SECONDS = 60.0
 
 
 class Services:
@@ -69,6 +73,7 @@ class Services:
         self._limiters: dict[str, SlotLimiter] = dict(limiters or {})
         self._disabled: frozenset[str] = frozenset()
         self._disabled_until = float("-inf")
+        self._per_slot: dict[str, tuple[float, float | None]] = {}
         if limiter is not None:
             self._limiters.setdefault(self.accounts[0].name, limiter)
         for name, given in (
@@ -236,6 +241,45 @@ class Services:
         from worker.polling import PollGate
 
         return PollGate(self.gate_redis, f"{self.settings.limiter_key_prefix}:poll")
+
+    @cached_property
+    def budget(self) -> UnitBudget | LocalUnitBudget:
+        """Daily unit budgets (worker/budget.py); without Redis (the demo) none is enforced."""
+        from worker.budget import LocalUnitBudget, UnitBudget
+
+        if "account_gate" in self.__dict__ and not hasattr(self.account_gate, "_redis"):
+            return LocalUnitBudget()
+        return UnitBudget(self.gate_redis, f"{self.settings.limiter_key_prefix}:budget")
+
+    @property
+    def budgeted(self) -> bool:
+        return any(a.daily_unit_budget for a in self.accounts)
+
+    def units_per_slot(self, name: str) -> float | None:
+        """The account's recent units per slot (finished jobs), read at most every minute."""
+        now = time.monotonic()
+        with self._lock:
+            cached = self._per_slot.get(name)
+            if cached is not None and now < cached[0]:
+                return cached[1]
+        from sqlalchemy import func, select
+
+        from models.db import session_scope
+        from models.tables import Job
+
+        recent = (
+            select(Job.units, Job.slots)
+            .where(Job.account == name, Job.units.is_not(None))
+            .order_by(Job.finished_at.desc())
+            .limit(UNIT_SAMPLES)
+            .subquery()
+        )
+        with session_scope(self.sessions) as s:
+            units, slots = s.execute(select(func.sum(recent.c.units), func.sum(recent.c.slots))).one()
+        value = float(units) / slots if units is not None and slots else None
+        with self._lock:
+            self._per_slot[name] = (now + UNIT_ESTIMATE_TTL_SECONDS, value)
+        return value
 
     @cached_property
     def account_gate(self) -> AccountGate | LocalAccountGate:

@@ -37,9 +37,20 @@ def release_slots(svc: Services, job_id: str, *, durable: bool = False) -> list[
     a poller applied), so it pumps even when the lease is already gone: an earlier release whose
     pump failed (broker or database down) must not leave the freed slots idle.
     """
+    if svc.budgeted:
+        _settle_units(svc, job_id)
     if not svc.release(job_id) and not durable:
         return []
     return pump(svc)
+
+
+def _settle_units(svc: Services, job_id: str) -> None:
+    """The task ended: its real units replace its reservation in the account's daily budget
+    (one query, only in deployments with a budgeted account)."""
+    with session_scope(svc.sessions) as s:
+        row = s.execute(select(Job.account, Job.units).where(Job.id == job_id)).one_or_none()
+    if row is not None and row.account and svc.account(row.account).daily_unit_budget:
+        svc.budget.settle(row.account, job_id, row.units, utcnow())
 
 
 def hand_off_slots(svc: Services, job_id: str, rows: Sequence[QueuedTask]) -> None:

@@ -16,6 +16,7 @@ from kling import ImageRequest, KlingError, Task, TaskStatus, ValidationError
 from kling.client import ImageProvider
 from kling.errors import ConcurrencyLimitExceeded, PermissionDenied, RateLimited, ServiceUnavailable
 from kling.http import backoff, is_ambiguous, is_not_found
+from models.base import utcnow
 from models.db import session_scope
 from models.enums import JobStatus
 from models.outbox import DISPATCH_JOB
@@ -24,6 +25,7 @@ from models.tables import Job
 from models.tokens import callback_url
 from worker import metrics
 from worker.accounts import denies_model, pauses_account
+from worker.budget import estimate
 from worker.claims import keep_claim, take_claim
 from worker.limiter import SlotLimiter
 from worker.outcome import Outcome, Step, fail_job
@@ -102,6 +104,9 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
             if probing and not svc.account_gate.probe_turn(name):
                 limiter.release(job_id)
                 continue
+            if not _reserve_units(svc, name, job_id, slots):
+                limiter.release(job_id)
+                continue
             account = name
             break
         # Taken somewhere: leave the other accounts' wait queues (a job still waiting keeps its
@@ -176,6 +181,7 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
             )
         if not is_ambiguous(exc):
             limiter.release(job_id)
+            _unreserve(svc, account, job_id)
             fail_job(
                 svc, job_id, code=str(exc.code or exc.http_status or "provider_error"), message=exc.message
             )
@@ -192,6 +198,26 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
         log.warning("account %s resumed", account)
     _record_submitted(svc, job_id, task)
     return Outcome(Step.DONE, detail=task.task_id)
+
+
+def _reserve_units(svc: Services, name: str, job_id: str, slots: int) -> bool:
+    """A budgeted account: reserve the task's estimated units of today's budget (worker/budget.py);
+    False when that would pass it (the account is then paused with reason `budget` until 00:00 UTC).
+    No Redis call for an account without a budget."""
+    budget = svc.account(name).daily_unit_budget
+    if not budget:
+        return True
+    units = estimate(slots, svc.units_per_slot(name))
+    if svc.budget.reserve(name, job_id, units, budget, utcnow()):
+        return True
+    log.info("account %s: today's unit budget (%g) is used up", name, budget)
+    return False
+
+
+def _unreserve(svc: Services, account: str, job_id: str) -> None:
+    """The create made no task: give its units back to the day's budget."""
+    if svc.account(account).daily_unit_budget:
+        svc.budget.settle(account, job_id, None, utcnow())
 
 
 def _unroutable(
@@ -231,6 +257,8 @@ def _pause_account(svc: Services, account: str, job_id: str, token: str, exc: Kl
     """The account refused the create (dry pack, arrears, IP whitelist, maintenance): every other
     job would be refused the same way, so pause submitting and keep this job queued, not failed."""
     svc.limiter_for(account).release(job_id)
+    if not isinstance(exc, ServiceUnavailable):
+        _unreserve(svc, account, job_id)
     if svc.account_gate.pause(account, exc.code, exc.message):
         log.warning("account %s paused: %s %s", account, exc.code, exc.message)
     else:
@@ -247,6 +275,7 @@ def _deny_model(
     """1103: this account may not use the model. Mark it so for a while and route the job to
     another account; fail it only when every account serving its provider refused the model."""
     svc.limiter_for(account).release(job_id)
+    _unreserve(svc, account, job_id)
     svc.account_gate.deny(account, model)
     log.warning("account %s may not use model %s: %s %s", account, model or "default", exc.code, exc.message)
     others = [

@@ -308,3 +308,71 @@ def test_a_waiting_job_keeps_its_place_in_every_queue_until_one_account_takes_it
     assert submit.submit_job(pool.svc, job_id).step is Step.DONE
     assert pool.get(job_id).account == "b"
     assert job_id not in pool.limiters["a"].waiting()  # gone from the queue it no longer needs
+
+
+# --- daily unit budgets (worker/budget.py) ----------------------------------------------------------------
+def test_a_used_up_daily_budget_pauses_the_account_and_sends_jobs_elsewhere(
+    pool: Pool, redis_client: Any
+) -> None:
+    from dataclasses import replace
+
+    from models.base import utcnow
+    from worker.account_views import account_views
+    from worker.budget import UnitBudget
+
+    a, b = pool.svc.accounts
+    pool.svc.accounts = (replace(a, daily_unit_budget=1.0), b)
+    pool.svc._by_name = {acc.name: acc for acc in pool.svc.accounts}
+    prefix = pool.svc.account_gate._prefix  # type: ignore[union-attr]  (the fixture cleans it up)
+    budget = pool.svc.__dict__["budget"] = UnitBudget(redis_client, f"{prefix}:budget")
+
+    first, second = pool.job(), pool.job()
+    for job_id in (first, second):
+        assert submit.submit_job(pool.svc, job_id).step is Step.DONE
+    # No task of a has cost anything yet: 1 unit per slot is reserved for the first; the second
+    # would pass the budget of 1, so a pauses until 00:00 UTC and the job goes to b.
+    assert [pool.get(j).account for j in (first, second)] == ["a", "b"]
+    assert budget.spent("a", utcnow()) == 1.0
+    assert budget.paused("a", utcnow())
+    view = next(v for v in account_views(pool.svc) if v.name == "a")
+    assert (view.state, view.reason) == ("paused", "paused: budget")
+
+    # The first task ends having cost 0.25: its reservation is settled to that.
+    with session_scope(pool.svc.sessions) as s:
+        s.execute(update(Job).where(Job.id == first).values(status="archived", units=0.25))
+    slots.release_slots(pool.svc, first)
+    assert budget.spent("a", utcnow()) == 0.25
+    # Still paused for the day although units are left: the next job goes to b, none to a.
+    third = pool.job()
+    assert submit.submit_job(pool.svc, third).step is Step.DONE
+    assert pool.get(third).account == "b"
+    assert pool.sims["a"].create_count == 1
+
+
+def test_a_refused_create_gives_its_units_back(pool: Pool, redis_client: Any) -> None:
+    from dataclasses import replace
+
+    from models.base import utcnow
+    from worker.budget import UnitBudget
+
+    a, b = pool.svc.accounts
+    pool.svc.accounts = (replace(a, daily_unit_budget=5.0), b)
+    pool.svc._by_name = {acc.name: acc for acc in pool.svc.accounts}
+    prefix = pool.svc.account_gate._prefix  # type: ignore[union-attr]
+    budget = pool.svc.__dict__["budget"] = UnitBudget(redis_client, f"{prefix}:budget")
+    pool.sims["a"].configure(account_code=1102)
+    job_id = pool.job()
+    assert submit.submit_job(pool.svc, job_id).step is Step.WAIT
+    assert budget.spent("a", utcnow()) == 0.0
+
+
+def test_budget_days_are_utc_and_estimates_learn_from_the_account() -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from worker.budget import DEFAULT_UNITS_PER_SLOT, estimate, seconds_to_midnight, utc_day
+
+    late = datetime(2026, 12, 6, 23, 59, 30, tzinfo=UTC)
+    assert seconds_to_midnight(late) == 30.0
+    assert utc_day(late.astimezone(timezone(timedelta(hours=9)))) == "2026-12-06"
+    assert estimate(3, None) == 3 * DEFAULT_UNITS_PER_SLOT
+    assert estimate(2, 0.25) == 0.5
