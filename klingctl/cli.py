@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from klingctl.accounts import accounts
 from klingctl.demo import demo
 from klingctl.errors import FriendlyGroup
 from klingctl.jobs import jobs, show, submit
@@ -20,7 +21,7 @@ def main() -> None:
     """
 
 
-for _command in (submit, jobs, show, webhook, worker, beat, db, sweep, demo):
+for _command in (submit, jobs, show, webhook, worker, beat, db, sweep, demo, accounts):
     main.add_command(_command)
 
 

@@ -33,9 +33,12 @@ def describe(exc: BaseException) -> tuple[str, int]:
 
     from kling.errors import KlingError
     from kling.errors import ValidationError as RequestInvalid
+    from models.accounts import AccountsConfigError
 
     if isinstance(exc, RequestInvalid):
         return str(exc), 2
+    if isinstance(exc, AccountsConfigError):
+        return f"configuration: {first_line(exc)}", 2
     if isinstance(exc, KlingError):
         return f"provider: {first_line(exc)}", 1
     if isinstance(exc, SettingsError):

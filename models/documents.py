@@ -8,7 +8,7 @@ from the tuples below, and tests check that the documents have exactly those key
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -40,6 +40,7 @@ JOB_FIELDS = (
     "id",
     "status",
     "provider",
+    "account",
     "provider_task_id",
     "external_task_id",
     "params",
@@ -51,6 +52,8 @@ JOB_FIELDS = (
     "transitions",
     "images",
     "notifications",
+    "units",
+    "waiting_for",
 )
 TRANSITION_FIELDS = ("from", "to", "source", "at")
 IMAGE_FIELDS = (
@@ -173,6 +176,8 @@ def job_select() -> Select[Any]:
         Job.id,
         Job.status,
         Job.provider,
+        Job.account,
+        Job.units,
         Job.provider_task_id,
         stored_params().label("params"),
         Job.error_code,
@@ -185,9 +190,14 @@ def job_select() -> Select[Any]:
 
 
 def job_documents(
-    session: Session, stmt: Select[Any], params: Mapping[str, Any] | None = None
+    session: Session,
+    stmt: Select[Any],
+    params: Mapping[str, Any] | None = None,
+    *,
+    waiting: Callable[[str], Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """The job documents for the rows of `stmt` (from `job_select`), in order."""
+    """The job documents for the rows of `stmt` (from `job_select`), in order. `waiting(provider)`
+    says why a queued job of that provider waits (`waiting_for`); it is called for queued jobs only."""
     # On the session's connection: Core rows, without the ORM's result machinery.
     conn = session.connection()
     jobs = conn.execute(stmt, params).all()
@@ -236,6 +246,7 @@ def job_documents(
             "id": job.id,
             "status": job.status,
             "provider": job.provider,
+            "account": job.account,
             "provider_task_id": job.provider_task_id,
             "external_task_id": job.id,
             "params": public_params(job.params),
@@ -247,6 +258,8 @@ def job_documents(
             "transitions": transitions[job.id],
             "images": images[job.id],
             "notifications": notes[job.id],
+            "units": job.units,
+            "waiting_for": waiting(job.provider) if waiting is not None and job.status == "queued" else None,
         }
         for job in jobs
     ]
@@ -255,9 +268,11 @@ def job_documents(
 _ONE_JOB = job_select().where(Job.id == bindparam("job_id"))
 
 
-def job_document(session: Session, job_id: str) -> dict[str, Any] | None:
+def job_document(
+    session: Session, job_id: str, *, waiting: Callable[[str], Any] | None = None
+) -> dict[str, Any] | None:
     """One job's document, or None when there is no such job."""
-    docs = job_documents(session, _ONE_JOB, {"job_id": job_id})
+    docs = job_documents(session, _ONE_JOB, {"job_id": job_id}, waiting=waiting)
     return docs[0] if docs else None
 
 

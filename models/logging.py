@@ -56,6 +56,8 @@ def secret_values(settings: Settings) -> set[str]:
     ):
         if field is not None:
             values.add(field.get_secret_value())
+    for account in settings.accounts:
+        values.update(account.secrets())
     values.update(os.environ.get(name, "") for name in ENV_SECRETS)
     values.update(v.removeprefix("whsec_") for v in list(values) if v.startswith("whsec_"))
     return {v for v in values if len(v) >= MIN_SECRET_LENGTH}

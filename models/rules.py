@@ -214,6 +214,10 @@ def decide(job: JobState, report: Task, source: str, now: datetime) -> Plan:
             if report.created_at is not None and report.updated_at is not None:
                 ran = (report.updated_at - report.created_at).total_seconds()
                 changes["provider_seconds"] = max(0.0, ran)
+            # The units the task deducted from the account's pack (`final_unit_deduction`).
+            units = getattr(report, "units", None)
+            if units is not None:
+                changes["units"] = float(units)
     elif target is JobStatus.SUCCEEDED and job.status is JobStatus.SUCCEEDED and not job.has_images:
         # A first `succeed` may have come without images (a bare callback): the first report that
         # carries them sets them, once.

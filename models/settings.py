@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from models.accounts import Account, legacy_settings_set, load_accounts
 
 DEFAULT_ALLOWED_HOSTS = (".klingai.com", ".kling.ai", ".inkwai.com", ".kwai.net", ".kuaishou.com")
 # Shared secrets anyone could try to guess from outside: 32 bytes = 256 bits, HMAC-SHA256's key size.
@@ -69,6 +72,8 @@ class Settings(BaseSettings):
 
     appypie_api_base: str = "https://gateway.appypie.com"
     appypie_subscription_key: SecretStr | None = None
+    # Several accounts (models/accounts.py); when set, the single-account keys above are ignored.
+    kling_accounts_file: str | None = None
 
     public_base_url: str | None = None
     callback_secret: SecretStr | None = None
@@ -146,11 +151,25 @@ class Settings(BaseSettings):
             raise ValueError(problem)
         return v
 
+    _accounts: tuple[Account, ...] = PrivateAttr(default=())
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.public_base_url and not self.callback_secret:
             raise ValueError("CALLBACK_SECRET is required when PUBLIC_BASE_URL is set")
+        # Read here so every process (webhook, worker, klingctl) stops at start on a bad file.
+        self._accounts = load_accounts(self)
+        ignored = legacy_settings_set(self) if self.kling_accounts_file else []
+        if ignored:
+            logging.getLogger(__name__).warning(
+                "KLING_ACCOUNTS_FILE is set: %s ignored (configure accounts in the file)", ", ".join(ignored)
+            )
         return self
+
+    @property
+    def accounts(self) -> tuple[Account, ...]:
+        """The provider accounts (the file's, or `default` from the single-account settings)."""
+        return self._accounts
 
     def to_env(self) -> dict[str, str]:
         """Environment variables that make another process (a worker, a webhook) build these

@@ -76,6 +76,10 @@ class Job(Base):
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Creates sent to the provider: after the first, the task may exist, so look it up first.
     create_attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # The provider account the job was (or is being) created on; every later call goes there.
+    account: Mapped[str | None] = mapped_column(String(64))
+    # The provider's final_unit_deduction for the task.
+    units: Mapped[float | None] = mapped_column(Float)
 
     images: Mapped[list[Image]] = relationship(
         back_populates="job", order_by="Image.index", cascade="all, delete-orphan", passive_deletes=True
@@ -208,3 +212,12 @@ class Notification(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+
+
+class DisabledAccount(Base):
+    """Accounts the operator disabled (`klingctl accounts disable NAME`): durable, unlike pauses."""
+
+    __tablename__ = "disabled_accounts"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    disabled_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())

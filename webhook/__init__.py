@@ -10,7 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from models.logging import configure_logging, install_redaction
 from models.settings import Settings, get_settings
-from webhook import api, callbacks, dashboard, db, health, metrics, openapi
+from webhook import accounts, api, callbacks, dashboard, db, health, metrics, openapi
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -30,6 +30,7 @@ def create_app(
         # Nobody configured logging (gunicorn leaves the root logger alone): JSON lines on stderr.
         configure_logging(settings)
     api.init_app(app, settings)
+    accounts.init_app(app)
     db.init_app(app, settings, session_factory)
     health.init_app(app, settings)
     app.register_blueprint(callbacks.bp)

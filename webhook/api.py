@@ -172,11 +172,11 @@ def create() -> ViewResult:
     key = _idempotency_key()
     errors += validate_image_params(params, provider=provider)
     n = params.get("n", 1)
-    if isinstance(n, int) and not isinstance(n, bool) and n > settings.kling_concurrency:
-        # Kling holds n slots per task: a job bigger than the account could never start.
-        errors.append(
-            FieldError("n", "concurrency", f"must be at most KLING_CONCURRENCY={settings.kling_concurrency}")
-        )
+    # Kling holds n slots per task: a job bigger than every account could never start.
+    most = max(a.concurrency for a in settings.accounts)
+    if isinstance(n, int) and not isinstance(n, bool) and n > most:
+        name = "the largest account concurrency" if settings.kling_accounts_file else "KLING_CONCURRENCY"
+        errors.append(FieldError("n", "concurrency", f"must be at most {name}={most}"))
     if errors:
         raise ApiError(422, "invalid request", errors)
 
@@ -237,7 +237,7 @@ def list_jobs() -> ViewResult:
         stmt = stmt.where(or_(Job.created_at < at, and_(Job.created_at == at, Job.id < last_id)))
     stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
     with autocommit_sessions() as read, read() as session:
-        docs = job_documents(session, stmt)
+        docs = job_documents(session, stmt, waiting=_waiting())
     more = len(docs) > limit
     docs = docs[:limit]
     next_cursor = _encode_cursor(docs[-1]) if more and docs else None
@@ -247,7 +247,7 @@ def list_jobs() -> ViewResult:
 @bp.get("/v1/jobs/<job_id>")
 def show(job_id: str) -> ViewResult:
     with autocommit_sessions() as read, read() as session:
-        return _one_document(session, _job_id(job_id)), 200
+        return _one_document(session, _job_id(job_id), _waiting()), 200
 
 
 @bp.get("/v1/jobs/<job_id>/images/<int:index>")
@@ -429,8 +429,15 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     return parsed, job_id
 
 
-def _one_document(session: Session, job_id: str) -> dict[str, Any]:
-    doc = job_document(session, job_id)
+def _waiting() -> Any:
+    from webhook.accounts import waiting_lookup  # here: that module imports this one
+
+    return waiting_lookup()
+
+
+def _one_document(session: Session, job_id: str, waiting: Any = None) -> dict[str, Any]:
+    """`waiting`: see `job_documents`; creating a job answers without it (no Redis call there)."""
+    doc = job_document(session, job_id, waiting=waiting)
     if doc is None:
         raise ApiError(404, "unknown job")
     return doc

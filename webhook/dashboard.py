@@ -65,6 +65,7 @@ def data() -> ViewResult:
                 "limit": int(snapshot["kling_slots_limit"]),
             },
             "images_at_risk": int(snapshot["kling_images_at_risk"]) if database_up else None,
+            "accounts_not_active": _accounts_not_active(),
             "outbox_backlog": int(snapshot["kling_outbox_backlog"]) if database_up else None,
             "jobs": jobs,
             "gallery": [
@@ -80,6 +81,18 @@ def data() -> ViewResult:
             ],
         }
     return payload, 200
+
+
+def _accounts_not_active() -> list[dict[str, Any]] | None:
+    """The banner's accounts: paused or disabled ones (None when their state is unknown)."""
+    from webhook.accounts import services
+    from worker.account_views import ACTIVE, account_views
+
+    try:
+        views = account_views(services(), with_units=False)
+    except Exception:  # noqa: BLE001  (the rest of the page still shows)
+        return None
+    return [view.document() for view in views if view.state != ACTIVE]
 
 
 def init_app(app: Flask) -> None:

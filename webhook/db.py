@@ -215,7 +215,7 @@ def limiter_for(app: Flask) -> SlotLimiter:
         settings: Settings = app.extensions[_SETTINGS]
         found = app.extensions[LIMITER_KEY] = RedisSlotLimiter(
             settings.limiter_redis_url,
-            limit=settings.kling_concurrency,
+            limit=settings.accounts[0].concurrency,  # the first account's keys and slots
             lease_seconds=settings.slot_lease_seconds,
             key_prefix=settings.limiter_key_prefix,
             socket_timeout=LIMITER_SOCKET_TIMEOUT_SECONDS,

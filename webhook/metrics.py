@@ -28,7 +28,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -41,6 +41,7 @@ from models.enums import JobStatus
 from models.settings import Settings
 from models.tables import Job, Outbox
 from webhook import db
+from worker.account_views import STATES, AccountView, account_views
 from worker.repair import at_risk_query
 
 log = logging.getLogger(__name__)
@@ -88,10 +89,12 @@ class StateCollector(Collector):
         settings: Settings,
         limiter: Callable[[], Any],
         clock: Callable[[], float] = time.monotonic,
+        accounts: Callable[[], list[AccountView]] | None = None,
     ) -> None:
         self._sessions = sessions
         self._settings = settings
         self._limiter = limiter
+        self._accounts = accounts
         self.clock = clock  # swappable: tests move time without sleeping
         # One thread computes while concurrent scrapes wait for its result instead of querying too.
         self._lock = threading.Lock()
@@ -124,8 +127,8 @@ class StateCollector(Collector):
         )
         taken.add_metric([], age)
         yield taken
-        limit = GaugeMetricFamily("kling_slots_limit", "Provider concurrency limit, in slots")
-        limit.add_metric([], self._settings.kling_concurrency)
+        limit = GaugeMetricFamily("kling_slots_limit", "Provider concurrency limit, in slots (first account)")
+        limit.add_metric([], self._settings.accounts[0].concurrency)
         yield limit
         try:
             in_use = GaugeMetricFamily("kling_slots_in_use", "Provider slots held by live leases")
@@ -135,6 +138,13 @@ class StateCollector(Collector):
         except Exception as exc:  # noqa: BLE001
             log.warning("metrics: limiter unavailable (%s)", type(exc).__name__)
             up.add_metric(["limiter"], 0)
+        if self._accounts is not None:
+            try:
+                yield account_states(self._accounts())
+                up.add_metric(["accounts"], 1)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("metrics: account states unavailable (%s)", type(exc).__name__)
+                up.add_metric(["accounts"], 0)
         yield up
 
     def _database(self) -> list[Metric]:
@@ -145,6 +155,9 @@ class StateCollector(Collector):
             backlog = session.scalar(
                 select(func.count()).select_from(Outbox).where(Outbox.dispatched_at.is_(None))
             )
+            units = session.execute(
+                select(Job.account, func.sum(Job.units)).where(Job.units.is_not(None)).group_by(Job.account)
+            ).all()
         jobs = GaugeMetricFamily("kling_jobs", "Jobs by status", labels=["status"])
         for status in JobStatus:
             jobs.add_metric([status.value], by_status.get(status.value, 0))
@@ -155,7 +168,26 @@ class StateCollector(Collector):
         risk.add_metric([], at_risk or 0)
         outbox = GaugeMetricFamily("kling_outbox_backlog", "Outbox rows not yet published to the broker")
         outbox.add_metric([], backlog or 0)
-        return [jobs, risk, outbox]
+        # A counter by name (it only grows), computed from the jobs so every process agrees.
+        total = CounterMetricFamily("kling_units", "Units deducted by finished tasks", labels=["account"])
+        first = self._settings.accounts[0].name
+        by_account: dict[str, float] = {}
+        for account, value in units:
+            by_account[account or first] = by_account.get(account or first, 0.0) + float(value or 0.0)
+        for account_name in sorted(by_account):
+            total.add_metric([account_name], by_account[account_name])
+        return [jobs, risk, outbox, total]
+
+
+def account_states(views: list[AccountView]) -> GaugeMetricFamily:
+    """1 for each account's current state, 0 for its others."""
+    family = GaugeMetricFamily(
+        "kling_account_state", "Account state (1 = current)", labels=["account", "state"]
+    )
+    for view in views:
+        for state in STATES:
+            family.add_metric([view.name, state], 1 if view.state == state else 0)
+    return family
 
 
 class ProcessCollector(Collector):
@@ -188,7 +220,13 @@ def init_app(app: Flask, settings: Settings) -> None:
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ProcessCollector(_process_source()))
-    state = StateCollector(sessions, settings, limiter)
+
+    def accounts() -> list[AccountView]:
+        from webhook.accounts import services_for
+
+        return account_views(services_for(app), with_units=False)
+
+    state = StateCollector(sessions, settings, limiter, accounts=accounts)
     registry.register(state)
     app.extensions[REGISTRY_KEY] = registry
     app.extensions[STATE_KEY] = state

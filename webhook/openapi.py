@@ -18,6 +18,7 @@ from models.enums import ImageStatus, JobStatus, TransitionSource
 from webhook.api import DEFAULT_LIMIT, MAX_IDEMPOTENCY_KEY, MAX_LIMIT, PROVIDERS
 from webhook.body import MAX_WEBHOOK_URL
 from webhook.views import ViewResult
+from worker.account_views import ACCOUNT_FIELDS, STATES
 
 bp = Blueprint("openapi", __name__)
 
@@ -165,6 +166,9 @@ def _schemas() -> dict[str, Schema]:
             "id": {"type": "string", "format": "uuid"},
             "status": {"type": "string", "enum": [s.value for s in JobStatus]},
             "provider": {"type": "string", "enum": list(PROVIDERS)},
+            "account": _nullable(
+                {"type": "string", "description": "The provider account the job was created on"}
+            ),
             "provider_task_id": _nullable({"type": "string"}),
             "external_task_id": {"type": "string"},
             "params": {
@@ -186,8 +190,49 @@ def _schemas() -> dict[str, Schema]:
             "transitions": {"type": "array", "items": _ref("Transition")},
             "images": {"type": "array", "items": _ref("Image")},
             "notifications": {"type": "array", "items": _ref("Notification")},
+            "units": _nullable({"type": "number", "description": "Units the task deducted from the pack"}),
+            "waiting_for": {
+                "nullable": True,
+                "description": 'Why a queued job waits: "slots", or {"reason": "no_active_account", '
+                '"accounts": {name: "paused: 1102" | "disabled"}}; null when not waiting',
+                "oneOf": [
+                    {"type": "string", "enum": ["slots"]},
+                    {
+                        "type": "object",
+                        "required": ["reason", "accounts"],
+                        "properties": {
+                            "reason": {"type": "string", "enum": ["no_active_account", "no_account"]},
+                            "accounts": {
+                                "type": "object",
+                                "additionalProperties": _nullable({"type": "string"}),
+                            },
+                        },
+                    },
+                ],
+            },
         },
     )
+    account = {
+        "type": "object",
+        "required": [*ACCOUNT_FIELDS],
+        "properties": {
+            "name": {"type": "string"},
+            "provider": {"type": "string", "enum": list(PROVIDERS)},
+            "state": {"type": "string", "enum": list(STATES)},
+            "reason": _nullable({"type": "string", "description": '"paused: <code>" or "disabled"'}),
+            "code": _nullable({"type": "integer", "description": "The provider code that paused it"}),
+            "message": _nullable({"type": "string"}),
+            "since": NULLABLE_TIME,
+            "concurrency": {"type": "integer"},
+            "slots_in_use": _nullable({"type": "integer"}),
+            "units_today": {"type": "number", "description": "Units deducted since 00:00 UTC"},
+        },
+    }
+    account_list = {
+        "type": "object",
+        "required": ["accounts"],
+        "properties": {"accounts": {"type": "array", "items": _ref("Account")}},
+    }
     job_list = {
         "type": "object",
         "required": ["jobs", "next_cursor"],
@@ -207,6 +252,12 @@ def _schemas() -> dict[str, Schema]:
                 "properties": {"in_use": _nullable({"type": "integer"}), "limit": {"type": "integer"}},
             },
             "images_at_risk": _nullable({"type": "integer"}),
+            "accounts_not_active": {
+                "type": "array",
+                "nullable": True,
+                "items": _ref("Account"),
+                "description": "Paused or disabled accounts (the banner); null when unknown",
+            },
             "outbox_backlog": _nullable({"type": "integer"}),
             "jobs": {"type": "array", "items": _ref("Job")},
             "gallery": {
@@ -235,6 +286,8 @@ def _schemas() -> dict[str, Schema]:
         "Notification": notification,
         "Job": job,
         "JobList": job_list,
+        "Account": account,
+        "AccountList": account_list,
         "Dashboard": dashboard,
     }
 
@@ -315,6 +368,14 @@ def _paths() -> dict[str, Any]:
                     "404": NOT_FOUND,
                     "503": DB_DOWN,
                 },
+            }
+        },
+        "/v1/accounts": {
+            "get": {
+                "summary": "Every provider account: state, slots in use, units today (never credentials)",
+                "operationId": "listAccounts",
+                "security": secured,
+                "responses": {"200": _json(_ref("AccountList"), "The accounts"), "401": UNAUTHORIZED},
             }
         },
         "/v1/jobs/{job_id}/images/{index}": {

@@ -16,11 +16,13 @@ from dataclasses import dataclass
 import redis
 
 from kling import KlingError
-from kling.errors import AccountError, IPWhitelistError, PermissionDenied
+from kling.errors import AccountError, IPWhitelistError, PermissionDenied, ServiceUnavailable
 
 # One account for now; the name is a parameter everywhere so several can follow.
 DEFAULT_ACCOUNT = "default"
 DEFAULT_PROBE_SECONDS = 30.0
+# 1103 (no access to this API or model) marks the account unusable for the model this long.
+DENY_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,12 @@ def pauses_account(exc: KlingError) -> bool:
     """
     if isinstance(exc, PermissionDenied):
         return False
-    return isinstance(exc, AccountError | IPWhitelistError)
+    return isinstance(exc, AccountError | IPWhitelistError | ServiceUnavailable)
+
+
+def denies_model(exc: KlingError) -> bool:
+    """1103: this account may not use this API or model; another account may."""
+    return isinstance(exc, PermissionDenied)
 
 
 def _decode(value: bytes | str) -> str:
@@ -81,6 +88,23 @@ class AccountGate:
     def paused(self, name: str) -> bool:
         return bool(self._redis.exists(self._state_key(name)))
 
+    def _deny_key(self, name: str, model: str) -> str:
+        return f"{self._prefix}:{name}:deny:{model}"
+
+    def check(self, name: str, model: str) -> tuple[bool, bool]:
+        """(paused, denied for `model`) in one round trip: what `paused` alone cost before."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.exists(self._state_key(name))
+        pipe.exists(self._deny_key(name, model))
+        paused, denied = pipe.execute()
+        return bool(paused), bool(denied)
+
+    def deny(self, name: str, model: str, seconds: float = DENY_SECONDS) -> None:
+        self._redis.set(self._deny_key(name, model), "1", px=int(seconds * 1000))
+
+    def denied(self, name: str, model: str) -> bool:
+        return bool(self._redis.exists(self._deny_key(name, model)))
+
     def pause(self, name: str, code: int | None, message: str) -> bool:
         """Pause the account; True when it was active until now. The first probe waits a full
         `probe_seconds`: a create right after the refusal would surely be refused too."""
@@ -104,6 +128,12 @@ class AccountGate:
         """Let the next submit probe at once (e.g. right after the pack was topped up)."""
         self._redis.delete(self._probe_key(name))
 
+    def costs_turn(self, name: str) -> bool:
+        """True for at most one caller per `probe_seconds`: that run may ask for the pack list
+        (its own turn: the list is free, and it must not use up the probe create's)."""
+        key = f"{self._prefix}:{name}:costs"
+        return bool(self._redis.set(key, "1", nx=True, px=int(self.probe_seconds * 1000)))
+
 
 class LocalAccountGate:
     """The same rules in one process (the demo's embedded broker, which has no Redis)."""
@@ -113,6 +143,8 @@ class LocalAccountGate:
         self._lock = threading.Lock()
         self._states: dict[str, AccountState] = {}
         self._next_probe: dict[str, float] = {}  # time.monotonic() from which a probe may go
+        self._denied: dict[tuple[str, str], float] = {}  # (account, model) -> monotonic expiry
+        self._next_costs: dict[str, float] = {}
 
     def state(self, name: str) -> AccountState:
         with self._lock:
@@ -121,6 +153,17 @@ class LocalAccountGate:
     def paused(self, name: str) -> bool:
         with self._lock:
             return name in self._states
+
+    def check(self, name: str, model: str) -> tuple[bool, bool]:
+        return self.paused(name), self.denied(name, model)
+
+    def deny(self, name: str, model: str, seconds: float = DENY_SECONDS) -> None:
+        with self._lock:
+            self._denied[(name, model)] = time.monotonic() + seconds
+
+    def denied(self, name: str, model: str) -> bool:
+        with self._lock:
+            return self._denied.get((name, model), 0.0) > time.monotonic()
 
     def pause(self, name: str, code: int | None, message: str) -> bool:
         with self._lock:
@@ -145,3 +188,11 @@ class LocalAccountGate:
     def probe_now(self, name: str) -> None:
         with self._lock:
             self._next_probe.pop(name, None)
+
+    def costs_turn(self, name: str) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next_costs.get(name, 0.0):
+                return False
+            self._next_costs[name] = now + self.probe_seconds
+            return True

@@ -54,7 +54,7 @@ def archive_job(
         token = take_claim(s, job_id, JobStatus.SUCCEEDED, claim, svc.settings.stuck_archive_seconds)
         if token is None:
             return Outcome(Step.DONE, detail="another run owns this job")
-        provider_task_id, provider_name = job.provider_task_id or "", job.provider
+        provider_task_id, provider_name, account = job.provider_task_id or "", job.provider, job.account
         images = list(s.scalars(select(Image).where(Image.job_id == job_id).order_by(Image.index)))
         # `s3_bucket` on a pending image marks an earlier attempt: an object may already be stored.
         pending = [
@@ -73,6 +73,7 @@ def archive_job(
             svc,
             job_id,
             provider_name=provider_name,
+            account=account,
             provider_task_id=provider_task_id,
             token=token,
             attempt=attempt,
@@ -133,11 +134,20 @@ def archive_job(
 
 
 def _fetch_missing_images(
-    svc: Services, job_id: str, *, provider_name: str, provider_task_id: str, token: str, attempt: int
+    svc: Services,
+    job_id: str,
+    *,
+    provider_name: str,
+    account: str | None,
+    provider_task_id: str,
+    token: str,
+    attempt: int,
 ) -> Outcome | None:
     """Poll the provider for a succeeded job that has no image rows; None when images were added."""
     try:
-        task = svc.provider_for(provider_name).get_image(provider_task_id or None, external_task_id=None)
+        task = svc.provider_for_account(account, provider_name).get_image(
+            provider_task_id or None, external_task_id=None
+        )
     except (KlingError, ProviderNotConfigured) as exc:
         log.warning("archive: job %s has no images and the provider lookup failed: %s", job_id, exc)
         retry_in = backoff(attempt, base=2.0, cap=60.0)

@@ -88,6 +88,7 @@ class InFlight:
     key: Key
     submitted_at: datetime
     last_polled_at: datetime | None
+    account: str | None = None  # every lookup goes to the account the task was created on
 
 
 def percentile(ordered: Sequence[float], pct: float) -> float:
@@ -204,6 +205,7 @@ _IN_FLIGHT = (
         Job.params["model_name"].as_string(),
         Job.submitted_at,
         Job.last_polled_at,
+        Job.account,
     )
     .where(Job.status.in_([JobStatus.SUBMITTED, JobStatus.PROCESSING]), Job.submitted_at.is_not(None))
     .limit(IN_FLIGHT_LIMIT)
@@ -244,8 +246,8 @@ def _learned(svc: Services) -> dict[Key, Expected]:
 def _read(svc: Services) -> tuple[list[InFlight], dict[Key, Expected], bool]:
     with session_scope(svc.sessions) as s:
         jobs = [
-            InFlight(job_id, task_id, (provider, model or ""), submitted, polled)
-            for job_id, task_id, provider, model, submitted, polled in s.execute(_IN_FLIGHT)
+            InFlight(job_id, task_id, (provider, model or ""), submitted, polled, account)
+            for job_id, task_id, provider, model, submitted, polled, account in s.execute(_IN_FLIGHT)
         ]
         if not jobs:
             return [], {}, False
@@ -266,7 +268,7 @@ def poll_overdue(svc: Services) -> PollReport:
         report.due = len(todo)
         budget = max(1, int(svc.settings.poll_max_per_second * svc.settings.poll_interval_seconds))
         try:
-            in_flight = Counter(job.key[0] for job in jobs)
+            in_flight = Counter(_lister(svc, job) for job in jobs)
             for job, task in _ask(svc, todo, in_flight, budget, report):
                 try:
                     _apply(svc, job, task, report)
@@ -287,7 +289,11 @@ def poll_overdue(svc: Services) -> PollReport:
 
 
 def _ask(
-    svc: Services, todo: list[InFlight], in_flight: Mapping[str, int], budget: int, report: PollReport
+    svc: Services,
+    todo: list[InFlight],
+    in_flight: Mapping[tuple[str, str], int],
+    budget: int,
+    report: PollReport,
 ) -> list[tuple[InFlight, Task]]:
     """Provider answers for due jobs: one list request first when several are due, then lookups.
 
@@ -296,16 +302,16 @@ def _ask(
     """
     answers: list[tuple[InFlight, Task]] = []
     left = list(todo)
-    by_provider: dict[str, list[InFlight]] = {}
+    by_lister: dict[tuple[str, str], list[InFlight]] = {}
     for job in left:
-        by_provider.setdefault(job.key[0], []).append(job)
+        by_lister.setdefault(_lister(svc, job), []).append(job)
     lists_allowed = budget > 1 or int(time.time() / svc.settings.poll_interval_seconds) % 2 == 0
-    for provider_name, jobs in by_provider.items():
+    for (account, provider_name), jobs in by_lister.items():
         if not lists_allowed or len(jobs) < LIST_FROM or report.requests >= budget:
             continue
-        page_size = min(LIST_PAGE_SIZE, max(LIST_PAGE_MIN, 4 * in_flight.get(provider_name, 0)))
+        page_size = min(LIST_PAGE_SIZE, max(LIST_PAGE_MIN, 4 * in_flight.get((account, provider_name), 0)))
         try:
-            listed = svc.provider_for(provider_name).list_images(page=1, page_size=page_size)
+            listed = svc.provider_for_account(account, provider_name).list_images(page=1, page_size=page_size)
         except UnsupportedOperation:
             continue
         except RateLimited:
@@ -326,7 +332,7 @@ def _ask(
             break
         report.requests += 1
         try:
-            provider = svc.provider_for(job.key[0])
+            provider = svc.provider_for_account(job.account, job.key[0])
             if job.task_id:
                 answers.append((job, provider.get_image(job.task_id)))
             else:
@@ -337,6 +343,11 @@ def _ask(
             log.warning("poll: job %s: %s: %s", job.id, type(exc).__name__, exc)
             mark_polled(svc, job.id)  # to the back of the line, not first again next round
     return answers
+
+
+def _lister(svc: Services, job: InFlight) -> tuple[str, str]:
+    """Whose task list a job's task is on: its account's, for its provider."""
+    return svc.account(job.account).name, job.key[0]
 
 
 def mark_polled(svc: Services, job_id: str) -> None:
@@ -350,16 +361,16 @@ def mark_polled(svc: Services, job_id: str) -> None:
 
 
 def _apply(svc: Services, job: InFlight, task: Task, report: PollReport) -> None:
-    if apply_answer(svc, job.id, task).changed:
+    if apply_answer(svc, job.id, task, job.account).changed:
         report.changed.append(job.id)
 
 
-def apply_answer(svc: Services, job_id: str, task: Task) -> ApplyResult:
+def apply_answer(svc: Services, job_id: str, task: Task, account: str | None = None) -> ApplyResult:
     """Apply the provider's answer about a job's task, then do what a final state calls for."""
     with svc.engine.begin() as conn:
         result = apply_provider_task(conn, job_id, task, source="poll")
     if not task.status.is_final:
-        svc.limiter.renew(job_id)  # still running at the provider: keep its slots leased
+        svc.renew(job_id, account)  # still running at the provider: keep its slots leased
     if any(row.task == RELEASE_SLOTS for row in result.outbox):
         # The first word of a final state: its slots go to the next jobs now, as after a callback.
         hand_off_slots(svc, job_id, result.outbox)
@@ -381,19 +392,21 @@ def confirm(svc: Services, job_id: str) -> str:
     """
     with session_scope(svc.sessions) as s:
         row = s.execute(
-            select(Job.provider, Job.provider_task_id, Job.status, _HAS_IMAGES).where(Job.id == job_id)
+            select(Job.provider, Job.provider_task_id, Job.status, Job.account, _HAS_IMAGES).where(
+                Job.id == job_id
+            )
         ).one_or_none()
     if row is None:
         return "unknown_job"
     if JobStatus(row.status) in _PROVIDER_DONE and (row.status != JobStatus.SUCCEEDED or row.has_images):
         return "already_final"  # a poll or a signed report got there first
     try:
-        provider = svc.provider_for(row.provider)
+        provider = svc.provider_for_account(row.account, row.provider)
         if row.provider_task_id:
             task = provider.get_image(row.provider_task_id)
         else:
             task = provider.get_image(external_task_id=job_id)
-        return apply_answer(svc, job_id, task).outcome.value
+        return apply_answer(svc, job_id, task, row.account).outcome.value
     except Exception as exc:  # noqa: BLE001  (the poller and reconcile look at it again)
         log.warning("confirm: job %s: %s: %s", job_id, type(exc).__name__, exc)
         return "lookup_failed"

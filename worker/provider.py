@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from kling import AppyPieClient, KlingClient
 from kling.client import ImageProvider
+from models.accounts import Account
 from models.settings import Settings
 
 
@@ -29,5 +30,24 @@ def make_provider(settings: Settings, name: str | None = None) -> ImageProvider:
         secret_key=settings.kling_secret_key.get_secret_value() if settings.kling_secret_key else None,
         api_key=settings.kling_api_key.get_secret_value() if settings.kling_api_key else None,
         base_url=settings.kling_api_base,
+        max_retries=0,
+    )
+
+
+def make_account_provider(account: Account) -> ImageProvider:
+    """The client of one account from KLING_ACCOUNTS_FILE (validated there: credentials present)."""
+    if account.provider == "appypie":
+        if account.subscription_key is None:
+            raise ProviderNotConfigured(f"account {account.name}: subscription_key is not set")
+        return AppyPieClient(
+            subscription_key=account.subscription_key.get_secret_value(),
+            base_url=account.api_base,
+            max_retries=0,
+        )
+    return KlingClient(
+        access_key=account.access_key,
+        secret_key=account.secret_key.get_secret_value() if account.secret_key else None,
+        api_key=account.api_key.get_secret_value() if account.api_key else None,
+        base_url=account.api_base,
         max_retries=0,
     )

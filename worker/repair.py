@@ -20,6 +20,7 @@ from worker import metrics
 from worker.claims import db_now, unclaimed
 from worker.notify import GIVE_UP_AFTER
 from worker.polling import mark_polled
+from worker.probe import probe_paused
 from worker.pruning import PruneReport, prune
 from worker.services import Services
 from worker.slots import pump
@@ -42,6 +43,7 @@ class ReconcileReport:
     renotified: list[str] = field(default_factory=list)
     redispatched: list[str] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
 
 
 def reconcile(svc: Services, *, limit: int = 200) -> ReconcileReport:
@@ -54,7 +56,7 @@ def reconcile(svc: Services, *, limit: int = 200) -> ReconcileReport:
     cutoff = utcnow() - timedelta(seconds=svc.settings.reconcile_after_seconds)
     with session_scope(svc.sessions) as s:
         quiet = s.execute(
-            select(Job.id, Job.provider_task_id, Job.provider)
+            select(Job.id, Job.provider_task_id, Job.provider, Job.account)
             .where(
                 Job.status.in_([JobStatus.SUBMITTED, JobStatus.PROCESSING]),
                 Job.updated_at <= cutoff,
@@ -63,15 +65,15 @@ def reconcile(svc: Services, *, limit: int = 200) -> ReconcileReport:
             .order_by(Job.updated_at)
             .limit(limit)
         ).all()
-    for job_id, task_id, provider_name in quiet:
+    for job_id, task_id, provider_name, account in quiet:
         try:
-            provider = svc.provider_for(provider_name)
+            provider = svc.provider_for_account(account, provider_name)
             task = provider.get_image(task_id) if task_id else provider.get_image(external_task_id=job_id)
             with session_scope(svc.sessions) as s:
                 result = apply_provider_task(s, job_id, task, source="poll")
             if not task.status.is_final:
                 # Still running at the provider: keep its slots leased.
-                svc.limiter.renew(job_id)
+                svc.renew(job_id, account)
         except Exception as exc:  # noqa: BLE001  (one bad job must not stop the safety net)
             report.errors += 1
             log.warning("reconcile: job %s: %s: %s", job_id, type(exc).__name__, exc)
@@ -82,6 +84,7 @@ def reconcile(svc: Services, *, limit: int = 200) -> ReconcileReport:
             report.changed += 1
 
     for name, step in (
+        ("resumed", probe_paused),
         ("rearchived", _redispatch_archives),
         ("renotified", _redispatch_notifications),
         ("released", _release_leaked),
@@ -164,7 +167,7 @@ def _redispatch_notifications(svc: Services) -> list[str]:
 
 def _release_leaked(svc: Services) -> list[str]:
     """Leases held for jobs the provider is done with (a lost release message)."""
-    holders = list(svc.limiter.holders())
+    holders = [h for limiter in svc.limiters().values() for h in limiter.holders()]
     if not holders:
         return []
     with session_scope(svc.sessions) as s:
@@ -179,7 +182,7 @@ def _release_leaked(svc: Services) -> list[str]:
         known = set(s.scalars(select(Job.id).where(Job.id.in_(holders))))
     gone = [h for h in holders if h not in known]
     for job_id in [*done, *gone]:
-        svc.limiter.release(job_id)
+        svc.release(job_id)
     return [*done, *gone]
 
 

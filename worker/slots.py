@@ -37,9 +37,20 @@ def release_slots(svc: Services, job_id: str, *, durable: bool = False) -> list[
     a poller applied), so it pumps even when the lease is already gone: an earlier release whose
     pump failed (broker or database down) must not leave the freed slots idle.
     """
-    if not svc.limiter.release(job_id) and not durable:
+    if svc.budgeted:
+        _settle_units(svc, job_id)
+    if not svc.release(job_id) and not durable:
         return []
     return pump(svc)
+
+
+def _settle_units(svc: Services, job_id: str) -> None:
+    """The task ended: its real units replace its reservation in the account's daily budget
+    (one query, only in deployments with a budgeted account)."""
+    with session_scope(svc.sessions) as s:
+        row = s.execute(select(Job.account, Job.units).where(Job.id == job_id)).one_or_none()
+    if row is not None and row.account and svc.account(row.account).daily_unit_budget:
+        svc.budget.settle(row.account, job_id, row.units, utcnow())
 
 
 def hand_off_slots(svc: Services, job_id: str, rows: Sequence[QueuedTask]) -> None:
@@ -76,13 +87,22 @@ def pump(svc: Services) -> list[str]:
     """
     if svc.publish is None:
         return []
-    limiter = svc.limiter
-    holders = limiter.holders()
-    free = limiter.limit - sum(holders.values())
+    # Per account: its free slots, its leases, its wait queue (accounts disabled by the operator
+    # count no free slots; their pinned jobs are re-dispatched through their leases).
+    disabled = svc.disabled_accounts() if len(svc.account_names) > 1 else frozenset()
+    holders: dict[str, int] = {}
+    waiting: list[str] = []
+    free = limit = 0
+    for name, limiter in svc.limiters().items():
+        held = limiter.holders()
+        holders.update(held)
+        limit += limiter.limit
+        if name not in disabled:
+            free += limiter.limit - sum(held.values())
+        waiting += [w for w in limiter.waiting(max(100, limiter.limit * 4)) if w not in waiting]
     # Only the head of the queue: free slots are at most `limit`, and with a backlog of 20,000
     # reading the whole queue (and querying all of it) on every release made draining quadratic.
-    candidates = max(100, limiter.limit * 4)
-    waiting = limiter.waiting(candidates)
+    candidates = max(100, limit * 4)
     now = utcnow()
     with session_scope(svc.sessions) as s:
         walk_index_in_order(s)

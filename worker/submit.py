@@ -14,18 +14,23 @@ from sqlalchemy import update
 
 from kling import ImageRequest, KlingError, Task, TaskStatus, ValidationError
 from kling.client import ImageProvider
-from kling.errors import ConcurrencyLimitExceeded, RateLimited
+from kling.errors import ConcurrencyLimitExceeded, PermissionDenied, RateLimited, ServiceUnavailable
 from kling.http import backoff, is_ambiguous, is_not_found
+from models.base import utcnow
 from models.db import session_scope
 from models.enums import JobStatus
+from models.outbox import DISPATCH_JOB
 from models.statemachine import TaskMismatch, apply_provider_task, transition
 from models.tables import Job
 from models.tokens import callback_url
 from worker import metrics
-from worker.accounts import DEFAULT_ACCOUNT, pauses_account
+from worker.accounts import denies_model, pauses_account
+from worker.budget import estimate
 from worker.claims import keep_claim, take_claim
+from worker.limiter import SlotLimiter
 from worker.outcome import Outcome, Step, fail_job
 from worker.provider import ProviderNotConfigured
+from worker.routing import pinned_account, route
 from worker.services import Services
 
 if TYPE_CHECKING:
@@ -45,6 +50,7 @@ class Lookup(Enum):
 
 def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | None = None) -> Outcome:
     """Create the provider task for a queued job, at most once (docs/architecture.md rules 1 and 3)."""
+    disabled = svc.disabled_accounts()  # cached per process: a query every few seconds, not per job
     with session_scope(svc.sessions) as s:
         job = s.get(Job, job_id)
         if job is None:
@@ -58,35 +64,75 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
         params, slots, provider_name = dict(job.params), job.slots, job.provider
         s.refresh(job)
         tried_before = job.create_attempts > 0
-        account, probing = DEFAULT_ACCOUNT, False
+        plan = route(
+            svc.accounts,
+            provider_name,
+            pinned=pinned_account(job.account, job.create_attempts),
+            disabled=disabled,
+            legacy=svc.legacy,
+        )
+        model = str(params.get("model_name") or "")
+        account, probing, provider = "", False, None
+        unusable: Exception | None = None
+        too_big = denied = 0
         try:
-            provider = svc.provider_for(provider_name)
             request = ImageRequest.from_params(params)
+            for name in plan.accounts:
+                provider = svc.provider_for_account(name, provider_name)
         except (ProviderNotConfigured, ValidationError) as exc:
-            unusable: Exception | None = exc
-        else:
-            unusable = None
-            if slots <= svc.limiter.limit:
-                if not svc.limiter.acquire(job_id, slots):
-                    # No slots (the common case while a batch waits): give the claim back by not
-                    # committing it, one transaction instead of a claim and an unclaim. The lock
-                    # the claim took on the row is held only for the limiter's one Redis call.
-                    s.rollback()
-                    return Outcome(Step.WAIT)
-                # One more Redis call under the row lock (two while paused). A paused account
-                # sends one create per ACCOUNT_PROBE_SECONDS: every other run counts no attempt,
-                # gives slots and claim back, and the reconciler's pump dispatches it again.
-                # A run whose earlier create may have gone through looks it up first, holding
-                # its slots: giving them back while that task may run would overfill the account.
-                probing = not tried_before and svc.account_gate.paused(account)
-                if probing and not svc.account_gate.probe_turn(account):
-                    svc.limiter.release(job_id)
-                    s.rollback()
-                    return Outcome(Step.WAIT, detail=f"account {account} paused")
-                # A create may go out from here on: count it in the claim's commit (one commit on
-                # a slot hand-off, not two). Nothing but local checks runs between this commit and
-                # the create, as when the count had a transaction of its own.
-                s.execute(update(Job).where(Job.id == job_id).values(create_attempts=Job.create_attempts + 1))
+            unusable = exc
+        tried: list[str] = []
+        for name in plan.accounts if unusable is None else ():
+            limiter = svc.limiter_for(name)
+            if slots > limiter.limit:
+                too_big += 1
+                continue
+            tried.append(name)
+            if not limiter.acquire(job_id, slots):
+                continue
+            # One more Redis call under the row lock (two while paused). A paused account
+            # sends one create per ACCOUNT_PROBE_SECONDS: every other run counts no attempt,
+            # gives slots and claim back, and the reconciler's pump dispatches it again.
+            # A run whose earlier create may have gone through looks it up first, holding
+            # its slots: giving them back while that task may run would overfill the account.
+            paused, refused_model = svc.account_gate.check(name, model)
+            if refused_model and not plan.pinned:
+                denied += 1
+                limiter.release(job_id)
+                continue
+            probing = not tried_before and paused
+            if probing and not svc.account_gate.probe_turn(name):
+                limiter.release(job_id)
+                continue
+            if not _reserve_units(svc, name, job_id, slots):
+                limiter.release(job_id)
+                continue
+            account = name
+            break
+        # Taken somewhere: leave the other accounts' wait queues (a job still waiting keeps its
+        # place in every queue it joined, for their fairness rule).
+        for name in tried if account and len(tried) > 1 else ():
+            if name != account:
+                svc.limiter_for(name).release(job_id)
+        if unusable is None and not account:
+            if plan.accounts and too_big + denied < len(plan.accounts):
+                # No slots (the common case while a batch waits) or every account paused: give the
+                # claim back by not committing it, one transaction instead of a claim and an
+                # unclaim. The row lock is held only for the limiters' Redis calls.
+                s.rollback()
+                return Outcome(Step.WAIT)
+            if not plan.accounts and plan.serving:
+                s.rollback()
+                return Outcome(Step.WAIT, detail="every account is disabled")
+        if account:
+            provider = svc.provider_for_account(account, provider_name)
+            # A create may go out from here on: count it, and the account it goes to, in the
+            # claim's commit. Nothing but local checks runs between this commit and the create.
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(create_attempts=Job.create_attempts + 1, account=account)
+            )
 
     if isinstance(unusable, ProviderNotConfigured):
         fail_job(svc, job_id, code="provider_not_configured", message=f"{provider_name}: {unusable}")
@@ -96,14 +142,14 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
         fail_job(svc, job_id, code="invalid_request", message=str(unusable))
         return Outcome(Step.FAILED, detail=str(unusable))
     hold = svc.settings.stuck_submit_seconds
-    if slots > svc.limiter.limit:
-        message = f"n={slots} needs more slots than KLING_CONCURRENCY={svc.limiter.limit}"
-        fail_job(svc, job_id, code=EXCEEDS_CONCURRENCY, message=message)
-        return Outcome(Step.FAILED, detail=message)
+    if not account:
+        return _unroutable(svc, job_id, provider_name, slots, model, too_big=too_big, denied=denied)
+    assert provider is not None
+    limiter = svc.limiter_for(account)
 
     if tried_before:
         # An earlier run sent a create and we never learned its fate: ask before creating again.
-        found = _find_existing(svc, provider, job_id, token, None)
+        found = _find_existing(svc, provider, job_id, token, None, limiter=limiter)
         if isinstance(found, Task):
             _record_submitted(svc, job_id, found)
             return Outcome(Step.DONE, detail=found.task_id)
@@ -121,7 +167,7 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
     except (RateLimited, ConcurrencyLimitExceeded) as exc:
         # Not processed: give the slots back and try again later; the job stays queued.
         metrics.provider_errors.labels(code=str(exc.code)).inc()
-        svc.limiter.release(job_id)
+        limiter.release(job_id)
         # Rate and concurrency limits clear within seconds: retry soon, whatever the attempt count.
         retry_in = backoff(attempt, base=0.5, cap=10, retry_after=exc.retry_after)
         return keep_claim(svc, job_id, token, retry_in, hold)
@@ -129,13 +175,18 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
         metrics.provider_errors.labels(code=str(exc.code or exc.http_status or "network")).inc()
         if pauses_account(exc):
             return _pause_account(svc, account, job_id, token, exc)
+        if denies_model(exc):
+            return _deny_model(
+                svc, job_id, token, exc, account=account, model=model, provider_name=provider_name
+            )
         if not is_ambiguous(exc):
-            svc.limiter.release(job_id)
+            limiter.release(job_id)
+            _unreserve(svc, account, job_id)
             fail_job(
                 svc, job_id, code=str(exc.code or exc.http_status or "provider_error"), message=exc.message
             )
             return Outcome(Step.FAILED, detail=str(exc))
-        found = _find_existing(svc, provider, job_id, token, exc)
+        found = _find_existing(svc, provider, job_id, token, exc, limiter=limiter)
         if isinstance(found, Outcome):
             return found
         if found is Lookup.NOT_FOUND:
@@ -149,27 +200,106 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
     return Outcome(Step.DONE, detail=task.task_id)
 
 
+def _reserve_units(svc: Services, name: str, job_id: str, slots: int) -> bool:
+    """A budgeted account: reserve the task's estimated units of today's budget (worker/budget.py);
+    False when that would pass it (the account is then paused with reason `budget` until 00:00 UTC).
+    No Redis call for an account without a budget."""
+    budget = svc.account(name).daily_unit_budget
+    if not budget:
+        return True
+    units = estimate(slots, svc.units_per_slot(name))
+    if svc.budget.reserve(name, job_id, units, budget, utcnow()):
+        return True
+    log.info("account %s: today's unit budget (%g) is used up", name, budget)
+    return False
+
+
+def _unreserve(svc: Services, account: str, job_id: str) -> None:
+    """The create made no task: give its units back to the day's budget."""
+    if svc.account(account).daily_unit_budget:
+        svc.budget.settle(account, job_id, None, utcnow())
+
+
+def _unroutable(
+    svc: Services, job_id: str, provider_name: str, slots: int, model: str, *, too_big: int, denied: int
+) -> Outcome:
+    """No account can ever take the job as it is: fail it with the reason."""
+    if denied:
+        message = f"no account may use model {model or 'default'} (1103 from every account serving it)"
+        fail_job(svc, job_id, code=str(PermissionDenied.default_code), message=message)
+        return Outcome(Step.FAILED, detail=message)
+    if too_big:
+        limit = max(svc.limiter_for(a.name).limit for a in svc.accounts)
+        message = f"n={slots} needs more slots than KLING_CONCURRENCY={limit}"
+        fail_job(svc, job_id, code=EXCEEDS_CONCURRENCY, message=message)
+        return Outcome(Step.FAILED, detail=message)
+    message = f"no account serves provider {provider_name}"
+    fail_job(svc, job_id, code="provider_not_configured", message=message)
+    return Outcome(Step.FAILED, detail=message)
+
+
+def _give_back(svc: Services, job_id: str, token: str, *, refused: bool) -> None:
+    """Back to the queue, unclaimed. `refused`: the create surely made no task, so it does not
+    count (no lookup before the next one, and the job may go to another account)."""
+    values: dict[str, object] = {"claim_token": None, "claimed_until": None}
+    if refused:
+        values["create_attempts"] = Job.create_attempts - 1
+    with session_scope(svc.sessions) as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.claim_token == token)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+
+
 def _pause_account(svc: Services, account: str, job_id: str, token: str, exc: KlingError) -> Outcome:
-    """The account refused the create (dry pack, arrears, IP whitelist): every other job would be
-    refused the same way, so pause submitting and keep this job queued, not failed."""
-    svc.limiter.release(job_id)
+    """The account refused the create (dry pack, arrears, IP whitelist, maintenance): every other
+    job would be refused the same way, so pause submitting and keep this job queued, not failed."""
+    svc.limiter_for(account).release(job_id)
+    if not isinstance(exc, ServiceUnavailable):
+        _unreserve(svc, account, job_id)
     if svc.account_gate.pause(account, exc.code, exc.message):
         log.warning("account %s paused: %s %s", account, exc.code, exc.message)
     else:
         log.info("account %s still paused: %s %s", account, exc.code, exc.message)
-    with session_scope(svc.sessions) as s:
-        # The create was refused, not lost: no lookup is needed before the next one.
-        s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.claim_token == token)
-            .values(claim_token=None, claimed_until=None, create_attempts=Job.create_attempts - 1)
-            .execution_options(synchronize_session=False)
-        )
+    # A 5001 is a 5xx: the create may have been processed, so the job stays on this account and
+    # looks up first; the other codes are refusals.
+    _give_back(svc, job_id, token, refused=not isinstance(exc, ServiceUnavailable))
     return Outcome(Step.WAIT, detail=f"account {account} paused: {exc.code}")
 
 
+def _deny_model(
+    svc: Services, job_id: str, token: str, exc: KlingError, *, account: str, model: str, provider_name: str
+) -> Outcome:
+    """1103: this account may not use the model. Mark it so for a while and route the job to
+    another account; fail it only when every account serving its provider refused the model."""
+    svc.limiter_for(account).release(job_id)
+    _unreserve(svc, account, job_id)
+    svc.account_gate.deny(account, model)
+    log.warning("account %s may not use model %s: %s %s", account, model or "default", exc.code, exc.message)
+    others = [
+        a.name
+        for a in svc.accounts
+        if a.name != account and svc.serves(a, provider_name) and not svc.account_gate.denied(a.name, model)
+    ]
+    if not others:
+        fail_job(svc, job_id, code=str(exc.code or 1103), message=exc.message)
+        return Outcome(Step.FAILED, detail=str(exc))
+    _give_back(svc, job_id, token, refused=True)
+    if svc.publish is not None:
+        svc.publish(DISPATCH_JOB, [job_id])  # to another account now, not at the next pump
+    return Outcome(Step.WAIT, detail=f"account {account} may not use {model}")
+
+
 def _find_existing(
-    svc: Services, provider: ImageProvider, job_id: str, token: str, original: KlingError | None
+    svc: Services,
+    provider: ImageProvider,
+    job_id: str,
+    token: str,
+    original: KlingError | None,
+    *,
+    limiter: SlotLimiter,
 ) -> Task | Literal[Lookup.NOT_FOUND] | Outcome:
     """A create may have gone through: look the task up by our id. Never create again before knowing.
 
@@ -178,7 +308,7 @@ def _find_existing(
     """
     if not provider.supports_external_task_id:
         # The gateway cannot look a task up by our id: a retry could bill twice, so stop here.
-        svc.limiter.release(job_id)
+        limiter.release(job_id)
         fail_job(
             svc,
             job_id,

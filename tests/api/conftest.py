@@ -33,10 +33,13 @@ from tests.conftest import (
 )
 from tests.wsgi import serve_wsgi
 from webhook import create_app
+from webhook.accounts import SERVICES_KEY
 from webhook.api import S3_CLIENT
 from webhook.db import set_publisher
 from webhook.metrics import LIMITER_KEY
+from worker.accounts import LocalAccountGate
 from worker.limiter import LocalSlotLimiter
+from worker.services import Services
 
 AUTH = {"Authorization": f"Bearer {TEST_API_TOKEN}"}
 # A Standard Webhooks secret like production's (settings refuse anything else): 32-byte key.
@@ -83,6 +86,10 @@ def build_app(settings: Settings, factory: sessionmaker[Session], s3: Any) -> tu
     limiter = LocalSlotLimiter(limit=settings.kling_concurrency, lease_seconds=60)
     app.extensions[LIMITER_KEY] = limiter
     app.extensions[S3_CLIENT] = s3
+    # The accounts' view (GET /v1/accounts, waiting_for) on the same limiter, pauses in memory.
+    app.extensions[SERVICES_KEY] = Services(
+        settings, sessions=factory, limiter=limiter, account_gate=LocalAccountGate()
+    )
     return app, limiter
 
 

@@ -165,3 +165,21 @@ def test_dashboard_that_cannot_load_its_data_says_why(
     assert not browser.find_element(By.ID, "main").is_displayed()
     # The token was kept (it is not the token's fault), and it can still be forgotten.
     assert browser.find_element(By.ID, "logout").is_displayed()
+
+
+def test_a_paused_account_shows_a_banner_until_it_resumes(
+    served_api: Served, browser: webdriver.Chrome
+) -> None:
+    from webhook.accounts import SERVICES_KEY
+
+    gate = served_api.app.extensions[SERVICES_KEY].account_gate
+    browser.get(f"{served_api.url}/#token={TEST_API_TOKEN}")
+    wait = WebDriverWait(browser, WAIT_SECONDS, poll_frequency=0.2)
+    wait.until(lambda d: d.find_element(By.ID, "main").is_displayed())
+    banner = browser.find_element(By.ID, "accounts-banner")
+    assert not banner.is_displayed()
+    gate.pause("default", 1102, "dry")
+    wait.until(lambda d: d.find_element(By.ID, "accounts-banner").is_displayed())
+    assert "default: paused: 1102" in text_of(browser, "accounts-banner")
+    gate.resume("default")
+    wait.until(lambda d: not d.find_element(By.ID, "accounts-banner").is_displayed())

@@ -217,3 +217,21 @@ def test_metrics_token_is_required_when_set(db_engine: Engine, s3_client: Any) -
 
 def test_metrics_are_open_without_a_token(api: Api) -> None:
     assert api.client.get("/metrics").status_code == 200
+
+
+def test_units_and_account_states_are_exposed_by_account(api: Api) -> None:
+    from webhook.accounts import SERVICES_KEY
+
+    ids = [api.create({"prompt": f"p{i}"}).get_json()["id"] for i in range(3)]
+    api.session.execute(update(Job).where(Job.id == ids[0]).values(account="default", units=2.0))
+    api.session.execute(
+        update(Job).where(Job.id == ids[1]).values(account=None, units=1.5)
+    )  # before accounts
+    api.session.commit()
+    api.app.extensions[SERVICES_KEY].account_gate.pause("default", 1102, "dry")
+    metrics = scrape(api)
+    assert value(metrics, "kling_units", "kling_units_total", account="default") == 3.5
+    assert value(metrics, "kling_account_state", account="default", state="paused") == 1
+    assert value(metrics, "kling_account_state", account="default", state="active") == 0
+    assert value(metrics, "kling_account_state", account="default", state="disabled") == 0
+    assert value(metrics, "kling_metrics_source_up", source="accounts") == 1

@@ -67,6 +67,9 @@ def png_bytes(width: int = 320, height: int = 320) -> bytes:
         ["db", "upgrade"],
         ["sweep"],
         ["demo"],
+        ["accounts"],
+        ["accounts", "disable"],
+        ["accounts", "enable"],
     ],
 )
 def test_every_command_has_help(cli: Run, command: list[str]) -> None:
@@ -338,6 +341,7 @@ def test_sweep_prunes_old_outbox_rows_and_callback_events(cli: Run, fresh_sqlite
 
 def test_every_command_is_registered() -> None:
     assert sorted(main.commands) == [
+        "accounts",
         "beat",
         "db",
         "demo",

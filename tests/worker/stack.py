@@ -31,7 +31,9 @@ from worker.outbox import relay
 from worker.tasks import TASK_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
-BROKER_DB = 13  # Redis db used as the Celery broker by these tests only (flushed per stack)
+# Redis db used as the Celery broker by these tests only (flushed per stack); another db for a
+# second checkout running them at the same time on the same Redis.
+BROKER_DB = int(os.environ.get("KLING_TEST_BROKER_DB", "13"))
 FINAL = {"archived", "failed"}
 
 

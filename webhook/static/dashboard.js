@@ -142,12 +142,24 @@ async function refresh() {
     $("slots").textContent = data.slots.in_use === null ? `? / ${data.slots.limit}` : `${data.slots.in_use} / ${data.slots.limit}`;
     $("at-risk").textContent = data.images_at_risk ?? "?";
     $("backlog").textContent = data.outbox_backlog ?? "?";
+    renderAccounts(data.accounts_not_active);
     renderCounts(data.counts);
     renderJobs(data.jobs);
     renderGallery(data.gallery);
     $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   }
   timer = setTimeout(refresh, REFRESH_MS);
+}
+
+function renderAccounts(accounts) {
+  const banner = $("accounts-banner");
+  if (!accounts || accounts.length === 0) {
+    banner.hidden = true;
+    return;
+  }
+  const parts = accounts.map((a) => `${a.name}: ${a.reason}${a.since ? ` since ${new Date(a.since).toLocaleTimeString()}` : ""}`);
+  banner.textContent = `Accounts not taking jobs (queued jobs wait): ${parts.join("; ")}`;
+  banner.hidden = false;
 }
 
 $("login").addEventListener("submit", (event) => {

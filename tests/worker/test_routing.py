@@ -1,0 +1,378 @@
+"""Several accounts (worker/routing.py, worker/submit.py): jobs spread over the accounts serving
+their provider within each account's own concurrency, the account recorded on the job, every later
+call on it, and no create on a second account after a create that may have gone out on the first.
+
+Real parts: PostgreSQL, one Redis limiter per account, two simulators over HTTP (one per account).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from kling import KlingClient
+from kling.simulator import Simulator
+from models.accounts import Account
+from models.db import make_engine, session_scope
+from models.settings import Settings
+from models.statemachine import create_job
+from models.tables import DisabledAccount, Job
+from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
+from worker import polling, probe, repair, slots, submit
+from worker.accounts import AccountGate
+from worker.limiter import RedisSlotLimiter
+from worker.outcome import Step
+from worker.services import Services
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Pool:
+    svc: Services
+    sims: dict[str, Simulator]
+    limiters: dict[str, RedisSlotLimiter]
+    published: list[tuple[str, list[Any]]]
+
+    def job(self, params: dict[str, Any] | None = None) -> str:
+        with session_scope(self.svc.sessions) as s:
+            return create_job(s, params or {"prompt": "a lighthouse", "n": 1}, provider="kling").job.id
+
+    def get(self, job_id: str) -> Job:
+        with session_scope(self.svc.sessions) as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            s.expunge(job)
+            return job
+
+
+@pytest.fixture
+def pool(committed_pg_url: str, simulator_factory: Any, redis_client: Any) -> Iterator[Pool]:
+    concurrency = {"a": 2, "b": 2}
+    # Own seeds: task ids are unique across real accounts, and must be across the simulators too.
+    sims = {
+        name: simulator_factory(concurrency=n, task_seconds=30, seed=seed)
+        for seed, (name, n) in enumerate(concurrency.items())
+    }
+    prefix = f"test:routing:{secrets.token_hex(4)}"
+    accounts = tuple(
+        Account(name=name, provider="kling", api_base=sims[name].base_url, concurrency=n, api_key=None)
+        for name, n in concurrency.items()
+    )
+    limiters = {
+        name: RedisSlotLimiter(redis_client, limit=n, lease_seconds=60, key_prefix=f"{prefix}:{name}")
+        for name, n in concurrency.items()
+    }
+    clients = {
+        name: KlingClient(
+            access_key=TEST_ACCESS_KEY, secret_key=TEST_SECRET_KEY, base_url=sim.base_url, max_retries=0
+        )
+        for name, sim in sims.items()
+    }
+    engine = make_engine(committed_pg_url)
+    published: list[tuple[str, list[Any]]] = []
+    svc = Services(
+        Settings(database_url=committed_pg_url, reconcile_after_seconds=0),
+        engine=engine,
+        accounts=accounts,
+        account_providers=clients,
+        limiters=dict(limiters),
+        account_gate=AccountGate(redis_client, f"{prefix}:account", probe_seconds=30),
+        publish=lambda name, args: published.append((name, args)),
+    )
+    yield Pool(svc, sims, dict(limiters), published)
+    engine.dispose()
+    keys = list(redis_client.scan_iter(match=f"{prefix}*"))
+    if keys:
+        redis_client.delete(*keys)
+
+
+def test_jobs_spread_over_both_accounts_and_neither_goes_over_its_concurrency(pool: Pool) -> None:
+    jobs = [pool.job() for _ in range(5)]
+    outcomes = [submit.submit_job(pool.svc, j).step for j in jobs]
+    assert outcomes == [Step.DONE] * 4 + [Step.WAIT]
+    accounts = [pool.get(j).account for j in jobs]
+    assert accounts == ["a", "a", "b", "b", None]
+    for name, sim in pool.sims.items():
+        assert sim.create_count == 2
+        assert sim.max_slots_in_use <= 2
+        assert set(pool.limiters[name].holders()) == {
+            j for j, a in zip(jobs, accounts, strict=True) if a == name
+        }
+    assert pool.get(jobs[4]).status == "queued"
+
+
+def test_the_pump_counts_the_free_slots_of_every_account(pool: Pool) -> None:
+    jobs = [pool.job() for _ in range(5)]
+    assert submit.submit_job(pool.svc, jobs[0]).step is Step.DONE  # one slot of a's two in use
+    dispatched = slots.pump(pool.svc)
+    assert dispatched == jobs[1:4]  # a has 1 free, b has 2
+
+
+def test_a_job_whose_create_may_exist_on_one_account_is_never_created_on_another(pool: Pool) -> None:
+    # As an ambiguous create leaves it: counted, on account a, the task there after all.
+    job_id = pool.job()
+    with session_scope(pool.svc.sessions) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(create_attempts=1, account="a"))
+    from kling import ImageRequest
+
+    made = pool.svc.provider_for_account("a").create_image(
+        ImageRequest.from_params({"prompt": "a lighthouse"}), external_task_id=job_id
+    )
+    # a is full (two other jobs hold its slots); b has every slot free, and still is not used.
+    assert pool.limiters["a"].acquire("other-1", 1) and pool.limiters["a"].acquire("other-2", 1)
+    assert submit.submit_job(pool.svc, job_id).step is Step.WAIT
+    assert pool.sims["b"].create_count == 0 and pool.limiters["b"].holders() == {}
+    pool.limiters["a"].release("other-1")
+    assert submit.submit_job(pool.svc, job_id).step is Step.DONE
+    job = pool.get(job_id)
+    assert (job.account, job.provider_task_id) == ("a", made.task_id)
+    assert pool.sims["a"].create_count == 1 and pool.sims["b"].create_count == 0
+
+
+def test_a_create_dropped_after_it_went_through_is_found_on_its_own_account(pool: Pool) -> None:
+    pool.sims["a"].configure(accept_then_drop_rate=1.0)
+    job_id = pool.job()
+    assert submit.submit_job(pool.svc, job_id).step is Step.DONE
+    job = pool.get(job_id)
+    assert job.account == "a"
+    assert len(pool.sims["a"].tasks_by_external_id(job_id)) == 1
+    assert pool.sims["b"].create_count == 0
+
+
+def test_a_disabled_account_takes_no_new_jobs(pool: Pool) -> None:
+    with session_scope(pool.svc.sessions) as s:
+        s.add(DisabledAccount(name="a"))
+    try:
+        job_id = pool.job()
+        assert submit.submit_job(pool.svc, job_id).step is Step.DONE
+        assert pool.get(job_id).account == "b"
+        assert pool.sims["a"].create_count == 0
+    finally:
+        with session_scope(pool.svc.sessions) as s:
+            s.query(DisabledAccount).delete()
+
+
+def test_a_paused_account_sends_its_jobs_to_the_other(pool: Pool) -> None:
+    pool.sims["a"].configure(account_code=1102)
+    first = pool.job()
+    assert submit.submit_job(pool.svc, first).step is Step.WAIT  # refused by a: queued, not failed
+    job = pool.get(first)
+    assert (job.status, job.create_attempts) == ("queued", 0)
+    assert pool.svc.account_gate.state("a").code == 1102
+    assert submit.submit_job(pool.svc, first).step is Step.DONE
+    assert pool.get(first).account == "b"
+    assert pool.sims["a"].tasks() == []
+
+
+def test_1103_routes_the_job_to_another_account_and_fails_it_only_when_none_can(pool: Pool) -> None:
+    pool.sims["a"].configure(account_code=1103)
+    job_id = pool.job({"prompt": "x", "model_name": "kling-v2"})
+    assert submit.submit_job(pool.svc, job_id).step is Step.WAIT
+    assert pool.get(job_id).status == "queued"
+    assert ("dispatch_job", [job_id]) in pool.published
+    assert submit.submit_job(pool.svc, job_id).step is Step.DONE
+    assert pool.get(job_id).account == "b"
+    assert pool.svc.account_gate.denied("a", "kling-v2")
+
+    pool.sims["b"].configure(account_code=1103)
+    other = pool.job({"prompt": "y", "model_name": "kling-v1"})
+    assert submit.submit_job(pool.svc, other).step is Step.WAIT  # a refused kling-v1
+    assert submit.submit_job(pool.svc, other).step is Step.FAILED  # and b too
+    job = pool.get(other)
+    assert (job.status, job.error_code) == ("failed", "1103")
+
+
+def test_lookups_go_to_the_account_of_the_job(pool: Pool) -> None:
+    jobs = [pool.job() for _ in range(4)]
+    for j in jobs:
+        assert submit.submit_job(pool.svc, j).step is Step.DONE
+    on_b = next(j for j in jobs if pool.get(j).account == "b")
+    report = repair.reconcile(pool.svc)
+    # Every job was looked up on its own account: on the other one its task does not exist, and
+    # the lookup would have failed and counted as an error.
+    assert (report.polled, report.errors) == (4, 0)
+    assert polling.confirm(pool.svc, on_b) != "lookup_failed"
+    # Still running: each lease renewed in its own account's limiter, none moved.
+    assert set(pool.limiters["b"].holders()) == {j for j in jobs if pool.get(j).account == "b"}
+
+
+def test_a_finished_task_records_its_units_and_frees_its_own_accounts_slots(pool: Pool) -> None:
+    import time
+
+    for sim in pool.sims.values():
+        sim.configure(task_seconds=0.05)
+    job_id = pool.job()
+    assert submit.submit_job(pool.svc, job_id).step is Step.DONE
+    job = pool.get(job_id)
+    client = pool.svc.provider_for_account(job.account)
+    deadline = time.monotonic() + 10
+    while not (task := client.get_image(job.provider_task_id)).status.is_final:
+        assert time.monotonic() < deadline, "the task did not finish"
+        time.sleep(0.02)
+    if getattr(task, "units", None) is None:
+        # The SDK's `units` (final_unit_deduction) lands with the simulator's packs; until then
+        # the answer carries it as the SDK will.
+        object.__setattr__(task, "units", 3.0)
+    polling.apply_answer(pool.svc, job_id, task, job.account)
+    assert pool.get(job_id).units == task.units  # type: ignore[attr-defined]
+    assert pool.limiters[job.account or ""].holders() == {}
+
+
+# --- the probe (worker/probe.py) -----------------------------------------------------------------------
+class PackReporting:
+    """The account's real client (the simulator over HTTP), with the pack query the SDK is gaining
+    (`account_costs`), answering what the test sets: a number, None, or an exception to raise."""
+
+    def __init__(self, client: KlingClient) -> None:
+        self._client = client
+        self.remaining: Any = 0.0
+        self.asked = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def account_costs(self) -> Any:
+        self.asked += 1
+        if isinstance(self.remaining, Exception):
+            raise self.remaining
+        from types import SimpleNamespace
+
+        return SimpleNamespace(remaining_online=self.remaining)
+
+
+def test_a_dry_account_is_asked_about_its_packs_once_per_interval_and_resumes_with_units(
+    pool: Pool, redis_client: Any
+) -> None:
+    import time
+
+    from kling.client import UnsupportedOperation
+
+    reporting = PackReporting(pool.svc.provider_for_account("a"))  # type: ignore[arg-type]
+    pool.svc._account_providers["a"] = reporting  # type: ignore[assignment]
+    prefix = pool.svc.account_gate._prefix  # type: ignore[union-attr]  (the fixture cleans it up)
+    fast = AccountGate(redis_client, f"{prefix}:fast", probe_seconds=0.3)
+    pool.svc.__dict__["account_gate"] = fast
+    fast.pause("a", 1102, "dry")
+    pool.sims["a"].configure(account_code=1102)
+    queued = pool.job()
+    # b is full, so the job waits for a.
+    assert pool.limiters["b"].acquire("x", 2)
+
+    for answer in (0.0, None, UnsupportedOperation("no pack query"), RuntimeError("down")):
+        reporting.remaining = answer
+        asked = reporting.asked
+        deadline = time.monotonic() + 10
+        while reporting.asked == asked:
+            assert time.monotonic() < deadline, "the pack was never asked about"
+            assert probe.probe_paused(pool.svc) == []
+            time.sleep(0.02)
+        assert probe.probe_paused(pool.svc) == []  # at most once per interval
+        assert reporting.asked == asked + 1
+        assert fast.state("a").paused  # inconclusive: stays paused, no create sent
+    assert pool.sims["a"].tasks() == []
+
+    pool.sims["a"].configure(account_code=None)
+    reporting.remaining = 12.0
+    deadline = time.monotonic() + 10
+    while not (resumed := probe.probe_paused(pool.svc)):
+        assert time.monotonic() < deadline, "the account never resumed"
+        time.sleep(0.02)
+    assert resumed == ["a"] and not fast.state("a").paused
+    assert ("dispatch_job", [queued]) in pool.published  # the queue drains
+    assert submit.submit_job(pool.svc, queued).step is Step.DONE
+    assert pool.get(queued).account == "a"
+
+
+def test_an_account_paused_for_another_reason_is_not_asked_about_its_packs(pool: Pool) -> None:
+    reporting = PackReporting(pool.svc.provider_for_account("a"))  # type: ignore[arg-type]
+    reporting.remaining = 50.0
+    pool.svc._account_providers["a"] = reporting  # type: ignore[assignment]
+    pool.svc.account_gate.pause("a", 1101, "arrears")
+    assert probe.probe_paused(pool.svc) == []
+    assert reporting.asked == 0 and pool.svc.account_gate.state("a").paused
+
+
+def test_a_waiting_job_keeps_its_place_in_every_queue_until_one_account_takes_it(pool: Pool) -> None:
+    for name in ("a", "b"):
+        assert pool.limiters[name].acquire(f"full-{name}", 2)
+    job_id = pool.job()
+    assert submit.submit_job(pool.svc, job_id).step is Step.WAIT
+    assert job_id in pool.limiters["a"].waiting() and job_id in pool.limiters["b"].waiting()
+    pool.limiters["b"].release("full-b")
+    assert submit.submit_job(pool.svc, job_id).step is Step.DONE
+    assert pool.get(job_id).account == "b"
+    assert job_id not in pool.limiters["a"].waiting()  # gone from the queue it no longer needs
+
+
+# --- daily unit budgets (worker/budget.py) ----------------------------------------------------------------
+def test_a_used_up_daily_budget_pauses_the_account_and_sends_jobs_elsewhere(
+    pool: Pool, redis_client: Any
+) -> None:
+    from dataclasses import replace
+
+    from models.base import utcnow
+    from worker.account_views import account_views
+    from worker.budget import UnitBudget
+
+    a, b = pool.svc.accounts
+    pool.svc.accounts = (replace(a, daily_unit_budget=1.0), b)
+    pool.svc._by_name = {acc.name: acc for acc in pool.svc.accounts}
+    prefix = pool.svc.account_gate._prefix  # type: ignore[union-attr]  (the fixture cleans it up)
+    budget = pool.svc.__dict__["budget"] = UnitBudget(redis_client, f"{prefix}:budget")
+
+    first, second = pool.job(), pool.job()
+    for job_id in (first, second):
+        assert submit.submit_job(pool.svc, job_id).step is Step.DONE
+    # No task of a has cost anything yet: 1 unit per slot is reserved for the first; the second
+    # would pass the budget of 1, so a pauses until 00:00 UTC and the job goes to b.
+    assert [pool.get(j).account for j in (first, second)] == ["a", "b"]
+    assert budget.spent("a", utcnow()) == 1.0
+    assert budget.paused("a", utcnow())
+    view = next(v for v in account_views(pool.svc) if v.name == "a")
+    assert (view.state, view.reason) == ("paused", "paused: budget")
+
+    # The first task ends having cost 0.25: its reservation is settled to that.
+    with session_scope(pool.svc.sessions) as s:
+        s.execute(update(Job).where(Job.id == first).values(status="archived", units=0.25))
+    slots.release_slots(pool.svc, first)
+    assert budget.spent("a", utcnow()) == 0.25
+    # Still paused for the day although units are left: the next job goes to b, none to a.
+    third = pool.job()
+    assert submit.submit_job(pool.svc, third).step is Step.DONE
+    assert pool.get(third).account == "b"
+    assert pool.sims["a"].create_count == 1
+
+
+def test_a_refused_create_gives_its_units_back(pool: Pool, redis_client: Any) -> None:
+    from dataclasses import replace
+
+    from models.base import utcnow
+    from worker.budget import UnitBudget
+
+    a, b = pool.svc.accounts
+    pool.svc.accounts = (replace(a, daily_unit_budget=5.0), b)
+    pool.svc._by_name = {acc.name: acc for acc in pool.svc.accounts}
+    prefix = pool.svc.account_gate._prefix  # type: ignore[union-attr]
+    budget = pool.svc.__dict__["budget"] = UnitBudget(redis_client, f"{prefix}:budget")
+    pool.sims["a"].configure(account_code=1102)
+    job_id = pool.job()
+    assert submit.submit_job(pool.svc, job_id).step is Step.WAIT
+    assert budget.spent("a", utcnow()) == 0.0
+
+
+def test_budget_days_are_utc_and_estimates_learn_from_the_account() -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from worker.budget import DEFAULT_UNITS_PER_SLOT, estimate, seconds_to_midnight, utc_day
+
+    late = datetime(2026, 12, 6, 23, 59, 30, tzinfo=UTC)
+    assert seconds_to_midnight(late) == 30.0
+    assert utc_day(late.astimezone(timezone(timedelta(hours=9)))) == "2026-12-06"
+    assert estimate(3, None) == 3 * DEFAULT_UNITS_PER_SLOT
+    assert estimate(2, 0.25) == 0.5
