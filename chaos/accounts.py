@@ -7,10 +7,11 @@ drain the queue after the top-up: no job failed by an account code, no duplicate
 
 from __future__ import annotations
 
+import secrets
 import time
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from chaos.procs import wait_until
 from chaos.stack import ChaosStack
@@ -85,3 +86,59 @@ class PackRunsDry:
         )
         if acct["max_slots_in_use"] > stack.tuning.concurrency or over:
             problems.append(f"over the concurrency: {over} create(s) answered 1303")
+
+
+class TwoAccounts:
+    """`two-accounts`: the service reads two accounts from KLING_ACCOUNTS_FILE; the first one's pack
+    runs dry for good after a few creates while faults (5000, 1302, dropped connections after a
+    create, lost and repeated callbacks) go on. Every job must be archived on the second, none
+    created on both, neither account over its concurrency, none failed by an account code."""
+
+    DRY_AFTER_CREATES = 3
+
+    def __init__(self) -> None:
+        self.concurrency: dict[str, int] = {}
+
+    def setup(self, stack: ChaosStack) -> None:
+        total = stack.tuning.concurrency
+        self.concurrency = {"first": max(2, total // 4), "second": max(2, total // 2)}
+        tables = []
+        for name, slots in self.concurrency.items():
+            access, secret = f"chaos-{name}-{secrets.token_hex(6)}", secrets.token_hex(32)
+            stack.sim.add_account(name, access_key=access, secret_key=secret, concurrency=slots, units=10**9)
+            tables.append(
+                f'[[account]]\nname = "{name}"\nprovider = "kling"\napi_base = "{stack.sim_url}"\n'
+                f'access_key = "{access}"\nsecret_key = "{secret}"\nconcurrency = {slots}\n'
+            )
+        path = stack.root / "accounts.toml"
+        path.write_text("\n".join(tables))
+        stack.reconfigure({"KLING_ACCOUNTS_FILE": str(path)})
+
+    def inject(self, stack: ChaosStack, p: Any, ids: list[str], notes: list[str]) -> None:
+        wait_until(
+            lambda: int(stack.sim.account("first")["creates"]) >= self.DRY_AFTER_CREATES,
+            timeout=60,
+            what=f"{self.DRY_AFTER_CREATES} creates on the first account",
+        )
+        stack.sim.set_pack("first", status="runOut")  # dry for good
+        notes.append(f"first account's pack dry for good after {self.DRY_AFTER_CREATES} creates")
+
+    def after(self, stack: ChaosStack, ids: list[str], notes: list[str], problems: list[str]) -> None:
+        problems += failed_on_account(stack, ids)
+        with session_scope(stack.sessions) as s:
+            query = select(Job.account, func.count()).where(Job.id.in_(ids)).group_by(Job.account)
+            by_account = dict(s.execute(query).all())
+        parts = []
+        for name, slots in self.concurrency.items():
+            acct = stack.sim.account(name)
+            refused_codes: dict[str, int] = acct["refused_by_code"]
+            parts.append(
+                f"{name}: {by_account.get(name, 0)} job(s), {acct['creates']} create(s), max slots "
+                f"{acct['max_slots_in_use']}/{slots}, 1102 x{refused_codes.get('1102', 0)}, "
+                f"1303 x{refused_codes.get('1303', 0)}"
+            )
+            if int(acct["max_slots_in_use"]) > slots or refused_codes.get("1303"):
+                problems.append(f"account {name} went over its concurrency ({slots})")
+        notes.append("; ".join(parts))
+        # Provider tasks on both accounts for one job would show as duplicates in the stack's check.
+        stack.sim.set_pack("first", status="online")

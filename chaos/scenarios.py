@@ -12,7 +12,7 @@ from typing import Any
 
 import requests
 
-from chaos.accounts import PackRunsDry
+from chaos.accounts import PackRunsDry, TwoAccounts
 from chaos.probe import Probe
 from chaos.procs import POLL, wait_until
 from chaos.stack import ChaosStack, Check, JobSpec
@@ -106,6 +106,8 @@ class Scenario:
     inject: Inject
     knobs: dict[str, Any] = field(default_factory=dict)
     after: After | None = None
+    # Before its jobs are created: settings of its own (`stack.reconfigure`), undone afterwards.
+    setup: Callable[[ChaosStack], None] | None = None
 
 
 def _wait_for(stack: ChaosStack, ids: list[str], *states: str, timeout: float = 60.0) -> None:
@@ -252,6 +254,7 @@ def stall_postgres(stack: ChaosStack, p: Profile, ids: list[str], notes: list[st
 
 
 _PACK = PackRunsDry()
+_TWO = TwoAccounts()
 
 
 def pack_runs_dry(stack: ChaosStack, p: Profile, ids: list[str], notes: list[str]) -> Injected:
@@ -299,6 +302,20 @@ SCENARIOS = [
         pack_runs_dry,
         after=_PACK.after,
     ),
+    Scenario(
+        "two-accounts",
+        "two accounts from KLING_ACCOUNTS_FILE, the first dry for good after 3 creates, with faults",
+        _TWO.inject,
+        {
+            "fault_5000_rate": 0.05,
+            "fault_1302_rate": 0.1,
+            "accept_then_drop_rate": 0.1,
+            "callback_drop_rate": 0.2,
+            "callback_duplicate_rate": 0.2,
+        },
+        after=_TWO.after,
+        setup=_TWO.setup,
+    ),
 ]
 NAMES = [s.name for s in SCENARIOS]
 
@@ -311,6 +328,8 @@ def run(
     started = time.monotonic()
     specs: list[JobSpec] = []
     try:
+        if scenario.setup is not None:
+            scenario.setup(stack)
         specs = stack.submit(f"{scenario.name}-{rng.getrandbits(32):08x}", profile.jobs, rng)
         ids = [s.id for s in specs]
         result.submitted = len(specs)
@@ -342,4 +361,6 @@ def run(
         if healed:
             result.problems.append(f"restarted after the scenario: {', '.join(healed)}")
         stack.sim.configure(**BASE_KNOBS, task_seconds=stack.tuning.task_seconds)
+        if scenario.setup is not None and stack.env_overrides:
+            stack.reconfigure({})
     return result

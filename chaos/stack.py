@@ -136,6 +136,8 @@ class ChaosStack:
         self._sessions: Any = None
         self.limiter: RedisSlotLimiter | None = None
         self.s3: Any = None
+        # Settings on top of the base ones for every service process (`reconfigure`).
+        self.env_overrides: dict[str, str] = {}
 
     # --- wiring -------------------------------------------------------------------------------------
     @property
@@ -188,6 +190,7 @@ class ChaosStack:
             "STUCK_ARCHIVE_SECONDS": str(t.stuck_archive_seconds),
             "ACCOUNT_PROBE_SECONDS": str(t.account_probe_seconds),
             "LOG_LEVEL": "INFO",
+            **self.env_overrides,
         }
 
     def _proc(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> Proc:
@@ -226,11 +229,24 @@ class ChaosStack:
         for i in range(self.tuning.workers):
             self.workers.append(self._worker_proc(i))
             self.start_worker(i)
-        self.beat = self._proc(
-            "beat",
-            celery_argv("beat", ("--loglevel=INFO", f"--schedule={self.root / 'beat-schedule'}")),
-            env=self.settings_env(),
-        ).start()
+        self.beat = self._beat_proc().start()
+
+    def _beat_proc(self) -> Proc:
+        schedule = f"--schedule={self.root / 'beat-schedule'}"
+        return self._proc("beat", celery_argv("beat", ("--loglevel=INFO", schedule)), env=self.settings_env())
+
+    def reconfigure(self, overrides: dict[str, str]) -> None:
+        """Restart the webhook, the workers and beat with `overrides` on top of the base settings
+        (`{}`: back to the base). Queued work waits in the broker meanwhile."""
+        self.env_overrides = dict(overrides)
+        for proc in [*self.workers, self.beat, self.webhook]:
+            if proc is not None:
+                proc.stop(grace=10)
+        self.start_webhook()
+        self.workers = [self._worker_proc(i) for i in range(self.tuning.workers)]
+        for i in range(len(self.workers)):
+            self.start_worker(i)
+        self.beat = self._beat_proc().start()
 
     def close(self) -> None:
         for proc in [*self.workers, self.beat, self.webhook, self.sim_proc, self.moto]:

@@ -239,6 +239,7 @@ class Demo:
         from celery.contrib.testing.worker import start_worker
 
         from webhook import create_app
+        from webhook.accounts import SERVICES_KEY as ACCOUNTS_KEY
         from webhook.api import S3_CLIENT
         from webhook.db import set_publisher
         from webhook.metrics import LIMITER_KEY
@@ -328,6 +329,8 @@ class Demo:
         set_publisher(flask_app, self.svc.publish)
         # The dashboard's "slots in use" reads the worker's limiter, not one built from settings.
         flask_app.extensions[LIMITER_KEY] = self.svc.limiter
+        # ... and its account view (pauses, disabled) the worker's, so the banner shows a dry pack.
+        flask_app.extensions[ACCOUNTS_KEY] = self.svc
         self.s3, self.bucket = s3, bucket
         self.stack.callback(self.svc.engine.dispose)
         if not embedded_broker:

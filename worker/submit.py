@@ -155,7 +155,9 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
             return Outcome(Step.DONE, detail=found.task_id)
         if isinstance(found, Outcome):
             return found
-        # Surely not created: create it now.
+        # Surely not created: create it now, and count only that create, so a refusal of it
+        # (a dry pack) frees the job to go to another account instead of pinning it here.
+        _forget_earlier_creates(svc, job_id, token)
 
     settings = svc.settings
     cb_url = None
@@ -236,6 +238,17 @@ def _unroutable(
     message = f"no account serves provider {provider_name}"
     fail_job(svc, job_id, code="provider_not_configured", message=message)
     return Outcome(Step.FAILED, detail=message)
+
+
+def _forget_earlier_creates(svc: Services, job_id: str, token: str) -> None:
+    """The account says the earlier creates made no task: only the one about to go out counts."""
+    with session_scope(svc.sessions) as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.claim_token == token)
+            .values(create_attempts=1)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def _give_back(svc: Services, job_id: str, token: str, *, refused: bool) -> None:

@@ -38,6 +38,7 @@ def test_short_chaos_suite_holds_every_invariant() -> None:
         "postgres-stall",
         "backlog-redis-restart",
         "pack-runs-dry",
+        "two-accounts",
     ):
         assert name in out, name
     assert out.count("PASS") >= 20, out[-6000:]  # one row per scenario, printed again in the summary

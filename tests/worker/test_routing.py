@@ -135,6 +135,21 @@ def test_a_job_whose_create_may_exist_on_one_account_is_never_created_on_another
     assert pool.sims["a"].create_count == 1 and pool.sims["b"].create_count == 0
 
 
+def test_a_job_pinned_to_an_account_that_ran_dry_moves_once_that_account_says_no_task_exists(
+    pool: Pool,
+) -> None:
+    # An ambiguous create on a left no task (the lookup says so); then a's pack runs dry for good.
+    job_id = pool.job()
+    with session_scope(pool.svc.sessions) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(create_attempts=1, account="a"))
+    pool.sims["a"].configure(account_code=1102)
+    assert submit.submit_job(pool.svc, job_id).step is Step.WAIT  # looked up on a, created there: 1102
+    assert pool.get(job_id).create_attempts == 0  # no task anywhere: no longer tied to a
+    assert submit.submit_job(pool.svc, job_id).step is Step.DONE
+    assert pool.get(job_id).account == "b"
+    assert pool.sims["a"].count_by_code.get(1102) == 1  # one create refused, not one per dispatch
+
+
 def test_a_create_dropped_after_it_went_through_is_found_on_its_own_account(pool: Pool) -> None:
     pool.sims["a"].configure(accept_then_drop_rate=1.0)
     job_id = pool.job()
