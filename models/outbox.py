@@ -19,6 +19,8 @@ RELEASE_SLOTS = "release_slots"
 NOTIFY = "notify"
 # An unsigned callback reported a final state: look the task up at the provider and apply that.
 CONFIRM_JOB = "confirm_job"
+# An account paused or resumed: a signed event to ALERT_WEBHOOK_URL (published directly, no row).
+ALERT = "alert"
 
 
 class QueuedTask(Protocol):

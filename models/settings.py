@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     archive_max_bytes: int = Field(default=104_857_600, ge=1)
     # Downstream hosts a job's webhook_url may name although they are not public (exact names).
     notify_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+    # Account pauses and resumes as signed events (worker/alerts.py); its host may be private.
+    alert_webhook_url: str | None = None
 
     reconcile_after_seconds: float = Field(default=60, ge=0)
     reconcile_interval_seconds: float = Field(default=5, gt=0)

@@ -61,7 +61,7 @@ def warm_services(app: Celery) -> None:
 def make_celery(settings: Settings | None = None, *, for_requests: bool = False) -> Celery:
     """The app; `for_requests`: the webhook's publisher, with REQUEST_BROKER_OPTIONS."""
     # Here, not at the top: worker.tasks imports this module's constants.
-    from worker import archiving, notify, polling, repair, slots, submit, tasks
+    from worker import alerts, archiving, notify, polling, repair, slots, submit, tasks
 
     settings = settings or get_settings()
     app = Celery("kling_orchestrator", set_as_current=False)
@@ -103,7 +103,7 @@ def make_celery(settings: Settings | None = None, *, for_requests: bool = False)
     worker_process_init.connect(prepare_pool_process, weak=False)
     # Each workflow defines its tasks on this app and names its periodic work.
     schedule: dict[str, dict[str, Any]] = {}
-    for workflow in (tasks, submit, slots, polling, archiving, notify, repair):
+    for workflow in (tasks, submit, slots, polling, archiving, notify, alerts, repair):
         schedule.update(workflow.register(app))
     app.conf.beat_schedule = schedule
     return app

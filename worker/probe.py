@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from worker import alerts
+from worker.accounts import AccountState
 from worker.slots import pump
 
 if TYPE_CHECKING:
@@ -47,6 +49,7 @@ def probe_paused(svc: Services) -> list[str]:
             verdict = False
         if verdict and svc.account_gate.resume(account.name):
             log.warning("account %s resumed: its resource packs have units left", account.name)
+            alerts.account_changed(svc, alerts.RESUMED, AccountState(account.name, paused=False))
             resumed.append(account.name)
     if resumed:
         pump(svc)

@@ -23,8 +23,8 @@ from models.outbox import DISPATCH_JOB
 from models.statemachine import TaskMismatch, apply_provider_task, transition
 from models.tables import Job
 from models.tokens import callback_url
-from worker import metrics
-from worker.accounts import denies_model, pauses_account
+from worker import alerts, metrics
+from worker.accounts import AccountState, denies_model, pauses_account
 from worker.budget import estimate
 from worker.claims import keep_claim, take_claim
 from worker.limiter import SlotLimiter
@@ -198,6 +198,7 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
 
     if probing and svc.account_gate.resume(account):
         log.warning("account %s resumed", account)
+        alerts.account_changed(svc, alerts.RESUMED, AccountState(account, paused=False))
     _record_submitted(svc, job_id, task)
     return Outcome(Step.DONE, detail=task.task_id)
 
@@ -274,6 +275,7 @@ def _pause_account(svc: Services, account: str, job_id: str, token: str, exc: Kl
         _unreserve(svc, account, job_id)
     if svc.account_gate.pause(account, exc.code, exc.message):
         log.warning("account %s paused: %s %s", account, exc.code, exc.message)
+        alerts.account_changed(svc, alerts.PAUSED, svc.account_gate.state(account))
     else:
         log.info("account %s still paused: %s %s", account, exc.code, exc.message)
     # A 5001 is a 5xx: the create may have been processed, so the job stays on this account and

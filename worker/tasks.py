@@ -18,7 +18,7 @@ from typing import Any
 from celery import Celery, Task
 
 from models.logging import log_context
-from models.outbox import ARCHIVE_JOB, CONFIRM_JOB, DISPATCH_JOB, NOTIFY, RELEASE_SLOTS, SUBMIT_JOB
+from models.outbox import ALERT, ARCHIVE_JOB, CONFIRM_JOB, DISPATCH_JOB, NOTIFY, RELEASE_SLOTS, SUBMIT_JOB
 from worker import metrics
 from worker.factory import VISIBILITY_TIMEOUT
 from worker.outbox import celery_publisher, relay
@@ -60,6 +60,8 @@ ARCHIVE_TASK = TaskSpec("kling.archive_job", 3, ARCHIVE_JOB)
 # 15 s), so a slow or hostile receiver can delay an archive by that much at worst, never stall it.
 # One queue keeps every worker command (compose, demo, chaos, bench, tests) consuming notify.
 NOTIFY_TASK = TaskSpec("kling.notify", 9, NOTIFY)
+# Account alerts (worker/alerts.py): rare, and as bounded as a delivery.
+ALERT_TASK = TaskSpec("kling.alert", 9, ALERT)
 RELAY_TASK = TaskSpec("kling.relay_outbox", 6)
 RECONCILE_TASK = TaskSpec("kling.reconcile", 6)
 SWEEP_TASK = TaskSpec("kling.sweep", 9)
@@ -70,6 +72,7 @@ TASKS = (
     CONFIRM_TASK,
     ARCHIVE_TASK,
     NOTIFY_TASK,
+    ALERT_TASK,
     RELAY_TASK,
     RECONCILE_TASK,
     SWEEP_TASK,

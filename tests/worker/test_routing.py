@@ -391,3 +391,12 @@ def test_budget_days_are_utc_and_estimates_learn_from_the_account() -> None:
     assert utc_day(late.astimezone(timezone(timedelta(hours=9)))) == "2026-12-06"
     assert estimate(3, None) == 3 * DEFAULT_UNITS_PER_SLOT
     assert estimate(2, 0.25) == 0.5
+
+
+def test_an_account_refusing_a_create_pauses_with_an_alert(pool: Pool) -> None:
+    # Signed to ALERT_WEBHOOK_URL by the alert task (tests/worker/test_alerts.py).
+    pool.svc.settings = pool.svc.settings.model_copy(update={"alert_webhook_url": "https://alerts.example/"})
+    pool.sims["a"].configure(account_code=1102)
+    assert submit.submit_job(pool.svc, pool.job()).step is Step.WAIT
+    sent = [args for name, args in pool.published if name == "alert"]
+    assert len(sent) == 1 and sent[0][0]["data"]["account"] == "a" and sent[0][0]["data"]["code"] == 1102
