@@ -38,7 +38,7 @@ screenshot: $(STAMP) ## Run the demo and save its dashboard to docs/dashboard.pn
 bench: $(STAMP) ## Run the benchmarks against their baselines (writes bench/results.json)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-chaos: $(STAMP) ## Fault-injection suite: private stack, 10 faults with 50 jobs in flight, one with a 5,000-job backlog (CHAOS_ARGS=--short)
+chaos: $(STAMP) ## Fault-injection suite: private stack, 11 faults with 50 jobs in flight, one with a 5,000-job backlog (CHAOS_ARGS=--short)
 	$(BIN)/python -m chaos $(CHAOS_ARGS)
 
 clean: ## Remove the virtualenv and caches
