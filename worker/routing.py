@@ -21,8 +21,12 @@ class Route:
 
 
 def pinned_account(account: str | None, create_attempts: int) -> str | None:
-    """The account a job must stay on: the one its earlier, possibly delivered, create went to."""
-    return account if create_attempts > 0 and account else None
+    """The account a job must stay on: the one its earlier, possibly delivered, create went to.
+    A create counted before accounts were recorded (migration 0006) went to the one account of
+    that time: `""`, the first account (`route`), never any account with free slots."""
+    if create_attempts <= 0:
+        return None
+    return account or ""
 
 
 def route(

@@ -109,9 +109,10 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
                 continue
             account = name
             break
-        # Taken somewhere: leave the other accounts' wait queues (a job still waiting keeps its
-        # place in every queue it joined, for their fairness rule).
-        for name in tried if account and len(tried) > 1 else ():
+        # Taken somewhere: leave the other accounts' wait queues, those an earlier run joined too
+        # (a job still waiting keeps its place in every queue it joined, for their fairness rule;
+        # left there once taken, it would go on reserving another account's slots).
+        for name in plan.accounts if account and len(plan.accounts) > 1 else ():
             if name != account:
                 svc.limiter_for(name).release(job_id)
         if unusable is None and not account:

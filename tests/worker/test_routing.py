@@ -150,6 +150,28 @@ def test_a_job_pinned_to_an_account_that_ran_dry_moves_once_that_account_says_no
     assert pool.sims["a"].count_by_code.get(1102) == 1  # one create refused, not one per dispatch
 
 
+def test_a_create_counted_before_accounts_were_recorded_stays_on_the_first_account(pool: Pool) -> None:
+    # A job upgraded from the single-account schema: a create counted, no account recorded.
+    job_id = pool.job()
+    with session_scope(pool.svc.sessions) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(create_attempts=1, account=None))
+    assert pool.limiters["a"].acquire("other-1", 1) and pool.limiters["a"].acquire("other-2", 1)
+    assert submit.submit_job(pool.svc, job_id).step is Step.WAIT  # a full; b free, and not used
+    assert pool.sims["b"].create_count == 0 and pool.limiters["b"].holders() == {}
+
+
+def test_a_job_taken_by_one_account_leaves_every_other_wait_queue(pool: Pool) -> None:
+    for name in ("a", "b"):
+        assert pool.limiters[name].acquire(f"{name}-1", 1) and pool.limiters[name].acquire(f"{name}-2", 1)
+    job_id = pool.job()
+    assert submit.submit_job(pool.svc, job_id).step is Step.WAIT  # queued with both accounts
+    assert job_id in pool.limiters["a"].waiting() and job_id in pool.limiters["b"].waiting()
+    pool.limiters["a"].release("a-1")
+    assert submit.submit_job(pool.svc, job_id).step is Step.DONE  # a, at its first try this run
+    assert pool.get(job_id).account == "a"
+    assert job_id not in pool.limiters["b"].waiting()
+
+
 def test_a_create_dropped_after_it_went_through_is_found_on_its_own_account(pool: Pool) -> None:
     pool.sims["a"].configure(accept_then_drop_rate=1.0)
     job_id = pool.job()
