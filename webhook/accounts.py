@@ -8,7 +8,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from flask import Blueprint, Flask, current_app
+from sqlalchemy.exc import OperationalError
 
 from webhook.api import require_token
 from webhook.db import LIMITER_KEY, app_settings, sessions
@@ -79,4 +81,10 @@ def _before() -> ViewResult | None:
 
 @bp.get("/v1/accounts")
 def list_accounts() -> ViewResult:
-    return {"accounts": [view.document() for view in account_views(services())]}, 200
+    try:
+        views = account_views(services())
+    except (redis.RedisError, OperationalError) as exc:
+        # The states live in Redis and the database: an outage there is a 503, not a 500.
+        log.warning("accounts unavailable: %s", type(exc).__name__)
+        return {"error": "account states unavailable, retry later"}, 503, {"Retry-After": "5"}
+    return {"accounts": [view.document() for view in views]}, 200

@@ -93,3 +93,15 @@ def test_a_job_that_is_not_queued_waits_for_nothing(api: Api) -> None:
     api.session.execute(update(Job).where(Job.id == job_id).values(status="failed"))
     api.session.commit()
     assert api.get(f"/v1/jobs/{job_id}").get_json()["waiting_for"] is None
+
+
+def test_accounts_answer_503_when_their_states_cannot_be_read(api: Api, monkeypatch: Any) -> None:
+    import redis
+
+    def down(name: str) -> Any:
+        raise redis.ConnectionError("Redis is down")
+
+    monkeypatch.setattr(gate(api), "state", down)
+    answer = api.get("/v1/accounts")
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "5"
+    assert "Redis" not in answer.get_data(as_text=True)
