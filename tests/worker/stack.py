@@ -163,6 +163,8 @@ def base_settings(
         celery_broker_url=broker,
         redis_url="redis://127.0.0.1:6379/15",
         limiter_key_prefix=f"test:limiter:{secrets.token_hex(4)}",
+        # 5001 pauses the account until a probe: short here, as the other intervals of these stacks.
+        account_probe_seconds=2.0,
         kling_api_base=simulator.base_url,
         kling_access_key=TEST_ACCESS_KEY,
         kling_secret_key=TEST_SECRET_KEY,
