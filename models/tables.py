@@ -80,6 +80,8 @@ class Job(Base):
     account: Mapped[str | None] = mapped_column(String(64))
     # The provider's final_unit_deduction for the task.
     units: Mapped[float | None] = mapped_column(Float)
+    # The task kind (kling/kinds.py): what is created at the provider and what it yields.
+    kind: Mapped[str] = mapped_column(String(32), server_default="image")
 
     images: Mapped[list[Image]] = relationship(
         back_populates="job", order_by="Image.index", cascade="all, delete-orphan", passive_deletes=True
@@ -110,12 +112,15 @@ class Image(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     index: Mapped[int] = mapped_column(Integer)
+    # An output of the job: `image` or `video` (the table holds both; see migration 0007).
+    type: Mapped[str] = mapped_column(String(8), server_default="image")
+    duration: Mapped[float | None] = mapped_column(Float)  # seconds, videos only
     source_url: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), server_default=ImageStatus.PENDING.value)
     s3_bucket: Mapped[str | None] = mapped_column(String(255))
     s3_key: Mapped[str | None] = mapped_column(Text)
     sha256: Mapped[str | None] = mapped_column(String(64))
-    bytes: Mapped[int | None] = mapped_column(Integer)
+    bytes: Mapped[int | None] = mapped_column(BigInteger)
     content_type: Mapped[str | None] = mapped_column(String(255))
     archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Starts the provider's 30-day deletion clock.
