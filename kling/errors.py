@@ -259,7 +259,9 @@ HTTP_STATUS_TABLE: dict[int, type[KlingError]] = {
     429: RateLimited,
     500: ServerError,
     502: ServerError,
-    503: ServiceUnavailable,
+    # A bare 503 is a proxy or gateway being unavailable, not Kling's 5001 (maintenance, which
+    # pauses a whole account): a transient server error, retried and looked up like a 500.
+    503: ServerError,
     504: ServerTimeout,
 }
 

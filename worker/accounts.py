@@ -1,6 +1,6 @@
 """Account pauses: Kling codes that describe the account, not the job (1100 account exception,
-1101 arrears, 1102 resource pack depleted, 1304 IP whitelist) pause submitting instead of failing
-jobs. While an account is paused, queued jobs stay queued and at most one create per
+1101 arrears, 1102 resource pack depleted, 1304 IP whitelist, 5001 maintenance) pause submitting
+instead of failing jobs. While an account is paused, queued jobs stay queued and at most one create per
 `ACCOUNT_PROBE_SECONDS`, across all workers, goes out to see whether the account works again.
 
 `pauses_account` decides, with no I/O; `AccountGate` keeps the state in Redis (like
@@ -42,7 +42,9 @@ def pauses_account(exc: KlingError) -> bool:
     """
     if isinstance(exc, PermissionDenied):
         return False
-    return isinstance(exc, AccountError | IPWhitelistError | ServiceUnavailable)
+    if isinstance(exc, ServiceUnavailable):
+        return exc.code == ServiceUnavailable.default_code  # Kling's 5001, not any 503
+    return isinstance(exc, AccountError | IPWhitelistError)
 
 
 def denies_model(exc: KlingError) -> bool:

@@ -55,12 +55,14 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
 return 1
 """
-# KEYS: spent, reserved. ARGV: job, units (or '' to give the reservation back), keep_s.
+# KEYS: spent, reserved. ARGV: job, units ('' to give the reservation back, 'estimate' to spend
+# it as reserved), keep_s.
 _SETTLE = """
 local est = redis.call('HGET', KEYS[2], ARGV[1])
 if not est then return 0 end
 redis.call('HDEL', KEYS[2], ARGV[1])
-local units = ARGV[2] == '' and 0 or tonumber(ARGV[2])
+local units = tonumber(est)
+if ARGV[2] == '' then units = 0 elseif ARGV[2] ~= 'estimate' then units = tonumber(ARGV[2]) end
 redis.call('INCRBYFLOAT', KEYS[1], units - tonumber(est))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 return 1
@@ -94,11 +96,19 @@ class UnitBudget:
         return bool(self._reserve(keys=keys, args=args))
 
     def settle(self, name: str, job_id: str, units: float | None, now: datetime) -> bool:
-        """Replace the job's reservation by what the task cost (None: it made no task). The
-        reservation is looked for today and yesterday (a task that ran over midnight)."""
+        """The task ended: replace the job's reservation by what it cost; when the provider did
+        not say (None), the estimate stays spent: a budget is a ceiling, never passed by guessing 0."""
+        return self._settle_as(name, job_id, "estimate" if units is None else repr(units), now)
+
+    def give_back(self, name: str, job_id: str, now: datetime) -> bool:
+        """The create made no task: its reservation returns to the budget."""
+        return self._settle_as(name, job_id, "", now)
+
+    def _settle_as(self, name: str, job_id: str, units: str, now: datetime) -> bool:
+        # Looked for today and yesterday: a task that ran over midnight.
         for day in (now, now - timedelta(days=1)):
             keys = self._keys(name, utc_day(day))[:2]
-            if self._settle(keys=keys, args=[job_id, "" if units is None else repr(units), KEEP_SECONDS]):
+            if self._settle(keys=keys, args=[job_id, units, KEEP_SECONDS]):
                 return True
         return False
 
@@ -116,6 +126,9 @@ class LocalUnitBudget:
         return True
 
     def settle(self, name: str, job_id: str, units: float | None, now: datetime) -> bool:
+        return False
+
+    def give_back(self, name: str, job_id: str, now: datetime) -> bool:
         return False
 
     def spent(self, name: str, now: datetime) -> float:

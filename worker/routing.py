@@ -38,10 +38,14 @@ def route(
     legacy: bool,
 ) -> Route:
     """The accounts to try for a job of `provider`. A pinned job tries its account even when it is
-    disabled: only a lookup there can tell whether the earlier create made a task."""
+    disabled: only a lookup there can tell whether the earlier create made a task; pinned to an
+    account no longer configured, it tries none (and waits), never another."""
     names = [a.name for a in accounts]
     if pinned is not None:
-        known = pinned if pinned in names else names[0]
-        return Route((known,), pinned=True, serving=1)
+        if pinned == "":
+            return Route((names[0],), pinned=True, serving=1)
+        # An account removed from the file can no longer be asked: nothing to try, the job waits.
+        known = (pinned,) if pinned in names else ()
+        return Route(known, pinned=True, serving=len(known))
     serving = [a.name for a in accounts if legacy or a.provider == provider]
     return Route(tuple(n for n in serving if n not in disabled), pinned=False, serving=len(serving))

@@ -14,7 +14,7 @@ from sqlalchemy import update
 
 from kling import ImageRequest, KlingError, Task, TaskStatus, ValidationError
 from kling.client import ImageProvider
-from kling.errors import ConcurrencyLimitExceeded, PermissionDenied, RateLimited, ServiceUnavailable
+from kling.errors import ConcurrencyLimitExceeded, PermissionDenied, RateLimited
 from kling.http import backoff, is_ambiguous, is_not_found
 from models.base import utcnow
 from models.db import session_scope
@@ -72,7 +72,7 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
             legacy=svc.legacy,
         )
         model = str(params.get("model_name") or "")
-        account, probing, provider = "", False, None
+        account, probing, lookup_only, provider = "", False, False, None
         unusable: Exception | None = None
         too_big = denied = 0
         try:
@@ -85,6 +85,11 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
         for name in plan.accounts if unusable is None else ():
             limiter = svc.limiter_for(name)
             if slots > limiter.limit:
+                if plan.pinned:
+                    # Its account's concurrency was lowered below the job: no create may go out
+                    # there, but the earlier one must still be looked up (it may be running).
+                    account, lookup_only = name, True
+                    break
                 too_big += 1
                 continue
             tried.append(name)
@@ -94,14 +99,14 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
             # sends one create per ACCOUNT_PROBE_SECONDS: every other run counts no attempt,
             # gives slots and claim back, and the reconciler's pump dispatches it again.
             # A run whose earlier create may have gone through looks it up first, holding
-            # its slots: giving them back while that task may run would overfill the account.
+            # its slots (that task may be running), and takes its probe turn only after.
             paused, refused_model = svc.account_gate.check(name, model)
             if refused_model and not plan.pinned:
                 denied += 1
                 limiter.release(job_id)
                 continue
-            probing = not tried_before and paused
-            if probing and not svc.account_gate.probe_turn(name):
+            probing = paused
+            if probing and not tried_before and not svc.account_gate.probe_turn(name):
                 limiter.release(job_id)
                 continue
             if not _reserve_units(svc, name, job_id, slots):
@@ -122,10 +127,22 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
                 # unclaim. The row lock is held only for the limiters' Redis calls.
                 s.rollback()
                 return Outcome(Step.WAIT)
-            if not plan.accounts and plan.serving:
+            if plan.pinned:
+                # Its earlier create may exist on an account no longer configured: only that
+                # account can tell, so the job waits for it rather than risk a second bill.
                 s.rollback()
-                return Outcome(Step.WAIT, detail="every account is disabled")
-        if account:
+                log.warning(
+                    "job %s waits: its earlier create may exist on account %s, which is not "
+                    "configured; add it back to KLING_ACCOUNTS_FILE to settle it",
+                    job_id,
+                    job.account,
+                )
+                return Outcome(Step.WAIT, detail=f"account {job.account} is not configured")
+            if plan.serving > len(plan.accounts):
+                # A disabled account serving the job may take it once enabled again.
+                s.rollback()
+                return Outcome(Step.WAIT, detail="only disabled accounts can take it")
+        if account and not lookup_only:
             provider = svc.provider_for_account(account, provider_name)
             # A create may go out from here on: count it, and the account it goes to, in the
             # claim's commit. Nothing but local checks runs between this commit and the create.
@@ -145,17 +162,28 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
     hold = svc.settings.stuck_submit_seconds
     if not account:
         return _unroutable(svc, job_id, provider_name, slots, model, too_big=too_big, denied=denied)
-    assert provider is not None
+    provider = svc.provider_for_account(account, provider_name)
     limiter = svc.limiter_for(account)
 
     if tried_before:
         # An earlier run sent a create and we never learned its fate: ask before creating again.
         found = _find_existing(svc, provider, job_id, token, None, limiter=limiter)
         if isinstance(found, Task):
+            if probing:
+                _resume(svc, account)  # e.g. the create answered 5001 was processed after all
             _record_submitted(svc, job_id, found)
             return Outcome(Step.DONE, detail=found.task_id)
         if isinstance(found, Outcome):
             return found
+        if lookup_only or (probing and not svc.account_gate.probe_turn(account)):
+            # Surely not created, and no create may go out here now (too small an account, or
+            # paused and not this run's probe turn): the job is free to go to any account.
+            limiter.release(job_id)
+            _unreserve(svc, account, job_id)
+            _give_back(svc, job_id, token, forget=True)
+            if svc.publish is not None and lookup_only:
+                svc.publish(DISPATCH_JOB, [job_id])
+            return Outcome(Step.WAIT, detail=f"no task on {account}; not created there now")
         # Surely not created: create it now, and count only that create, so a refusal of it
         # (a dry pack) frees the job to go to another account instead of pinning it here.
         _forget_earlier_creates(svc, job_id, token)
@@ -177,7 +205,14 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
     except KlingError as exc:
         metrics.provider_errors.labels(code=str(exc.code or exc.http_status or "network")).inc()
         if pauses_account(exc):
-            return _pause_account(svc, account, job_id, token, exc)
+            _pause_account(svc, account, exc)
+            if not is_ambiguous(exc):
+                return _refused_by_account(svc, account, job_id, token, exc)
+            # 5001 (maintenance) is a 5xx: the create may have gone through. Like any ambiguous
+            # answer, the job holds its slots and looks the task up; once surely not created,
+            # it waits for the account's probe turn (above) or goes to another account; found,
+            # the account works after all and resumes below.
+            probing = True
         if denies_model(exc):
             return _deny_model(
                 svc, job_id, token, exc, account=account, model=model, provider_name=provider_name
@@ -197,11 +232,17 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
             return keep_claim(svc, job_id, token, 0.5 + backoff(0, base=0.5, cap=60.0), hold)
         task = found
 
-    if probing and svc.account_gate.resume(account):
-        log.warning("account %s resumed", account)
-        alerts.account_changed(svc, alerts.RESUMED, AccountState(account, paused=False))
+    if probing:
+        _resume(svc, account)
     _record_submitted(svc, job_id, task)
     return Outcome(Step.DONE, detail=task.task_id)
+
+
+def _resume(svc: Services, account: str) -> None:
+    """A create went through on a paused account: it works again."""
+    if svc.account_gate.resume(account):
+        log.warning("account %s resumed", account)
+        alerts.account_changed(svc, alerts.RESUMED, AccountState(account, paused=False))
 
 
 def _reserve_units(svc: Services, name: str, job_id: str, slots: int) -> bool:
@@ -221,7 +262,7 @@ def _reserve_units(svc: Services, name: str, job_id: str, slots: int) -> bool:
 def _unreserve(svc: Services, account: str, job_id: str) -> None:
     """The create made no task: give its units back to the day's budget."""
     if svc.account(account).daily_unit_budget:
-        svc.budget.settle(account, job_id, None, utcnow())
+        svc.budget.give_back(account, job_id, utcnow())
 
 
 def _unroutable(
@@ -253,11 +294,16 @@ def _forget_earlier_creates(svc: Services, job_id: str, token: str) -> None:
         )
 
 
-def _give_back(svc: Services, job_id: str, token: str, *, refused: bool) -> None:
-    """Back to the queue, unclaimed. `refused`: the create surely made no task, so it does not
-    count (no lookup before the next one, and the job may go to another account)."""
+def _give_back(
+    svc: Services, job_id: str, token: str, *, refused: bool = False, forget: bool = False
+) -> None:
+    """Back to the queue, unclaimed. `refused`: this run's create surely made no task, so it does
+    not count (no lookup before the next one, and the job may go to another account); `forget`:
+    a lookup found no task from any earlier create either."""
     values: dict[str, object] = {"claim_token": None, "claimed_until": None}
-    if refused:
+    if forget:
+        values["create_attempts"] = 0
+    elif refused:
         values["create_attempts"] = Job.create_attempts - 1
     with session_scope(svc.sessions) as s:
         s.execute(
@@ -268,20 +314,21 @@ def _give_back(svc: Services, job_id: str, token: str, *, refused: bool) -> None
         )
 
 
-def _pause_account(svc: Services, account: str, job_id: str, token: str, exc: KlingError) -> Outcome:
-    """The account refused the create (dry pack, arrears, IP whitelist, maintenance): every other
-    job would be refused the same way, so pause submitting and keep this job queued, not failed."""
-    svc.limiter_for(account).release(job_id)
-    if not isinstance(exc, ServiceUnavailable):
-        _unreserve(svc, account, job_id)
+def _pause_account(svc: Services, account: str, exc: KlingError) -> None:
+    """An answer about the account (dry pack, arrears, IP whitelist, maintenance): every other
+    job would be refused the same way, so pause submitting to it (and alert, the first time)."""
     if svc.account_gate.pause(account, exc.code, exc.message):
         log.warning("account %s paused: %s %s", account, exc.code, exc.message)
         alerts.account_changed(svc, alerts.PAUSED, svc.account_gate.state(account))
     else:
         log.info("account %s still paused: %s %s", account, exc.code, exc.message)
-    # A 5001 is a 5xx: the create may have been processed, so the job stays on this account and
-    # looks up first; the other codes are refusals.
-    _give_back(svc, job_id, token, refused=not isinstance(exc, ServiceUnavailable))
+
+
+def _refused_by_account(svc: Services, account: str, job_id: str, token: str, exc: KlingError) -> Outcome:
+    """The account refused the create: no task was made. The job goes back to the queue, not failed."""
+    svc.limiter_for(account).release(job_id)
+    _unreserve(svc, account, job_id)
+    _give_back(svc, job_id, token, refused=True)
     return Outcome(Step.WAIT, detail=f"account {account} paused: {exc.code}")
 
 

@@ -26,6 +26,7 @@ from kling.errors import (
     RateLimited,
     ResourcePackDepleted,
     ServerError,
+    ServiceUnavailable,
     TransportError,
     error_for,
 )
@@ -48,7 +49,15 @@ def wait_for(check: Callable[[], object], timeout: float = 10.0, what: str = "co
 # --- the decision -----------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "exc",
-    [AccountError(), AccountInArrears(), ResourcePackDepleted(), IPWhitelistError(), error_for(1102, 429)],
+    [
+        AccountError(),
+        AccountInArrears(),
+        ResourcePackDepleted(),
+        IPWhitelistError(),
+        error_for(1102, 429),
+        ServiceUnavailable(),
+        error_for(5001, 503),
+    ],
 )
 def test_account_codes_pause_the_account(exc: KlingError) -> None:
     assert pauses_account(exc)
@@ -64,6 +73,7 @@ def test_account_codes_pause_the_account(exc: KlingError) -> None:
         ContentPolicyError(),
         InvalidParameterValue(),
         ServerError(),
+        error_for(None, 503),  # a proxy's bare 503, not Kling's 5001 maintenance
         TransportError("reset"),
     ],
 )
@@ -221,11 +231,12 @@ def test_1103_still_fails_the_job_and_does_not_pause(harness: Harness) -> None:
 
 
 @pytest.mark.integration
-def test_a_run_that_may_have_created_already_keeps_its_slots_and_looks_up_while_paused(
+def test_a_run_that_may_have_created_already_looks_up_while_paused_and_creates_only_in_its_turn(
     harness: Harness,
 ) -> None:
     # An earlier run's create may have gone through (a timeout): giving its slots back while that
-    # task may be running would let the account overfill once it resumes. It looks up first.
+    # task may be running would let the account overfill once it resumes. It looks up first; the
+    # task surely absent, it creates only with the account's probe turn, like any other job.
     from sqlalchemy import update
 
     from models.db import session_scope
@@ -235,7 +246,48 @@ def test_a_run_that_may_have_created_already_keeps_its_slots_and_looks_up_while_
     with session_scope(harness.svc.sessions) as s:
         s.execute(update(Job).where(Job.id == job_id).values(create_attempts=1))
     harness.svc.account_gate.pause(ACCOUNT, 1102, "dry")
+    assert submit.submit_job(harness.svc, job_id).step is Step.WAIT
+    assert harness.sim.create_count == 0  # looked up (nothing there), and no create
+    assert_queued_unclaimed(harness, job_id)  # no task anywhere: no longer tied to its create
+    assert harness.svc.limiter.holders() == {}
+
+    harness.svc.account_gate.probe_now(ACCOUNT)
     assert submit.submit_job(harness.svc, job_id).step is Step.DONE
-    # Not found at the provider, so created (one create, no duplicate), slots held all along.
     assert harness.sim.create_count == 1 and len(harness.sim.tasks_by_external_id(job_id)) == 1
     assert harness.svc.limiter.holders() == {job_id: 1}
+    assert harness.svc.account_gate.state(ACCOUNT).paused is False
+
+
+@pytest.mark.integration
+def test_5001_pauses_the_account_and_the_job_looks_up_holding_its_slots_before_waiting(
+    harness: Harness,
+) -> None:
+    # Maintenance answers a create with a 5xx: it may have been processed. Slots stay held while
+    # the task may exist; the job is never failed, and creates again only with a probe turn.
+    gate, sim = harness.svc.account_gate, harness.sim
+    sim.configure(fault_5001_rate=1.0, faults_on_create_only=True)
+    job_id = harness.job()
+    first = submit.submit_job(harness.svc, job_id)
+    assert first.step is Step.RETRY
+    job = harness.get(job_id)
+    assert (job.status, job.create_attempts, job.account) == ("queued", 1, ACCOUNT)
+    assert job.claim_token is not None
+    assert harness.svc.limiter.holders() == {job_id: 1}
+    assert (gate.state(ACCOUNT).paused, gate.state(ACCOUNT).code) == (True, 5001)
+
+    # The retry looks up again (nothing), and without a probe turn waits unpinned, slots free.
+    assert submit.submit_job(harness.svc, job_id, claim=job.claim_token).step is Step.WAIT
+    assert_queued_unclaimed(harness, job_id)
+    assert harness.svc.limiter.holders() == {}
+    assert sim.create_count == 0
+
+    sim.configure(fault_5001_rate=0.0)
+    gate.probe_now(ACCOUNT)
+    assert submit.submit_job(harness.svc, job_id).step is Step.DONE
+    assert gate.state(ACCOUNT).paused is False
+    assert sim.create_count == 1 and harness.get(job_id).status == "submitted"
+
+
+def test_a_bare_503_is_a_server_error_not_maintenance() -> None:
+    exc = error_for(None, 503)
+    assert type(exc) is ServerError and not pauses_account(exc)

@@ -422,3 +422,85 @@ def test_an_account_refusing_a_create_pauses_with_an_alert(pool: Pool) -> None:
     assert submit.submit_job(pool.svc, pool.job()).step is Step.WAIT
     sent = [args for name, args in pool.published if name == "alert"]
     assert len(sent) == 1 and sent[0][0]["data"]["account"] == "a" and sent[0][0]["data"]["code"] == 1102
+
+
+# --- a pinned job whose account changed under it -----------------------------------------------------
+def pin(pool: Pool, job_id: str, account: str) -> None:
+    """As an ambiguous create leaves a job: one create counted, on `account`."""
+    with session_scope(pool.svc.sessions) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(create_attempts=1, account=account))
+
+
+def test_a_job_pinned_to_an_account_removed_from_the_file_waits_and_goes_nowhere_else(
+    pool: Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    job_id = pool.job()
+    pin(pool, job_id, "gone")
+    with caplog.at_level("WARNING", logger="worker.submit"):
+        outcome = submit.submit_job(pool.svc, job_id)
+    assert outcome.step is Step.WAIT and outcome.detail == "account gone is not configured"
+    assert "add it back to KLING_ACCOUNTS_FILE" in caplog.text
+    job = pool.get(job_id)
+    assert (job.status, job.account, job.create_attempts, job.claim_token) == ("queued", "gone", 1, None)
+    assert [sim.create_count for sim in pool.sims.values()] == [0, 0]
+
+
+@pytest.mark.parametrize("task_exists", [True, False])
+def test_a_pinned_job_larger_than_its_accounts_lowered_concurrency_is_looked_up_not_failed(
+    pool: Pool, task_exists: bool
+) -> None:
+    # Created (maybe) on a with n=2; a's concurrency is then lowered to 1.
+    from kling import ImageRequest
+
+    job_id = pool.job({"prompt": "a lighthouse", "n": 2})
+    pin(pool, job_id, "a")
+    if task_exists:
+        made = pool.svc.provider_for_account("a").create_image(
+            ImageRequest.from_params({"prompt": "a lighthouse", "n": 2}), external_task_id=job_id
+        )
+    pool.limiters["a"].limit = 1
+    outcome = submit.submit_job(pool.svc, job_id)
+    job = pool.get(job_id)
+    if task_exists:
+        assert outcome.step is Step.DONE
+        assert (job.status, job.provider_task_id) == ("submitted", made.task_id)
+    else:
+        # Surely no task on a: free to go where it fits (b, after the dispatch published now).
+        assert outcome.step is Step.WAIT and ("dispatch_job", [job_id]) in pool.published
+        assert (job.status, job.create_attempts, job.claim_token) == ("queued", 0, None)
+        assert submit.submit_job(pool.svc, job_id).step is Step.DONE
+        assert pool.get(job_id).account == "b"
+    assert pool.sims["a"].create_count == (1 if task_exists else 0)
+
+
+def test_a_model_refused_by_every_enabled_account_waits_while_a_disabled_one_could_take_it(
+    pool: Pool,
+) -> None:
+    pool.svc.account_gate.deny("b", "kling-v2")
+    with session_scope(pool.svc.sessions) as s:
+        s.add(DisabledAccount(name="a"))
+    try:
+        job_id = pool.job({"prompt": "x", "model_name": "kling-v2"})
+        outcome = submit.submit_job(pool.svc, job_id)
+        assert outcome.step is Step.WAIT and outcome.detail == "only disabled accounts can take it"
+        assert pool.get(job_id).status == "queued"
+    finally:
+        with session_scope(pool.svc.sessions) as s:
+            s.query(DisabledAccount).delete()
+
+
+def test_a_task_whose_units_are_unknown_keeps_its_estimate_spent(redis_client: Any) -> None:
+    from models.base import utcnow
+    from worker.budget import UnitBudget
+
+    prefix = f"test:budget:{secrets.token_hex(4)}"
+    budget = UnitBudget(redis_client, prefix)
+    now = utcnow()
+    try:
+        assert budget.reserve("a", "job-1", 2.0, 10.0, now) and budget.reserve("a", "job-2", 2.0, 10.0, now)
+        assert budget.settle("a", "job-1", None, now)  # finished, the provider said nothing: 2 stay spent
+        assert budget.give_back("a", "job-2", now)  # no task was made: its 2 return
+        assert budget.spent("a", now) == 2.0
+        assert not budget.settle("a", "job-1", 1.0, now)  # settled once only
+    finally:
+        redis_client.delete(*redis_client.scan_iter(match=f"{prefix}*"))
