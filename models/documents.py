@@ -54,6 +54,9 @@ JOB_FIELDS = (
     "notifications",
     "units",
     "waiting_for",
+    "cancel_requested_at",
+    "deadline_at",
+    "retry_of",
 )
 TRANSITION_FIELDS = ("from", "to", "source", "at")
 IMAGE_FIELDS = (
@@ -186,6 +189,9 @@ def job_select() -> Select[Any]:
         Job.meta.label("meta"),  # the column is named `metadata`
         Job.created_at,
         Job.updated_at,
+        Job.cancel_requested_at,
+        Job.deadline_at,
+        Job.retry_of,
     )
 
 
@@ -260,6 +266,9 @@ def job_documents(
             "notifications": notes[job.id],
             "units": job.units,
             "waiting_for": waiting(job.provider) if waiting is not None and job.status == "queued" else None,
+            "cancel_requested_at": iso_utc(job.cancel_requested_at),
+            "deadline_at": iso_utc(job.deadline_at),
+            "retry_of": job.retry_of,
         }
         for job in jobs
     ]

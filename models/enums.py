@@ -12,10 +12,16 @@ class JobStatus(StrEnum):
     SUCCEEDED = "succeeded"
     ARCHIVED = "archived"
     FAILED = "failed"
+    # Never created at the provider (nothing billed): cancelled by the caller, or past its deadline.
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
 
     @property
     def is_terminal(self) -> bool:
-        return self in (JobStatus.ARCHIVED, JobStatus.FAILED)
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({JobStatus.ARCHIVED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED})
 
 
 class ImageStatus(StrEnum):

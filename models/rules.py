@@ -38,6 +38,8 @@ PROVIDER_TO_JOB = {
 
 PROVIDER_FAILED = "provider_failed"
 
+_NEVER_CREATED = frozenset({JobStatus.CANCELLED, JobStatus.EXPIRED})
+
 # Statuses after which provider reports cannot move a job (only our own code can).
 _PROVIDER_DONE = frozenset({JobStatus.SUCCEEDED, JobStatus.ARCHIVED, JobStatus.FAILED})
 
@@ -86,6 +88,9 @@ def can_move(current: JobStatus | str, target: JobStatus | str) -> bool:
         return False
     if target is JobStatus.FAILED:
         return True
+    if target in _NEVER_CREATED:
+        # Only a job that was never created at the provider: nothing was billed, nothing will come.
+        return current is JobStatus.QUEUED
     if target is JobStatus.ARCHIVED:
         # Archived means "every image is in S3": only the archiver, after success, may say so.
         return current is JobStatus.SUCCEEDED
@@ -132,7 +137,7 @@ def _move(
         "claim_token": None,
         "claimed_until": None,
     }
-    if job.submitted_at is None and target not in (JobStatus.QUEUED, JobStatus.FAILED):
+    if job.submitted_at is None and target not in (JobStatus.QUEUED, JobStatus.FAILED, *_NEVER_CREATED):
         changes["submitted_at"] = now
     if target is JobStatus.FAILED:
         changes["error_code"] = error[0] or "failed"

@@ -97,10 +97,13 @@ def create_job(
     webhook_url: str | None = None,
     metadata: Mapping[str, Any] | None = None,
     idempotency_key: str | None = None,
+    deadline_at: datetime | None = None,
+    retry_of: str | None = None,
 ) -> Created:
     """Insert a queued job, its first transition and the outbox row that submits it.
 
     With an `idempotency_key` already used (even by a concurrent request), return that job.
+    `deadline_at`: still queued then, it expires; `retry_of`: the job this one retries.
     """
     if idempotency_key is not None:
         existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
@@ -115,6 +118,8 @@ def create_job(
         meta=dict(metadata) if metadata is not None else None,
         idempotency_key=idempotency_key,
         slots=_slots(params),
+        deadline_at=deadline_at,
+        retry_of=retry_of,
     )
     try:
         with session.begin_nested():

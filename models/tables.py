@@ -44,6 +44,13 @@ class Job(Base):
         Index(None, "created_at", "id"),
         # API list filtered by status, newest first, keyset on (created_at, id).
         Index(None, "status", "created_at", "id"),
+        # The expiry sweep: queued jobs with a deadline, soonest first (few rows: partial).
+        Index(
+            "ix_jobs_queued_deadline",
+            "deadline_at",
+            postgresql_where=text("status = 'queued' AND deadline_at IS NOT NULL"),
+            sqlite_where=text("status = 'queued' AND deadline_at IS NOT NULL"),
+        ),
     )
     __mapper_args__ = {"eager_defaults": True}
 
@@ -82,6 +89,11 @@ class Job(Base):
     units: Mapped[float | None] = mapped_column(Float)
     # The task kind (kling/kinds.py): what is created at the provider and what it yields.
     kind: Mapped[str] = mapped_column(String(32), server_default="image")
+    # Job control: a cancel asked for once a create may have gone out (the task still runs and is
+    # archived: it was paid for), the time a still-queued job expires, the job this one retries.
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    retry_of: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
 
     images: Mapped[list[Image]] = relationship(
         back_populates="job", order_by="Image.index", cascade="all, delete-orphan", passive_deletes=True

@@ -31,9 +31,11 @@ from sqlalchemy.orm import Session
 
 from kling.errors import FieldError
 from kling.validation import Provider, validate_image_params
+from models.base import utcnow
 from models.db import session_scope
 from models.documents import job_document, job_documents, job_select
 from models.enums import ImageStatus, JobStatus
+from models.job_control import deadline_from
 from models.logging import log_context
 from models.settings import Settings
 from models.statemachine import create_job
@@ -168,7 +170,9 @@ def database_unavailable(exc: Exception) -> ViewResult:
 def create() -> ViewResult:
     settings = app_settings()
     body = _json_object()
+    deadline, deadline_errors = deadline_from(body.pop("deadline_seconds", None), utcnow())
     provider, webhook_url, metadata, params, errors = _split_body(body, settings)
+    errors += deadline_errors
     key = _idempotency_key()
     errors += validate_image_params(params, provider=provider)
     n = params.get("n", 1)
@@ -189,6 +193,7 @@ def create() -> ViewResult:
             webhook_url=webhook_url,
             metadata=metadata,
             idempotency_key=key,
+            deadline_at=deadline,
         )
         job_id, created = result.job.id, result.created
         earlier = result.job
@@ -443,6 +448,9 @@ def _one_document(session: Session, job_id: str, waiting: Any = None) -> dict[st
     return doc
 
 
+# For the other /v1/jobs views (webhook/job_control.py).
+known_job_id, idempotency_key, one_document = _job_id, _idempotency_key, _one_document
+
 __all__ = [
     "S3_CLIENT",
     "ApiError",
@@ -450,8 +458,11 @@ __all__ = [
     "bp",
     "check_settings",
     "database_unavailable",
+    "idempotency_key",
     "init_app",
+    "known_job_id",
     "no_store",
+    "one_document",
     "presigned_url",
     "require_token",
 ]

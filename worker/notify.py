@@ -45,7 +45,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EVENTS = {JobStatus.ARCHIVED.value: "job.archived", JobStatus.FAILED.value: "job.failed"}
+EVENTS = {
+    status.value: f"job.{status.value}"
+    for status in (JobStatus.ARCHIVED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED)
+}
 MAX_BACKOFF_SECONDS = 600.0
 # Downstream deliveries are retried for this long, then given up.
 GIVE_UP_AFTER = timedelta(hours=24)

@@ -13,6 +13,7 @@ from sqlalchemy import Select, func, or_, select
 from models.base import utcnow
 from models.db import session_scope
 from models.enums import ImageStatus, JobStatus
+from models.job_control import expire_overdue
 from models.outbox import ARCHIVE_JOB, NOTIFY
 from models.statemachine import apply_provider_task
 from models.tables import Image, Job, Notification
@@ -44,6 +45,7 @@ class ReconcileReport:
     redispatched: list[str] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
 
 
 def reconcile(svc: Services, *, limit: int = 200) -> ReconcileReport:
@@ -84,6 +86,7 @@ def reconcile(svc: Services, *, limit: int = 200) -> ReconcileReport:
             report.changed += 1
 
     for name, step in (
+        ("expired", _expire_overdue),
         ("resumed", probe_paused),
         ("rearchived", _redispatch_archives),
         ("renotified", _redispatch_notifications),
@@ -96,6 +99,16 @@ def reconcile(svc: Services, *, limit: int = 200) -> ReconcileReport:
             report.errors += 1
             log.warning("reconcile: %s failed: %s: %s", name, type(exc).__name__, exc)
     return report
+
+
+def _expire_overdue(svc: Services) -> list[str]:
+    """Queued jobs past their `deadline_at` that were never sent become `expired` (their
+    `job.expired` event goes out after the commit)."""
+    with session_scope(svc.sessions) as s:
+        expired = expire_overdue(s, utcnow())
+    if expired:
+        log.info("reconcile: %d queued jobs passed their deadline", len(expired))
+    return expired
 
 
 def _redispatch_archives(svc: Services) -> list[str]:
@@ -269,7 +282,12 @@ def register(app: Celery) -> Schedule:
     @app.task(bind=True, base=KlingTask, shared=False, name=RECONCILE_TASK.name)
     def reconcile_task(self: KlingTask) -> dict[str, int]:
         report = reconcile(self.services)
-        return {"polled": report.polled, "changed": report.changed, "errors": report.errors}
+        return {
+            "polled": report.polled,
+            "changed": report.changed,
+            "errors": report.errors,
+            "expired": len(report.expired),
+        }
 
     @app.task(bind=True, base=KlingTask, shared=False, name=SWEEP_TASK.name)
     def sweep_task(self: KlingTask) -> dict[str, int]:

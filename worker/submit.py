@@ -19,6 +19,7 @@ from kling.http import backoff, is_ambiguous, is_not_found
 from models.base import utcnow
 from models.db import session_scope
 from models.enums import JobStatus
+from models.job_control import unsubmitted_end
 from models.outbox import DISPATCH_JOB
 from models.statemachine import TaskMismatch, apply_provider_task, transition
 from models.tables import Job
@@ -64,6 +65,12 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
         params, slots, provider_name = dict(job.params), job.slots, job.provider
         s.refresh(job)
         tried_before = job.create_attempts > 0
+        # Cancelled or past its deadline: ended here, unless a create may already exist (then
+        # the lookup below decides: a task found runs on, none found ends the job).
+        ending = unsubmitted_end(job.cancel_requested_at, job.deadline_at, utcnow())
+        if ending is not None and not tried_before:
+            transition(s, job, ending, source="worker", detail={"reason": _END_REASONS[ending]})
+            return Outcome(Step.DONE, detail=ending.value)
         plan = route(
             svc.accounts,
             provider_name,
@@ -175,6 +182,11 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
             return Outcome(Step.DONE, detail=found.task_id)
         if isinstance(found, Outcome):
             return found
+        if ending is not None:
+            limiter.release(job_id)
+            _unreserve(svc, account, job_id)
+            _end_unsubmitted(svc, job_id, token, ending)
+            return Outcome(Step.DONE, detail=ending.value)
         if lookup_only or (probing and not svc.account_gate.probe_turn(account)):
             # Surely not created, and no create may go out here now (too small an account, or
             # paused and not this run's probe turn): the job is free to go to any account.
@@ -236,6 +248,17 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
         _resume(svc, account)
     _record_submitted(svc, job_id, task)
     return Outcome(Step.DONE, detail=task.task_id)
+
+
+_END_REASONS = {JobStatus.CANCELLED: "cancelled by the caller", JobStatus.EXPIRED: "deadline passed"}
+
+
+def _end_unsubmitted(svc: Services, job_id: str, token: str, ending: JobStatus) -> None:
+    """The lookup found no task: the cancelled or expired job ends without one."""
+    with session_scope(svc.sessions) as s:
+        job = s.get(Job, job_id)
+        if job is not None and job.claim_token == token:
+            transition(s, job, ending, source="worker", detail={"reason": _END_REASONS[ending]})
 
 
 def _resume(svc: Services, account: str) -> None:

@@ -1,0 +1,99 @@
+"""Job control over HTTP (API token): `POST /v1/jobs/{id}/cancel` and `/retry`. The decisions
+are `models.job_control`'s (`deadline_seconds` of a create too)."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Flask
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from kling.errors import FieldError
+from models.base import utcnow
+from models.db import session_scope
+from models.job_control import CancelOutcome, NotRetryable, cancel_job, retry_job
+from models.logging import log_context
+from models.statemachine import JobNotFound
+from webhook.api import (
+    ApiError,
+    database_unavailable,
+    idempotency_key,
+    known_job_id,
+    one_document,
+    require_token,
+)
+from webhook.db import autocommit_sessions, sessions
+from webhook.views import ViewResult
+
+log = logging.getLogger(__name__)
+bp = Blueprint("job_control", __name__)
+
+CANCEL_MESSAGES = {
+    CancelOutcome.CANCELLED: "cancelled: never sent to the provider, nothing billed",
+    CancelOutcome.REQUESTED: (
+        "cancel requested: the task may already be at the provider, which cannot cancel it; "
+        "it was paid for, so it runs on and its outputs are still archived"
+    ),
+}
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)
+
+
+@bp.before_request
+def _before() -> ViewResult | None:
+    return require_token()
+
+
+@bp.errorhandler(ApiError)
+def _api_error(exc: ApiError) -> ViewResult:
+    return exc.body(), exc.status
+
+
+bp.register_error_handler(OperationalError, database_unavailable)
+bp.register_error_handler(PoolTimeoutError, database_unavailable)
+
+
+@bp.post("/v1/jobs/<job_id>/cancel")
+def cancel(job_id: str) -> ViewResult:
+    job_id = known_job_id(job_id)
+    with session_scope(sessions()) as session:
+        try:
+            outcome, job = cancel_job(session, job_id, utcnow())
+        except JobNotFound:
+            raise ApiError(404, "unknown job") from None
+        status = job.status
+    if outcome is CancelOutcome.FINAL:
+        raise ApiError(409, f"the job already ended ({status}): nothing to cancel")
+    with log_context(job_id=job_id):
+        log.info("job %s", outcome.value)
+    with autocommit_sessions() as read, read() as session:
+        doc = one_document(session, job_id)
+    return {"outcome": outcome.value, "message": CANCEL_MESSAGES[outcome], "job": doc}, 200
+
+
+@bp.post("/v1/jobs/<job_id>/retry")
+def retry(job_id: str) -> ViewResult:
+    job_id = known_job_id(job_id)
+    key = idempotency_key()
+    with session_scope(sessions()) as session:
+        try:
+            result = retry_job(session, job_id, idempotency_key=key)
+        except JobNotFound:
+            raise ApiError(404, "unknown job") from None
+        except NotRetryable as exc:
+            raise ApiError(409, str(exc)) from None
+        new_id, created = result.job.id, result.created
+        if not created and result.job.retry_of != job_id:
+            raise ApiError(
+                422,
+                "Idempotency-Key reused with a different request",
+                [FieldError("Idempotency-Key", "reused", "was first used for another job; use a new key")],
+            )
+    with log_context(job_id=new_id):
+        log.info("job created: retry of %s", job_id)
+    with autocommit_sessions() as read, read() as session:
+        doc = one_document(session, new_id)
+    return doc, 202 if created else 200, {"Location": f"/v1/jobs/{new_id}"}
