@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from klingctl.accounts import accounts
+from klingctl.control import cancel, retry
 from klingctl.demo import demo
 from klingctl.errors import FriendlyGroup
 from klingctl.jobs import jobs, show, submit
@@ -21,7 +22,7 @@ def main() -> None:
     """
 
 
-for _command in (submit, jobs, show, webhook, worker, beat, db, sweep, demo, accounts):
+for _command in (submit, jobs, show, cancel, retry, webhook, worker, beat, db, sweep, demo, accounts):
     main.add_command(_command)
 
 

@@ -21,7 +21,7 @@ from models.documents import stored_params
 from models.enums import JobStatus
 from models.tables import Job
 
-FINAL = frozenset({JobStatus.ARCHIVED.value, JobStatus.FAILED.value})
+FINAL = frozenset(s.value for s in JobStatus if s.is_terminal)
 # How often `--wait` looks at the job; only the display depends on it.
 WAIT_POLL_SECONDS = 0.5
 
@@ -79,7 +79,8 @@ def wait_final(
     timeout: float,
     on_status: Callable[[str], None],
 ) -> str:
-    """Poll the job until it is archived or failed; returns that status (TimeoutError after `timeout`)."""
+    """Poll the job until it ends (archived, failed, cancelled, expired); returns that status
+    (TimeoutError after `timeout`)."""
     deadline = time.monotonic() + timeout
     while True:
         with session_scope(sessions) as s:
@@ -125,7 +126,8 @@ def submit(
     """Queue an image job and print its id.
 
     The job is written to the database with its submit message (outbox), which is then sent to the
-    broker. With --wait the exit code says how it ended: 0 archived, 1 failed; 2 is bad input.
+    broker. With --wait the exit code says how it ended: 0 archived, 1 failed (or cancelled or
+    expired meanwhile); 2 is bad input.
     """
     from kling.validation import validate_image_params
     from models.statemachine import create_job
@@ -178,8 +180,8 @@ def submit(
             assert job is not None
             error = f"{job.error_code}: {job.error_message}" if job.error_message else job.error_code
             archived = [img for img in job.images if img.s3_key]
-        if final == JobStatus.FAILED.value:
-            err.print(status_text("failed"), plain(error))
+        if final != JobStatus.ARCHIVED.value:  # failed, or cancelled / expired meanwhile
+            err.print(status_text(final), plain(error or ""))
             raise SystemExit(1)
         err.print(status_text("archived"), f"{len(archived)} image(s)")
         for img in archived:

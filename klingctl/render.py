@@ -24,6 +24,7 @@ STATUS_STYLES = {
     "failed": "red",
     "pending": "yellow",
     "expired": "red",
+    "cancelled": "dim",
 }
 STATUS_ORDER = [s.value for s in JobStatus]
 

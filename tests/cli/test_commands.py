@@ -70,6 +70,8 @@ def png_bytes(width: int = 320, height: int = 320) -> bytes:
         ["accounts"],
         ["accounts", "disable"],
         ["accounts", "enable"],
+        ["cancel"],
+        ["retry"],
     ],
 )
 def test_every_command_has_help(cli: Run, command: list[str]) -> None:
@@ -343,9 +345,11 @@ def test_every_command_is_registered() -> None:
     assert sorted(main.commands) == [
         "accounts",
         "beat",
+        "cancel",
         "db",
         "demo",
         "jobs",
+        "retry",
         "show",
         "simulator",
         "submit",
