@@ -15,7 +15,8 @@ pytestmark = pytest.mark.integration
 
 def submitted(cli: Run, url: str) -> str:
     hook = "https://example.com/hook"
-    result = cli(["submit", "a lighthouse", "--webhook-url", hook], DATABASE_URL=url, CELERY_BROKER_URL=MEMORY)
+    args = ["submit", "a lighthouse", "--webhook-url", hook]
+    result = cli(args, DATABASE_URL=url, CELERY_BROKER_URL=MEMORY)
     assert result.exit_code == 0, result.output
     return result.stdout.strip()
 
