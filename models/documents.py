@@ -34,6 +34,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from models.base import JSONType
 from models.db import among_ids
 from models.delivery import shown_error
+from models.events import DEFAULT_EVENTS, EVENTS
 from models.tables import Image, Job, Notification, Transition
 
 JOB_FIELDS = (
@@ -57,6 +58,7 @@ JOB_FIELDS = (
     "cancel_requested_at",
     "deadline_at",
     "retry_of",
+    "webhook_events",
 )
 TRANSITION_FIELDS = ("from", "to", "source", "at")
 IMAGE_FIELDS = (
@@ -192,6 +194,7 @@ def job_select() -> Select[Any]:
         Job.cancel_requested_at,
         Job.deadline_at,
         Job.retry_of,
+        Job.webhook_events,
     )
 
 
@@ -269,11 +272,13 @@ def job_documents(
             "cancel_requested_at": iso_utc(job.cancel_requested_at),
             "deadline_at": iso_utc(job.deadline_at),
             "retry_of": job.retry_of,
+            "webhook_events": (job.webhook_events or DEFAULT_ORDER) if job.webhook_url else None,
         }
         for job in jobs
     ]
 
 
+DEFAULT_ORDER = [e for e in EVENTS if e in DEFAULT_EVENTS]
 _ONE_JOB = job_select().where(Job.id == bindparam("job_id"))
 
 

@@ -123,4 +123,5 @@ def retry_job(session: Session, job_id: str, *, idempotency_key: str | None = No
         metadata=old.meta,
         idempotency_key=idempotency_key,
         retry_of=old.id,
+        webhook_events=old.webhook_events,
     )

@@ -19,6 +19,7 @@ from typing import Any
 
 from kling.types import Task, TaskStatus
 from models.enums import EventOutcome, JobStatus, TransitionSource
+from models.events import event_for, subscribed
 from models.outbox import ARCHIVE_JOB, CONFIRM_JOB, NOTIFY, RELEASE_SLOTS
 
 _RANK = {
@@ -58,6 +59,7 @@ class JobState:
     submitted_at: datetime | None = None
     webhook_url: str | None = None
     has_images: bool = False
+    webhook_events: tuple[str, ...] | None = None  # None: models.events.DEFAULT_EVENTS
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,9 @@ def _move(
         "at": now,
         "detail": dict(detail) if detail else None,
     }
-    queued = [NOTIFY] if target.is_terminal and job.webhook_url else []
+    event = event_for(target)
+    heard = job.webhook_url and event is not None and event in subscribed(job.webhook_events)
+    queued = [NOTIFY] if heard else []
     return changes, row, queued
 
 

@@ -99,6 +99,7 @@ def create_job(
     idempotency_key: str | None = None,
     deadline_at: datetime | None = None,
     retry_of: str | None = None,
+    webhook_events: list[str] | None = None,
 ) -> Created:
     """Insert a queued job, its first transition and the outbox row that submits it.
 
@@ -121,6 +122,8 @@ def create_job(
         deadline_at=deadline_at,
         retry_of=retry_of,
     )
+    if webhook_events is not None:  # else SQL NULL (the default set), not a JSON null
+        job.webhook_events = list(webhook_events)
     try:
         with session.begin_nested():
             session.add(job)
@@ -142,6 +145,7 @@ _JOB_ATTRIBUTES = {column.name: attr.key for attr in inspect(Job).column_attrs f
 _READ_JOB = select(
     JOBS.c.id,
     JOBS.c.webhook_url,
+    JOBS.c.webhook_events,
     *(JOBS.c[name] for name in GUARDED),
     # Images are never deleted: whether a job has some is known without a lock.
     select(_IMAGES.c.id).where(_IMAGES.c.job_id == JOBS.c.id).exists().label("has_images"),
@@ -174,6 +178,7 @@ def _state(row: Any) -> JobState:
         submitted_at=row.submitted_at,
         webhook_url=row.webhook_url,
         has_images=bool(row.has_images),
+        webhook_events=tuple(row.webhook_events) if row.webhook_events is not None else None,
     )
 
 

@@ -94,6 +94,8 @@ class Job(Base):
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     retry_of: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    # Downstream events the webhook_url hears (models/events.py); NULL: how the job ended.
+    webhook_events: Mapped[list[str] | None] = mapped_column(JSONType)
 
     images: Mapped[list[Image]] = relationship(
         back_populates="job", order_by="Image.index", cascade="all, delete-orphan", passive_deletes=True
@@ -229,6 +231,35 @@ class Notification(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+
+
+class DeliveryAttempt(Base):
+    """One POST of a downstream event: when, the answer (HTTP status or a failure word), how long."""
+
+    __tablename__ = "delivery_attempts"
+    __mapper_args__ = {"eager_defaults": True}
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    notification_id: Mapped[int] = mapped_column(
+        ForeignKey("notifications.id", ondelete="CASCADE"), index=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(32))
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+
+
+class WebhookEndpoint(Base):
+    """A downstream URL's health: failing since when (NULL: its last delivery went through), and
+    when it was disabled for failing too long (models/events.py DISABLE_AFTER_SECONDS)."""
+
+    __tablename__ = "webhook_endpoints"
+
+    url_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class DisabledAccount(Base):

@@ -10,7 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from models.logging import configure_logging, install_redaction
 from models.settings import Settings, get_settings
-from webhook import accounts, api, callbacks, dashboard, db, health, job_control, metrics, openapi
+from webhook import accounts, api, callbacks, dashboard, db, deliveries, health, job_control, metrics, openapi
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -32,6 +32,7 @@ def create_app(
     api.init_app(app, settings)
     accounts.init_app(app)
     job_control.init_app(app)
+    deliveries.init_app(app)
     db.init_app(app, settings, session_factory)
     health.init_app(app, settings)
     app.register_blueprint(callbacks.bp)

@@ -35,6 +35,7 @@ from models.base import utcnow
 from models.db import session_scope
 from models.documents import job_document, job_documents, job_select
 from models.enums import ImageStatus, JobStatus
+from models.events import parse_webhook_events
 from models.job_control import deadline_from
 from models.logging import log_context
 from models.settings import Settings
@@ -171,8 +172,10 @@ def create() -> ViewResult:
     settings = app_settings()
     body = _json_object()
     deadline, deadline_errors = deadline_from(body.pop("deadline_seconds", None), utcnow())
+    events_value = body.pop("webhook_events", None)
     provider, webhook_url, metadata, params, errors = _split_body(body, settings)
-    errors += deadline_errors
+    events, event_errors = parse_webhook_events(events_value, has_url=webhook_url is not None)
+    errors += deadline_errors + event_errors
     key = _idempotency_key()
     errors += validate_image_params(params, provider=provider)
     n = params.get("n", 1)
@@ -194,6 +197,7 @@ def create() -> ViewResult:
             metadata=metadata,
             idempotency_key=key,
             deadline_at=deadline,
+            webhook_events=events,
         )
         job_id, created = result.job.id, result.created
         earlier = result.job

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PAUSED, RESUMED = "account.paused", "account.resumed"
+ENDPOINT_DISABLED = "delivery.disabled"
 MAX_BACKOFF_SECONDS = 600.0
 GIVE_UP_AFTER = 6 * 3600.0
 
@@ -58,6 +59,26 @@ def account_changed(svc: Services, event: str, state: AccountState) -> None:
         svc.publish(ALERT, [payload, f"msg_{state.name}_{event}_{int((state.since or 0) * 1000)}"])
     except Exception as exc:  # noqa: BLE001  (an alert must never fail the submit that paused)
         log.warning("alert %s for account %s not queued: %s", event, state.name, type(exc).__name__)
+
+
+def endpoint_disabled(svc: Services, url: str, failing_since: datetime) -> None:
+    """Queue `delivery.disabled` for a downstream endpoint no longer called. Names its host and
+    the URL's SHA-256, never the URL: it may carry a token."""
+    if not svc.settings.alert_webhook_url or svc.publish is None:
+        return
+    from worker.endpoints import url_key  # here: endpoints is a leaf the notifier imports too
+
+    now = time.time()
+    data = {
+        "host": urlsplit(url).hostname,
+        "url_sha256": url_key(url),
+        "failing_since": _iso(failing_since.timestamp()),
+    }
+    payload = {"type": ENDPOINT_DISABLED, "timestamp": _iso(now), "data": data}
+    try:
+        svc.publish(ALERT, [payload, f"msg_{url_key(url)[:16]}_{ENDPOINT_DISABLED}_{int(now)}"])
+    except Exception as exc:  # noqa: BLE001  (best effort, like the account alerts)
+        log.warning("alert %s not queued: %s", ENDPOINT_DISABLED, type(exc).__name__)
 
 
 def send_alert(

@@ -13,6 +13,7 @@ from sqlalchemy import Select, func, or_, select
 from models.base import utcnow
 from models.db import session_scope
 from models.enums import ImageStatus, JobStatus
+from models.events import MAX_ATTEMPTS
 from models.job_control import expire_overdue
 from models.outbox import ARCHIVE_JOB, NOTIFY
 from models.statemachine import apply_provider_task
@@ -154,6 +155,7 @@ def _redispatch_notifications(svc: Services) -> list[str]:
                         Notification.next_attempt_at.is_(None) & (Notification.created_at < grace),
                     ),
                     Notification.created_at > now - GIVE_UP_AFTER,
+                    Notification.attempts < MAX_ATTEMPTS,
                 )
                 .limit(100)
             )
@@ -164,7 +166,9 @@ def _redispatch_notifications(svc: Services) -> list[str]:
                 .outerjoin(Notification, Notification.job_id == Job.id)
                 .where(
                     Job.webhook_url.is_not(None),
-                    Job.status.in_([JobStatus.ARCHIVED, JobStatus.FAILED]),
+                    Job.status.in_([s for s in JobStatus if s.is_terminal]),
+                    # Default subscriptions hear every end; a chosen set may hear none of it.
+                    Job.webhook_events.is_(None),
                     Job.finished_at < grace,
                     Job.finished_at > now - GIVE_UP_AFTER,
                     Notification.id.is_(None),

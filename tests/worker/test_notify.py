@@ -25,7 +25,7 @@ from webhook import create_app
 from worker import repair
 from worker.claims import db_now
 from worker.limiter import RedisSlotLimiter
-from worker.notify import EVENTS, notify_job, take_lease
+from worker.notify import notify_job, take_lease
 from worker.outcome import Step
 from worker.services import Services
 
@@ -186,7 +186,7 @@ def test_an_attempt_that_died_mid_flight_is_sent_again_once_its_lease_runs_out(
     lease_ends = {}
     for job_id, seconds in ((short, 3.0), (long, 3600.0)):
         with session_scope(svc.sessions) as s:
-            note = Notification(job_id=job_id, event=EVENTS["archived"])
+            note = Notification(job_id=job_id, event="job.archived")
             s.add(note)
             s.flush()
             assert take_lease(s, note.id, seconds)
