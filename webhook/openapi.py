@@ -63,6 +63,8 @@ def _document(fields: tuple[str, ...], properties: dict[str, Schema]) -> Schema:
 
 
 def _schemas() -> dict[str, Schema]:
+    from webhook import openapi_control  # here: it builds on this module's helpers
+
     field_error = {
         "type": "object",
         "required": ["field", "rule", "message"],
@@ -115,6 +117,7 @@ def _schemas() -> dict[str, Schema]:
             "metadata": _nullable(
                 {"type": "object", "additionalProperties": True, "description": "At most 16 KiB as JSON"}
             ),
+            **openapi_control.request_properties(),
         },
     }
     transition = _document(
@@ -210,6 +213,7 @@ def _schemas() -> dict[str, Schema]:
                     },
                 ],
             },
+            **openapi_control.job_properties(),
         },
     )
     account = {
@@ -289,6 +293,7 @@ def _schemas() -> dict[str, Schema]:
         "Account": account,
         "AccountList": account_list,
         "Dashboard": dashboard,
+        **openapi_control.schemas(),
     }
 
 
@@ -297,6 +302,8 @@ def _job_id_param() -> Schema:
 
 
 def _paths() -> dict[str, Any]:
+    from webhook import openapi_control  # here: it builds on this module's helpers
+
     location = {"Location": {**_STRING_HEADER, "required": True, "description": "/v1/jobs/{id}"}}
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
     return {
@@ -370,6 +377,7 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        **openapi_control.paths(secured, location),
         "/v1/accounts": {
             "get": {
                 "summary": "Every provider account: state, slots in use, units today (never credentials)",

@@ -1,0 +1,188 @@
+"""The OpenAPI parts of job control and event subscriptions (webhook/job_control.py,
+webhook/deliveries.py): request and job fields, schemas and paths, merged by webhook/openapi.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from models.events import EVENTS
+from models.job_control import MAX_DEADLINE_SECONDS
+from webhook.openapi import (
+    DB_DOWN,
+    NOT_FOUND,
+    NULLABLE_TIME,
+    UNAUTHORIZED,
+    Schema,
+    _error,
+    _job_id_param,
+    _json,
+    _nullable,
+    _ref,
+)
+
+EVENT = {"type": "string", "enum": list(EVENTS)}
+
+
+def request_properties() -> dict[str, Schema]:
+    return {
+        "deadline_seconds": _nullable(
+            {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_DEADLINE_SECONDS,
+                "description": "Still queued this many seconds after creation: `expired`, never submitted",
+            }
+        ),
+        "webhook_events": _nullable(
+            {
+                "type": "array",
+                "minItems": 1,
+                "uniqueItems": True,
+                "items": EVENT,
+                "description": "Events the webhook_url hears (needs webhook_url); default how the job ended",
+            }
+        ),
+    }
+
+
+def job_properties() -> dict[str, Schema]:
+    return {
+        "cancel_requested_at": NULLABLE_TIME,
+        "deadline_at": NULLABLE_TIME,
+        "retry_of": _nullable({"type": "string", "description": "The job this one retries"}),
+        "webhook_events": _nullable({"type": "array", "items": EVENT}),
+    }
+
+
+def schemas() -> dict[str, Schema]:
+    attempt = {
+        "type": "object",
+        "required": ["attempt", "at", "status", "error", "latency_ms"],
+        "properties": {
+            "attempt": {"type": "integer"},
+            "at": {"type": "string", "format": "date-time"},
+            "status": _nullable({"type": "integer", "description": "The receiver's HTTP status"}),
+            "error": _nullable({"type": "string"}),
+            "latency_ms": _nullable({"type": "number"}),
+        },
+    }
+    delivery = {
+        "type": "object",
+        "required": ["event", "state", "attempts", "last_status", "last_error", "delivered_at"],
+        "properties": {
+            "event": EVENT,
+            "state": {"type": "string", "enum": ["delivered", "pending", "failed", "disabled"]},
+            "attempts": {"type": "integer"},
+            "last_status": _nullable({"type": "integer"}),
+            "last_error": _nullable({"type": "string"}),
+            "delivered_at": NULLABLE_TIME,
+            "next_attempt_at": NULLABLE_TIME,
+            "attempt_log": {"type": "array", "items": _ref("DeliveryAttempt")},
+        },
+    }
+    deliveries = {
+        "type": "object",
+        "required": ["endpoint", "deliveries"],
+        "properties": {
+            "endpoint": _nullable(
+                {
+                    "type": "object",
+                    "properties": {
+                        "host": _nullable({"type": "string"}),
+                        "failing_since": NULLABLE_TIME,
+                        "disabled_at": NULLABLE_TIME,
+                    },
+                }
+            ),
+            "deliveries": {"type": "array", "items": _ref("Delivery")},
+        },
+    }
+    cancel = {
+        "type": "object",
+        "required": ["outcome", "message", "job"],
+        "properties": {
+            "outcome": {"type": "string", "enum": ["cancelled", "cancel_requested"]},
+            "message": {"type": "string"},
+            "job": _ref("Job"),
+        },
+    }
+    return {
+        "DeliveryAttempt": attempt,
+        "Delivery": delivery,
+        "Deliveries": deliveries,
+        "CancelAnswer": cancel,
+    }
+
+
+def paths(secured: list[dict[str, list[str]]], location: dict[str, Any]) -> dict[str, Any]:
+    idempotency = {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    }
+    event = {"name": "event", "in": "path", "required": True, "schema": {"type": "string"}}
+    return {
+        "/v1/jobs/{job_id}/cancel": {
+            "post": {
+                "summary": "Cancel a job (or, once a create may have gone out, ask for it)",
+                "operationId": "cancelJob",
+                "security": secured,
+                "parameters": [_job_id_param()],
+                "responses": {
+                    "200": _json(_ref("CancelAnswer"), "Cancelled, or cancel requested"),
+                    "401": UNAUTHORIZED,
+                    "404": NOT_FOUND,
+                    "409": _error("The job already ended"),
+                    "503": DB_DOWN,
+                },
+            }
+        },
+        "/v1/jobs/{job_id}/retry": {
+            "post": {
+                "summary": "A new job with the request of a failed, expired or cancelled one",
+                "operationId": "retryJob",
+                "security": secured,
+                "parameters": [_job_id_param(), idempotency],
+                "responses": {
+                    "202": _json(_ref("Job"), "The new job, queued", location),
+                    "200": _json(_ref("Job"), "The retry made earlier with this Idempotency-Key", location),
+                    "400": _error("A bad Idempotency-Key"),
+                    "401": UNAUTHORIZED,
+                    "404": NOT_FOUND,
+                    "409": _error("The job cannot be retried in its status"),
+                    "422": _error("The Idempotency-Key belongs to another job"),
+                    "503": DB_DOWN,
+                },
+            }
+        },
+        "/v1/jobs/{job_id}/deliveries": {
+            "get": {
+                "summary": "The job's downstream deliveries, each with every attempt",
+                "operationId": "listDeliveries",
+                "security": secured,
+                "parameters": [_job_id_param()],
+                "responses": {
+                    "200": _json(_ref("Deliveries"), "The deliveries and the endpoint's health"),
+                    "401": UNAUTHORIZED,
+                    "404": NOT_FOUND,
+                    "503": DB_DOWN,
+                },
+            }
+        },
+        "/v1/jobs/{job_id}/deliveries/{event}/replay": {
+            "post": {
+                "summary": "Send an event again on a fresh schedule (enables a disabled endpoint)",
+                "operationId": "replayDelivery",
+                "security": secured,
+                "parameters": [_job_id_param(), event],
+                "responses": {
+                    "202": _json(_ref("Delivery"), "Queued"),
+                    "401": UNAUTHORIZED,
+                    "404": _error("Unknown job or event"),
+                    "409": _error("No webhook_url, or the job has not reached that event"),
+                    "503": DB_DOWN,
+                },
+            }
+        },
+    }
