@@ -60,6 +60,7 @@ class Client:
         webhook_url: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         deadline_seconds: int | None = None,
+        webhook_events: list[str] | None = None,
         idempotency_key: str | None = None,
     ) -> JSON:
         """Queue a job (202), or get the job an earlier request with this `idempotency_key` made."""
@@ -70,6 +71,7 @@ class Client:
             ("webhook_url", webhook_url),
             ("metadata", metadata),
             ("deadline_seconds", deadline_seconds),
+            ("webhook_events", webhook_events),
         ):
             if value is not None:
                 body[name] = value
@@ -100,6 +102,14 @@ class Client:
         """A new job with the request of a failed, expired or cancelled one."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self._call("POST", f"/v1/jobs/{job_id}/retry", headers=headers)
+
+    def deliveries(self, job_id: str) -> JSON:
+        """The job's downstream deliveries, each with every attempt, and the endpoint's health."""
+        return self._call("GET", f"/v1/jobs/{job_id}/deliveries")
+
+    def replay(self, job_id: str, event: str) -> JSON:
+        """Send a downstream event again on a fresh retry schedule."""
+        return self._call("POST", f"/v1/jobs/{job_id}/deliveries/{event}/replay")
 
     def wait(self, job_id: str, *, timeout: float, interval: float = 2.0) -> JSON:
         """Poll until the job ends; its final document. TimeoutError after `timeout` seconds."""

@@ -76,6 +76,18 @@ def test_cancel_retry_and_wait(client: Client, served_api: Served) -> None:
     assert ended.value.status == 409
 
 
+def test_deliveries_and_replay(client: Client) -> None:
+    job = client.create(PARAMS, webhook_url="https://hooks.example.org/k", webhook_events=["job.cancelled"])
+    assert job["webhook_events"] == ["job.cancelled"]
+    client.cancel(job["id"])
+    assert client.deliveries(job["id"])["deliveries"] == []  # no worker here: nothing sent yet
+    replayed = client.replay(job["id"], "job.cancelled")
+    assert (replayed["event"], replayed["state"]) == ("job.cancelled", "pending")
+    with pytest.raises(ApiError) as not_reached:
+        client.replay(job["id"], "job.archived")
+    assert not_reached.value.status == 409
+
+
 def test_verify_event_checks_the_standard_webhooks_signature() -> None:
     body = json.dumps({"type": "job.archived", "data": {"id": "j-1"}}).encode()
     now = int(time.time())
