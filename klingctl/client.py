@@ -61,6 +61,7 @@ class Client:
         metadata: Mapping[str, Any] | None = None,
         deadline_seconds: int | None = None,
         webhook_events: list[str] | None = None,
+        priority: str | None = None,
         idempotency_key: str | None = None,
     ) -> JSON:
         """Queue a job (202), or get the job an earlier request with this `idempotency_key` made."""
@@ -72,6 +73,7 @@ class Client:
             ("metadata", metadata),
             ("deadline_seconds", deadline_seconds),
             ("webhook_events", webhook_events),
+            ("priority", priority),
         ):
             if value is not None:
                 body[name] = value

@@ -59,6 +59,7 @@ JOB_FIELDS = (
     "deadline_at",
     "retry_of",
     "webhook_events",
+    "priority",
 )
 TRANSITION_FIELDS = ("from", "to", "source", "at")
 IMAGE_FIELDS = (
@@ -195,6 +196,7 @@ def job_select() -> Select[Any]:
         Job.deadline_at,
         Job.retry_of,
         Job.webhook_events,
+        Job.priority,
     )
 
 
@@ -273,6 +275,7 @@ def job_documents(
             "deadline_at": iso_utc(job.deadline_at),
             "retry_of": job.retry_of,
             "webhook_events": (job.webhook_events or DEFAULT_ORDER) if job.webhook_url else None,
+            "priority": job.priority,
         }
         for job in jobs
     ]

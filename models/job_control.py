@@ -124,4 +124,5 @@ def retry_job(session: Session, job_id: str, *, idempotency_key: str | None = No
         idempotency_key=idempotency_key,
         retry_of=old.id,
         webhook_events=old.webhook_events,
+        priority=old.priority,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, insert, inspect, select, update
@@ -27,6 +27,7 @@ from models.base import utcnow
 from models.callback_statement import EVENT_COLUMNS, GUARDED, JOBS
 from models.enums import EventOutcome, JobStatus, TransitionSource
 from models.outbox import SUBMIT_JOB, OutboxEntry, enqueue_rows
+from models.priorities import queue_ahead
 from models.rules import (
     PROVIDER_FAILED,
     PROVIDER_TO_JOB,
@@ -100,6 +101,7 @@ def create_job(
     deadline_at: datetime | None = None,
     retry_of: str | None = None,
     webhook_events: list[str] | None = None,
+    priority: str = "normal",
 ) -> Created:
     """Insert a queued job, its first transition and the outbox row that submits it.
 
@@ -121,6 +123,9 @@ def create_job(
         slots=_slots(params),
         deadline_at=deadline_at,
         retry_of=retry_of,
+        priority=priority,
+        # Its place in the queue (the pump's order, the limiter's tickets): arrival moved by priority.
+        queue_at=utcnow() - timedelta(seconds=queue_ahead(priority)),
     )
     if webhook_events is not None:  # else SQL NULL (the default set), not a JSON null
         job.webhook_events = list(webhook_events)

@@ -44,6 +44,15 @@ class Job(Base):
         Index(None, "created_at", "id"),
         # API list filtered by status, newest first, keyset on (created_at, id).
         Index(None, "status", "created_at", "id"),
+        CheckConstraint("priority IN ('high', 'normal', 'low')", name="priority"),
+        # The pump's queue order: queued jobs by their place (partial: only queued rows).
+        Index(
+            "ix_jobs_queue",
+            "queue_at",
+            "id",
+            postgresql_where=text("status = 'queued'"),
+            sqlite_where=text("status = 'queued'"),
+        ),
         # The expiry sweep: queued jobs with a deadline, soonest first (few rows: partial).
         Index(
             "ix_jobs_queued_deadline",
@@ -94,6 +103,9 @@ class Job(Base):
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     retry_of: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    # models/priorities.py: the priority, and the job's place in the queue (arrival moved by it).
+    priority: Mapped[str] = mapped_column(String(8), server_default="normal")
+    queue_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Downstream events the webhook_url hears (models/events.py); NULL: how the job ended.
     webhook_events: Mapped[list[str] | None] = mapped_column(JSONType)
 

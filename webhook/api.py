@@ -38,6 +38,7 @@ from models.enums import ImageStatus, JobStatus
 from models.events import parse_webhook_events
 from models.job_control import deadline_from
 from models.logging import log_context
+from models.priorities import parse_priority
 from models.settings import Settings
 from models.statemachine import create_job
 from models.tables import Image, Job
@@ -173,9 +174,10 @@ def create() -> ViewResult:
     body = _json_object()
     deadline, deadline_errors = deadline_from(body.pop("deadline_seconds", None), utcnow())
     events_value = body.pop("webhook_events", None)
+    priority, priority_errors = parse_priority(body.pop("priority", None))
     provider, webhook_url, metadata, params, errors = _split_body(body, settings)
     events, event_errors = parse_webhook_events(events_value, has_url=webhook_url is not None)
-    errors += deadline_errors + event_errors
+    errors += deadline_errors + event_errors + priority_errors
     key = _idempotency_key()
     errors += validate_image_params(params, provider=provider)
     n = params.get("n", 1)
@@ -198,6 +200,7 @@ def create() -> ViewResult:
             idempotency_key=key,
             deadline_at=deadline,
             webhook_events=events,
+            priority=priority,
         )
         job_id, created = result.job.id, result.created
         earlier = result.job

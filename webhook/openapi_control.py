@@ -7,6 +7,7 @@ from typing import Any
 
 from models.events import EVENTS
 from models.job_control import MAX_DEADLINE_SECONDS
+from models.priorities import PRIORITIES
 from webhook.openapi import (
     DB_DOWN,
     NOT_FOUND,
@@ -33,6 +34,13 @@ def request_properties() -> dict[str, Schema]:
                 "description": "Still queued this many seconds after creation: `expired`, never submitted",
             }
         ),
+        "priority": _nullable(
+            {
+                "type": "string",
+                "enum": list(PRIORITIES),
+                "description": "When slots are scarce higher ones go first; none starves (default normal)",
+            }
+        ),
         "webhook_events": _nullable(
             {
                 "type": "array",
@@ -51,6 +59,7 @@ def job_properties() -> dict[str, Schema]:
         "deadline_at": NULLABLE_TIME,
         "retry_of": _nullable({"type": "string", "description": "The job this one retries"}),
         "webhook_events": _nullable({"type": "array", "items": EVENT}),
+        "priority": {"type": "string", "enum": list(PRIORITIES)},
     }
 
 

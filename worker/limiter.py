@@ -14,12 +14,14 @@ Semantics shared by both implementations:
   Expired leases never count.
 - `release(holder)` frees the lease and drops the holder from the wait queue; it is idempotent.
 
-Fairness rule (no starvation): every refused holder joins a wait queue ordered by its first
-attempt. A waiter that has waited longer than `starve_after` seconds *reserves* its slots: holders
-that joined after it are only granted what is left once every such starving waiter ahead of them is
-counted as already holding its slots. Before that, later small jobs may use free slots (so capacity
-is not left idle while a big job waits), but once a big job has waited `starve_after` seconds the
-stream of small jobs stops overtaking it, and it gets in as soon as enough leases end.
+Fairness rule (no starvation): every refused holder joins a wait queue ordered by its ticket:
+its first attempt, moved `ahead` seconds earlier by a priority (models/priorities.py; a low
+priority moves it later), and "waited" counts from the ticket. A waiter that has waited longer
+than `starve_after` seconds *reserves* its slots: holders that joined after it are only granted
+what is left once every such starving waiter ahead of them is counted as already holding its
+slots. Before that, later small jobs may use free slots (so capacity is not left idle while a big
+job waits), but once a big job has waited `starve_after` seconds the stream of small jobs stops
+overtaking it, and it gets in as soon as enough leases end.
 `starve_after=0` gives strict FIFO. A waiter that stops asking for `waiter_ttl` seconds (its worker
 died, its job was cancelled) leaves the queue so it cannot block others forever.
 
@@ -54,8 +56,9 @@ class SlotLimiter(Protocol):
     @property
     def limit(self) -> int: ...
 
-    def acquire(self, holder_id: str, slots: int) -> bool:
-        """Take `slots` slots for `holder_id`; True if granted (or already held)."""
+    def acquire(self, holder_id: str, slots: int, *, ahead: float = 0.0) -> bool:
+        """Take `slots` slots for `holder_id`; True if granted (or already held). `ahead`: seconds
+        its ticket is moved ahead of its first attempt (a priority; negative: behind)."""
         ...
 
     def release(self, holder_id: str) -> bool:
@@ -137,7 +140,7 @@ local function used()
 end
 """.replace("@CHUNK@", str(PURGE_CHUNK))
 
-# ARGV: holder, slots, limit, lease_ms, starve_ms, waiter_ttl_ms
+# ARGV: holder, slots, limit, lease_ms, starve_ms, waiter_ttl_ms, ahead_ms
 # The fairness check only needs to know whether the starving waiters ahead reserve more than the
 # free slots (`budget`); each reserves at least one, so it reads at most budget + 1 of them from the
 # head of the queue (O(log N) to get there), plus at most PURGE_CHUNK expired ones it removes.
@@ -156,7 +159,7 @@ if redis.call('ZSCORE', KEYS[5], holder) and not live(KEYS[5], holder) then
   unwait(holder)
 end
 if not redis.call('ZSCORE', KEYS[3], holder) then
-  redis.call('ZADD', KEYS[3], now, holder)
+  redis.call('ZADD', KEYS[3], now - tonumber(ARGV[7]), holder)
 end
 redis.call('HSET', KEYS[4], holder, n)
 redis.call('ZADD', KEYS[5], now + waiter_ttl_ms, holder)
@@ -305,7 +308,7 @@ class RedisSlotLimiter(_LimitSetting):
         """The Redis keys this limiter uses (for operators and test cleanup)."""
         return list(self._keys)
 
-    def acquire(self, holder_id: str, slots: int) -> bool:
+    def acquire(self, holder_id: str, slots: int, *, ahead: float = 0.0) -> bool:
         _check_slots(slots, self._limit)
         args: list[str | int] = [
             holder_id,
@@ -314,6 +317,7 @@ class RedisSlotLimiter(_LimitSetting):
             _ms(self.lease_seconds),
             _ms(self.starve_after),
             _ms(self.waiter_ttl),
+            int(ahead * 1000),
         ]
         return bool(self._acquire(keys=self._keys, args=args))
 
@@ -378,7 +382,7 @@ class LocalSlotLimiter(_LimitSetting):
         for holder in [h for h, w in self._waiters.items() if w.seen_until <= now]:
             del self._waiters[holder]
 
-    def acquire(self, holder_id: str, slots: int) -> bool:
+    def acquire(self, holder_id: str, slots: int, *, ahead: float = 0.0) -> bool:
         _check_slots(slots, self._limit)
         with self._lock:
             now = time.monotonic()
@@ -388,7 +392,7 @@ class LocalSlotLimiter(_LimitSetting):
                 self._waiters.pop(holder_id, None)
                 return True
             me = self._waiters.get(holder_id)
-            ticket = me.ticket if me else now
+            ticket = me.ticket if me else now - ahead
             self._waiters[holder_id] = _Waiter(ticket, slots, now + self.waiter_ttl)
             reserved = sum(
                 w.slots

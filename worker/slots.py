@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, literal_column, select
 
 from models.base import utcnow
 from models.db import session_scope, walk_index_in_order
@@ -68,11 +68,13 @@ def hand_off_slots(svc: Services, job_id: str, rows: Sequence[QueuedTask]) -> No
 
 
 def queued_head(now: datetime, limit: int) -> Select[str, int]:
-    """The oldest `limit` queued jobs no run owns: (id, slots), by the (status, created_at, id) index."""
+    """The first `limit` queued jobs in queue order (arrival moved by priority, models/priorities.py)
+    no run owns: (id, slots), by the partial `ix_jobs_queue` index. The status is a literal: a bound
+    parameter would keep a generic plan from proving the index's `status = 'queued'`."""
     return (
         select(Job.id, Job.slots)
-        .where(Job.status == JobStatus.QUEUED, unclaimed(now))
-        .order_by(Job.created_at, Job.id)
+        .where(Job.status == literal_column("'queued'"), unclaimed(now))
+        .order_by(Job.queue_at, Job.id)
         .limit(limit)
     )
 

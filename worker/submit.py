@@ -21,6 +21,7 @@ from models.db import session_scope
 from models.enums import JobStatus
 from models.job_control import unsubmitted_end
 from models.outbox import DISPATCH_JOB
+from models.priorities import queue_ahead
 from models.statemachine import TaskMismatch, apply_provider_task, transition
 from models.tables import Job
 from models.tokens import callback_url
@@ -63,6 +64,7 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
         if token is None:
             return Outcome(Step.DONE, detail="another run owns this job")
         params, slots, provider_name = dict(job.params), job.slots, job.provider
+        ahead = queue_ahead(job.priority)
         s.refresh(job)
         tried_before = job.create_attempts > 0
         # Cancelled or past its deadline: ended here, unless a create may already exist (then
@@ -100,7 +102,7 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
                 too_big += 1
                 continue
             tried.append(name)
-            if not limiter.acquire(job_id, slots):
+            if not limiter.acquire(job_id, slots, ahead=ahead):
                 continue
             # One more Redis call under the row lock (two while paused). A paused account
             # sends one create per ACCOUNT_PROBE_SECONDS: every other run counts no attempt,

@@ -1,6 +1,7 @@
 """Job control: final states `cancelled` and `expired`, jobs.cancel_requested_at, jobs.deadline_at
 (with a partial index for the expiry sweep), jobs.retry_of (the failed job a retry replaces);
-event subscriptions: jobs.webhook_events, delivery_attempts, webhook_endpoints.
+event subscriptions: jobs.webhook_events, delivery_attempts, webhook_endpoints; priorities:
+jobs.priority and jobs.queue_at (the queue order, set for the queued rows here) with its index.
 
 Revision ID: 0008_job_control
 Revises: 0007_task_kinds
@@ -38,9 +39,21 @@ def upgrade() -> None:
         batch.add_column(sa.Column("deadline_at", sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("retry_of", sa.String(length=36), nullable=True))
         batch.add_column(sa.Column("webhook_events", JSON, nullable=True))
+        batch.add_column(sa.Column("priority", sa.String(length=8), server_default="normal", nullable=False))
+        batch.add_column(sa.Column("queue_at", sa.DateTime(timezone=True), nullable=True))
+        batch.create_check_constraint(op.f("ck_jobs_priority"), "priority IN ('high', 'normal', 'low')")
         batch.create_foreign_key(
             op.f("fk_jobs_retry_of_jobs"), "jobs", ["retry_of"], ["id"], ondelete="SET NULL"
         )
+    # Only queued rows are ever read in queue order: the others keep NULL (no table rewrite).
+    op.execute("UPDATE jobs SET queue_at = created_at WHERE status = 'queued'")
+    op.create_index(
+        "ix_jobs_queue",
+        "jobs",
+        ["queue_at", "id"],
+        postgresql_where=sa.text("status = 'queued'"),
+        sqlite_where=sa.text("status = 'queued'"),
+    )
     op.create_table(
         "delivery_attempts",
         sa.Column("id", ID, nullable=False),
@@ -80,10 +93,14 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_jobs_queued_deadline", table_name="jobs")
+    op.drop_index("ix_jobs_queue", table_name="jobs")
     op.drop_table("webhook_endpoints")
     op.drop_index(op.f("ix_delivery_attempts_notification_id"), table_name="delivery_attempts")
     op.drop_table("delivery_attempts")
     with op.batch_alter_table("jobs") as batch:
+        batch.drop_constraint(op.f("ck_jobs_priority"), type_="check")
+        batch.drop_column("queue_at")
+        batch.drop_column("priority")
         batch.drop_column("webhook_events")
         batch.drop_constraint(op.f("fk_jobs_retry_of_jobs"), type_="foreignkey")
         batch.drop_column("retry_of")

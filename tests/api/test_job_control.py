@@ -167,3 +167,22 @@ def test_only_jobs_that_ended_without_results_can_be_retried(api: Api, state: st
     set_columns(api, job_id, status=state)
     status, body = post(api, f"/v1/jobs/{job_id}/retry")
     assert status == 409 and state in body["error"]
+
+
+# --- priorities -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("priority", "ahead"), [("high", 600), ("normal", 0), ("low", -600), (None, 0)])
+def test_priority_sets_the_jobs_place_in_the_queue(api: Api, priority: str | None, ahead: int) -> None:
+    job_id = created(api, **({"priority": priority} if priority else {}))
+    job = api.session.get(Job, job_id)
+    assert job is not None and job.queue_at is not None
+    assert job.priority == (priority or "normal")
+    moved = (job.created_at - job.queue_at).total_seconds()
+    assert abs(moved - ahead) < 5  # the app's clock stamps queue_at, the database's created_at
+    assert api.get(f"/v1/jobs/{job_id}").get_json()["priority"] == (priority or "normal")
+
+
+@pytest.mark.parametrize("value", ["urgent", 1, True, ""])
+def test_a_bad_priority_is_422_naming_the_field(api: Api, value: object) -> None:
+    response = api.create({**BODY, "priority": value})
+    assert response.status_code == 422
+    assert [f["field"] for f in response.get_json()["fields"]] == ["priority"]

@@ -424,3 +424,33 @@ def test_a_stalled_redis_raises_instead_of_hanging():
         with pytest.raises((redis.TimeoutError, redis.ConnectionError)):
             limiter.release("job")
         assert server.accepted, "the limiter never reached the server: the stall was not exercised"
+
+
+# --- priorities (models/priorities.py): tickets moved ahead or behind, bounded -------------------------
+def test_a_high_priority_waiter_goes_before_earlier_normal_ones(make_limiter):
+    limiter = make_limiter(2, starve_after=600)
+    assert limiter.acquire("running", 2)
+    assert not limiter.acquire("normal", 2)
+    assert not limiter.acquire("high", 2, ahead=600)  # arrived later, queues ahead
+    assert limiter.waiting() == ["high", "normal"]
+    limiter.release("running")
+    # `high` has "waited" its 600 s head start: it reserves the slots; `normal` may not take them.
+    assert not limiter.acquire("normal", 2)
+    assert limiter.acquire("high", 2)
+
+
+def test_a_low_priority_waiter_is_overtaken_only_for_a_bounded_time(make_limiter):
+    """A low job queues as if it arrived `step` later: a job arriving later than that goes behind
+    it, whatever its priority. Here the step is 0.2 s, so 0.5 s of waiting is past both bounds."""
+    limiter = make_limiter(1, starve_after=0)
+    assert limiter.acquire("running", 1)
+    assert not limiter.acquire("low", 1, ahead=-0.2)
+    assert not limiter.acquire("early-normal", 1)  # within the step: ahead of `low`
+    assert limiter.waiting() == ["early-normal", "low"]
+    time.sleep(0.5)  # the bound under test is time itself: no event to wait for
+    assert not limiter.acquire("late-high", 1, ahead=0.2)  # arrived more than 2 steps later: behind
+    assert limiter.waiting() == ["early-normal", "low", "late-high"]
+    limiter.release("running")
+    assert not limiter.acquire("low", 1) and limiter.acquire("early-normal", 1)
+    limiter.release("early-normal")
+    assert not limiter.acquire("late-high", 1, ahead=0.2) and limiter.acquire("low", 1)
