@@ -95,10 +95,21 @@ def machine_busy_seconds() -> tuple[float, float]:
     return (sum(fields) - idle) / tick, sum(fields) / tick
 
 
+def priority_of(i: int) -> str:
+    """A mixed load: 10% high, 20% low, the rest normal, interleaved."""
+    return "high" if i % 10 == 0 else "low" if i % 10 in (1, 2) else "normal"
+
+
 def create_jobs(base_url: str, count: int) -> tuple[float, Counter[int]]:
     """POST /v1/jobs `count` times from CREATE_CONNECTIONS connections; (seconds, answers by status)."""
     bodies: list[tuple[str, str, bytes | None]] = [
-        ("POST", "/v1/jobs", json.dumps({"prompt": f"backlog {i}", "n": 1, "aspect_ratio": "1:1"}).encode())
+        (
+            "POST",
+            "/v1/jobs",
+            json.dumps(
+                {"prompt": f"backlog {i}", "n": 1, "aspect_ratio": "1:1", "priority": priority_of(i)}
+            ).encode(),
+        )
         for i in range(count)
     ]
     headers = {"Authorization": f"Bearer {infra.API_TOKEN}"}
@@ -156,6 +167,12 @@ def run(ctx: Context) -> BenchResult:
         cpu1, commands1, busy1 = infra.cpu_by_process(), redis_commands(), machine_busy_seconds()
         with session_scope(dep.sessions) as s:
             last = s.scalar(select(func.max(Job.finished_at)))
+            waits: dict[str, list[float]] = {}
+            for priority, created, submitted in s.execute(
+                select(Job.priority, Job.created_at, Job.submitted_at)
+            ):
+                if submitted is not None:
+                    waits.setdefault(priority, []).append((submitted - created).total_seconds())
         stats = dep.sim.stats()
 
         def cpu_ms(key: str) -> float:
@@ -186,6 +203,11 @@ def run(ctx: Context) -> BenchResult:
         Figure("backlog", "PostgreSQL CPU per job", postgres_ms, "ms"),
         Figure("backlog", "Redis commands per job", (commands1 - commands0) / jobs, ""),
         Figure("backlog", "machine CPU busy", busy, "", note="fraction of all cores, whole run"),
+        *(
+            Figure("backlog", f"queue wait {pct} {priority}", percentile(waits.get(priority, []), q), "s")
+            for priority in ("high", "normal", "low")
+            for pct, q in (("p50", 50), ("p99", 99))
+        ),
     ]
     res.details = {
         "jobs": jobs,

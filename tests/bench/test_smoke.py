@@ -58,6 +58,9 @@ def test_smoke_run_writes_valid_results(tmp_path: Path) -> None:
     assert backlog["jobs archived"]["passed"] is True, by_name["backlog"]["details"]
     assert backlog["peak wait queue"]["value"] > 0  # the limiter really held a queue
     assert backlog["worker CPU per job"]["value"] > 0
+    # A mixed-priority load: every priority's queue wait is measured.
+    for priority in ("high", "normal", "low"):
+        assert backlog[f"queue wait p99 {priority}"]["value"] >= 0
     assert backlog["GET /v1/jobs/{id} p99 while draining"]["value"] > 0
     archive = {f["name"]: f for f in by_name["archive"]["figures"]}
     assert archive["throughput 10 MB"]["value"] > 0 and archive["throughput 10 MB"]["baseline"] > 0
