@@ -455,6 +455,17 @@ def _one_document(session: Session, job_id: str, waiting: Any = None) -> dict[st
     return doc
 
 
+def api_blueprint(name: str, import_name: str) -> Blueprint:
+    """A blueprint of more /v1 routes: the API token, `ApiError` answers, 503 when the database
+    is down (webhook/job_control.py, webhook/deliveries.py)."""
+    more = Blueprint(name, import_name)
+    more.before_request(require_token)
+    more.register_error_handler(ApiError, _api_error)
+    more.register_error_handler(OperationalError, database_unavailable)
+    more.register_error_handler(PoolTimeoutError, database_unavailable)
+    return more
+
+
 # For the other /v1/jobs views (webhook/job_control.py).
 known_job_id, idempotency_key, one_document = _job_id, _idempotency_key, _one_document
 
@@ -462,6 +473,7 @@ __all__ = [
     "S3_CLIENT",
     "ApiError",
     "ConfigurationError",
+    "api_blueprint",
     "bp",
     "check_settings",
     "database_unavailable",

@@ -7,10 +7,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask
+from flask import Flask
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 
 from models.db import session_scope
@@ -18,29 +16,17 @@ from models.documents import iso_utc
 from models.events import EVENTS, MAX_ATTEMPTS
 from models.outbox import NOTIFY, enqueue_rows
 from models.tables import DeliveryAttempt, Job, Notification, WebhookEndpoint
-from webhook.api import ApiError, database_unavailable, known_job_id, require_token
+from webhook.api import ApiError, api_blueprint, known_job_id
 from webhook.db import autocommit_sessions, sessions
 from webhook.views import ViewResult
 from worker import endpoints
 from worker.notify import events_due
 
-bp = Blueprint("deliveries", __name__)
-bp.register_error_handler(OperationalError, database_unavailable)
-bp.register_error_handler(PoolTimeoutError, database_unavailable)
+bp = api_blueprint("deliveries", __name__)
 
 
 def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
-
-
-@bp.before_request
-def _before() -> ViewResult | None:
-    return require_token()
-
-
-@bp.errorhandler(ApiError)
-def _api_error(exc: ApiError) -> ViewResult:
-    return exc.body(), exc.status
 
 
 def delivery_state(note: Notification) -> str:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Flask
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from flask import Flask
 
 from kling.errors import FieldError
 from models.base import utcnow
@@ -17,17 +15,16 @@ from models.logging import log_context
 from models.statemachine import JobNotFound
 from webhook.api import (
     ApiError,
-    database_unavailable,
+    api_blueprint,
     idempotency_key,
     known_job_id,
     one_document,
-    require_token,
 )
 from webhook.db import autocommit_sessions, sessions
 from webhook.views import ViewResult
 
 log = logging.getLogger(__name__)
-bp = Blueprint("job_control", __name__)
+bp = api_blueprint("job_control", __name__)
 
 CANCEL_MESSAGES = {
     CancelOutcome.CANCELLED: "cancelled: never sent to the provider, nothing billed",
@@ -40,20 +37,6 @@ CANCEL_MESSAGES = {
 
 def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
-
-
-@bp.before_request
-def _before() -> ViewResult | None:
-    return require_token()
-
-
-@bp.errorhandler(ApiError)
-def _api_error(exc: ApiError) -> ViewResult:
-    return exc.body(), exc.status
-
-
-bp.register_error_handler(OperationalError, database_unavailable)
-bp.register_error_handler(PoolTimeoutError, database_unavailable)
 
 
 @bp.post("/v1/jobs/<job_id>/cancel")

@@ -39,6 +39,10 @@ def count(api: Api, model: Any) -> int:
         ("get", "/v1/jobs/00000000-0000-4000-8000-000000000000"),
         ("get", "/v1/jobs/00000000-0000-4000-8000-000000000000/images/0"),
         ("get", "/v1/dashboard"),
+        ("post", "/v1/jobs/00000000-0000-4000-8000-000000000000/cancel"),
+        ("post", "/v1/jobs/00000000-0000-4000-8000-000000000000/retry"),
+        ("get", "/v1/jobs/00000000-0000-4000-8000-000000000000/deliveries"),
+        ("post", "/v1/jobs/00000000-0000-4000-8000-000000000000/deliveries/job.failed/replay"),
     ],
 )
 def test_every_api_route_needs_the_token(api: Api, headers: dict[str, str], method: str, url: str) -> None:
