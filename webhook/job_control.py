@@ -50,11 +50,24 @@ def cancel(job_id: str) -> ViewResult:
         status = job.status
     if outcome is CancelOutcome.FINAL:
         raise ApiError(409, f"the job already ended ({status}): nothing to cancel")
+    if outcome is CancelOutcome.CANCELLED:
+        _leave_wait_queues(job_id)
     with log_context(job_id=job_id):
         log.info("job %s", outcome.value)
     with autocommit_sessions() as read, read() as session:
         doc = one_document(session, job_id)
     return {"outcome": outcome.value, "message": CANCEL_MESSAGES[outcome], "job": doc}, 200
+
+
+def _leave_wait_queues(job_id: str) -> None:
+    """A cancelled job that waited for slots leaves the limiters' wait queues now (else a starving
+    waiter reserves slots until its entry lapses). Best effort: the entry lapses by itself."""
+    from webhook.accounts import services  # here: that module builds the worker's view lazily
+
+    try:
+        services().release(job_id)
+    except Exception as exc:  # noqa: BLE001  (the cancel is committed; this only frees sooner)
+        log.warning("cancel: wait queues not updated: %s", type(exc).__name__)
 
 
 @bp.post("/v1/jobs/<job_id>/retry")

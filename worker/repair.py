@@ -107,6 +107,8 @@ def _expire_overdue(svc: Services) -> list[str]:
     `job.expired` event goes out after the commit)."""
     with session_scope(svc.sessions) as s:
         expired = expire_overdue(s, utcnow())
+    for job_id in expired:
+        svc.release(job_id)  # out of every wait queue: a starving waiter would reserve slots
     if expired:
         log.info("reconcile: %d queued jobs passed their deadline", len(expired))
     return expired

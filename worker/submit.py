@@ -72,6 +72,8 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
         ending = unsubmitted_end(job.cancel_requested_at, job.deadline_at, utcnow())
         if ending is not None and not tried_before:
             transition(s, job, ending, source="worker", detail={"reason": _END_REASONS[ending]})
+            s.commit()
+            svc.release(job_id)  # out of the wait queues an earlier run joined
             return Outcome(Step.DONE, detail=ending.value)
         plan = route(
             svc.accounts,

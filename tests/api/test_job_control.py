@@ -92,6 +92,15 @@ def test_cancelling_a_queued_job_ends_it_with_its_event_and_is_idempotent(api: A
     )
 
 
+def test_a_cancelled_job_leaves_the_limiters_wait_queue_at_once(api: Api) -> None:
+    job_id = created(api)
+    assert api.limiter.acquire("running", api.limiter.limit)
+    assert not api.limiter.acquire(job_id, 1)  # as a submit run that found no slot leaves it
+    assert job_id in api.limiter.waiting()
+    assert post(api, f"/v1/jobs/{job_id}/cancel")[1]["outcome"] == "cancelled"
+    assert job_id not in api.limiter.waiting()  # it would reserve slots once "starving"
+
+
 def test_cancelling_a_job_the_provider_may_have_says_it_runs_on(api: Api) -> None:
     job_id = created(api)
     set_columns(api, job_id, create_attempts=1, claim_token="run-1")  # a run is creating it

@@ -75,8 +75,12 @@ def test_the_reconciler_expires_queued_jobs_past_their_deadline_that_were_never_
     set_columns(harness, past, deadline_at=utcnow() - timedelta(seconds=1))
     set_columns(harness, future, deadline_at=utcnow() + timedelta(hours=1))
     set_columns(harness, maybe_sent, deadline_at=utcnow() - timedelta(seconds=1), create_attempts=1)
+    assert harness.svc.limiter.acquire("running", harness.svc.limiter.limit)
+    assert not harness.svc.limiter.acquire(past, 1)  # it waits for a slot, in the wait queue
     report = repair.reconcile(harness.svc)
     assert report.expired == [past]
+    assert past not in harness.svc.limiter.waiting()
+    harness.svc.limiter.release("running")
     assert [harness.get(j).status for j in (past, future, maybe_sent)] == ["expired", "queued", "queued"]
     assert [t.to_status for t in harness.get(past).transitions] == ["queued", "expired"]
     # The one whose create may exist is settled by submit's lookup: nothing there, so it expires.
