@@ -41,6 +41,8 @@ def cancel(*, job_id: str) -> None:
             status, outbox = job.status, list(s.info.get(PENDING_ROWS, ()))
         if outcome is CancelOutcome.FINAL:
             raise click.ClickException(f"job {job_id} already ended ({status}): nothing to cancel")
+        if outcome is CancelOutcome.CANCELLED:
+            _leave_wait_queues(cfg, sessions, job_id)
         _publish(cfg, sessions, outbox)
         click.echo(f"{job_id}: {MESSAGES[outcome]}")
     finally:
@@ -66,6 +68,16 @@ def retry(*, job_id: str) -> None:
         click.echo(new_id)
     finally:
         engine.dispose()
+
+
+def _leave_wait_queues(cfg: Settings, sessions: sessionmaker[Session], job_id: str) -> None:
+    """As the API does: out of the limiters' wait queues now (best effort: entries lapse anyway)."""
+    from worker.services import Services
+
+    try:
+        Services(cfg, sessions=sessions).release(job_id)
+    except Exception as exc:  # noqa: BLE001  (the cancel is committed; this only frees sooner)
+        click.echo(f"warning: wait queues not updated ({type(exc).__name__}); the entry lapses", err=True)
 
 
 def _publish(cfg: Settings, sessions: sessionmaker[Session], rows: list[OutboxEntry]) -> None:

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import literal_column, select
 from sqlalchemy.orm import Session
 
 from kling.errors import FieldError
@@ -29,6 +29,9 @@ class CancelOutcome(StrEnum):
     CANCELLED = "cancelled"  # never created at the provider, and now never will be
     REQUESTED = "cancel_requested"  # a create may have gone out: it runs, and is archived if it ends well
     FINAL = "final"  # already ended otherwise: nothing to cancel
+
+
+END_REASONS = {JobStatus.CANCELLED: "cancelled by the caller", JobStatus.EXPIRED: "deadline passed"}
 
 
 class NotRetryable(ValueError):
@@ -85,26 +88,28 @@ def cancel_job(session: Session, job_id: str, now: datetime) -> tuple[CancelOutc
 
 
 def expire_overdue(session: Session, now: datetime, *, limit: int = 500) -> list[str]:
-    """Queued jobs past their deadline that were never sent (no create counted, no run owning
-    them) become `expired`; those with a create that may exist are settled by submit's lookup."""
-    ids = session.scalars(
-        select(Job.id)
-        .where(
-            Job.status == JobStatus.QUEUED,
-            Job.deadline_at.is_not(None),
-            Job.deadline_at <= now,
-            Job.create_attempts == 0,
-            Job.claim_token.is_(None),
-        )
-        .order_by(Job.deadline_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    ).all()
-    for job_id in ids:
-        job = session.get(Job, job_id)
-        assert job is not None
-        transition(session, job, JobStatus.EXPIRED, source="worker", detail={"reason": "deadline passed"})
-    return list(ids)
+    """Queued jobs that were never sent (no create counted, no run owning them) end: `expired`
+    past their deadline, `cancelled` when a cancel was asked while a run held them. Those with a
+    create that may exist are settled by submit's lookup. The status is a literal, as in the
+    pump's query: a bound parameter would keep a generic plan off the partial index."""
+    never_sent = (
+        Job.status == literal_column("'queued'"),
+        Job.create_attempts == 0,
+        Job.claim_token.is_(None),
+    )
+    overdue = select(Job.id).where(*never_sent, Job.deadline_at.is_not(None), Job.deadline_at <= now)
+    asked = select(Job.id).where(*never_sent, Job.cancel_requested_at.is_not(None))
+    ended: list[str] = []
+    for query, order in ((overdue, Job.deadline_at), (asked, Job.cancel_requested_at)):
+        ids = session.scalars(query.order_by(order).limit(limit).with_for_update(skip_locked=True)).all()
+        for job_id in ids:
+            job = session.get(Job, job_id)
+            assert job is not None
+            ending = unsubmitted_end(job.cancel_requested_at, job.deadline_at, now)
+            if ending is not None and job_id not in ended:
+                transition(session, job, ending, source="worker", detail={"reason": END_REASONS[ending]})
+                ended.append(job_id)
+    return ended
 
 
 def retry_job(session: Session, job_id: str, *, idempotency_key: str | None = None) -> Created:

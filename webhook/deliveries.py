@@ -11,6 +11,7 @@ from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from models.base import utcnow
 from models.db import session_scope
 from models.documents import iso_utc
 from models.events import EVENTS, MAX_ATTEMPTS
@@ -113,8 +114,10 @@ def replay(job_id: str, event: str) -> ViewResult:
         if note is None:
             note = Notification(job_id=job.id, event=event)
             s.add(note)
-        # A fresh schedule: attempts count from 1 again; earlier attempts stay in the log.
+        # A fresh schedule: attempts count from 1 again (earlier ones stay in the log), and the
+        # reconciler's window of re-sends starts now.
         note.attempts, note.delivered_at, note.next_attempt_at = 0, None, None
+        note.created_at = utcnow()
         note.last_status = note.last_error = None
         endpoints.enable(s, job.webhook_url)
         enqueue_rows(s, [(NOTIFY, [job.id])])  # published by the session's after-commit hook

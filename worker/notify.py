@@ -67,9 +67,7 @@ def events_due(s: Session, job: Job) -> list[str]:
     return list(dict.fromkeys(e for e in heard if e is not None and e in wanted))
 
 
-def notify_job(
-    svc: Services, job_id: str, *, attempt: int = 0, sender: WebhookSender | None = None
-) -> Outcome:
+def notify_job(svc: Services, job_id: str, *, sender: WebhookSender | None = None) -> Outcome:
     """Deliver each subscribed event of the job not delivered yet, in order; RETRY (at the soonest
     retry of the failed ones) while one failed and has attempts left."""
     with session_scope(svc.sessions) as s:
@@ -110,8 +108,13 @@ def deliver_event(svc: Services, job_id: str, event: str, sender: WebhookSender)
             note.last_error, note.next_attempt_at = "disabled", None
             return Outcome(Step.FAILED, detail="endpoint disabled")
         if not take_lease(s, note.id, svc.settings.notify_lease_seconds):
-            # A live attempt holds the row, or its retry is not due yet: that one sends it.
-            return Outcome(Step.DONE, detail="another attempt holds this delivery")
+            # A live attempt holds the row, or its retry is not due yet (a long countdown wakes
+            # early): come back when it is due, so the chain never ends while attempts are left.
+            due = note.next_attempt_at or utcnow()
+            wait = max(1.0, (due - utcnow()).total_seconds())
+            return Outcome(
+                Step.RETRY, retry_in=wait + RETRY_MARGIN_SECONDS, detail="another attempt holds this delivery"
+            )
         note_id, attempt = note.id, note.attempts + 1
         body = json.dumps(event_payload(job, event), separators=(",", ":")).encode()
 
@@ -216,6 +219,6 @@ def register(app: Celery) -> Schedule:
     @app.task(bind=True, base=KlingTask, shared=False, name=NOTIFY_TASK.name)
     def notify_task(self: KlingTask, job_id: str) -> str:
         with log_context(job_id=job_id):
-            return self.finish(notify_job(self.services, job_id, attempt=self.request.retries))
+            return self.finish(notify_job(self.services, job_id))
 
     return {}

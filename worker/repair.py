@@ -158,7 +158,10 @@ def _redispatch_notifications(svc: Services) -> list[str]:
                     ),
                     Notification.created_at > now - GIVE_UP_AFTER,
                     Notification.attempts < MAX_ATTEMPTS,
+                    # Ended by a disabled endpoint: only a replay sends it again.
+                    or_(Notification.last_error.is_(None), Notification.last_error != "disabled"),
                 )
+                .order_by(Notification.next_attempt_at)
                 .limit(100)
             )
         )
@@ -194,7 +197,7 @@ def _release_leaked(svc: Services) -> list[str]:
             s.scalars(
                 select(Job.id).where(
                     Job.id.in_(holders),
-                    Job.status.in_([JobStatus.SUCCEEDED, JobStatus.ARCHIVED, JobStatus.FAILED]),
+                    Job.status.in_([JobStatus.SUCCEEDED, *(s for s in JobStatus if s.is_terminal)]),
                 )
             )
         )

@@ -19,7 +19,7 @@ from kling.http import backoff, is_ambiguous, is_not_found
 from models.base import utcnow
 from models.db import session_scope
 from models.enums import JobStatus
-from models.job_control import unsubmitted_end
+from models.job_control import END_REASONS, unsubmitted_end
 from models.outbox import DISPATCH_JOB
 from models.priorities import queue_ahead
 from models.statemachine import TaskMismatch, apply_provider_task, transition
@@ -71,7 +71,7 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
         # the lookup below decides: a task found runs on, none found ends the job).
         ending = unsubmitted_end(job.cancel_requested_at, job.deadline_at, utcnow())
         if ending is not None and not tried_before:
-            transition(s, job, ending, source="worker", detail={"reason": _END_REASONS[ending]})
+            transition(s, job, ending, source="worker", detail={"reason": END_REASONS[ending]})
             s.commit()
             svc.release(job_id)  # out of the wait queues an earlier run joined
             return Outcome(Step.DONE, detail=ending.value)
@@ -180,8 +180,8 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
         # An earlier run sent a create and we never learned its fate: ask before creating again.
         found = _find_existing(svc, provider, job_id, token, None, limiter=limiter)
         if isinstance(found, Task):
-            if probing:
-                _resume(svc, account)  # e.g. the create answered 5001 was processed after all
+            # No resume here: the task found may predate the pause (only this run's own create
+            # proves the account works again, below).
             _record_submitted(svc, job_id, found)
             return Outcome(Step.DONE, detail=found.task_id)
         if isinstance(found, Outcome):
@@ -191,15 +191,23 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
             _unreserve(svc, account, job_id)
             _end_unsubmitted(svc, job_id, token, ending)
             return Outcome(Step.DONE, detail=ending.value)
-        if lookup_only or (probing and not svc.account_gate.probe_turn(account)):
-            # Surely not created, and no create may go out here now (too small an account, or
-            # paused and not this run's probe turn): the job is free to go to any account.
+        if lookup_only:
+            # Surely not created, and no create may go out on so small an account: the job is
+            # free to go to any account that fits it.
             limiter.release(job_id)
             _unreserve(svc, account, job_id)
             _give_back(svc, job_id, token, forget=True)
-            if svc.publish is not None and lookup_only:
+            if svc.publish is not None:
                 svc.publish(DISPATCH_JOB, [job_id])
-            return Outcome(Step.WAIT, detail=f"no task on {account}; not created there now")
+            return Outcome(Step.WAIT, detail=f"no task on {account}; too small to create it there")
+        if probing and not svc.account_gate.probe_turn(account):
+            # Paused and not this run's probe turn. It stays pinned (a create answered 5001 may
+            # still be processed late; another account could not deduplicate it) and tries again,
+            # lookup first, at the next probe turn: holding its claim, not its slots.
+            limiter.release(job_id)
+            _unreserve(svc, account, job_id)
+            _forget_earlier_creates(svc, job_id, token)  # none found: this run sent none either
+            return keep_claim(svc, job_id, token, svc.account_gate.probe_seconds, hold)
         # Surely not created: create it now, and count only that create, so a refusal of it
         # (a dry pack) frees the job to go to another account instead of pinning it here.
         _forget_earlier_creates(svc, job_id, token)
@@ -254,15 +262,12 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
     return Outcome(Step.DONE, detail=task.task_id)
 
 
-_END_REASONS = {JobStatus.CANCELLED: "cancelled by the caller", JobStatus.EXPIRED: "deadline passed"}
-
-
 def _end_unsubmitted(svc: Services, job_id: str, token: str, ending: JobStatus) -> None:
     """The lookup found no task: the cancelled or expired job ends without one."""
     with session_scope(svc.sessions) as s:
         job = s.get(Job, job_id)
         if job is not None and job.claim_token == token:
-            transition(s, job, ending, source="worker", detail={"reason": _END_REASONS[ending]})
+            transition(s, job, ending, source="worker", detail={"reason": END_REASONS[ending]})
 
 
 def _resume(svc: Services, account: str) -> None:

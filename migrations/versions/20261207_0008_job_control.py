@@ -92,6 +92,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # The older schema has no such states: they were never created at the provider, so `failed`.
+    op.execute(
+        "UPDATE jobs SET error_code = status, status = 'failed' WHERE status IN ('cancelled', 'expired')"
+    )
     op.drop_index("ix_jobs_queued_deadline", table_name="jobs")
     op.drop_index("ix_jobs_queue", table_name="jobs")
     op.drop_table("webhook_endpoints")

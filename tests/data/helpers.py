@@ -122,21 +122,25 @@ def outbox_tasks(session: Session, job_id: str) -> list[str]:
 # The rules of docs/architecture.md ("Job lifecycle"), restated independently of models.rules: the
 # model the state machine's tests check it against.
 RANK = {"queued": 0, "submitted": 1, "processing": 2, "succeeded": 3, "archived": 4, "failed": 5}
+FINAL = ("archived", "failed", "cancelled", "expired")
+NEVER_CREATED = ("cancelled", "expired")  # only a queued job, never created, may end so
 
 
 def expected_outcome(current: str, reported: str) -> str:
     """What a provider report of `reported` means for a job at `current`."""
     if current == reported or (current == "archived" and reported == "succeeded"):
         return "duplicate"
-    if current in ("succeeded", "archived", "failed"):
+    if current == "succeeded" or current in FINAL:
         return "stale"
     return "applied" if reported == "failed" or RANK[reported] > RANK[current] else "stale"
 
 
 def expected_move(current: str, target: str) -> bool:
     """Whether our own code may move a job from `current` to `target`."""
-    if current in ("archived", "failed") or current == target:
+    if current in FINAL or current == target:
         return False
+    if target in NEVER_CREATED:
+        return current == "queued"
     if target == "archived":
         return current == "succeeded"
     return target == "failed" or RANK[target] > RANK[current]

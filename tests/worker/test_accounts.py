@@ -246,13 +246,17 @@ def test_a_run_that_may_have_created_already_looks_up_while_paused_and_creates_o
     with session_scope(harness.svc.sessions) as s:
         s.execute(update(Job).where(Job.id == job_id).values(create_attempts=1))
     harness.svc.account_gate.pause(ACCOUNT, 1102, "dry")
-    assert submit.submit_job(harness.svc, job_id).step is Step.WAIT
+    waiting = submit.submit_job(harness.svc, job_id)
+    assert waiting.step is Step.RETRY and waiting.retry_in == harness.svc.account_gate.probe_seconds
     assert harness.sim.create_count == 0  # looked up (nothing there), and no create
-    assert_queued_unclaimed(harness, job_id)  # no task anywhere: no longer tied to its create
+    job = harness.get(job_id)
+    # Still pinned (a late create there could not be deduplicated elsewhere), holding its claim
+    # until the probe turn, not its slots.
+    assert (job.create_attempts, job.claim_token) == (1, waiting.claim)
     assert harness.svc.limiter.holders() == {}
 
     harness.svc.account_gate.probe_now(ACCOUNT)
-    assert submit.submit_job(harness.svc, job_id).step is Step.DONE
+    assert submit.submit_job(harness.svc, job_id, claim=waiting.claim).step is Step.DONE
     assert harness.sim.create_count == 1 and len(harness.sim.tasks_by_external_id(job_id)) == 1
     assert harness.svc.limiter.holders() == {job_id: 1}
     assert harness.svc.account_gate.state(ACCOUNT).paused is False
@@ -275,17 +279,40 @@ def test_5001_pauses_the_account_and_the_job_looks_up_holding_its_slots_before_w
     assert harness.svc.limiter.holders() == {job_id: 1}
     assert (gate.state(ACCOUNT).paused, gate.state(ACCOUNT).code) == (True, 5001)
 
-    # The retry looks up again (nothing), and without a probe turn waits unpinned, slots free.
-    assert submit.submit_job(harness.svc, job_id, claim=job.claim_token).step is Step.WAIT
-    assert_queued_unclaimed(harness, job_id)
+    # The retry looks up again (nothing), and without a probe turn waits for one, still pinned to
+    # the account (the 5001'd create could be processed late), its slots free.
+    again = submit.submit_job(harness.svc, job_id, claim=job.claim_token)
+    assert again.step is Step.RETRY and harness.get(job_id).create_attempts == 1
     assert harness.svc.limiter.holders() == {}
     assert sim.create_count == 0
 
     sim.configure(fault_5001_rate=0.0)
     gate.probe_now(ACCOUNT)
-    assert submit.submit_job(harness.svc, job_id).step is Step.DONE
+    assert submit.submit_job(harness.svc, job_id, claim=again.claim).step is Step.DONE
     assert gate.state(ACCOUNT).paused is False
     assert sim.create_count == 1 and harness.get(job_id).status == "submitted"
+
+
+@pytest.mark.integration
+def test_an_older_task_found_by_a_lookup_does_not_resume_a_paused_account(harness: Harness) -> None:
+    # J's create timed out before the pause and its task exists; K's create then paused the
+    # account. J's retry finds its task: that says nothing about the account now.
+    from sqlalchemy import update
+
+    from kling import ImageRequest
+    from models.db import session_scope
+    from models.tables import Job
+
+    job_id = harness.job()
+    with session_scope(harness.svc.sessions) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(create_attempts=1))
+    harness.svc.provider.create_image(
+        ImageRequest.from_params({"prompt": "a lighthouse"}), external_task_id=job_id
+    )
+    harness.svc.account_gate.pause(ACCOUNT, 1102, "dry")
+    assert submit.submit_job(harness.svc, job_id).step is Step.DONE
+    assert harness.get(job_id).provider_task_id is not None
+    assert harness.svc.account_gate.state(ACCOUNT).paused
 
 
 def test_a_bare_503_is_a_server_error_not_maintenance() -> None:

@@ -44,6 +44,16 @@ def test_a_cancel_asked_while_a_run_held_the_job_stops_the_next_create(harness: 
     assert harness.sim.create_count == 0 and harness.svc.limiter.holders() == {}
 
 
+def test_the_reconciler_ends_a_never_sent_job_whose_cancel_was_asked(harness: Harness) -> None:
+    # It need not wait for a free slot (and a submit run) to end.
+    job_id = harness.job()
+    set_columns(harness, job_id, claim_token="run-1")
+    assert cancel(harness, job_id) is CancelOutcome.REQUESTED
+    set_columns(harness, job_id, claim_token=None)
+    assert job_id in repair.reconcile(harness.svc).expired
+    assert harness.get(job_id).status == "cancelled" and harness.sim.create_count == 0
+
+
 @pytest.mark.parametrize("task_exists", [True, False])
 def test_a_cancelled_job_whose_create_may_exist_is_looked_up_first(
     harness: Harness, task_exists: bool

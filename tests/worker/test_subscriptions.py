@@ -30,7 +30,7 @@ from models.statemachine import create_job, transition
 from models.tables import DeliveryAttempt, Job, Notification, WebhookEndpoint
 from tests.conftest import TEST_API_TOKEN, TEST_WEBHOOK_SECRET
 from webhook import create_app
-from worker import endpoints
+from worker import endpoints, repair
 from worker.notify import notify_job
 from worker.outcome import Step
 from worker.services import Services
@@ -164,13 +164,16 @@ def test_an_endpoint_failing_for_five_days_is_no_longer_called_and_a_replay_enab
     third = job_with(svc, url, None, ["failed"])
     assert notify_job(svc, third).detail == "endpoint disabled"
     assert len(httpserver.log) == calls  # not called
+    assert third not in repair.reconcile(svc).renotified  # nor re-sent by the safety net
 
     # A person replays a delivery: the endpoint is enabled and the event goes out again.
     httpserver.clear()
     httpserver.expect_request("/hook", method="POST").respond_with_data("ok")
     client = create_app(svc.settings).test_client()
+    before = outbox_notifies(svc, third)
     replayed = client.post(f"/v1/jobs/{third}/deliveries/job.failed/replay", headers=AUTH)
     assert replayed.status_code == 202 and replayed.get_json()["state"] == "pending"
+    assert outbox_notifies(svc, third) == before + 1  # the replay queued its delivery
     assert notify_job(svc, third).step is Step.DONE and len(httpserver.log) == 1
     shown = client.get(f"/v1/jobs/{third}/deliveries", headers=AUTH).get_json()
     assert shown["endpoint"]["disabled_at"] is None and shown["endpoint"]["failing_since"] is None
