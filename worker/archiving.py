@@ -20,9 +20,10 @@ from models.enums import ImageStatus, JobStatus
 from models.statemachine import apply_provider_task, transition
 from models.tables import Image, Job
 from worker import metrics
-from worker.archiver import ArchivedObject, ArchiveVerificationError, NotAnImage, archive_image, object_stem
+from worker.archiver import ArchivedObject, ArchiveVerificationError, archive_image, object_stem
 from worker.claims import ClaimLost, claim_heartbeat, keep_claim, renew_claim, take_claim
 from worker.fetch import FetchError, FetchRefused, SourceGone, TooLarge
+from worker.media import WrongMediaType
 from worker.outcome import Outcome, Step, fail_job
 from worker.provider import ProviderNotConfigured
 from worker.services import Services
@@ -105,7 +106,7 @@ def archive_job(
                 "archive: job %s: another run took the claim during image %s; stopping", job_id, index
             )
             return Outcome(Step.DONE, detail="claim lost to another run")
-        except (SourceGone, FetchRefused, TooLarge, NotAnImage) as exc:
+        except (SourceGone, FetchRefused, TooLarge, WrongMediaType) as exc:
             expired = isinstance(exc, SourceGone)
             code = SOURCE_EXPIRED if expired else ARCHIVE_REFUSED
             _set_image(svc, image_id, ImageStatus.EXPIRED if expired else ImageStatus.FAILED)

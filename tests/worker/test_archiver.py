@@ -17,9 +17,7 @@ from worker.archiver import (
     ArchiveVerificationError,
     NotAnImage,
     archive_image,
-    object_key,
     object_stem,
-    sniff_image_type,
 )
 from worker.fetch import FetchError, FetchRefused, SafeFetcher, SourceGone, TooLarge
 from worker.s3 import MiB, upload_transfer_config
@@ -72,19 +70,6 @@ def archive(s3_client, bucket, url, fetcher, **kwargs) -> ArchivedObject:
         metadata=META,
         **kwargs,
     )
-
-
-def test_keys_are_deterministic():
-    assert object_key("images/", "job-1", 2, "png") == "images/job-1/2.png"
-    assert object_stem("", "job-1", 0) == "job-1/0"
-
-
-@pytest.mark.parametrize(
-    ("head", "expected"),
-    [(PNG, "image/png"), (JPEG, "image/jpeg"), (WEBP, "image/webp"), (GIF, "image/gif"), (b"<html>", None)],
-)
-def test_sniffing(head, expected):
-    assert sniff_image_type(head + b"\x00" * 8) == expected
 
 
 @pytest.mark.parametrize(
