@@ -1,5 +1,6 @@
-"""One archiving process for the archive benchmark: copies `url` into S3 `repeats` times and prints
-one JSON line with the time taken and its own peak RSS growth.
+"""One archiving process for the archive benchmark: copies `url` (an image, or a video with
+`--output-type video`) into S3 `repeats` times and prints one JSON line with the time taken and its
+own peak RSS growth.
 
 Peak RSS is the kernel's high-water mark (VmHWM), reset after warm-up by writing 5 to
 /proc/self/clear_refs, so imports and client set-up are not counted, only the copies.
@@ -19,7 +20,8 @@ from bench import infra
 from worker.archiver import archive_image
 from worker.fetch import SafeFetcher
 
-MAX_BYTES = 200 * 1024 * 1024
+MAX_BYTES = 200 * 1024 * 1024  # images
+MAX_BYTES_VIDEO = 2 * 1024**3  # ARCHIVE_MAX_BYTES_VIDEO's default
 
 
 def _status_kib(field: str) -> int:
@@ -45,10 +47,12 @@ def main() -> None:
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--bucket", required=True)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--output-type", choices=["image", "video"], default="image")
     args = parser.parse_args()
 
+    video = args.output_type == "video"
     s3 = infra.s3_client(args.endpoint)
-    fetcher = SafeFetcher(("127.0.0.1",), max_bytes=MAX_BYTES)
+    fetcher = SafeFetcher(("127.0.0.1",), max_bytes=MAX_BYTES_VIDEO if video else MAX_BYTES)
     session = requests.Session()
 
     def copy(url: str, key: str) -> int:
@@ -64,12 +68,14 @@ def main() -> None:
                 fetcher=fetcher,
                 metadata={"job-id": "bench"},
                 reuse_existing=False,
+                output_type=args.output_type,
             )
             return obj.bytes
         # The baseline: the shortest correct streaming copy, boto3's default transfer settings.
         with session.get(url, stream=True, timeout=(5, 60)) as resp:
             resp.raise_for_status()
-            s3.upload_fileobj(resp.raw, args.bucket, key + ".png", Config=TransferConfig())
+            ext = ".mp4" if video else ".png"
+            s3.upload_fileobj(resp.raw, args.bucket, key + ext, Config=TransferConfig())
             return int(resp.headers.get("Content-Length", 0))
 
     copy(args.warm_url, f"warm/{args.mode}/{time.monotonic_ns()}")

@@ -89,6 +89,8 @@ class Settings(BaseSettings):
 
     archive_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = DEFAULT_ALLOWED_HOSTS
     archive_max_bytes: int = Field(default=104_857_600, ge=1)
+    # Videos are one to two orders larger than images (a 10 s 1080p clip is tens of MB); 2 GiB.
+    archive_max_bytes_video: int = Field(default=2 * 1024**3, ge=1)
     # Downstream hosts a job's webhook_url may name although they are not public (exact names).
     notify_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
     # Account pauses and resumes as signed events (worker/alerts.py); its host may be private.

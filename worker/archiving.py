@@ -1,4 +1,4 @@
-"""Archiving: copy every image of a succeeded job into S3, then mark the job archived.
+"""Archiving: copy every output (image or video) of a succeeded job into S3, then mark the job archived.
 
 `archive_job` opens its own short transactions, never holds one open across a provider or S3 call,
 and is safe to run twice; the S3 copy of one image is `worker.archiver`'s.
@@ -20,9 +20,10 @@ from models.enums import ImageStatus, JobStatus
 from models.statemachine import apply_provider_task, transition
 from models.tables import Image, Job
 from worker import metrics
-from worker.archiver import ArchivedObject, ArchiveVerificationError, NotAnImage, archive_image, object_stem
+from worker.archiver import ArchivedObject, ArchiveVerificationError, archive_image, object_stem
 from worker.claims import ClaimLost, claim_heartbeat, keep_claim, renew_claim, take_claim
 from worker.fetch import FetchError, FetchRefused, SourceGone, TooLarge
+from worker.media import IMAGE, WrongMediaType, archive_cap
 from worker.outcome import Outcome, Step, fail_job
 from worker.provider import ProviderNotConfigured
 from worker.services import Services
@@ -58,7 +59,7 @@ def archive_job(
         images = list(s.scalars(select(Image).where(Image.job_id == job_id).order_by(Image.index)))
         # `s3_bucket` on a pending image marks an earlier attempt: an object may already be stored.
         pending = [
-            (img.id, img.index, img.source_url, img.s3_bucket is not None)
+            (img.id, img.index, img.source_url, img.s3_bucket is not None, img.type or IMAGE)
             for img in images
             if img.status == ImageStatus.PENDING
         ]
@@ -85,8 +86,13 @@ def archive_job(
     lost: tuple[str, str] | None = None
     # Renews the claim from inside the copy: one image may take longer than a claim period.
     heartbeat = claim_heartbeat(svc, job_id, token, settings.stuck_archive_seconds)
-    for image_id, index, url, tried in pending:
+    for image_id, index, url, tried, output_type in pending:
         started = utcnow()
+        cap, cap_setting = archive_cap(
+            output_type,
+            image_max_bytes=settings.archive_max_bytes,
+            video_max_bytes=settings.archive_max_bytes_video,
+        )
         try:
             obj = archive_image(
                 svc.s3,
@@ -94,27 +100,34 @@ def archive_job(
                 key_stem=object_stem(settings.s3_prefix, job_id, index),
                 url=url,
                 fetcher=svc.fetcher,
-                max_bytes=settings.archive_max_bytes,
+                max_bytes=cap,
                 metadata={"job-id": job_id, "provider-task-id": provider_task_id},
-                # Only a re-run can find its own object (saves a LIST per image on the first run).
+                # Only a re-run can find its own object or open upload (saves LISTs on the first run).
                 reuse_existing=tried,
                 heartbeat=heartbeat,
+                output_type=output_type,
             )
         except ClaimLost:
             log.warning(
                 "archive: job %s: another run took the claim during image %s; stopping", job_id, index
             )
             return Outcome(Step.DONE, detail="claim lost to another run")
-        except (SourceGone, FetchRefused, TooLarge, NotAnImage) as exc:
+        except (SourceGone, FetchRefused, TooLarge, WrongMediaType) as exc:
             expired = isinstance(exc, SourceGone)
             code = SOURCE_EXPIRED if expired else ARCHIVE_REFUSED
             _set_image(svc, image_id, ImageStatus.EXPIRED if expired else ImageStatus.FAILED)
-            lost = lost or (code, str(exc))
+            # Which output, and for a cap which setting to raise: "video 0: ... (ARCHIVE_MAX_BYTES_VIDEO)".
+            hint = f" ({cap_setting})" if isinstance(exc, TooLarge) else ""
+            lost = lost or (code, f"{output_type} {index}: {exc}{hint}")
             continue
         except (FetchError, ArchiveVerificationError, BotoCoreError, ClientError, OSError) as exc:
             log.warning("archive: job %s image %s: %s (will retry)", job_id, index, exc)
             retry_in = backoff(attempt, base=2.0, cap=60.0)
             return keep_claim(svc, job_id, token, retry_in, settings.stuck_archive_seconds)
+        if obj.parts_reused:
+            log.info(
+                "archive: job %s %s %s resumed: %d parts kept", job_id, output_type, index, obj.parts_reused
+            )
         metrics.archive_bytes.inc(obj.bytes)
         metrics.archive_seconds.observe((utcnow() - started).total_seconds())
         # Still ours for another full period: a job of many large images outlasts one claim.

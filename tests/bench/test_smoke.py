@@ -64,6 +64,8 @@ def test_smoke_run_writes_valid_results(tmp_path: Path) -> None:
     assert backlog["GET /v1/jobs/{id} p99 while draining"]["value"] > 0
     archive = {f["name"]: f for f in by_name["archive"]["figures"]}
     assert archive["throughput 10 MB"]["value"] > 0 and archive["throughput 10 MB"]["baseline"] > 0
+    assert archive["throughput video 10 MB"]["value"] > 0  # the video path, held to the memory bound
+    assert archive["peak RSS growth video 10 MB"]["op"] == "<="
     # The table is printed with every benchmark in it.
     for name in BENCHES:
         assert name in proc.stdout

@@ -17,9 +17,7 @@ from worker.archiver import (
     ArchiveVerificationError,
     NotAnImage,
     archive_image,
-    object_key,
     object_stem,
-    sniff_image_type,
 )
 from worker.fetch import FetchError, FetchRefused, SafeFetcher, SourceGone, TooLarge
 from worker.s3 import MiB, upload_transfer_config
@@ -72,19 +70,6 @@ def archive(s3_client, bucket, url, fetcher, **kwargs) -> ArchivedObject:
         metadata=META,
         **kwargs,
     )
-
-
-def test_keys_are_deterministic():
-    assert object_key("images/", "job-1", 2, "png") == "images/job-1/2.png"
-    assert object_stem("", "job-1", 0) == "job-1/0"
-
-
-@pytest.mark.parametrize(
-    ("head", "expected"),
-    [(PNG, "image/png"), (JPEG, "image/jpeg"), (WEBP, "image/webp"), (GIF, "image/gif"), (b"<html>", None)],
-)
-def test_sniffing(head, expected):
-    assert sniff_image_type(head + b"\x00" * 8) == expected
 
 
 @pytest.mark.parametrize(
@@ -565,3 +550,115 @@ def test_a_part_the_store_reports_differently_aborts_the_upload(s3_client, s3_bu
         archive(store, s3_bucket, source_server.url_for("/large"), fetcher, transfer_config=config)
     assert objects(s3_client, s3_bucket) == []
     assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+
+
+# --- videos and resumed uploads -------------------------------------------------------------------
+MP4 = b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00"
+
+
+class WorkerKilled(BaseException):
+    """Stands for SIGKILL: nothing in the archiver catches it, as nothing runs after a kill."""
+
+
+class PartLog:
+    """The real S3 client, recording the number of every part uploaded."""
+
+    def __init__(self, s3):
+        self._s3 = s3
+        self.sent: list[int] = []
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name):
+        method = getattr(self._s3, name)
+        if name != "upload_part":
+            return method
+
+        def upload_part(**kwargs):
+            answer = method(**kwargs)
+            with self._lock:
+                self.sent.append(kwargs["PartNumber"])
+            return answer
+
+        return upload_part
+
+
+def archive_video(s3, bucket, url, fetcher, **kwargs) -> ArchivedObject:
+    config = upload_transfer_config(chunk_bytes=5 * MiB, max_chunks_in_memory=2, single_put_bytes=5 * MiB)
+    return archive(s3, bucket, url, fetcher, output_type="video", transfer_config=config, **kwargs)
+
+
+def kill_after_parts(log: PartLog, parts: int):
+    def heartbeat():
+        if len(log.sent) >= parts:
+            raise WorkerKilled
+
+    return heartbeat
+
+
+def open_parts(s3_client, bucket, key) -> set[int]:
+    (upload,) = s3_client.list_multipart_uploads(Bucket=bucket, Prefix=key)["Uploads"]
+    listed = s3_client.list_parts(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
+    return {p["PartNumber"] for p in listed["Parts"]}
+
+
+def test_video_is_stored_as_mp4_and_an_image_output_refuses_it(s3_client, s3_bucket, source_server, fetcher):
+    data = image_bytes(MP4, 200_000)
+    source_server.expect_request("/v.mp4").respond_with_data(data, content_type="video/mp4")
+    result = archive(s3_client, s3_bucket, source_server.url_for("/v.mp4"), fetcher, output_type="video")
+    assert (result.key, result.content_type) == ("images/job-123/0.mp4", "video/mp4")
+    stored = s3_client.get_object(Bucket=s3_bucket, Key=result.key)
+    assert (stored["Body"].read(), stored["ContentType"]) == (data, "video/mp4")
+    with pytest.raises(NotAnImage):
+        archive(s3_client, s3_bucket, source_server.url_for("/v.mp4"), fetcher, reuse_existing=False)
+
+
+def test_killed_upload_is_resumed_without_sending_its_finished_parts_again(
+    s3_client, s3_bucket, source_server, fetcher
+):
+    data = image_bytes(MP4, 26 * MiB)  # 6 parts of 5 MiB
+    source_server.expect_request("/v.mp4").respond_with_data(data, content_type="video/mp4")
+    url, key = source_server.url_for("/v.mp4"), "images/job-123/0.mp4"
+    killed = PartLog(s3_client)
+    with pytest.raises(WorkerKilled):
+        archive_video(
+            killed, s3_bucket, url, fetcher, reuse_existing=False, heartbeat=kill_after_parts(killed, 2)
+        )
+    kept = open_parts(s3_client, s3_bucket, key)
+    assert kept == set(killed.sent) and len(kept) >= 2
+    assert objects(s3_client, s3_bucket) == []
+
+    rerun = PartLog(s3_client)
+    result = archive_video(rerun, s3_bucket, url, fetcher)
+    assert sorted(rerun.sent) == sorted(set(range(1, 7)) - kept)
+    assert result.parts_reused == len(kept)
+    digest = hashlib.sha256(data).hexdigest()
+    assert (result.key, result.sha256, result.bytes, result.reused) == (key, digest, len(data), False)
+    stored = s3_client.get_object(Bucket=s3_bucket, Key=key)
+    assert stored["Body"].read() == data
+    assert (stored["ContentType"], stored["Metadata"]) == ("video/mp4", {**META, "sha256": digest})
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+
+
+def test_resumed_upload_of_a_source_that_changed_is_not_kept(s3_client, s3_bucket, source_server, fetcher):
+    """The open upload's metadata holds the digest of the bytes the killed run read: after a change
+    every part is sent again and the completed object fails the digest check; the next run starts afresh."""
+    old, new = image_bytes(MP4, 16 * MiB, seed=1), image_bytes(MP4, 16 * MiB, seed=2)
+    source_server.expect_request("/v.mp4").respond_with_data(old, content_type="video/mp4")
+    url = source_server.url_for("/v.mp4")
+    killed = PartLog(s3_client)
+    with pytest.raises(WorkerKilled):
+        archive_video(
+            killed, s3_bucket, url, fetcher, reuse_existing=False, heartbeat=kill_after_parts(killed, 1)
+        )
+
+    source_server.clear()
+    source_server.expect_request("/v.mp4").respond_with_data(new, content_type="video/mp4")
+    rerun = PartLog(s3_client)
+    with pytest.raises(ArchiveVerificationError, match="sha256"):
+        archive_video(rerun, s3_bucket, url, fetcher)
+    assert sorted(rerun.sent) == [1, 2, 3, 4]  # nothing of the old bytes was kept
+    assert objects(s3_client, s3_bucket) == []
+
+    result = archive_video(s3_client, s3_bucket, url, fetcher)
+    assert result.sha256 == hashlib.sha256(new).hexdigest()
+    assert s3_client.get_object(Bucket=s3_bucket, Key=result.key)["Body"].read() == new
