@@ -181,8 +181,8 @@ def job_select() -> Select[Any]:
     return select(
         Job.id,
         Job.status,
-        Job.provider,
         Job.kind,
+        Job.provider,
         Job.account,
         Job.units,
         Job.provider_task_id,

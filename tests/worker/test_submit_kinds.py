@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import update
 
 from kling import KlingClient
+from kling.client import ImageProvider
 from kling.simulator import Simulator
 from models.accounts import Account
 from models.db import make_engine, session_scope
@@ -66,7 +67,7 @@ def pool(committed_pg_url: str, simulator_factory: Any, redis_client: Any) -> It
         Account(name=name, provider="kling", api_base=sims[name].base_url, concurrency=2, kinds=kinds)
         for name, kinds in KINDS.items()
     )
-    clients = {
+    clients: dict[str, ImageProvider] = {
         name: KlingClient(
             access_key=TEST_ACCESS_KEY, secret_key=TEST_SECRET_KEY, base_url=sim.base_url, max_retries=0
         )
