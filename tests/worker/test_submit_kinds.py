@@ -42,9 +42,9 @@ class Pool:
     svc: Services
     sims: dict[str, Simulator]
 
-    def job(self, kind: str) -> str:
+    def job(self, kind: str, params: dict[str, Any] | None = None) -> str:
         with session_scope(self.svc.sessions) as s:
-            job_id = create_job(s, {"prompt": "a lighthouse", "n": 1}, provider="kling").job.id
+            job_id = create_job(s, params or {"prompt": "a lighthouse", "n": 1}, provider="kling").job.id
             # Set as the API will once `kind` lands on POST /v1/jobs (migration 0007 has the column).
             s.execute(update(Job).where(Job.id == job_id).values(kind=kind))
             return job_id
@@ -104,7 +104,7 @@ def test_a_job_goes_only_to_an_account_serving_its_kind(pool: Pool) -> None:
 
 
 def test_a_job_of_a_kind_no_account_serves_fails_and_nothing_is_created(pool: Pool) -> None:
-    job_id = pool.job("omni_video")
+    job_id = pool.job("omni_video", {"prompt": "a fox runs", "duration": 5})  # valid for its kind
     outcome = submit.submit_job(pool.svc, job_id)
     assert outcome.step is Step.FAILED
     job = pool.get(job_id)
