@@ -104,7 +104,7 @@ def test_a_job_goes_only_to_an_account_serving_its_kind(pool: Pool) -> None:
 
 
 def test_a_job_of_a_kind_no_account_serves_fails_and_nothing_is_created(pool: Pool) -> None:
-    job_id = pool.job("omni_video", {"prompt": "a fox runs", "duration": 5})  # valid for its kind
+    job_id = pool.job("omni_video", {"prompt": "a fox runs"})  # valid for its kind (checked before routing)
     outcome = submit.submit_job(pool.svc, job_id)
     assert outcome.step is Step.FAILED
     job = pool.get(job_id)
