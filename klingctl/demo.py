@@ -84,7 +84,12 @@ def results_table(verdicts: list[Verdict]) -> Table:
 
 @click.command()
 @click.option(
-    "--jobs", "count", default=12, show_default=True, type=click.IntRange(1, 200), help="Image jobs in the batch."
+    "--jobs",
+    "count",
+    default=12,
+    show_default=True,
+    type=click.IntRange(1, 200),
+    help="Image jobs in the batch.",
 )
 @click.option(
     "--data-dir",

@@ -10,7 +10,7 @@ answers that the task does not exist (then submit counts the attempt as not made
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from models.accounts import Account
@@ -71,3 +71,51 @@ def unserved(accounts: Sequence[Account], provider: str, kind: str, *, legacy: b
         message = f"no account serves kind {kind} (provider {provider}; see kinds in the accounts file)"
         return KIND_NOT_SERVED, message
     return PROVIDER_NOT_CONFIGURED, f"no account serves provider {provider}"
+
+
+@dataclass(frozen=True)
+class Queued:
+    """What the pump needs to know of a queued job to place it."""
+
+    slots: int
+    provider: str
+    kind: str
+    pinned: str | None = None  # `pinned_account(...)`: the only account it may go to
+
+
+def fill(
+    order: Sequence[str],
+    queued: Mapping[str, Queued],
+    free: Mapping[str, int],
+    accounts: Sequence[Account],
+    held: Collection[str],
+    *,
+    legacy: bool,
+) -> list[str]:
+    """The queued jobs to dispatch now, in `order`: each job holding a lease (its submit run died:
+    it re-uses the lease), and each other job that fits in the free slots of an account that may
+    take it, the first in file order, whose free slots it then uses for the rest of this plan.
+    Free slots are per account: a video job does not take the turn of an image job behind it
+    because an account serving images only has room. A job no account serves is dispatched so
+    that submit fails it with the reason."""
+    left = dict(free)
+    first = accounts[0].name if accounts else ""
+    chosen: list[str] = []
+    for job_id in order:
+        job = queued[job_id]
+        if job_id in held:
+            chosen.append(job_id)
+            continue
+        if job.pinned is not None:
+            candidates = [job.pinned or first]
+        else:
+            candidates = [a.name for a in accounts if serves(a, job.provider, job.kind, legacy=legacy)]
+            if not candidates:
+                chosen.append(job_id)
+                continue
+        for name in candidates:
+            if left.get(name, 0) >= job.slots:
+                left[name] -= job.slots
+                chosen.append(job_id)
+                break
+    return chosen

@@ -7,7 +7,7 @@ from __future__ import annotations
 from kling.kinds import KIND_NAMES
 from models.accounts import Account
 from worker.account_views import ACTIVE, DISABLED, PAUSED, AccountView, waiting_for
-from worker.routing import KIND_NOT_SERVED, PROVIDER_NOT_CONFIGURED, route, unserved
+from worker.routing import KIND_NOT_SERVED, PROVIDER_NOT_CONFIGURED, Queued, fill, route, unserved
 
 
 def account(name: str, *kinds: str, provider: str = "kling") -> Account:
@@ -112,3 +112,42 @@ def test_waiting_for_slots_counts_the_kinds_accounts_only() -> None:
 
 def test_the_account_document_lists_its_kinds() -> None:
     assert view(VIDEOS).document()["kinds"] == ["text_to_video", "image_to_video"]
+
+
+def place(
+    order: list[str], queued: dict[str, Queued], free: dict[str, int], held: tuple[str, ...] = ()
+) -> list[str]:
+    return fill(order, queued, free, POOL, set(held), legacy=False)
+
+
+def test_the_pump_places_each_job_in_the_free_slots_of_an_account_serving_its_kind() -> None:
+    videos = {f"v{i}": Queued(1, "kling", "omni_video") for i in range(3)}
+    images = {f"i{i}": Queued(1, "kling", "image") for i in range(2)}
+    queued = {**videos, **images}
+    # Only "images" has room: the videos ahead in the queue do not take the image jobs' turn.
+    assert place([*videos, *images], queued, {"images": 2, "videos": 0, "everything": 0}) == ["i0", "i1"]
+    # "everything" serves both: the first in file order with room takes each job, slots used up.
+    assert place([*videos, *images], queued, {"images": 1, "everything": 2}) == ["v0", "v1", "i0"]
+
+
+def test_the_pump_places_a_job_only_where_all_its_slots_fit() -> None:
+    queued = {"big": Queued(3, "kling", "image"), "small": Queued(1, "kling", "image")}
+    # 2 + 2 free slots, but no one account has the 3 the big job needs; the small one fits.
+    assert place(["big", "small"], queued, {"images": 2, "everything": 2}) == ["small"]
+
+
+def test_the_pump_sends_pinned_and_leased_jobs_to_their_own_account_only() -> None:
+    queued = {
+        "pinned": Queued(1, "kling", "image", pinned="videos"),
+        "legacy-pin": Queued(1, "kling", "image", pinned=""),  # the first account
+        "leased": Queued(2, "kling", "omni_video"),
+    }
+    free = {"images": 5, "videos": 0, "everything": 0}
+    # A leased job re-uses its lease (its submit run died) whatever the free slots say.
+    assert place(list(queued), queued, free, held=("leased",)) == ["legacy-pin", "leased"]
+    assert place(["pinned"], queued, {**free, "videos": 1}) == ["pinned"]
+
+
+def test_the_pump_dispatches_a_job_no_account_serves_so_that_submit_fails_it() -> None:
+    queued = {"gateway-video": Queued(1, "appypie", "text_to_video")}
+    assert place(["gateway-video"], queued, {"images": 0}) == ["gateway-video"]

@@ -24,7 +24,7 @@ from models.settings import Settings
 from models.statemachine import create_job
 from models.tables import Job
 from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
-from worker import submit
+from worker import slots, submit
 from worker.accounts import AccountGate
 from worker.limiter import RedisSlotLimiter
 from worker.outcome import Step
@@ -123,3 +123,18 @@ def test_the_limiter_holds_the_slots_recorded_on_the_job(pool: Pool) -> None:
     assert pool.svc.limiter_for("images").holders() == {job_id: 2}
     other = pool.job("image")
     assert submit.submit_job(pool.svc, other).step is Step.WAIT  # both of the account's slots held
+
+
+def test_the_pump_dispatches_the_jobs_an_account_with_free_slots_serves(pool: Pool) -> None:
+    videos = [pool.job("text_to_video", {"prompt": "a fox runs"}) for _ in range(3)]
+    images = [pool.job("image") for _ in range(2)]
+    # Recorded from here: creating the jobs above published their own first dispatch.
+    published: list[str] = []
+    pool.svc.publish = lambda name, args: published.extend(args)
+    # The video account is full; the image account has both slots free.
+    assert pool.svc.limiter_for("videos").acquire("other-1", 1)
+    assert pool.svc.limiter_for("videos").acquire("other-2", 1)
+    # Older video jobs first in the queue, and still the image jobs are the ones sent to submit.
+    assert slots.pump(pool.svc) == images
+    assert published == images
+    assert set(videos).isdisjoint(published)
