@@ -196,10 +196,10 @@ def report(
 ) -> None:
     out.print(results_table(verdicts))
     good = sum(v.ok for v in verdicts)
-    outputs = sum(len(v.keys) for v in verdicts)
+    types = [t for v in verdicts for t in v.types]
     summary = (
-        f"{good}/{len(verdicts)} jobs reached their expected state; {outputs} outputs read back from S3 "
-        f"and verified, in {time.monotonic() - began:.1f} s."
+        f"{good}/{len(verdicts)} jobs reached their expected state; {types.count('image')} images and "
+        f"{types.count('video')} videos read back from S3 and verified, in {time.monotonic() - began:.1f} s."
     )
     if not finished:
         summary += f" Timed out after {timeout:g} s; see {log}."

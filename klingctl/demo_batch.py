@@ -84,6 +84,7 @@ class Verdict:
     ratio: str
     keys: list[str] = field(default_factory=list)
     sha256: list[str] = field(default_factory=list)
+    types: list[str] = field(default_factory=list)  # of each output read back: image or video
     ok: bool = False
     note: str = ""
 
@@ -207,6 +208,7 @@ def verify(stack: DemoStack, jobs: list[DemoJob]) -> list[Verdict]:
             served = stack.sim.video_sha256 if out.type == "video" else stack.sim.image_sha256
             v.keys.append(out.s3_key or "")
             v.sha256.append(digest)
+            v.types.append(out.type)
             if not digest == out.sha256 == served(job.provider_task_id or "", out.index):
                 problems.append(f"{out.type} {out.index} sha256 mismatch")
         if len(outputs[d.id]) != v.n:
