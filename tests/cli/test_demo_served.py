@@ -83,10 +83,14 @@ def test_served_demo_without_aws_variables_shows_thumbnails_and_stops_on_sigterm
         # A download: the API redirects to a presigned URL, which serves the PNG.
         auth = {"Authorization": f"Bearer {token}"}
         gallery = requests.get(f"{url}v1/dashboard", headers=auth, timeout=10).json()["gallery"]
-        download = requests.get(url.rstrip("/") + gallery[0]["href"], headers=auth, timeout=10)
+        first = {output["type"]: output for output in reversed(gallery)}
+        download = requests.get(url.rstrip("/") + first["image"]["href"], headers=auth, timeout=10)
         assert download.status_code == 200, download.text[:500]
         assert download.content.startswith(b"\x89PNG")
         assert [r.status_code for r in download.history] == [302]
+        # The video's download is the archived MP4 (an ISO media file: `ftyp` box first).
+        video = requests.get(url.rstrip("/") + first["video"]["href"], headers=auth, timeout=10)
+        assert video.status_code == 200 and video.content[4:8] == b"ftyp", video.content[:16]
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=STOP_SECONDS) == 0, log.read_text()[-3000:]
