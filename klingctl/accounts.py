@@ -9,6 +9,7 @@ from typing import Any
 import click
 from rich.table import Table
 
+from kling.kinds import KIND_NAMES
 from klingctl.common import console, db_handles, settings
 from klingctl.errors import UsageLine
 from klingctl.render import plain
@@ -30,8 +31,13 @@ def _remaining(svc: Services, view: AccountView) -> str:
     return "-" if remaining is None else f"{remaining:g}"
 
 
+def _kinds(kinds: tuple[str, ...]) -> str:
+    """The task kinds routed to the account; "all" for every registered kind (8 names are long)."""
+    return "all" if set(kinds) == set(KIND_NAMES) else ", ".join(kinds)
+
+
 def accounts_table(svc: Services, views: list[AccountView], *, packs: bool) -> Table:
-    table = Table("account", "provider", "state", "since", "slots", "units today", "pack remaining")
+    table = Table("account", "provider", "kinds", "state", "since", "slots", "units today", "pack remaining")
     for view in views:
         since = datetime.fromtimestamp(view.since, UTC).strftime("%Y-%m-%d %H:%M:%S") if view.since else ""
         in_use = "?" if view.slots_in_use is None else str(view.slots_in_use)
@@ -41,6 +47,7 @@ def accounts_table(svc: Services, views: list[AccountView], *, packs: bool) -> T
         table.add_row(
             plain(view.name),
             view.provider,
+            _kinds(view.kinds),
             plain(state.strip()),
             since,
             f"{in_use}/{view.concurrency}",

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
+from kling.kinds import KIND_NAMES, KINDS
+
 if TYPE_CHECKING:
     from models.settings import Settings
 
@@ -60,7 +62,11 @@ class Account:
     api_key: SecretStr | None = field(default=None, repr=False)
     subscription_key: SecretStr | None = field(default=None, repr=False)
     daily_unit_budget: float | None = None
-    kinds: tuple[str, ...] = ()
+    # Task kinds (kling/kinds.py) routed to this account; the file's default: all its provider offers.
+    kinds: tuple[str, ...] = KIND_NAMES
+
+    def serves_kind(self, kind: str) -> bool:
+        return kind in self.kinds
 
     @property
     def configured(self) -> bool:
@@ -91,6 +97,27 @@ def _secret(table: dict[str, Any], key: str, where: str) -> SecretStr | None:
     return SecretStr(value) if value is not None else None
 
 
+def offered_kinds(provider: str) -> tuple[str, ...]:
+    """The kinds `provider` offers, in registry order (the gateway: image generation only)."""
+    return tuple(name for name, kind in KINDS.items() if provider in kind.providers)
+
+
+def _kinds(table: dict[str, Any], provider: str, where: str) -> tuple[str, ...]:
+    """`kinds = [...]`: registry names the provider offers, at least one; absent = all it offers."""
+    if "kinds" not in table:
+        return offered_kinds(provider)
+    kinds = table["kinds"]
+    if not isinstance(kinds, list) or not kinds or not all(isinstance(k, str) for k in kinds):
+        raise AccountsConfigError(f"{where}: kinds must be a non-empty list of kind names")
+    for kind in kinds:
+        if kind not in KINDS:
+            known = ", ".join(KIND_NAMES)
+            raise AccountsConfigError(f"{where}: kinds: unknown kind {kind!r} (one of {known})")
+        if kind not in offered_kinds(provider):
+            raise AccountsConfigError(f"{where}: kinds: {kind} is not offered by the {provider} provider")
+    return tuple(dict.fromkeys(kinds))
+
+
 def _one(index: int, table: object) -> Account:
     if not isinstance(table, dict):
         raise AccountsConfigError(f"account #{index + 1}: must be a table ([[account]])")
@@ -111,9 +138,7 @@ def _one(index: int, table: object) -> Account:
     bad_budget = isinstance(budget, bool) or not isinstance(budget, int | float) or budget <= 0
     if budget is not None and bad_budget:
         raise AccountsConfigError(f"{where}: daily_unit_budget must be a number > 0")
-    kinds = table.get("kinds", [])
-    if not isinstance(kinds, list) or not all(isinstance(k, str) and k for k in kinds):
-        raise AccountsConfigError(f"{where}: kinds must be a list of strings")
+    kinds = _kinds(table, provider, where)
     account = Account(
         name=name,
         provider=provider,
@@ -124,7 +149,7 @@ def _one(index: int, table: object) -> Account:
         api_key=_secret(table, "api_key", where),
         subscription_key=_secret(table, "subscription_key", where),
         daily_unit_budget=float(budget) if budget is not None else None,
-        kinds=tuple(kinds),
+        kinds=kinds,
     )
     if not account.configured:
         needs = "subscription_key" if provider == "appypie" else "access_key and secret_key, or api_key"

@@ -181,6 +181,7 @@ def job_select() -> Select[Any]:
     return select(
         Job.id,
         Job.status,
+        Job.kind,
         Job.provider,
         Job.account,
         Job.units,
@@ -205,10 +206,11 @@ def job_documents(
     stmt: Select[Any],
     params: Mapping[str, Any] | None = None,
     *,
-    waiting: Callable[[str], Any] | None = None,
+    waiting: Callable[[str, str], Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """The job documents for the rows of `stmt` (from `job_select`), in order. `waiting(provider)`
-    says why a queued job of that provider waits (`waiting_for`); it is called for queued jobs only."""
+    """The job documents for the rows of `stmt` (from `job_select`), in order. `waiting(provider,
+    kind)` says why a queued job of that provider and kind waits (`waiting_for`); it is called for
+    queued jobs only."""
     # On the session's connection: Core rows, without the ORM's result machinery.
     conn = session.connection()
     jobs = conn.execute(stmt, params).all()
@@ -270,7 +272,9 @@ def job_documents(
             "images": images[job.id],
             "notifications": notes[job.id],
             "units": job.units,
-            "waiting_for": waiting(job.provider) if waiting is not None and job.status == "queued" else None,
+            "waiting_for": (
+                waiting(job.provider, job.kind) if waiting is not None and job.status == "queued" else None
+            ),
             "cancel_requested_at": iso_utc(job.cancel_requested_at),
             "deadline_at": iso_utc(job.deadline_at),
             "retry_of": job.retry_of,
@@ -286,7 +290,7 @@ _ONE_JOB = job_select().where(Job.id == bindparam("job_id"))
 
 
 def job_document(
-    session: Session, job_id: str, *, waiting: Callable[[str], Any] | None = None
+    session: Session, job_id: str, *, waiting: Callable[[str, str], Any] | None = None
 ) -> dict[str, Any] | None:
     """One job's document, or None when there is no such job."""
     docs = job_documents(session, _ONE_JOB, {"job_id": job_id}, waiting=waiting)

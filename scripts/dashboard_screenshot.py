@@ -22,7 +22,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVING = re.compile(r"Still serving: dashboard (?P<url>\S+#token=\S+) ")
-IMAGES = re.compile(r"(?P<images>\d+) images read back from S3 and verified")
+IMAGES = re.compile(r"(?P<images>\d+) images and \d+ videos read back from S3 and verified")
 START_SECONDS = 180
 LOAD_SECONDS = 60
 

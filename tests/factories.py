@@ -70,3 +70,27 @@ def make_job(
             error_message=error_message,
         )
     return job
+
+
+def make_video_job(
+    session: Session,
+    *,
+    archived: bool,
+    source_url: str,
+    duration: float = 5.0,
+    kind: str = "text_to_video",
+    bucket: str = "kling-archive",
+) -> Job:
+    """A video job with one output row of type `video`: `succeeded` with the video still only at
+    `source_url`, or `archived` with S3 fields (key `images/{job}/0.mp4`; no object is written)."""
+    job = make_job(session, JobStatus.SUCCEEDED, prompt="a fox runs")
+    job.kind = kind
+    (video,) = job.images
+    video.type, video.duration, video.source_url = "video", duration, source_url
+    if archived:
+        video.status = ImageStatus.ARCHIVED.value
+        video.s3_bucket, video.s3_key = bucket, f"images/{job.id}/0.mp4"
+        video.sha256, video.bytes, video.content_type = "0" * 64, 1000, "video/mp4"
+        video.archived_at = utcnow()
+        transition(session, job, JobStatus.ARCHIVED, source="archiver")
+    return job

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from kling.kinds import KIND_NAMES
 from klingctl.errors import describe
 from models.accounts import DEFAULT_ACCOUNT, AccountsConfigError
 from models.logging import secret_values
@@ -61,6 +62,18 @@ def test_the_file_defines_every_account_in_order(tmp_path: Path) -> None:
     assert accounts[2].api_base == "https://gateway.appypie.com"
 
 
+def test_kinds_route_task_kinds_to_an_account_and_default_to_all_its_provider_offers(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        "concurrency = 2\n", 'concurrency = 2\nkinds = ["text_to_video", "try_on", "try_on"]\n'
+    )
+    main, spare, gateway = Settings(kling_accounts_file=write(tmp_path, text)).accounts
+    assert main.kinds == KIND_NAMES
+    assert spare.kinds == ("text_to_video", "try_on")
+    assert spare.serves_kind("try_on") and not spare.serves_kind("image")
+    # The gateway offers image generation only (kling/kinds.py).
+    assert gateway.kinds == ("image",)
+
+
 def test_without_a_file_one_default_account_comes_from_the_settings() -> None:
     (account,) = Settings(kling_access_key="ak", kling_secret_key=SECRET, kling_concurrency=7).accounts
     assert (account.name, account.provider, account.concurrency) == (DEFAULT_ACCOUNT, "kling", 7)
@@ -87,6 +100,17 @@ ACCOUNT = '[[account]]\nname = "main"\napi_key = "k"\n'
         (ACCOUNT + 'concurrency = "5"\n', "account 'main': concurrency must be an integer >= 1"),
         (ACCOUNT + "daily_unit_budget = -1\n", "account 'main': daily_unit_budget must be a number > 0"),
         (ACCOUNT + "secretkey = 'oops'\n", "account 'main': unknown key secretkey"),
+        (
+            ACCOUNT + 'kinds = ["image", "video"]\n',
+            "account 'main': kinds: unknown kind 'video' (one of image,",
+        ),
+        (ACCOUNT + "kinds = []\n", "account 'main': kinds must be a non-empty list of kind names"),
+        (ACCOUNT + 'kinds = "image"\n', "account 'main': kinds must be a non-empty list of kind names"),
+        (ACCOUNT + "kinds = [1]\n", "account 'main': kinds must be a non-empty list of kind names"),
+        (
+            '[[account]]\nname = "gw"\nprovider = "appypie"\nsubscription_key = "k"\nkinds = ["try_on"]\n',
+            "account 'gw': kinds: try_on is not offered by the appypie provider",
+        ),
         ('name = "main"\n', "accounts file: no [[account]] table"),
         ("[[account]\n", "accounts file: not valid TOML"),
     ],
@@ -149,3 +173,19 @@ def test_every_process_stops_at_start_on_a_bad_file(tmp_path: Path, argv: list[s
     )
     assert done.returncode != 0
     assert "account 'main': concurrency must be an integer >= 1" in done.stderr
+
+
+def test_a_process_stops_at_start_on_an_unknown_kind(tmp_path: Path) -> None:
+    path = write(tmp_path, ACCOUNT + 'kinds = ["image", "text2video"]\n')
+    env = {"KLING_ACCOUNTS_FILE": path, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-m", "klingctl", "jobs"],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("Error: configuration: account 'main': kinds: unknown kind 'text2video'")

@@ -12,6 +12,7 @@ import redis
 from flask import Blueprint, Flask, current_app
 from sqlalchemy.exc import OperationalError
 
+from kling.kinds import DEFAULT_KIND
 from webhook.api import require_token
 from webhook.db import LIMITER_KEY, app_settings, sessions
 from webhook.views import ViewResult
@@ -54,9 +55,10 @@ def services_for(app: Flask) -> Services:
     return svc
 
 
-def waiting_lookup() -> Callable[[str], Any]:
-    """`waiting_for` by provider for one request: the accounts are read once, on the first queued
-    job (no Redis call for a page without one); unknown (None) when Redis does not answer."""
+def waiting_lookup() -> Callable[..., Any]:
+    """`waiting_for` by provider and kind for one request: the accounts are read once, on the
+    first queued job (no Redis call for a page without one); unknown (None) when Redis does not
+    answer."""
     svc = services()
 
     @functools.cache
@@ -67,9 +69,9 @@ def waiting_lookup() -> Callable[[str], Any]:
             log.warning("waiting_for: accounts unavailable: %s", type(exc).__name__)
             return None
 
-    def lookup(provider: str) -> Any:
+    def lookup(provider: str, kind: str = DEFAULT_KIND) -> Any:
         found = views()
-        return None if found is None else waiting_for(found, provider, legacy=svc.legacy)
+        return None if found is None else waiting_for(found, provider, kind, legacy=svc.legacy)
 
     return lookup
 

@@ -3,7 +3,8 @@
 The page itself holds no data and needs no token. The browser asks for the token once (or takes it
 from the URL fragment, `/#token=...`, which browsers never send to the server, so it cannot end up
 in access logs), keeps it in sessionStorage, and sends it as `Authorization: Bearer` on every
-refresh. Thumbnails are presigned S3 URLs made by the same code as `/v1/jobs/{id}/images/{index}`.
+refresh. Thumbnails are presigned S3 URLs made by the same code as `/v1/jobs/{id}/images/{index}`;
+video outputs (`images.type = video`) play in a `<video>` element from the same kind of URL.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Flask, current_app, render_template
-from sqlalchemy import select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
@@ -30,8 +31,12 @@ data_bp.register_error_handler(OperationalError, api.database_unavailable)
 data_bp.register_error_handler(PoolTimeoutError, api.database_unavailable)
 data_bp.after_request(api.no_store)
 
+VIDEO = "video"  # `images.type` of a video output (migration 0007)
 RECENT_JOBS = 50
 GALLERY_IMAGES = 48
+# The gallery: every archived output, and videos still only at the provider (playable from there).
+ARCHIVED = and_(Image.status == ImageStatus.ARCHIVED, Image.s3_key.is_not(None))
+VIDEO_AT_SOURCE = and_(Image.type == VIDEO, Image.status == ImageStatus.PENDING)
 
 
 @bp.get("/")
@@ -48,10 +53,10 @@ def data() -> ViewResult:
         jobs = job_documents(
             session, job_select().order_by(Job.created_at.desc(), Job.id.desc()).limit(RECENT_JOBS)
         )
-        archived = session.scalars(
+        shown = session.scalars(
             select(Image)
-            .where(Image.status == ImageStatus.ARCHIVED, Image.s3_key.is_not(None))
-            .order_by(Image.archived_at.desc(), Image.id.desc())
+            .where(or_(ARCHIVED, VIDEO_AT_SOURCE))
+            .order_by(func.coalesce(Image.archived_at, Image.provider_created_at).desc(), Image.id.desc())
             .limit(GALLERY_IMAGES)
         ).all()
         payload: dict[str, Any] = {
@@ -68,19 +73,27 @@ def data() -> ViewResult:
             "accounts_not_active": _accounts_not_active(),
             "outbox_backlog": int(snapshot["kling_outbox_backlog"]) if database_up else None,
             "jobs": jobs,
-            "gallery": [
-                {
-                    "job_id": image.job_id,
-                    "index": image.index,
-                    "url": api.presigned_url(image.s3_bucket or "", image.s3_key or ""),
-                    "href": f"/v1/jobs/{image.job_id}/images/{image.index}",
-                    "sha256": image.sha256,
-                    "bytes": image.bytes,
-                }
-                for image in archived
-            ],
+            "gallery": [_gallery_item(output) for output in shown],
         }
     return payload, 200
+
+
+def _gallery_item(output: Image) -> dict[str, Any]:
+    """One output for the gallery: the archived object's presigned URL, or for a video not
+    archived yet its source URL (the page plays it from there until the copy is in S3)."""
+    archived = output.status == ImageStatus.ARCHIVED and output.s3_key is not None
+    url = api.presigned_url(output.s3_bucket or "", output.s3_key or "") if archived else output.source_url
+    return {
+        "job_id": output.job_id,
+        "index": output.index,
+        "type": output.type,
+        "duration": output.duration,
+        "archived": archived,
+        "url": url,
+        "href": f"/v1/jobs/{output.job_id}/images/{output.index}",
+        "sha256": output.sha256,
+        "bytes": output.bytes,
+    }
 
 
 def _accounts_not_active() -> list[dict[str, Any]] | None:

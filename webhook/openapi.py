@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import Blueprint
 
+from kling.kinds import KIND_NAMES
 from kling.validation import ALL_RATIOS, IMAGE_REFERENCES, MAX_PROMPT, MODEL_CAPABILITIES
 from models.delivery import VOCABULARY
 from models.documents import IMAGE_FIELDS, JOB_FIELDS, NOTIFICATION_FIELDS, TRANSITION_FIELDS
@@ -222,6 +223,11 @@ def _schemas() -> dict[str, Schema]:
         "properties": {
             "name": {"type": "string"},
             "provider": {"type": "string", "enum": list(PROVIDERS)},
+            "kinds": {
+                "type": "array",
+                "items": {"type": "string", "enum": list(KIND_NAMES)},
+                "description": "Task kinds routed to this account",
+            },
             "state": {"type": "string", "enum": list(STATES)},
             "reason": _nullable({"type": "string", "description": '"paused: <code>" or "disabled"'}),
             "code": _nullable({"type": "integer", "description": "The provider code that paused it"}),

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
+from kling.kinds import DEFAULT_KIND, KIND_NAMES
 from models.db import session_scope
 from models.tables import Job
 
@@ -27,6 +28,7 @@ STATES = (ACTIVE, PAUSED, DISABLED)
 ACCOUNT_FIELDS = (
     "name",
     "provider",
+    "kinds",
     "state",
     "reason",
     "code",
@@ -49,6 +51,7 @@ class AccountView:
     since: float | None = None  # epoch seconds
     slots_in_use: int | None = None  # None: the limiter did not answer
     units_today: float = 0.0
+    kinds: tuple[str, ...] = KIND_NAMES  # task kinds routed to it (`kinds` in the accounts file)
 
     @property
     def reason(self) -> str | None:
@@ -62,6 +65,7 @@ class AccountView:
         return {
             "name": self.name,
             "provider": self.provider,
+            "kinds": list(self.kinds),
             "state": self.state,
             "reason": self.reason,
             "code": self.code,
@@ -73,10 +77,13 @@ class AccountView:
         }
 
 
-def waiting_for(views: Sequence[AccountView], provider: str, *, legacy: bool) -> dict[str, Any] | str | None:
-    """Why a queued job of `provider` is not submitted: no active account serves it (with each
-    serving account's reason), or every active one's slots are full; None when it is not waiting."""
-    serving = [v for v in views if legacy or v.provider == provider]
+def waiting_for(
+    views: Sequence[AccountView], provider: str, kind: str = DEFAULT_KIND, *, legacy: bool
+) -> dict[str, Any] | str | None:
+    """Why a queued job of `provider` and `kind` is not submitted: no active account serves it
+    (with each serving account's reason), or every active one's slots are full; None when it is
+    not waiting. The same accounts as `worker.routing.route` offers the job."""
+    serving = [v for v in views if (legacy or v.provider == provider) and kind in v.kinds]
     if not serving:
         return {"reason": "no_account", "accounts": {}}
     active = [v for v in serving if v.state == ACTIVE]
@@ -133,6 +140,7 @@ def account_views(svc: Services, *, with_units: bool = True) -> list[AccountView
                 since=state.since,
                 slots_in_use=in_use,
                 units_today=units.get(account.name, 0.0),
+                kinds=account.kinds,
             )
         )
     return views

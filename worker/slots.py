@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Select, literal_column, select
+from sqlalchemy import Row, Select, literal_column, select
 
 from models.base import utcnow
 from models.db import session_scope, walk_index_in_order
@@ -17,6 +17,7 @@ from models.outbox import DISPATCH_JOB, RELEASE_SLOTS, QueuedTask
 from models.tables import Job
 from worker.claims import unclaimed
 from worker.outbox import publish_rows
+from worker.routing import Queued, fill, pinned_account
 from worker.services import Services
 
 if TYPE_CHECKING:
@@ -67,16 +68,24 @@ def hand_off_slots(svc: Services, job_id: str, rows: Sequence[QueuedTask]) -> No
         publish_rows(svc.sessions, svc.publish, rows, done=done)
 
 
-def queued_head(now: datetime, limit: int) -> Select[str, int]:
+def queued_head(now: datetime, limit: int) -> Select[str, int, str, str, str | None, int]:
     """The first `limit` queued jobs in queue order (arrival moved by priority, models/priorities.py)
-    no run owns: (id, slots), by the partial `ix_jobs_queue` index. The status is a literal: a bound
-    parameter would keep a generic plan from proving the index's `status = 'queued'`."""
+    no run owns, by the partial `ix_jobs_queue` index: what the pump places them by (id, slots,
+    provider, kind, account, create_attempts). The status is a literal: a bound parameter would
+    keep a generic plan from proving the index's `status = 'queued'`."""
     return (
-        select(Job.id, Job.slots)
+        select(*QUEUED_COLUMNS)
         .where(Job.status == literal_column("'queued'"), unclaimed(now))
         .order_by(Job.queue_at, Job.id)
         .limit(limit)
     )
+
+
+QUEUED_COLUMNS = (Job.id, Job.slots, Job.provider, Job.kind, Job.account, Job.create_attempts)
+
+
+def _queued(row: Row[str, int, str, str, str | None, int]) -> Queued:
+    return Queued(row.slots, row.provider, row.kind, pinned_account(row.account, row.create_attempts))
 
 
 def pump(svc: Services) -> list[str]:
@@ -84,8 +93,10 @@ def pump(svc: Services) -> list[str]:
 
     Candidates go in the limiter's own queue order (oldest refused first), then the other queued
     jobs oldest first, so the jobs dispatched are the ones the limiter's fairness rule will admit.
-    A queued job that holds a lease but no live claim lost its submit run (worker killed): it is
-    dispatched again and re-uses its own lease. Claimed jobs are left alone: a run owns them.
+    Each is placed in the free slots of an account that may take it (`worker.routing.fill`: its
+    provider and kind, or the account it is pinned to). A queued job that holds a lease but no
+    live claim lost its submit run (worker killed): it is dispatched again and re-uses its own
+    lease. Claimed jobs are left alone: a run owns them.
     """
     if svc.publish is None:
         return []
@@ -94,13 +105,14 @@ def pump(svc: Services) -> list[str]:
     disabled = svc.disabled_accounts() if len(svc.account_names) > 1 else frozenset()
     holders: dict[str, int] = {}
     waiting: list[str] = []
-    free = limit = 0
+    free: dict[str, int] = {}
+    limit = 0
     for name, limiter in svc.limiters().items():
         held = limiter.holders()
         holders.update(held)
         limit += limiter.limit
         if name not in disabled:
-            free += limiter.limit - sum(held.values())
+            free[name] = limiter.limit - sum(held.values())
         waiting += [w for w in limiter.waiting(max(100, limiter.limit * 4)) if w not in waiting]
     # Only the head of the queue: free slots are at most `limit`, and with a backlog of 20,000
     # reading the whole queue (and querying all of it) on every release made draining quadratic.
@@ -108,26 +120,15 @@ def pump(svc: Services) -> list[str]:
     now = utcnow()
     with session_scope(svc.sessions) as s:
         walk_index_in_order(s)
-        queued = dict(s.execute(queued_head(now, candidates)).all())
+        queued = {row.id: _queued(row) for row in s.execute(queued_head(now, candidates))}
         missing = [w for w in waiting if w not in queued]
         if missing:
-            queued.update(
-                s.execute(
-                    select(Job.id, Job.slots).where(
-                        Job.id.in_(missing), Job.status == JobStatus.QUEUED, unclaimed(now)
-                    )
-                ).all()
-            )
+            among = (Job.id.in_(missing), Job.status == JobStatus.QUEUED, unclaimed(now))
+            rows = s.execute(select(*QUEUED_COLUMNS).where(*among))
+            queued.update({row.id: _queued(row) for row in rows})
     waiting_set = set(waiting)
     order = [w for w in waiting if w in queued] + [j for j in queued if j not in waiting_set]
-    dispatched: list[str] = []
-    for job_id in order:
-        slots = queued[job_id]
-        if job_id in holders:
-            dispatched.append(job_id)
-        elif slots <= free:
-            free -= slots
-            dispatched.append(job_id)
+    dispatched = fill(order, queued, free, svc.accounts, holders, legacy=svc.legacy)
     for job_id in dispatched:
         svc.publish(DISPATCH_JOB, [job_id])
     return dispatched

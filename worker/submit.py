@@ -32,7 +32,7 @@ from worker.claims import keep_claim, take_claim
 from worker.limiter import SlotLimiter
 from worker.outcome import Outcome, Step, fail_job
 from worker.provider import ProviderNotConfigured
-from worker.routing import pinned_account, route
+from worker.routing import pinned_account, route, unserved
 from worker.services import Services
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
         token = take_claim(s, job_id, JobStatus.QUEUED, claim, svc.settings.stuck_submit_seconds)
         if token is None:
             return Outcome(Step.DONE, detail="another run owns this job")
-        params, slots, provider_name = dict(job.params), job.slots, job.provider
+        params, slots, provider_name, kind = dict(job.params), job.slots, job.provider, job.kind
         ahead = queue_ahead(job.priority)
         s.refresh(job)
         tried_before = job.create_attempts > 0
@@ -78,6 +78,7 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
         plan = route(
             svc.accounts,
             provider_name,
+            kind=kind,
             pinned=pinned_account(job.account, job.create_attempts),
             disabled=disabled,
             legacy=svc.legacy,
@@ -172,7 +173,9 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
         return Outcome(Step.FAILED, detail=str(unusable))
     hold = svc.settings.stuck_submit_seconds
     if not account:
-        return _unroutable(svc, job_id, provider_name, slots, model, too_big=too_big, denied=denied)
+        return _unroutable(
+            svc, job_id, provider_name, kind=kind, slots=slots, model=model, too_big=too_big, denied=denied
+        )
     provider = svc.provider_for_account(account, provider_name)
     limiter = svc.limiter_for(account)
 
@@ -298,7 +301,15 @@ def _unreserve(svc: Services, account: str, job_id: str) -> None:
 
 
 def _unroutable(
-    svc: Services, job_id: str, provider_name: str, slots: int, model: str, *, too_big: int, denied: int
+    svc: Services,
+    job_id: str,
+    provider_name: str,
+    *,
+    kind: str,
+    slots: int,
+    model: str,
+    too_big: int,
+    denied: int,
 ) -> Outcome:
     """No account can ever take the job as it is: fail it with the reason."""
     if denied:
@@ -310,8 +321,8 @@ def _unroutable(
         message = f"n={slots} needs more slots than KLING_CONCURRENCY={limit}"
         fail_job(svc, job_id, code=EXCEEDS_CONCURRENCY, message=message)
         return Outcome(Step.FAILED, detail=message)
-    message = f"no account serves provider {provider_name}"
-    fail_job(svc, job_id, code="provider_not_configured", message=message)
+    code, message = unserved(svc.accounts, provider_name, kind, legacy=svc.legacy)
+    fail_job(svc, job_id, code=code, message=message)
     return Outcome(Step.FAILED, detail=message)
 
 

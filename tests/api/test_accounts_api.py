@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import update
 
+from kling.kinds import KIND_NAMES
 from models.base import utcnow
 from models.tables import DisabledAccount, Job
 from tests.api.conftest import TEST_APPYPIE_KEY, TEST_KLING_API_KEY, Api
@@ -42,6 +43,7 @@ def test_accounts_show_state_slots_and_units_never_a_secret(api: Api) -> None:
     assert account == {
         "name": "default",
         "provider": "kling",
+        "kinds": list(KIND_NAMES),
         "state": "active",
         "reason": None,
         "code": None,

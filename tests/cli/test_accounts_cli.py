@@ -27,7 +27,7 @@ def env(
     path.write_text(
         f'[[account]]\nname = "main"\napi_base = "{base}"\naccess_key = "ak"\nsecret_key = "{SECRET}"\n'
         f'concurrency = 3\n\n[[account]]\nname = "spare"\napi_base = "{base}"\napi_key = "{SECRET}x"\n'
-        "concurrency = 2\n"
+        'concurrency = 2\nkinds = ["try_on"]\n'
     )
     prefix = f"test:cli:{secrets.token_hex(4)}"
     yield {
@@ -65,6 +65,8 @@ def test_accounts_lists_every_account_without_secrets(
     spare = next(line for line in lines if " spare " in line)
     assert "paused: 1102 pack dry" in main and "0/3" in main
     assert "active" in spare and "0/2" in spare
+    # The task kinds each account takes: every kind (the default), or the file's list.
+    assert " all " in main and " try_on " in spare
     assert SECRET not in result.output
 
 

@@ -31,15 +31,19 @@ def test_demo_runs_a_batch_to_the_expected_end_and_verifies_s3(tmp_path: Path) -
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
-    assert "PASS 4/4 jobs reached their expected state" in out
+    # 4 image jobs, a text_to_video and a try_on job.
+    assert "PASS 6/6 jobs reached their expected state" in out
     # Where things are, printed at start.
     for label in ("database", "s3", "simulator", "dashboard", "log"):
         assert f"\n{label} " in out
     table = out[out.index("Demo jobs") :]
     rows = [line for line in table.splitlines() if line.startswith("│ ") and line.split("│")[1].strip()]
-    assert len(rows) == 4
+    assert len(rows) == 6
     assert sum("OK refused by provider (1301)" in r for r in rows) == 1
-    assert sum("OK sha256 verified" in r for r in rows) == 3
+    assert sum("OK sha256 verified" in r for r in rows) == 5
+    assert [r.split("│")[2].strip() for r in rows].count("image") == 4
+    assert any("text_to_video" in r and "OK sha256 verified" in r for r in rows)
+    assert any("try_on" in r and "OK sha256 verified" in r for r in rows)
 
     # Check the demo's own database independently of what it printed.
     [db_file] = tmp_path.glob("demo-*.db")
@@ -48,14 +52,19 @@ def test_demo_runs_a_batch_to_the_expected_end_and_verifies_s3(tmp_path: Path) -
         with session_scope(make_sessionmaker(engine)) as s:
             jobs = list(s.scalars(select(Job)))
             statuses = sorted((j.status, j.error_code) for j in jobs)
-            assert statuses == [("archived", None)] * 3 + [("failed", "1301")]
-            expected_images = sum(j.params["n"] for j in jobs if j.status == "archived")
+            assert statuses == [("archived", None)] * 5 + [("failed", "1301")]
+            assert sorted(j.kind for j in jobs) == ["image"] * 4 + ["text_to_video", "try_on"]
+            images = sum(j.params["n"] for j in jobs if j.status == "archived" and j.kind == "image")
             archived = s.scalar(select(func.count()).select_from(Image).where(Image.status == "archived"))
-            assert archived == expected_images
+            assert archived == images + 2  # one video, one try-on image
             for job in jobs:
-                for img in job.images:
-                    assert img.s3_key == f"images/{job.id}/{img.index}.png"
-                    assert img.s3_key in out
+                output_type, ext = ("video", "mp4") if job.kind == "text_to_video" else ("image", "png")
+                for output in job.images:
+                    assert (output.type, output.s3_key) == (
+                        output_type,
+                        f"images/{job.id}/{output.index}.{ext}",
+                    )
+                    assert output.s3_key and output.s3_key in out
             # Callbacks came over HTTP to the real webhook, and the job whose callbacks were all
             # dropped was finished by the reconciler's polling.
             assert (s.scalar(select(func.count()).select_from(CallbackEvent)) or 0) > 0
@@ -81,7 +90,8 @@ def test_demo_uses_the_configured_services(
         AWS_SECRET_ACCESS_KEY=S3_TEST_SECRET_KEY,
     )
     proc = subprocess.run(
-        [KLINGCTL, "demo", "--jobs", "3", "--data-dir", str(tmp_path)],
+        # Image jobs only: this test is about where the parts run, the first about what runs.
+        [KLINGCTL, "demo", "--jobs", "3", "--no-kinds", "--data-dir", str(tmp_path)],
         check=False,
         capture_output=True,
         text=True,

@@ -20,7 +20,7 @@ WAIT_SECONDS = 30
 # The promise: SIGTERM ends the served demo within 5 s.
 STOP_SECONDS = 5
 SERVING = re.compile(r"Still serving: dashboard (?P<url>http://127\.0\.0\.1:\d+/)#token=(?P<token>\S+) ")
-VERIFIED = re.compile(r"(?P<images>\d+) images read back from S3 and verified")
+VERIFIED = re.compile(r"(?P<images>\d+) images and (?P<videos>\d+) videos read back from S3 and verified")
 
 
 def scrubbed_env(home: Path) -> dict[str, str]:
@@ -63,23 +63,34 @@ def test_served_demo_without_aws_variables_shows_thumbnails_and_stops_on_sigterm
         )
     try:
         serving = wait_for_output(log, SERVING, proc)
-        images = int(wait_for_output(log, VERIFIED, proc)["images"])
-        assert images > 0
+        verified = wait_for_output(log, VERIFIED, proc)
+        images, videos = int(verified["images"]), int(verified["videos"])
+        assert images > 0 and videos == 1  # the batch's text_to_video job
         url, token = serving["url"], serving["token"]
 
         browser.get(f"{url}#token={token}")
         wait = WebDriverWait(browser, WAIT_SECONDS, poll_frequency=0.2)
         wait.until(lambda d: len(loaded_thumbnails(d)) == images)
         assert all(width > 0 for width in loaded_thumbnails(browser)), loaded_thumbnails(browser)
+        # The video plays in place from its archived copy (a presigned S3 URL, not the simulator).
+        sources = browser.execute_script(
+            "return [...document.querySelectorAll('#gallery video[controls]')].map(v => v.src);"
+        )
+        assert len(sources) == videos, sources
+        assert all(".mp4?" in src and "Signature=" in src for src in sources), sources
         assert not browser.find_element("id", "error").is_displayed()
 
         # A download: the API redirects to a presigned URL, which serves the PNG.
         auth = {"Authorization": f"Bearer {token}"}
         gallery = requests.get(f"{url}v1/dashboard", headers=auth, timeout=10).json()["gallery"]
-        download = requests.get(url.rstrip("/") + gallery[0]["href"], headers=auth, timeout=10)
+        first = {output["type"]: output for output in reversed(gallery)}
+        download = requests.get(url.rstrip("/") + first["image"]["href"], headers=auth, timeout=10)
         assert download.status_code == 200, download.text[:500]
         assert download.content.startswith(b"\x89PNG")
         assert [r.status_code for r in download.history] == [302]
+        # The video's download is the archived MP4 (an ISO media file: `ftyp` box first).
+        video = requests.get(url.rstrip("/") + first["video"]["href"], headers=auth, timeout=10)
+        assert video.status_code == 200 and video.content[4:8] == b"ftyp", video.content[:16]
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=STOP_SECONDS) == 0, log.read_text()[-3000:]

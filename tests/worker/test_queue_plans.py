@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import Select, text
 from sqlalchemy.orm import Session
@@ -12,7 +13,7 @@ from models.db import walk_index_in_order
 from worker.slots import queued_head
 
 
-def _plan(session: Session, stmt: Select[str, int]) -> str:
+def _plan(session: Session, stmt: Select[*tuple[Any, ...]]) -> str:
     compiled = stmt.compile(dialect=session.get_bind().dialect)
     rows = session.connection().exec_driver_sql(f"EXPLAIN {compiled}", compiled.params).scalars()
     return "\n".join(rows)

@@ -6,8 +6,9 @@ const REFRESH_MS = 3000;
 const TOKEN_KEY = "kling.apiToken";
 const STATUS_ORDER = ["queued", "submitted", "processing", "succeeded", "archived", "failed"];
 const $ = (id) => document.getElementById(id);
-// Presigned URLs change on every refresh; keep the first one per image so thumbnails do not reload.
+// Presigned URLs change on every refresh; keep the first one per output so thumbnails do not reload.
 const thumbnails = new Map();
+const figureByKey = new Map();
 let timer = null;
 
 function takeTokenFromFragment() {
@@ -76,15 +77,41 @@ function renderJobs(jobs) {
   $("jobs").replaceChildren(...rows);
 }
 
+// An output's media element: a video plays in place (only its metadata loads until played).
+function media(output, url) {
+  if (output.type === "video") {
+    return el("video", { src: url, controls: "", preload: "metadata", "data-archived": String(output.archived) });
+  }
+  return el("img", { src: url, alt: `job ${output.job_id} image ${output.index}`, loading: "lazy" });
+}
+
 function renderGallery(gallery) {
-  const figures = gallery.map((image) => {
-    const key = `${image.job_id}/${image.index}`;
-    if (!thumbnails.has(key)) thumbnails.set(key, image.url);
-    const figure = el("figure", { "data-image": key });
-    const img = el("img", { src: thumbnails.get(key), alt: `job ${image.job_id} image ${image.index}`, loading: "lazy" });
-    figure.append(img, el("figcaption", { title: image.sha256 || "" }, `${image.job_id.slice(0, 8)} #${image.index}`));
-    return figure;
+  const keys = new Set();
+  const figures = gallery.map((output) => {
+    const key = `${output.job_id}/${output.index}`;
+    keys.add(key);
+    // A video first shown from its source URL switches to the archived copy once there is one.
+    const shown = thumbnails.get(key);
+    if (!shown || (output.archived && !shown.archived)) {
+      thumbnails.set(key, { url: output.url, archived: output.archived });
+      figureByKey.delete(key);
+    }
+    // Re-use the figure drawn before: a new <video> on every refresh would stop a playing video.
+    if (!figureByKey.has(key)) {
+      const figure = el("figure", { "data-image": key, "data-type": output.type || "image" });
+      const duration = output.duration ? ` (${output.duration} s)` : "";
+      const caption = `${output.job_id.slice(0, 8)} #${output.index}${duration}`;
+      figure.append(media(output, thumbnails.get(key).url), el("figcaption", { title: output.sha256 || "" }, caption));
+      figureByKey.set(key, figure);
+    }
+    return figureByKey.get(key);
   });
+  for (const key of [...figureByKey.keys()]) {
+    if (!keys.has(key)) {
+      figureByKey.delete(key);
+      thumbnails.delete(key);
+    }
+  }
   $("gallery").replaceChildren(...figures);
 }
 
