@@ -31,26 +31,31 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.sql.functions import FunctionElement
 
+from kling.failures import FailureReason, failure_reason
 from models.base import JSONType
 from models.db import among_ids
 from models.delivery import shown_error
+from models.rules import PROVIDER_FAILED
 from models.tables import Image, Job, Notification, Transition
 
 JOB_FIELDS = (
     "id",
     "status",
+    "kind",
     "provider",
     "account",
     "provider_task_id",
     "external_task_id",
     "params",
     "error",
+    "failure_reason",
     "webhook_url",
     "metadata",
     "created_at",
     "updated_at",
     "transitions",
     "images",
+    "outputs",
     "notifications",
     "units",
     "waiting_for",
@@ -65,6 +70,20 @@ IMAGE_FIELDS = (
     "sha256",
     "bytes",
     "content_type",
+    "archived_at",
+)
+# Every output of the job, images and videos alike (`images` above shows the image rows only).
+OUTPUT_FIELDS = (
+    "type",
+    "index",
+    "status",
+    "source_url",
+    "s3_bucket",
+    "s3_key",
+    "sha256",
+    "bytes",
+    "content_type",
+    "duration",
     "archived_at",
 )
 NOTIFICATION_FIELDS = (
@@ -129,6 +148,28 @@ def _error(code: str | None, message: str | None) -> dict[str, Any] | None:
     return {"code": code, "message": message} if code else None
 
 
+def shown_failure_reason(code: str | None, message: str | None) -> FailureReason | None:
+    """Why the provider failed the task (`kling.failures`), read from its kept `task_status_msg`;
+    None unless the provider reported the failure (our own failures carry their own codes)."""
+    return failure_reason(message) if code == PROVIDER_FAILED else None
+
+
+def _output(row: Any) -> dict[str, Any]:
+    return {
+        "type": row.type,
+        "index": row.index,
+        "status": row.status,
+        "source_url": row.source_url,
+        "s3_bucket": row.s3_bucket,
+        "s3_key": row.s3_key,
+        "sha256": row.sha256,
+        "bytes": row.bytes,
+        "content_type": row.content_type,
+        "duration": row.duration,
+        "archived_at": iso_utc(row.archived_at),
+    }
+
+
 # --- the API's and the dashboard's documents, read with Core ------------------------------------
 # Built from plain rows (Core), not ORM objects: a page of 50 jobs is ~400 rows, and the identity
 # map and attribute instrumentation cost several times the queries themselves.
@@ -175,6 +216,7 @@ def job_select() -> Select[Any]:
     return select(
         Job.id,
         Job.status,
+        Job.kind,
         Job.provider,
         Job.account,
         Job.units,
@@ -206,6 +248,7 @@ def job_documents(
     ids = [row.id for row in jobs]
     transitions: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in ids}
     images: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in ids}
+    outputs: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in ids}
     notes: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in ids}
     queries = _child_queries(conn.dialect.name == "postgresql")
     for t in conn.execute(queries.transitions, {"ids": ids}).all():
@@ -213,19 +256,11 @@ def job_documents(
             {"from": t.from_status, "to": t.to_status, "source": t.source, "at": iso_utc(t.at)}
         )
     for i in conn.execute(queries.images, {"ids": ids}).all():
-        images[i.job_id].append(
-            {
-                "index": i.index,
-                "status": i.status,
-                "source_url": i.source_url,
-                "s3_bucket": i.s3_bucket,
-                "s3_key": i.s3_key,
-                "sha256": i.sha256,
-                "bytes": i.bytes,
-                "content_type": i.content_type,
-                "archived_at": iso_utc(i.archived_at),
-            }
-        )
+        output = _output(i)
+        outputs[i.job_id].append(output)
+        if i.type == "image":
+            # `images[]` as before outputs existed: the image rows, without the output-only keys.
+            images[i.job_id].append({k: v for k, v in output.items() if k in IMAGE_FIELDS})
     # Only a job with a webhook_url gets notification rows: most pages need no third query.
     with_webhooks = [job.id for job in jobs if job.webhook_url]
     if with_webhooks:
@@ -245,18 +280,21 @@ def job_documents(
         {
             "id": job.id,
             "status": job.status,
+            "kind": job.kind,
             "provider": job.provider,
             "account": job.account,
             "provider_task_id": job.provider_task_id,
             "external_task_id": job.id,
             "params": public_params(job.params),
             "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
+            "failure_reason": shown_failure_reason(job.error_code, job.error_message),
             "webhook_url": job.webhook_url,
             "metadata": job.meta,
             "created_at": iso_utc(job.created_at),
             "updated_at": iso_utc(job.updated_at),
             "transitions": transitions[job.id],
             "images": images[job.id],
+            "outputs": outputs[job.id],
             "notifications": notes[job.id],
             "units": job.units,
             "waiting_for": waiting(job.provider) if waiting is not None and job.status == "queued" else None,
@@ -296,12 +334,12 @@ def _child_queries(postgresql: bool) -> _ChildQueries:
     c = tr.c
     transitions = select(c.job_id, c.from_status, c.to_status, c.source, c.at)
     c = im.c
-    images = select(c.job_id, c.index, c.status, c.source_url, c.s3_bucket, c.s3_key, c.sha256)
+    images = select(c.job_id, c.index, c.type, c.status, c.source_url, c.s3_bucket, c.s3_key, c.sha256)
     c = no.c
     notifications = select(c.job_id, c.event, c.attempts, c.last_status, c.last_error, c.created_at)
     return _ChildQueries(
         transitions=transitions.where(among(tr.c.job_id)).order_by(tr.c.id),
-        images=images.add_columns(im.c.bytes, im.c.content_type, im.c.archived_at)
+        images=images.add_columns(im.c.bytes, im.c.content_type, im.c.duration, im.c.archived_at)
         .where(among(im.c.job_id))
         .order_by(im.c.job_id, im.c.index),
         notifications=notifications.add_columns(no.c.delivered_at, no.c.next_attempt_at)
@@ -352,6 +390,7 @@ __all__ = [
     "IMAGE_FIELDS",
     "JOB_FIELDS",
     "NOTIFICATION_FIELDS",
+    "OUTPUT_FIELDS",
     "TRANSITION_FIELDS",
     "event_job",
     "event_job_document",
@@ -360,5 +399,6 @@ __all__ = [
     "job_documents",
     "job_select",
     "public_params",
+    "shown_failure_reason",
     "stored_params",
 ]

@@ -29,8 +29,9 @@ from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 
-from kling.errors import FieldError
-from kling.validation import Provider, validate_image_params
+from kling.errors import FieldError, ValidationError
+from kling.kinds import DEFAULT_KIND, TaskKind, kind_for
+from kling.validation import Provider
 from models.db import session_scope
 from models.documents import job_document, job_documents, job_select
 from models.enums import ImageStatus, JobStatus
@@ -168,15 +169,19 @@ def database_unavailable(exc: Exception) -> ViewResult:
 def create() -> ViewResult:
     settings = app_settings()
     body = _json_object()
+    kind_name = body.pop("kind", None)
     provider, webhook_url, metadata, params, errors = _split_body(body, settings)
     key = _idempotency_key()
-    errors += validate_image_params(params, provider=provider)
-    n = params.get("n", 1)
-    # Kling holds n slots per task: a job bigger than every account could never start.
+    kind = _kind(DEFAULT_KIND if kind_name is None else kind_name)
+    errors += kind.validate(params, provider)
+    # Kling holds a task's slots until it ends: a job bigger than every account could never start.
     most = max(a.concurrency for a in settings.accounts)
-    if isinstance(n, int) and not isinstance(n, bool) and n > most:
+    if not errors and (slots := kind.slots(params)) > most:
         name = "the largest account concurrency" if settings.kling_accounts_file else "KLING_CONCURRENCY"
-        errors.append(FieldError("n", "concurrency", f"must be at most {name}={most}"))
+        field = slot_field(kind.name, params)
+        errors.append(
+            FieldError(field, "concurrency", f"needs {slots} slots; at most {name}={most} can be held")
+        )
     if errors:
         raise ApiError(422, "invalid request", errors)
 
@@ -186,14 +191,22 @@ def create() -> ViewResult:
             session,
             params,
             provider=provider,
+            kind=kind.name,
             webhook_url=webhook_url,
             metadata=metadata,
             idempotency_key=key,
         )
         job_id, created = result.job.id, result.created
         earlier = result.job
-        if not created and (earlier.provider, earlier.params, earlier.webhook_url, earlier.meta) != (
+        if not created and (
+            earlier.provider,
+            earlier.kind,
+            earlier.params,
+            earlier.webhook_url,
+            earlier.meta,
+        ) != (
             provider,
+            kind.name,
             params,
             webhook_url,
             metadata,
@@ -205,7 +218,7 @@ def create() -> ViewResult:
             )
     with log_context(job_id=job_id):
         if created:
-            log.info("job created: provider=%s n=%s", provider, result.job.slots)
+            log.info("job created: provider=%s kind=%s slots=%s", provider, kind.name, result.job.slots)
         else:
             log.info("job returned for a repeated Idempotency-Key")
     with autocommit_sessions() as read, read() as session:
@@ -297,6 +310,21 @@ def _json_object() -> dict[str, Any]:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _kind(name: object) -> TaskKind:
+    """The registered kind; an unknown one answers 422 naming `kind` before any other check."""
+    try:
+        return kind_for(name)
+    except ValidationError as exc:
+        raise ApiError(422, "invalid request", exc.errors) from None
+
+
+def slot_field(kind: str, params: Mapping[str, Any]) -> str:
+    """The request field that sets a task's slot weight: `series_amount` for an omni series, else `n`."""
+    if kind == "omni_image" and params.get("result_type") == "series":
+        return "series_amount"
+    return "n" if kind in ("image", "omni_image", "expand", "multi_image") else "kind"
 
 
 def _job_id(value: str) -> str:

@@ -11,27 +11,15 @@ from typing import Any
 
 from flask import Blueprint
 
-from kling.validation import ALL_RATIOS, IMAGE_REFERENCES, MAX_PROMPT, MODEL_CAPABILITIES
-from models.delivery import VOCABULARY
-from models.documents import IMAGE_FIELDS, JOB_FIELDS, NOTIFICATION_FIELDS, TRANSITION_FIELDS
-from models.enums import ImageStatus, JobStatus, TransitionSource
+from models.enums import JobStatus
 from webhook.api import DEFAULT_LIMIT, MAX_IDEMPOTENCY_KEY, MAX_LIMIT, PROVIDERS
-from webhook.body import MAX_WEBHOOK_URL
+from webhook.openapi_jobs import job_schemas
+from webhook.openapi_parts import JSON, NULLABLE_TIME, Schema, nullable, ref
+from webhook.openapi_requests import request_schemas
 from webhook.views import ViewResult
 from worker.account_views import ACCOUNT_FIELDS, STATES
 
 bp = Blueprint("openapi", __name__)
-
-JSON = "application/json"
-Schema = dict[str, Any]
-
-
-def _ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _nullable(schema: Schema) -> Schema:
-    return {**schema, "nullable": True}
 
 
 def _json(schema: Schema, description: str, headers: dict[str, Any] | None = None) -> Schema:
@@ -42,7 +30,7 @@ def _json(schema: Schema, description: str, headers: dict[str, Any] | None = Non
 
 
 def _error(description: str, headers: dict[str, Any] | None = None) -> Schema:
-    return _json(_ref("Error"), description, headers)
+    return _json(ref("Error"), description, headers)
 
 
 _STRING_HEADER = {"schema": {"type": "string"}}
@@ -51,15 +39,6 @@ UNAUTHORIZED = _error(
 )
 DB_DOWN = _error("The database is unavailable; retry later", {"Retry-After": _STRING_HEADER})
 NOT_FOUND = _error("Unknown job")
-TIME = {"type": "string", "format": "date-time"}
-NULLABLE_TIME = _nullable(TIME)
-
-
-def _document(fields: tuple[str, ...], properties: dict[str, Schema]) -> Schema:
-    """The schema of a job document part: every field of `models.documents` is always present."""
-    if tuple(properties) != fields:
-        raise ValueError(f"schema properties {list(properties)} are not the document's fields {list(fields)}")
-    return {"type": "object", "required": list(fields), "properties": properties}
 
 
 def _schemas() -> dict[str, Schema]:
@@ -75,143 +54,8 @@ def _schemas() -> dict[str, Schema]:
     error = {
         "type": "object",
         "required": ["error"],
-        "properties": {"error": {"type": "string"}, "fields": {"type": "array", "items": _ref("FieldError")}},
+        "properties": {"error": {"type": "string"}, "fields": {"type": "array", "items": ref("FieldError")}},
     }
-    job_request = {
-        "type": "object",
-        "required": ["prompt"],
-        "additionalProperties": False,
-        "description": (
-            "The provider's image-generation fields plus `provider`, `webhook_url` and `metadata`. "
-            "Provider rules (model capabilities, image checks, the Appy Pie gateway's limits) are "
-            "checked too and answered with 422 naming each field."
-        ),
-        "properties": {
-            "prompt": {"type": "string", "minLength": 1, "maxLength": MAX_PROMPT},
-            "negative_prompt": _nullable({"type": "string", "maxLength": MAX_PROMPT}),
-            "model_name": _nullable({"type": "string", "enum": list(MODEL_CAPABILITIES)}),
-            "image": _nullable(
-                {
-                    "type": "string",
-                    "description": "http(s) URL (at most 8,192 characters) or bare base64 "
-                    "(jpg/png, >= 300 px, <= 10 MB)",
-                }
-            ),
-            "image_reference": _nullable({"type": "string", "enum": list(IMAGE_REFERENCES)}),
-            "image_fidelity": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
-            "human_fidelity": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
-            "resolution": _nullable({"type": "string", "enum": ["1k", "2k"]}),
-            "n": _nullable({"type": "integer", "minimum": 1, "maximum": 9}),
-            "aspect_ratio": _nullable({"type": "string", "enum": list(ALL_RATIOS)}),
-            "provider": _nullable({"type": "string", "enum": list(PROVIDERS)}),
-            "webhook_url": _nullable(
-                {
-                    "type": "string",
-                    "format": "uri",
-                    "maxLength": MAX_WEBHOOK_URL,
-                    "description": "Downstream notification URL (http/https, a public host)",
-                }
-            ),
-            "metadata": _nullable(
-                {"type": "object", "additionalProperties": True, "description": "At most 16 KiB as JSON"}
-            ),
-        },
-    }
-    transition = _document(
-        TRANSITION_FIELDS,
-        {
-            "from": _nullable({"type": "string", "enum": [s.value for s in JobStatus]}),
-            "to": {"type": "string", "enum": [s.value for s in JobStatus]},
-            "source": {"type": "string", "enum": [s.value for s in TransitionSource]},
-            "at": TIME,
-        },
-    )
-    image = _document(
-        IMAGE_FIELDS,
-        {
-            "index": {"type": "integer", "minimum": 0},
-            "status": {"type": "string", "enum": [s.value for s in ImageStatus]},
-            "source_url": {"type": "string"},
-            "s3_bucket": _nullable({"type": "string"}),
-            "s3_key": _nullable({"type": "string"}),
-            "sha256": _nullable({"type": "string"}),
-            "bytes": _nullable({"type": "integer"}),
-            "content_type": _nullable({"type": "string"}),
-            "archived_at": NULLABLE_TIME,
-        },
-    )
-    notification = _document(
-        NOTIFICATION_FIELDS,
-        {
-            "event": {"type": "string"},
-            "attempts": {"type": "integer"},
-            "last_status": _nullable({"type": "integer"}),
-            "last_error": _nullable(
-                {
-                    "type": "string",
-                    "enum": [*sorted(VOCABULARY), None],  # 3.0.3: a nullable enum lists null
-                    "description": "Why the last attempt failed (null once delivered): timeout, "
-                    "refused (unreachable), blocked_address (not a public address: nothing sent), "
-                    "redirect (3xx; redirects are not followed), http_4xx, http_5xx, error (other)",
-                }
-            ),
-            "created_at": TIME,
-            "delivered_at": NULLABLE_TIME,
-            "next_attempt_at": NULLABLE_TIME,
-        },
-    )
-    job = _document(
-        JOB_FIELDS,
-        {
-            "id": {"type": "string", "format": "uuid"},
-            "status": {"type": "string", "enum": [s.value for s in JobStatus]},
-            "provider": {"type": "string", "enum": list(PROVIDERS)},
-            "account": _nullable(
-                {"type": "string", "description": "The provider account the job was created on"}
-            ),
-            "provider_task_id": _nullable({"type": "string"}),
-            "external_task_id": {"type": "string"},
-            "params": {
-                "type": "object",
-                "additionalProperties": True,
-                "description": "The request's provider fields; an inline base64 `image` is shown as a marker",
-            },
-            "error": _nullable(
-                {
-                    "type": "object",
-                    "required": ["code", "message"],
-                    "properties": {"code": {"type": "string"}, "message": _nullable({"type": "string"})},
-                }
-            ),
-            "webhook_url": _nullable({"type": "string"}),
-            "metadata": _nullable({"type": "object", "additionalProperties": True}),
-            "created_at": TIME,
-            "updated_at": TIME,
-            "transitions": {"type": "array", "items": _ref("Transition")},
-            "images": {"type": "array", "items": _ref("Image")},
-            "notifications": {"type": "array", "items": _ref("Notification")},
-            "units": _nullable({"type": "number", "description": "Units the task deducted from the pack"}),
-            "waiting_for": {
-                "nullable": True,
-                "description": 'Why a queued job waits: "slots", or {"reason": "no_active_account", '
-                '"accounts": {name: "paused: 1102" | "disabled"}}; null when not waiting',
-                "oneOf": [
-                    {"type": "string", "enum": ["slots"]},
-                    {
-                        "type": "object",
-                        "required": ["reason", "accounts"],
-                        "properties": {
-                            "reason": {"type": "string", "enum": ["no_active_account", "no_account"]},
-                            "accounts": {
-                                "type": "object",
-                                "additionalProperties": _nullable({"type": "string"}),
-                            },
-                        },
-                    },
-                ],
-            },
-        },
-    )
     account = {
         "type": "object",
         "required": [*ACCOUNT_FIELDS],
@@ -219,26 +63,26 @@ def _schemas() -> dict[str, Schema]:
             "name": {"type": "string"},
             "provider": {"type": "string", "enum": list(PROVIDERS)},
             "state": {"type": "string", "enum": list(STATES)},
-            "reason": _nullable({"type": "string", "description": '"paused: <code>" or "disabled"'}),
-            "code": _nullable({"type": "integer", "description": "The provider code that paused it"}),
-            "message": _nullable({"type": "string"}),
+            "reason": nullable({"type": "string", "description": '"paused: <code>" or "disabled"'}),
+            "code": nullable({"type": "integer", "description": "The provider code that paused it"}),
+            "message": nullable({"type": "string"}),
             "since": NULLABLE_TIME,
             "concurrency": {"type": "integer"},
-            "slots_in_use": _nullable({"type": "integer"}),
+            "slots_in_use": nullable({"type": "integer"}),
             "units_today": {"type": "number", "description": "Units deducted since 00:00 UTC"},
         },
     }
     account_list = {
         "type": "object",
         "required": ["accounts"],
-        "properties": {"accounts": {"type": "array", "items": _ref("Account")}},
+        "properties": {"accounts": {"type": "array", "items": ref("Account")}},
     }
     job_list = {
         "type": "object",
         "required": ["jobs", "next_cursor"],
         "properties": {
-            "jobs": {"type": "array", "items": _ref("Job")},
-            "next_cursor": _nullable({"type": "string", "description": "Pass as `cursor` for the next page"}),
+            "jobs": {"type": "array", "items": ref("Job")},
+            "next_cursor": nullable({"type": "string", "description": "Pass as `cursor` for the next page"}),
         },
     }
     dashboard = {
@@ -249,17 +93,17 @@ def _schemas() -> dict[str, Schema]:
             "slots": {
                 "type": "object",
                 "required": ["in_use", "limit"],
-                "properties": {"in_use": _nullable({"type": "integer"}), "limit": {"type": "integer"}},
+                "properties": {"in_use": nullable({"type": "integer"}), "limit": {"type": "integer"}},
             },
-            "images_at_risk": _nullable({"type": "integer"}),
+            "images_at_risk": nullable({"type": "integer"}),
             "accounts_not_active": {
                 "type": "array",
                 "nullable": True,
-                "items": _ref("Account"),
+                "items": ref("Account"),
                 "description": "Paused or disabled accounts (the banner); null when unknown",
             },
-            "outbox_backlog": _nullable({"type": "integer"}),
-            "jobs": {"type": "array", "items": _ref("Job")},
+            "outbox_backlog": nullable({"type": "integer"}),
+            "jobs": {"type": "array", "items": ref("Job")},
             "gallery": {
                 "type": "array",
                 "items": {
@@ -270,8 +114,8 @@ def _schemas() -> dict[str, Schema]:
                         "index": {"type": "integer"},
                         "url": {"type": "string", "description": "Presigned S3 GET URL"},
                         "href": {"type": "string", "description": "The API's image endpoint"},
-                        "sha256": _nullable({"type": "string"}),
-                        "bytes": _nullable({"type": "integer"}),
+                        "sha256": nullable({"type": "string"}),
+                        "bytes": nullable({"type": "integer"}),
                     },
                 },
             },
@@ -280,11 +124,8 @@ def _schemas() -> dict[str, Schema]:
     return {
         "FieldError": field_error,
         "Error": error,
-        "JobRequest": job_request,
-        "Transition": transition,
-        "Image": image,
-        "Notification": notification,
-        "Job": job,
+        **request_schemas(),
+        **job_schemas(),
         "JobList": job_list,
         "Account": account,
         "AccountList": account_list,
@@ -314,10 +155,10 @@ def _paths() -> dict[str, Any]:
                         "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
                     }
                 ],
-                "requestBody": {"required": True, "content": {JSON: {"schema": _ref("JobRequest")}}},
+                "requestBody": {"required": True, "content": {JSON: {"schema": ref("JobRequest")}}},
                 "responses": {
-                    "202": _json(_ref("Job"), "Job created and queued", location),
-                    "200": _json(_ref("Job"), "The job created earlier with this Idempotency-Key", location),
+                    "202": _json(ref("Job"), "Job created and queued", location),
+                    "200": _json(ref("Job"), "The job created earlier with this Idempotency-Key", location),
                     "400": _error("Malformed JSON, a body that is not an object, or a bad Idempotency-Key"),
                     "401": UNAUTHORIZED,
                     "413": _error("Body too large"),
@@ -349,7 +190,7 @@ def _paths() -> dict[str, Any]:
                     {"name": "cursor", "in": "query", "schema": {"type": "string"}},
                 ],
                 "responses": {
-                    "200": _json(_ref("JobList"), "A page of jobs"),
+                    "200": _json(ref("JobList"), "A page of jobs"),
                     "400": _error("A bad `status`, `limit` or `cursor` (named in `fields`)"),
                     "401": UNAUTHORIZED,
                     "503": DB_DOWN,
@@ -363,7 +204,7 @@ def _paths() -> dict[str, Any]:
                 "security": secured,
                 "parameters": [_job_id_param()],
                 "responses": {
-                    "200": _json(_ref("Job"), "The job"),
+                    "200": _json(ref("Job"), "The job"),
                     "401": UNAUTHORIZED,
                     "404": NOT_FOUND,
                     "503": DB_DOWN,
@@ -375,7 +216,7 @@ def _paths() -> dict[str, Any]:
                 "summary": "Every provider account: state, slots in use, units today (never credentials)",
                 "operationId": "listAccounts",
                 "security": secured,
-                "responses": {"200": _json(_ref("AccountList"), "The accounts"), "401": UNAUTHORIZED},
+                "responses": {"200": _json(ref("AccountList"), "The accounts"), "401": UNAUTHORIZED},
             }
         },
         "/v1/jobs/{job_id}/images/{index}": {
@@ -410,7 +251,7 @@ def _paths() -> dict[str, Any]:
                 "operationId": "getDashboard",
                 "security": secured,
                 "responses": {
-                    "200": _json(_ref("Dashboard"), "Counts, slots, recent jobs and archived images"),
+                    "200": _json(ref("Dashboard"), "Counts, slots, recent jobs and archived images"),
                     "401": UNAUTHORIZED,
                     "503": DB_DOWN,
                 },
