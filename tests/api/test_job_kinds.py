@@ -14,21 +14,10 @@ from models.documents import IMAGE_FIELDS, OUTPUT_FIELDS
 from models.statemachine import apply_provider_task, transition
 from models.tables import Image, Job
 from tests.api.conftest import Api
+from tests.kind_examples import URL, VALID
 from tests.samples import load
 from webhook.openapi import openapi_document
 
-URL = "https://example.com/in.png"
-# One valid body per kind, with the slots the registry gives it.
-VALID: dict[str, tuple[dict[str, Any], int]] = {
-    "image": ({"prompt": "a fox", "n": 3}, 3),
-    "omni_image": ({"prompt": "a fox", "result_type": "series", "series_amount": 4}, 4),
-    "expand": ({"image": URL, "left_expansion_ratio": 0.5, "n": 2}, 2),
-    "multi_image": ({"prompt": "a fox", "subject_image_list": [{"subject_image": URL}], "n": 2}, 2),
-    "try_on": ({"human_image": URL, "cloth_image": URL}, 1),
-    "text_to_video": ({"prompt": "a fox runs", "duration": "5", "mode": "std"}, 1),
-    "image_to_video": ({"image": URL, "prompt": "it moves"}, 1),
-    "omni_video": ({"prompt": "a fox runs", "duration": 7}, 1),
-}
 # One invalid body per kind and the field its 422 must name.
 INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("image", {"prompt": "a fox", "n": 12}, "n"),
