@@ -18,24 +18,16 @@ from sqlalchemy import (
     Select,
     String,
     Table,
-    and_,
     bindparam,
-    case,
-    func,
-    literal,
     select,
-    type_coerce,
 )
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, defer
-from sqlalchemy.sql.functions import FunctionElement
 
 from kling.failures import FailureReason, failure_reason
-from models.base import JSONType
 from models.db import among_ids
 from models.delivery import shown_error
 from models.rules import PROVIDER_FAILED
+from models.shown_params import public_params, stored_params
 from models.tables import Image, Job, Notification, Transition
 
 JOB_FIELDS = (
@@ -132,18 +124,6 @@ def iso_utc(value: datetime | None) -> str | None:
     return value.isoformat()
 
 
-IMAGE_MARKER = "<base64 image, "
-
-
-def public_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The request as stored, with an inline base64 image replaced by a short marker."""
-    out = dict(params)
-    image = out.get("image")
-    if isinstance(image, str) and not image.startswith(("http://", "https://", IMAGE_MARKER)):
-        out["image"] = f"{IMAGE_MARKER}{len(image)} characters>"
-    return out
-
-
 def _error(code: str | None, message: str | None) -> dict[str, Any] | None:
     return {"code": code, "message": message} if code else None
 
@@ -173,44 +153,6 @@ def _output(row: Any) -> dict[str, Any]:
 # --- the API's and the dashboard's documents, read with Core ------------------------------------
 # Built from plain rows (Core), not ORM objects: a page of 50 jobs is ~400 rows, and the identity
 # map and attribute instrumentation cost several times the queries themselves.
-class stored_params(FunctionElement[Any]):
-    """`jobs.params` for a document, with an inline (base64) image replaced by its size in the
-    database (PostgreSQL and SQLite), so a page of jobs never brings megabytes of image into this
-    process. Other databases read the whole column; `public_params` still hides the image."""
-
-    type = JSONType
-    inherit_cache = True
-
-
-@compiles(stored_params)
-def _stored_params(element: stored_params, compiler: Any, **kw: Any) -> str:
-    return str(compiler.process(Job.params, **kw))
-
-
-@compiles(stored_params, "sqlite")
-def _stored_params_sqlite(element: stored_params, compiler: Any, **kw: Any) -> str:
-    # JSON1 functions; GLOB, unlike LIKE, is case-sensitive as `public_params` is.
-    image = func.json_extract(Job.params, "$.image")
-    size = literal(IMAGE_MARKER).concat(func.length(image)).concat(" characters>")
-    sized = func.json_set(Job.params, "$.image", size)
-    inline = and_(
-        func.json_type(Job.params, "$.image") == "text",
-        image.op("NOT GLOB")("http://*"),
-        image.op("NOT GLOB")("https://*"),
-    )
-    return str(compiler.process(case((inline, sized), else_=Job.params), **kw))
-
-
-@compiles(stored_params, "postgresql")
-def _stored_params_postgresql(element: stored_params, compiler: Any, **kw: Any) -> str:
-    params = type_coerce(Job.params, JSONB())
-    image = params["image"].astext
-    marker = func.jsonb_build_object("image", func.concat(IMAGE_MARKER, func.length(image), " characters>"))
-    inline = and_(image.is_not(None), image.not_like("http://%"), image.not_like("https://%"))
-    expr = case((inline, params.op("-")("image").op("||")(marker)), else_=params)
-    return str(compiler.process(expr, **kw))
-
-
 def job_select() -> Select[Any]:
     """The job columns a document needs; add WHERE / ORDER BY / LIMIT and pass to `job_documents`."""
     return select(
