@@ -348,7 +348,7 @@ def openapi_document() -> dict[str, Any]:
             "title": "kling-orchestrator",
             "version": "1",
             "description": (
-                "Runs Kling AI image-generation jobs and archives every image to S3. "
+                "Runs Kling AI jobs of every task kind (images and videos) and archives every output to S3. "
                 "Every /v1 route needs `Authorization: Bearer <API_TOKEN>`."
             ),
         },
