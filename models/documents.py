@@ -92,14 +92,17 @@ NOTIFICATION_FIELDS = (
 EVENT_JOB_FIELDS = (
     "id",
     "status",
+    "kind",
     "provider",
     "provider_task_id",
     "external_task_id",
     "error",
+    "failure_reason",
     "metadata",
     "created_at",
     "updated_at",
     "images",
+    "outputs",
 )
 EVENT_IMAGE_FIELDS = (
     "index",
@@ -297,32 +300,44 @@ def event_job(session: Session, job_id: str) -> Job | None:
     return session.get(Job, job_id, options=[defer(Job.params, raiseload=True)])
 
 
+def _event_output(img: Image) -> dict[str, Any]:
+    return {
+        "type": img.type,
+        "index": img.index,
+        "status": img.status,
+        "s3_bucket": img.s3_bucket,
+        "s3_key": img.s3_key,
+        "s3_uri": f"s3://{img.s3_bucket}/{img.s3_key}" if img.s3_key else None,
+        "sha256": img.sha256,
+        "bytes": img.bytes,
+        "content_type": img.content_type,
+        "duration": img.duration,
+        "archived_at": iso_utc(img.archived_at),
+    }
+
+
 def event_job_document(job: Job) -> dict[str, Any]:
-    """A downstream event's `data` (`EVENT_JOB_FIELDS`) for a loaded job and its images."""
+    """A downstream event's `data` (`EVENT_JOB_FIELDS`) for a loaded job and its outputs;
+    `images` holds the image outputs only, as the API's document does."""
+    outputs = [_event_output(img) for img in job.images]
     return {
         "id": job.id,
         "status": job.status,
+        "kind": job.kind,
         "provider": job.provider,
         "provider_task_id": job.provider_task_id,
         "external_task_id": job.id,
         "error": _error(job.error_code, job.error_message),
+        "failure_reason": shown_failure_reason(job.error_code, job.error_message),
         "metadata": job.meta,
         "created_at": iso_utc(job.created_at),
         "updated_at": iso_utc(job.updated_at),
         "images": [
-            {
-                "index": img.index,
-                "status": img.status,
-                "s3_bucket": img.s3_bucket,
-                "s3_key": img.s3_key,
-                "s3_uri": f"s3://{img.s3_bucket}/{img.s3_key}" if img.s3_key else None,
-                "sha256": img.sha256,
-                "bytes": img.bytes,
-                "content_type": img.content_type,
-                "archived_at": iso_utc(img.archived_at),
-            }
-            for img in job.images
+            {k: v for k, v in output.items() if k in EVENT_IMAGE_FIELDS}
+            for output in outputs
+            if output["type"] == "image"
         ],
+        "outputs": outputs,
     }
 
 
