@@ -30,7 +30,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 
 from kling.errors import FieldError, ValidationError
-from kling.kinds import DEFAULT_KIND, TaskKind, kind_for
+from kling.kinds import DEFAULT_KIND, kind_for
 from kling.validation import Provider
 from models.db import session_scope
 from models.documents import job_document, job_documents, job_select
@@ -172,13 +172,17 @@ def create() -> ViewResult:
     kind_name = body.pop("kind", None)
     provider, webhook_url, metadata, params, errors = _split_body(body, settings)
     key = _idempotency_key()
-    kind = _kind(DEFAULT_KIND if kind_name is None else kind_name)
+    try:
+        kind = kind_for(DEFAULT_KIND if kind_name is None else kind_name)
+    except ValidationError as exc:
+        # Which rules apply depends on the kind: without one, only the other checks' errors too.
+        raise ApiError(422, "invalid request", errors + exc.errors) from None
     errors += kind.validate(params, provider)
     # Kling holds a task's slots until it ends: a job bigger than every account could never start.
     most = max(a.concurrency for a in settings.accounts)
     if not errors and (slots := kind.slots(params)) > most:
         name = "the largest account concurrency" if settings.kling_accounts_file else "KLING_CONCURRENCY"
-        field = slot_field(kind.name, params)
+        field = _slot_field(kind.name, params)
         errors.append(
             FieldError(field, "concurrency", f"needs {slots} slots; at most {name}={most} can be held")
         )
@@ -312,15 +316,7 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _kind(name: object) -> TaskKind:
-    """The registered kind; an unknown one answers 422 naming `kind` before any other check."""
-    try:
-        return kind_for(name)
-    except ValidationError as exc:
-        raise ApiError(422, "invalid request", exc.errors) from None
-
-
-def slot_field(kind: str, params: Mapping[str, Any]) -> str:
+def _slot_field(kind: str, params: Mapping[str, Any]) -> str:
     """The request field that sets a task's slot weight: `series_amount` for an omni series, else `n`."""
     if kind == "omni_image" and params.get("result_type") == "series":
         return "series_amount"
