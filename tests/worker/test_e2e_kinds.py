@@ -18,10 +18,11 @@ from models.db import session_scope
 from models.tables import Transition
 from tests.conftest import TEST_API_TOKEN, TEST_WEBHOOK_SECRET
 from tests.kind_examples import VALID
+from tests.worker import test_e2e
 from tests.worker.stack import Stack
-from tests.worker.test_e2e import make_stack as make_stack_fixture  # noqa: F401  (registers `make_stack`)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+make_stack = test_e2e.make_stack  # the stack fixture of the other end-to-end tests
 
 IMAGE_KINDS = [name for name, kind in KINDS.items() if kind.yields == "image"]
 VIDEO_KINDS = [name for name, kind in KINDS.items() if kind.yields == "video"]
