@@ -13,6 +13,7 @@ import click
 from sqlalchemy import select
 from sqlalchemy.orm import Session, defer, selectinload, sessionmaker
 
+from kling.kinds import DEFAULT_KIND, KIND_NAMES, kind_for
 from klingctl.common import celery_publisher, console, db_handles, settings
 from klingctl.errors import UsageLine
 from klingctl.render import job_detail, jobs_table, plain, status_text
@@ -38,7 +39,7 @@ def image_value(value: str) -> str:
 
 
 def build_params(
-    prompt: str,
+    prompt: str | None,
     *,
     n: int | None = None,
     aspect_ratio: str | None = None,
@@ -46,8 +47,10 @@ def build_params(
     resolution: str | None = None,
     negative_prompt: str | None = None,
     image: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The provider request fields given on the command line (unset options are left out)."""
+    """The provider request fields given on the command line (unset options are left out);
+    `extra` (`--param`) adds any other field of the job's kind."""
     fields = {
         "prompt": prompt,
         "n": n,
@@ -56,8 +59,23 @@ def build_params(
         "resolution": resolution,
         "negative_prompt": negative_prompt,
         "image": image_value(image) if image else None,
+        **(extra or {}),
     }
     return {k: v for k, v in fields.items() if v is not None}
+
+
+def parse_param(raw: str) -> tuple[str, Any]:
+    """`--param NAME=VALUE`: VALUE as JSON when it parses (numbers, lists, objects), else as text;
+    `@PATH` reads a local image as bare base64 (e.g. `human_image=@me.jpg`)."""
+    name, sep, value = raw.partition("=")
+    if not sep or not name:
+        raise UsageLine(f"param: {raw!r} is not NAME=VALUE")
+    if value.startswith("@"):
+        return name, image_value(value[1:])
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
 
 
 def parse_metadata(raw: str | None) -> dict[str, Any] | None:
@@ -96,7 +114,21 @@ def wait_final(
 
 
 @click.command()
-@click.argument("prompt")
+@click.argument("prompt", required=False)
+@click.option(
+    "--kind",
+    type=click.Choice(KIND_NAMES),
+    default=DEFAULT_KIND,
+    show_default=True,
+    help="Task kind: what is created at Kling and what it yields (images or a video).",
+)
+@click.option(
+    "--param",
+    "param",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Any other provider field of the kind (repeatable); VALUE is JSON or text, @PATH a local image.",
+)
 @click.option("--n", "n", type=int, default=None, help="Images to generate (1-9; each holds one slot).")
 @click.option("--aspect-ratio", default=None, help="16:9, 9:16, 1:1, 4:3, 3:4, 3:2, 2:3 or 21:9.")
 @click.option("--model", default=None, help="model_name, e.g. kling-v3 (provider default when unset).")
@@ -111,7 +143,9 @@ def wait_final(
 )
 def submit(
     *,
-    prompt: str,
+    prompt: str | None,
+    kind: str,
+    param: tuple[str, ...],
     n: int | None,
     aspect_ratio: str | None,
     model: str | None,
@@ -123,13 +157,12 @@ def submit(
     wait: bool,
     timeout: float,
 ) -> None:
-    """Queue an image job and print its id.
+    """Queue a job (an image job unless --kind says otherwise) and print its id.
 
     The job is written to the database with its submit message (outbox), which is then sent to the
     broker. With --wait the exit code says how it ended: 0 archived, 1 failed (or cancelled or
     expired meanwhile); 2 is bad input.
     """
-    from kling.validation import validate_image_params
     from models.statemachine import create_job
     from worker.outbox import publish_rows
 
@@ -142,8 +175,9 @@ def submit(
         resolution=resolution,
         negative_prompt=negative_prompt,
         image=image,
+        extra=dict(parse_param(raw) for raw in param),
     )
-    problems = validate_image_params(params, provider=cfg.kling_provider)
+    problems = kind_for(kind).validate(params, cfg.kling_provider)
     if problems:
         raise UsageLine("invalid request: " + "; ".join(str(p) for p in problems))
     if webhook_url is not None and not webhook_url.startswith(("http://", "https://")):
@@ -154,7 +188,7 @@ def submit(
     try:
         with session_scope(sessions) as s:
             created = create_job(
-                s, params, provider=cfg.kling_provider, webhook_url=webhook_url, metadata=meta
+                s, params, provider=cfg.kling_provider, kind=kind, webhook_url=webhook_url, metadata=meta
             )
             job_id = created.job.id
         _, publish = celery_publisher(cfg)
@@ -183,7 +217,7 @@ def submit(
         if final != JobStatus.ARCHIVED.value:  # failed, or cancelled / expired meanwhile
             err.print(status_text(final), plain(error or ""))
             raise SystemExit(1)
-        err.print(status_text("archived"), f"{len(archived)} image(s)")
+        err.print(status_text("archived"), f"{len(archived)} output(s)")
         for img in archived:
             click.echo(f"s3://{img.s3_bucket}/{img.s3_key} sha256={img.sha256}")
     finally:

@@ -14,6 +14,7 @@ from typing import Any, cast
 from sqlalchemy import (
     ARRAY,
     BindParameter,
+    Float,
     Integer,
     Select,
     String,
@@ -58,8 +59,10 @@ def parameters(job: JobState, plan: Plan, event: Mapping[str, Any]) -> dict[str,
         values |= {_ROW + name: value for name, value in plan.transition.items()}
     if plan.images:
         values |= {
-            "image_indexes": [index for index, _ in plan.images],
-            "image_urls": [url for _, url in plan.images],
+            "image_indexes": [out.index for out in plan.images],
+            "image_urls": [out.url for out in plan.images],
+            "image_types": [out.type for out in plan.images],
+            "image_durations": [out.duration for out in plan.images],
             "image_created": plan.image_created,
         }
     if plan.queued:
@@ -110,16 +113,23 @@ def _statement(change_columns: tuple[str, ...], transition: bool, images: bool, 
     if images:
         report = (
             func.unnest(
-                bindparam("image_indexes", type_=ARRAY(Integer)), bindparam("image_urls", type_=ARRAY(Text))
+                bindparam("image_indexes", type_=ARRAY(Integer)),
+                bindparam("image_urls", type_=ARRAY(Text)),
+                bindparam("image_types", type_=ARRAY(String)),
+                bindparam("image_durations", type_=ARRAY(Float)),
             )
-            .table_valued("index", "url")
+            .table_valued("index", "url", "type", "duration")
             .render_derived(name="report")
         )
         created = bindparam("image_created", type_=_IMAGES.c.provider_created_at.type)
-        rows = select(job_id, report.c.index, report.c.url, created).select_from(ev).join(report, true())
+        rows = (
+            select(job_id, report.c.index, report.c.url, report.c.type, report.c.duration, created)
+            .select_from(ev)
+            .join(report, true())
+        )
         writes.append(
             insert(_IMAGES)
-            .from_select(["job_id", "index", "source_url", "provider_created_at"], rows)
+            .from_select(["job_id", "index", "source_url", "type", "duration", "provider_created_at"], rows)
             .cte("im")
         )
     if change_columns:

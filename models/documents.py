@@ -18,40 +18,37 @@ from sqlalchemy import (
     Select,
     String,
     Table,
-    and_,
     bindparam,
-    case,
-    func,
-    literal,
     select,
-    type_coerce,
 )
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, defer
-from sqlalchemy.sql.functions import FunctionElement
 
-from models.base import JSONType
+from kling.failures import FailureReason, failure_reason
 from models.db import among_ids
 from models.delivery import shown_error
 from models.events import DEFAULT_EVENTS, EVENTS
+from models.rules import PROVIDER_FAILED
+from models.shown_params import public_params, stored_params
 from models.tables import Image, Job, Notification, Transition
 
 JOB_FIELDS = (
     "id",
     "status",
+    "kind",
     "provider",
     "account",
     "provider_task_id",
     "external_task_id",
     "params",
     "error",
+    "failure_reason",
     "webhook_url",
     "metadata",
     "created_at",
     "updated_at",
     "transitions",
     "images",
+    "outputs",
     "notifications",
     "units",
     "waiting_for",
@@ -73,6 +70,20 @@ IMAGE_FIELDS = (
     "content_type",
     "archived_at",
 )
+# Every output of the job, images and videos alike (`images` above shows the image rows only).
+OUTPUT_FIELDS = (
+    "type",
+    "index",
+    "status",
+    "source_url",
+    "s3_bucket",
+    "s3_key",
+    "sha256",
+    "bytes",
+    "content_type",
+    "duration",
+    "archived_at",
+)
 NOTIFICATION_FIELDS = (
     "event",
     "attempts",
@@ -87,14 +98,17 @@ NOTIFICATION_FIELDS = (
 EVENT_JOB_FIELDS = (
     "id",
     "status",
+    "kind",
     "provider",
     "provider_task_id",
     "external_task_id",
     "error",
+    "failure_reason",
     "metadata",
     "created_at",
     "updated_at",
     "images",
+    "outputs",
 )
 EVENT_IMAGE_FIELDS = (
     "index",
@@ -119,63 +133,35 @@ def iso_utc(value: datetime | None) -> str | None:
     return value.isoformat()
 
 
-IMAGE_MARKER = "<base64 image, "
-
-
-def public_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The request as stored, with an inline base64 image replaced by a short marker."""
-    out = dict(params)
-    image = out.get("image")
-    if isinstance(image, str) and not image.startswith(("http://", "https://", IMAGE_MARKER)):
-        out["image"] = f"{IMAGE_MARKER}{len(image)} characters>"
-    return out
-
-
 def _error(code: str | None, message: str | None) -> dict[str, Any] | None:
     return {"code": code, "message": message} if code else None
+
+
+def shown_failure_reason(code: str | None, message: str | None) -> FailureReason | None:
+    """Why the provider failed the task (`kling.failures`), read from its kept `task_status_msg`;
+    None unless the provider reported the failure (our own failures carry their own codes)."""
+    return failure_reason(message) if code == PROVIDER_FAILED else None
+
+
+def _output(row: Any) -> dict[str, Any]:
+    return {
+        "type": row.type,
+        "index": row.index,
+        "status": row.status,
+        "source_url": row.source_url,
+        "s3_bucket": row.s3_bucket,
+        "s3_key": row.s3_key,
+        "sha256": row.sha256,
+        "bytes": row.bytes,
+        "content_type": row.content_type,
+        "duration": row.duration,
+        "archived_at": iso_utc(row.archived_at),
+    }
 
 
 # --- the API's and the dashboard's documents, read with Core ------------------------------------
 # Built from plain rows (Core), not ORM objects: a page of 50 jobs is ~400 rows, and the identity
 # map and attribute instrumentation cost several times the queries themselves.
-class stored_params(FunctionElement[Any]):
-    """`jobs.params` for a document, with an inline (base64) image replaced by its size in the
-    database (PostgreSQL and SQLite), so a page of jobs never brings megabytes of image into this
-    process. Other databases read the whole column; `public_params` still hides the image."""
-
-    type = JSONType
-    inherit_cache = True
-
-
-@compiles(stored_params)
-def _stored_params(element: stored_params, compiler: Any, **kw: Any) -> str:
-    return str(compiler.process(Job.params, **kw))
-
-
-@compiles(stored_params, "sqlite")
-def _stored_params_sqlite(element: stored_params, compiler: Any, **kw: Any) -> str:
-    # JSON1 functions; GLOB, unlike LIKE, is case-sensitive as `public_params` is.
-    image = func.json_extract(Job.params, "$.image")
-    size = literal(IMAGE_MARKER).concat(func.length(image)).concat(" characters>")
-    sized = func.json_set(Job.params, "$.image", size)
-    inline = and_(
-        func.json_type(Job.params, "$.image") == "text",
-        image.op("NOT GLOB")("http://*"),
-        image.op("NOT GLOB")("https://*"),
-    )
-    return str(compiler.process(case((inline, sized), else_=Job.params), **kw))
-
-
-@compiles(stored_params, "postgresql")
-def _stored_params_postgresql(element: stored_params, compiler: Any, **kw: Any) -> str:
-    params = type_coerce(Job.params, JSONB())
-    image = params["image"].astext
-    marker = func.jsonb_build_object("image", func.concat(IMAGE_MARKER, func.length(image), " characters>"))
-    inline = and_(image.is_not(None), image.not_like("http://%"), image.not_like("https://%"))
-    expr = case((inline, params.op("-")("image").op("||")(marker)), else_=params)
-    return str(compiler.process(expr, **kw))
-
-
 def job_select() -> Select[Any]:
     """The job columns a document needs; add WHERE / ORDER BY / LIMIT and pass to `job_documents`."""
     return select(
@@ -219,6 +205,7 @@ def job_documents(
     ids = [row.id for row in jobs]
     transitions: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in ids}
     images: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in ids}
+    outputs: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in ids}
     notes: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in ids}
     queries = _child_queries(conn.dialect.name == "postgresql")
     for t in conn.execute(queries.transitions, {"ids": ids}).all():
@@ -226,19 +213,11 @@ def job_documents(
             {"from": t.from_status, "to": t.to_status, "source": t.source, "at": iso_utc(t.at)}
         )
     for i in conn.execute(queries.images, {"ids": ids}).all():
-        images[i.job_id].append(
-            {
-                "index": i.index,
-                "status": i.status,
-                "source_url": i.source_url,
-                "s3_bucket": i.s3_bucket,
-                "s3_key": i.s3_key,
-                "sha256": i.sha256,
-                "bytes": i.bytes,
-                "content_type": i.content_type,
-                "archived_at": iso_utc(i.archived_at),
-            }
-        )
+        output = _output(i)
+        outputs[i.job_id].append(output)
+        if i.type == "image":
+            # `images[]` as before outputs existed: the image rows, without the output-only keys.
+            images[i.job_id].append({k: v for k, v in output.items() if k in IMAGE_FIELDS})
     # Only a job with a webhook_url gets notification rows: most pages need no third query.
     with_webhooks = [job.id for job in jobs if job.webhook_url]
     if with_webhooks:
@@ -258,18 +237,21 @@ def job_documents(
         {
             "id": job.id,
             "status": job.status,
+            "kind": job.kind,
             "provider": job.provider,
             "account": job.account,
             "provider_task_id": job.provider_task_id,
             "external_task_id": job.id,
             "params": public_params(job.params),
             "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
+            "failure_reason": shown_failure_reason(job.error_code, job.error_message),
             "webhook_url": job.webhook_url,
             "metadata": job.meta,
             "created_at": iso_utc(job.created_at),
             "updated_at": iso_utc(job.updated_at),
             "transitions": transitions[job.id],
             "images": images[job.id],
+            "outputs": outputs[job.id],
             "notifications": notes[job.id],
             "units": job.units,
             "waiting_for": (
@@ -317,12 +299,12 @@ def _child_queries(postgresql: bool) -> _ChildQueries:
     c = tr.c
     transitions = select(c.job_id, c.from_status, c.to_status, c.source, c.at)
     c = im.c
-    images = select(c.job_id, c.index, c.status, c.source_url, c.s3_bucket, c.s3_key, c.sha256)
+    images = select(c.job_id, c.index, c.type, c.status, c.source_url, c.s3_bucket, c.s3_key, c.sha256)
     c = no.c
     notifications = select(c.job_id, c.event, c.attempts, c.last_status, c.last_error, c.created_at)
     return _ChildQueries(
         transitions=transitions.where(among(tr.c.job_id)).order_by(tr.c.id),
-        images=images.add_columns(im.c.bytes, im.c.content_type, im.c.archived_at)
+        images=images.add_columns(im.c.bytes, im.c.content_type, im.c.duration, im.c.archived_at)
         .where(among(im.c.job_id))
         .order_by(im.c.job_id, im.c.index),
         notifications=notifications.add_columns(no.c.delivered_at, no.c.next_attempt_at)
@@ -338,32 +320,44 @@ def event_job(session: Session, job_id: str) -> Job | None:
     return session.get(Job, job_id, options=[defer(Job.params, raiseload=True)])
 
 
+def _event_output(img: Image) -> dict[str, Any]:
+    return {
+        "type": img.type,
+        "index": img.index,
+        "status": img.status,
+        "s3_bucket": img.s3_bucket,
+        "s3_key": img.s3_key,
+        "s3_uri": f"s3://{img.s3_bucket}/{img.s3_key}" if img.s3_key else None,
+        "sha256": img.sha256,
+        "bytes": img.bytes,
+        "content_type": img.content_type,
+        "duration": img.duration,
+        "archived_at": iso_utc(img.archived_at),
+    }
+
+
 def event_job_document(job: Job) -> dict[str, Any]:
-    """A downstream event's `data` (`EVENT_JOB_FIELDS`) for a loaded job and its images."""
+    """A downstream event's `data` (`EVENT_JOB_FIELDS`) for a loaded job and its outputs;
+    `images` holds the image outputs only, as the API's document does."""
+    outputs = [_event_output(img) for img in job.images]
     return {
         "id": job.id,
         "status": job.status,
+        "kind": job.kind,
         "provider": job.provider,
         "provider_task_id": job.provider_task_id,
         "external_task_id": job.id,
         "error": _error(job.error_code, job.error_message),
+        "failure_reason": shown_failure_reason(job.error_code, job.error_message),
         "metadata": job.meta,
         "created_at": iso_utc(job.created_at),
         "updated_at": iso_utc(job.updated_at),
         "images": [
-            {
-                "index": img.index,
-                "status": img.status,
-                "s3_bucket": img.s3_bucket,
-                "s3_key": img.s3_key,
-                "s3_uri": f"s3://{img.s3_bucket}/{img.s3_key}" if img.s3_key else None,
-                "sha256": img.sha256,
-                "bytes": img.bytes,
-                "content_type": img.content_type,
-                "archived_at": iso_utc(img.archived_at),
-            }
-            for img in job.images
+            {k: v for k, v in output.items() if k in EVENT_IMAGE_FIELDS}
+            for output in outputs
+            if output["type"] == "image"
         ],
+        "outputs": outputs,
     }
 
 
@@ -373,6 +367,7 @@ __all__ = [
     "IMAGE_FIELDS",
     "JOB_FIELDS",
     "NOTIFICATION_FIELDS",
+    "OUTPUT_FIELDS",
     "TRANSITION_FIELDS",
     "event_job",
     "event_job_document",
@@ -381,5 +376,6 @@ __all__ = [
     "job_documents",
     "job_select",
     "public_params",
+    "shown_failure_reason",
     "stored_params",
 ]

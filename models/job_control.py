@@ -127,6 +127,7 @@ def retry_job(session: Session, job_id: str, *, idempotency_key: str | None = No
         webhook_url=old.webhook_url,
         metadata=old.meta,
         idempotency_key=idempotency_key,
+        kind=old.kind,
         retry_of=old.id,
         webhook_events=old.webhook_events,
         priority=old.priority,

@@ -50,6 +50,16 @@ class TaskMismatch(ValueError):
 
 
 @dataclass(frozen=True)
+class ReportedOutput:
+    """One output row to insert: an image or a video (`duration` in seconds, videos only)."""
+
+    index: int
+    url: str
+    type: str = "image"
+    duration: float | None = None
+
+
+@dataclass(frozen=True)
 class JobState:
     """What a decision reads of a job row."""
 
@@ -70,7 +80,7 @@ class Plan:
     current: JobStatus
     changes: Mapping[str, Any] = field(default_factory=dict)  # job columns
     transition: Mapping[str, Any] | None = None  # the transition row, without job_id
-    images: tuple[tuple[int, str], ...] = ()  # (index, url) rows to insert
+    images: tuple[ReportedOutput, ...] = ()  # output rows (images and videos) to insert
     image_created: datetime | None = None
     queued: tuple[str, ...] = ()  # outbox tasks, each with the job id as its argument
 
@@ -187,12 +197,17 @@ def decide_move(
     return Plan(EventOutcome.APPLIED, job.status, changes | moved, row, queued=tuple(queued))
 
 
-def _report_images(task: Task) -> tuple[tuple[int, str], ...]:
-    """The report's images as (index, url); an index repeated in a report counts once."""
-    seen: dict[int, str] = {}
-    for image in (*task.images, *task.series_images):
-        seen.setdefault(image.index, image.url)
-    return tuple(seen.items())
+def _report_images(task: Task) -> tuple[ReportedOutput, ...]:
+    """The report's outputs (images and videos); an index repeated in a report counts once.
+    A task built without `outputs` (tests, old callers) is read from its images."""
+    if task.outputs:
+        found = [ReportedOutput(o.index, o.url, o.type, o.duration) for o in task.outputs]
+    else:
+        found = [ReportedOutput(i.index, i.url) for i in (*task.images, *task.series_images)]
+    seen: dict[int, ReportedOutput] = {}
+    for output in found:
+        seen.setdefault(output.index, output)
+    return tuple(seen.values())
 
 
 def decide(job: JobState, report: Task, source: str, now: datetime) -> Plan:
@@ -204,7 +219,7 @@ def decide(job: JobState, report: Task, source: str, now: datetime) -> Plan:
     outcome = report_outcome(job.status, target)
     changes: dict[str, Any] = {}
     row: dict[str, Any] | None = None
-    images: tuple[tuple[int, str], ...] = ()
+    images: tuple[ReportedOutput, ...] = ()
     queued: list[str] = []
     if job.provider_task_id is None:
         changes["provider_task_id"] = report.task_id

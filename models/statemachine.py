@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
+from kling.kinds import DEFAULT_KIND, kind_for
 from kling.types import Task
 from models import callback_statement
 from models.base import utcnow
@@ -85,16 +86,12 @@ class Created:
         return bool(self.outbox)
 
 
-def _slots(params: Mapping[str, Any]) -> int:
-    n = params.get("n", 1)
-    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else 1
-
-
 def create_job(
     session: Session,
     params: Mapping[str, Any],
     *,
     provider: str,
+    kind: str = DEFAULT_KIND,
     webhook_url: str | None = None,
     metadata: Mapping[str, Any] | None = None,
     idempotency_key: str | None = None,
@@ -103,7 +100,8 @@ def create_job(
     webhook_events: list[str] | None = None,
     priority: str = "normal",
 ) -> Created:
-    """Insert a queued job, its first transition and the outbox row that submits it.
+    """Insert a queued job of task `kind` (`kling.kinds`), its first transition and the outbox row
+    that submits it; the job holds the kind's slot weight for its params.
 
     With an `idempotency_key` already used (even by a concurrent request), return that job.
     `deadline_at`: still queued then, it expires; `retry_of`: the job this one retries.
@@ -120,7 +118,8 @@ def create_job(
         webhook_url=webhook_url,
         meta=dict(metadata) if metadata is not None else None,
         idempotency_key=idempotency_key,
-        slots=_slots(params),
+        kind=kind,
+        slots=kind_for(kind).slots(params),
         deadline_at=deadline_at,
         retry_of=retry_of,
         priority=priority,
@@ -207,8 +206,15 @@ def _execute(db: Session | Connection, conn: Connection, job_id: str, plan: Plan
         conn.execute(_INSERT_TRANSITION, {"job_id": job_id, **plan.transition})
     if plan.images:
         rows = [
-            {"job_id": job_id, "index": index, "source_url": url, "provider_created_at": plan.image_created}
-            for index, url in plan.images
+            {
+                "job_id": job_id,
+                "index": out.index,
+                "source_url": out.url,
+                "type": out.type,
+                "duration": out.duration,
+                "provider_created_at": plan.image_created,
+            }
+            for out in plan.images
         ]
         conn.execute(_INSERT_IMAGES[conn.dialect.name], rows)
     if plan.changes:

@@ -29,8 +29,9 @@ from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 
-from kling.errors import FieldError
-from kling.validation import Provider, validate_image_params
+from kling.errors import FieldError, ValidationError
+from kling.kinds import DEFAULT_KIND, kind_for
+from kling.validation import Provider
 from models.base import utcnow
 from models.db import session_scope
 from models.documents import job_document, job_documents, job_select
@@ -175,17 +176,25 @@ def create() -> ViewResult:
     deadline, deadline_errors = deadline_from(body.pop("deadline_seconds", None), utcnow())
     events_value = body.pop("webhook_events", None)
     priority, priority_errors = parse_priority(body.pop("priority", None))
+    kind_name = body.pop("kind", None)
     provider, webhook_url, metadata, params, errors = _split_body(body, settings)
     events, event_errors = parse_webhook_events(events_value, has_url=webhook_url is not None)
     errors += deadline_errors + event_errors + priority_errors
     key = _idempotency_key()
-    errors += validate_image_params(params, provider=provider)
-    n = params.get("n", 1)
-    # Kling holds n slots per task: a job bigger than every account could never start.
+    try:
+        kind = kind_for(DEFAULT_KIND if kind_name is None else kind_name)
+    except ValidationError as exc:
+        # Which rules apply depends on the kind: without one, only the other checks' errors too.
+        raise ApiError(422, "invalid request", errors + exc.errors) from None
+    errors += kind.validate(params, provider)
+    # Kling holds a task's slots until it ends: a job bigger than every account could never start.
     most = max(a.concurrency for a in settings.accounts)
-    if isinstance(n, int) and not isinstance(n, bool) and n > most:
+    if not errors and (slots := kind.slots(params)) > most:
         name = "the largest account concurrency" if settings.kling_accounts_file else "KLING_CONCURRENCY"
-        errors.append(FieldError("n", "concurrency", f"must be at most {name}={most}"))
+        field = _slot_field(kind.name, params)
+        errors.append(
+            FieldError(field, "concurrency", f"needs {slots} slots; at most {name}={most} can be held")
+        )
     if errors:
         raise ApiError(422, "invalid request", errors)
 
@@ -195,6 +204,7 @@ def create() -> ViewResult:
             session,
             params,
             provider=provider,
+            kind=kind.name,
             webhook_url=webhook_url,
             metadata=metadata,
             idempotency_key=key,
@@ -204,11 +214,22 @@ def create() -> ViewResult:
         )
         job_id, created = result.job.id, result.created
         earlier = result.job
-        if not created and (earlier.provider, earlier.params, earlier.webhook_url, earlier.meta) != (
+        if not created and (
+            earlier.provider,
+            earlier.kind,
+            earlier.params,
+            earlier.webhook_url,
+            earlier.meta,
+            earlier.priority,
+            earlier.webhook_events,
+        ) != (
             provider,
+            kind.name,
             params,
             webhook_url,
             metadata,
+            priority,
+            events,
         ):
             raise ApiError(
                 422,
@@ -217,7 +238,7 @@ def create() -> ViewResult:
             )
     with log_context(job_id=job_id):
         if created:
-            log.info("job created: provider=%s n=%s", provider, result.job.slots)
+            log.info("job created: provider=%s kind=%s slots=%s", provider, kind.name, result.job.slots)
         else:
             log.info("job returned for a repeated Idempotency-Key")
     with autocommit_sessions() as read, read() as session:
@@ -309,6 +330,13 @@ def _json_object() -> dict[str, Any]:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _slot_field(kind: str, params: Mapping[str, Any]) -> str:
+    """The request field that sets a task's slot weight: `series_amount` for an omni series, else `n`."""
+    if kind == "omni_image" and params.get("result_type") == "series":
+        return "series_amount"
+    return "n" if kind in ("image", "omni_image", "expand", "multi_image") else "kind"
 
 
 def _job_id(value: str) -> str:

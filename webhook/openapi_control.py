@@ -8,25 +8,14 @@ from typing import Any
 from models.events import EVENTS
 from models.job_control import MAX_DEADLINE_SECONDS
 from models.priorities import PRIORITIES
-from webhook.openapi import (
-    DB_DOWN,
-    NOT_FOUND,
-    NULLABLE_TIME,
-    UNAUTHORIZED,
-    Schema,
-    _error,
-    _job_id_param,
-    _json,
-    _nullable,
-    _ref,
-)
+from webhook.openapi_parts import NULLABLE_TIME, Schema, nullable, ref
 
 EVENT = {"type": "string", "enum": list(EVENTS)}
 
 
 def request_properties() -> dict[str, Schema]:
     return {
-        "deadline_seconds": _nullable(
+        "deadline_seconds": nullable(
             {
                 "type": "integer",
                 "minimum": 1,
@@ -34,14 +23,14 @@ def request_properties() -> dict[str, Schema]:
                 "description": "Still queued this many seconds after creation: `expired`, never submitted",
             }
         ),
-        "priority": _nullable(
+        "priority": nullable(
             {
                 "type": "string",
                 "enum": list(PRIORITIES),
                 "description": "When slots are scarce higher ones go first; none starves (default normal)",
             }
         ),
-        "webhook_events": _nullable(
+        "webhook_events": nullable(
             {
                 "type": "array",
                 "minItems": 1,
@@ -57,8 +46,8 @@ def job_properties() -> dict[str, Schema]:
     return {
         "cancel_requested_at": NULLABLE_TIME,
         "deadline_at": NULLABLE_TIME,
-        "retry_of": _nullable({"type": "string", "description": "The job this one retries"}),
-        "webhook_events": _nullable({"type": "array", "items": EVENT}),
+        "retry_of": nullable({"type": "string", "description": "The job this one retries"}),
+        "webhook_events": nullable({"type": "array", "items": EVENT}),
         "priority": {"type": "string", "enum": list(PRIORITIES)},
     }
 
@@ -70,9 +59,9 @@ def schemas() -> dict[str, Schema]:
         "properties": {
             "attempt": {"type": "integer"},
             "at": {"type": "string", "format": "date-time"},
-            "status": _nullable({"type": "integer", "description": "The receiver's HTTP status"}),
-            "error": _nullable({"type": "string"}),
-            "latency_ms": _nullable({"type": "number"}),
+            "status": nullable({"type": "integer", "description": "The receiver's HTTP status"}),
+            "error": nullable({"type": "string"}),
+            "latency_ms": nullable({"type": "number"}),
         },
     }
     delivery = {
@@ -82,28 +71,28 @@ def schemas() -> dict[str, Schema]:
             "event": EVENT,
             "state": {"type": "string", "enum": ["delivered", "pending", "failed", "disabled"]},
             "attempts": {"type": "integer"},
-            "last_status": _nullable({"type": "integer"}),
-            "last_error": _nullable({"type": "string"}),
+            "last_status": nullable({"type": "integer"}),
+            "last_error": nullable({"type": "string"}),
             "delivered_at": NULLABLE_TIME,
             "next_attempt_at": NULLABLE_TIME,
-            "attempt_log": {"type": "array", "items": _ref("DeliveryAttempt")},
+            "attempt_log": {"type": "array", "items": ref("DeliveryAttempt")},
         },
     }
     deliveries = {
         "type": "object",
         "required": ["endpoint", "deliveries"],
         "properties": {
-            "endpoint": _nullable(
+            "endpoint": nullable(
                 {
                     "type": "object",
                     "properties": {
-                        "host": _nullable({"type": "string"}),
+                        "host": nullable({"type": "string"}),
                         "failing_since": NULLABLE_TIME,
                         "disabled_at": NULLABLE_TIME,
                     },
                 }
             ),
-            "deliveries": {"type": "array", "items": _ref("Delivery")},
+            "deliveries": {"type": "array", "items": ref("Delivery")},
         },
     }
     cancel = {
@@ -112,7 +101,7 @@ def schemas() -> dict[str, Schema]:
         "properties": {
             "outcome": {"type": "string", "enum": ["cancelled", "cancel_requested"]},
             "message": {"type": "string"},
-            "job": _ref("Job"),
+            "job": ref("Job"),
         },
     }
     return {
@@ -124,6 +113,9 @@ def schemas() -> dict[str, Schema]:
 
 
 def paths(secured: list[dict[str, list[str]]], location: dict[str, Any]) -> dict[str, Any]:
+    # Here: webhook.openapi merges these parts and builds on what this module makes.
+    from webhook.openapi import DB_DOWN, NOT_FOUND, UNAUTHORIZED, _error, _job_id_param, _json
+
     idempotency = {
         "name": "Idempotency-Key",
         "in": "header",
@@ -139,7 +131,7 @@ def paths(secured: list[dict[str, list[str]]], location: dict[str, Any]) -> dict
                 "security": secured,
                 "parameters": [_job_id_param()],
                 "responses": {
-                    "200": _json(_ref("CancelAnswer"), "Cancelled, or cancel requested"),
+                    "200": _json(ref("CancelAnswer"), "Cancelled, or cancel requested"),
                     "401": UNAUTHORIZED,
                     "404": NOT_FOUND,
                     "409": _error("The job already ended"),
@@ -154,8 +146,8 @@ def paths(secured: list[dict[str, list[str]]], location: dict[str, Any]) -> dict
                 "security": secured,
                 "parameters": [_job_id_param(), idempotency],
                 "responses": {
-                    "202": _json(_ref("Job"), "The new job, queued", location),
-                    "200": _json(_ref("Job"), "The retry made earlier with this Idempotency-Key", location),
+                    "202": _json(ref("Job"), "The new job, queued", location),
+                    "200": _json(ref("Job"), "The retry made earlier with this Idempotency-Key", location),
                     "400": _error("A bad Idempotency-Key"),
                     "401": UNAUTHORIZED,
                     "404": NOT_FOUND,
@@ -172,7 +164,7 @@ def paths(secured: list[dict[str, list[str]]], location: dict[str, Any]) -> dict
                 "security": secured,
                 "parameters": [_job_id_param()],
                 "responses": {
-                    "200": _json(_ref("Deliveries"), "The deliveries and the endpoint's health"),
+                    "200": _json(ref("Deliveries"), "The deliveries and the endpoint's health"),
                     "401": UNAUTHORIZED,
                     "404": NOT_FOUND,
                     "503": DB_DOWN,
@@ -186,7 +178,7 @@ def paths(secured: list[dict[str, list[str]]], location: dict[str, Any]) -> dict
                 "security": secured,
                 "parameters": [_job_id_param(), event],
                 "responses": {
-                    "202": _json(_ref("Delivery"), "Queued"),
+                    "202": _json(ref("Delivery"), "Queued"),
                     "401": UNAUTHORIZED,
                     "404": _error("Unknown job or event"),
                     "409": _error("No webhook_url, or the job has not reached that event"),

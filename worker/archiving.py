@@ -56,6 +56,7 @@ def archive_job(
         if token is None:
             return Outcome(Step.DONE, detail="another run owns this job")
         provider_task_id, provider_name, account = job.provider_task_id or "", job.provider, job.account
+        kind = job.kind
         images = list(s.scalars(select(Image).where(Image.job_id == job_id).order_by(Image.index)))
         # `s3_bucket` on a pending image marks an earlier attempt: an object may already be stored.
         pending = [
@@ -75,6 +76,7 @@ def archive_job(
             job_id,
             provider_name=provider_name,
             account=account,
+            kind=kind,
             provider_task_id=provider_task_id,
             token=token,
             attempt=attempt,
@@ -152,20 +154,21 @@ def _fetch_missing_images(
     *,
     provider_name: str,
     account: str | None,
+    kind: str,
     provider_task_id: str,
     token: str,
     attempt: int,
 ) -> Outcome | None:
     """Poll the provider for a succeeded job that has no image rows; None when images were added."""
     try:
-        task = svc.provider_for_account(account, provider_name).get_image(
-            provider_task_id or None, external_task_id=None
+        task = svc.provider_for_account(account, provider_name).get_task(
+            kind, provider_task_id or None, external_task_id=None
         )
     except (KlingError, ProviderNotConfigured) as exc:
         log.warning("archive: job %s has no images and the provider lookup failed: %s", job_id, exc)
         retry_in = backoff(attempt, base=2.0, cap=60.0)
         return keep_claim(svc, job_id, token, retry_in, svc.settings.stuck_archive_seconds)
-    if not (task.images or task.series_images):
+    if not (task.outputs or task.images or task.series_images):
         fail_job(svc, job_id, code=NO_IMAGES, message="the provider reported success without any image")
         return Outcome(Step.FAILED, detail="no images")
     with session_scope(svc.sessions) as s:

@@ -26,6 +26,7 @@ from sqlalchemy import select, update
 from kling import Task
 from kling.client import UnsupportedOperation
 from kling.errors import KlingError, RateLimited
+from kling.kinds import DEFAULT_KIND
 from models.base import utcnow
 from models.db import session_scope
 from models.enums import JobStatus
@@ -73,6 +74,7 @@ PAUSE_MAX_SECONDS = 60.0
 ROUND_LOCK_SECONDS = 120.0
 
 Key = tuple[str, str]  # (provider, model)
+Lister = tuple[str, str, str]  # (account, provider, kind): one task list at the provider
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class InFlight:
     submitted_at: datetime
     last_polled_at: datetime | None
     account: str | None = None  # every lookup goes to the account the task was created on
+    kind: str = DEFAULT_KIND  # the task kind: which endpoint knows the task
 
 
 def percentile(ordered: Sequence[float], pct: float) -> float:
@@ -206,6 +209,7 @@ _IN_FLIGHT = (
         Job.submitted_at,
         Job.last_polled_at,
         Job.account,
+        Job.kind,
     )
     .where(Job.status.in_([JobStatus.SUBMITTED, JobStatus.PROCESSING]), Job.submitted_at.is_not(None))
     .limit(IN_FLIGHT_LIMIT)
@@ -246,8 +250,8 @@ def _learned(svc: Services) -> dict[Key, Expected]:
 def _read(svc: Services) -> tuple[list[InFlight], dict[Key, Expected], bool]:
     with session_scope(svc.sessions) as s:
         jobs = [
-            InFlight(job_id, task_id, (provider, model or ""), submitted, polled, account)
-            for job_id, task_id, provider, model, submitted, polled, account in s.execute(_IN_FLIGHT)
+            InFlight(job_id, task_id, (provider, model or ""), submitted, polled, account, kind)
+            for job_id, task_id, provider, model, submitted, polled, account, kind in s.execute(_IN_FLIGHT)
         ]
         if not jobs:
             return [], {}, False
@@ -291,7 +295,7 @@ def poll_overdue(svc: Services) -> PollReport:
 def _ask(
     svc: Services,
     todo: list[InFlight],
-    in_flight: Mapping[tuple[str, str], int],
+    in_flight: Mapping[Lister, int],
     budget: int,
     report: PollReport,
 ) -> list[tuple[InFlight, Task]]:
@@ -302,16 +306,18 @@ def _ask(
     """
     answers: list[tuple[InFlight, Task]] = []
     left = list(todo)
-    by_lister: dict[tuple[str, str], list[InFlight]] = {}
+    by_lister: dict[Lister, list[InFlight]] = {}
     for job in left:
         by_lister.setdefault(_lister(svc, job), []).append(job)
     lists_allowed = budget > 1 or int(time.time() / svc.settings.poll_interval_seconds) % 2 == 0
-    for (account, provider_name), jobs in by_lister.items():
+    for lister, jobs in by_lister.items():
+        account, provider_name, kind = lister
         if not lists_allowed or len(jobs) < LIST_FROM or report.requests >= budget:
             continue
-        page_size = min(LIST_PAGE_SIZE, max(LIST_PAGE_MIN, 4 * in_flight.get((account, provider_name), 0)))
+        page_size = min(LIST_PAGE_SIZE, max(LIST_PAGE_MIN, 4 * in_flight.get(lister, 0)))
         try:
-            listed = svc.provider_for_account(account, provider_name).list_images(page=1, page_size=page_size)
+            provider = svc.provider_for_account(account, provider_name)
+            listed = provider.list_tasks(kind, page=1, page_size=page_size)
         except UnsupportedOperation:
             continue
         except RateLimited:
@@ -334,9 +340,9 @@ def _ask(
         try:
             provider = svc.provider_for_account(job.account, job.key[0])
             if job.task_id:
-                answers.append((job, provider.get_image(job.task_id)))
+                answers.append((job, provider.get_task(job.kind, job.task_id)))
             else:
-                answers.append((job, provider.get_image(external_task_id=job.id)))
+                answers.append((job, provider.get_task(job.kind, external_task_id=job.id)))
         except RateLimited:
             raise
         except Exception as exc:  # noqa: BLE001  (the reconciler looks at it again later)
@@ -345,9 +351,9 @@ def _ask(
     return answers
 
 
-def _lister(svc: Services, job: InFlight) -> tuple[str, str]:
-    """Whose task list a job's task is on: its account's, for its provider."""
-    return svc.account(job.account).name, job.key[0]
+def _lister(svc: Services, job: InFlight) -> Lister:
+    """Whose task list a job's task is on: its account's, for its provider and task kind."""
+    return svc.account(job.account).name, job.key[0], job.kind
 
 
 def mark_polled(svc: Services, job_id: str) -> None:
@@ -392,7 +398,7 @@ def confirm(svc: Services, job_id: str) -> str:
     """
     with session_scope(svc.sessions) as s:
         row = s.execute(
-            select(Job.provider, Job.provider_task_id, Job.status, Job.account, _HAS_IMAGES).where(
+            select(Job.provider, Job.provider_task_id, Job.status, Job.account, Job.kind, _HAS_IMAGES).where(
                 Job.id == job_id
             )
         ).one_or_none()
@@ -403,9 +409,9 @@ def confirm(svc: Services, job_id: str) -> str:
     try:
         provider = svc.provider_for_account(row.account, row.provider)
         if row.provider_task_id:
-            task = provider.get_image(row.provider_task_id)
+            task = provider.get_task(row.kind, row.provider_task_id)
         else:
-            task = provider.get_image(external_task_id=job_id)
+            task = provider.get_task(row.kind, external_task_id=job_id)
         return apply_answer(svc, job_id, task, row.account).outcome.value
     except Exception as exc:  # noqa: BLE001  (the poller and reconcile look at it again)
         log.warning("confirm: job %s: %s: %s", job_id, type(exc).__name__, exc)

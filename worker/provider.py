@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kling import AppyPieClient, KlingClient
-from kling.client import ImageProvider
+from kling.client import TaskProvider
 from models.accounts import Account
 from models.settings import Settings
 
@@ -12,7 +12,7 @@ class ProviderNotConfigured(RuntimeError):
     """A job asks for a provider this deployment has no credentials for."""
 
 
-def make_provider(settings: Settings, name: str | None = None) -> ImageProvider:
+def make_provider(settings: Settings, name: str | None = None) -> TaskProvider:
     # The worker does its own requeueing (slots, backoff), so the client must not retry behind it.
     name = name or settings.kling_provider
     if name == "appypie":
@@ -34,7 +34,7 @@ def make_provider(settings: Settings, name: str | None = None) -> ImageProvider:
     )
 
 
-def make_account_provider(account: Account) -> ImageProvider:
+def make_account_provider(account: Account) -> TaskProvider:
     """The client of one account from KLING_ACCOUNTS_FILE (validated there: credentials present)."""
     if account.provider == "appypie":
         if account.subscription_key is None:

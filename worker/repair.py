@@ -59,7 +59,7 @@ def reconcile(svc: Services, *, limit: int = 200) -> ReconcileReport:
     cutoff = utcnow() - timedelta(seconds=svc.settings.reconcile_after_seconds)
     with session_scope(svc.sessions) as s:
         quiet = s.execute(
-            select(Job.id, Job.provider_task_id, Job.provider, Job.account)
+            select(Job.id, Job.provider_task_id, Job.provider, Job.account, Job.kind)
             .where(
                 Job.status.in_([JobStatus.SUBMITTED, JobStatus.PROCESSING]),
                 Job.updated_at <= cutoff,
@@ -68,10 +68,13 @@ def reconcile(svc: Services, *, limit: int = 200) -> ReconcileReport:
             .order_by(Job.updated_at)
             .limit(limit)
         ).all()
-    for job_id, task_id, provider_name, account in quiet:
+    for job_id, task_id, provider_name, account, kind in quiet:
         try:
             provider = svc.provider_for_account(account, provider_name)
-            task = provider.get_image(task_id) if task_id else provider.get_image(external_task_id=job_id)
+            if task_id:
+                task = provider.get_task(kind, task_id)
+            else:
+                task = provider.get_task(kind, external_task_id=job_id)
             with session_scope(svc.sessions) as s:
                 result = apply_provider_task(s, job_id, task, source="poll")
             if not task.status.is_final:

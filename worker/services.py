@@ -19,7 +19,7 @@ from models.db import SessionFactory
 from models.settings import Settings
 
 if TYPE_CHECKING:
-    from kling.client import ImageProvider
+    from kling.client import TaskProvider
     from worker.accounts import AccountGate, LocalAccountGate
     from worker.budget import LocalUnitBudget, UnitBudget
     from worker.fetch import SafeFetcher
@@ -47,7 +47,7 @@ class Services:
         *,
         engine: Engine | None = None,
         sessions: SessionFactory | None = None,
-        provider: ImageProvider | None = None,
+        provider: TaskProvider | None = None,
         limiter: SlotLimiter | None = None,
         s3: Any = None,
         fetcher: SafeFetcher | None = None,
@@ -55,21 +55,21 @@ class Services:
         poll_gate: PollGate | LocalPollGate | None = None,
         account_gate: AccountGate | LocalAccountGate | None = None,
         accounts: tuple[Account, ...] | None = None,
-        account_providers: dict[str, ImageProvider] | None = None,
+        account_providers: dict[str, TaskProvider] | None = None,
         limiters: dict[str, SlotLimiter] | None = None,
     ) -> None:
         self.settings = settings
         self.publish = publish
         self._provider = provider
         self._lock = threading.Lock()
-        self._providers: dict[str, ImageProvider] = {}
+        self._providers: dict[str, TaskProvider] = {}
         # Accounts given without their clients/limiters get them built like the settings' ones.
         self.accounts: tuple[Account, ...] = accounts or settings.accounts
         self.account_names = tuple(a.name for a in self.accounts)
         self._by_name = {a.name: a for a in self.accounts}
         # No file: the one `default` account serves every provider the settings have keys for.
         self.legacy = accounts is None and not settings.kling_accounts_file
-        self._account_providers: dict[str, ImageProvider] = dict(account_providers or {})
+        self._account_providers: dict[str, TaskProvider] = dict(account_providers or {})
         self._limiters: dict[str, SlotLimiter] = dict(limiters or {})
         self._disabled: frozenset[str] = frozenset()
         self._disabled_until = float("-inf")
@@ -109,11 +109,11 @@ class Services:
         return factory
 
     @cached_property
-    def provider(self) -> ImageProvider:
+    def provider(self) -> TaskProvider:
         """The deployment's default provider (`KLING_PROVIDER`)."""
         return self.provider_for(self.settings.kling_provider)
 
-    def provider_for(self, name: str) -> ImageProvider:
+    def provider_for(self, name: str) -> TaskProvider:
         """The client for a job's provider (`kling` or `appypie`), built once per process."""
         if self._provider is not None:
             return self._provider
@@ -130,7 +130,7 @@ class Services:
         from the file fall back to the first one."""
         return self._by_name.get(name or "", self.accounts[0])
 
-    def provider_for_account(self, name: str | None, provider_name: str | None = None) -> ImageProvider:
+    def provider_for_account(self, name: str | None, provider_name: str | None = None) -> TaskProvider:
         """The client of one account (its own credentials and base URL), built once per process."""
         account = self.account(name)
         given = self._account_providers.get(account.name)

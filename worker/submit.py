@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import update
 
-from kling import ImageRequest, KlingError, Task, TaskStatus, ValidationError
-from kling.client import ImageProvider
+from kling import KlingError, Task, TaskStatus, ValidationError
+from kling.client import TaskProvider
 from kling.errors import ConcurrencyLimitExceeded, PermissionDenied, RateLimited
 from kling.http import backoff, is_ambiguous, is_not_found
+from kling.kinds import TaskKind, kind_for
 from models.base import utcnow
 from models.db import session_scope
 from models.enums import JobStatus
@@ -63,7 +64,7 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
         token = take_claim(s, job_id, JobStatus.QUEUED, claim, svc.settings.stuck_submit_seconds)
         if token is None:
             return Outcome(Step.DONE, detail="another run owns this job")
-        params, slots, provider_name, kind = dict(job.params), job.slots, job.provider, job.kind
+        params, slots, provider_name, kind_name = dict(job.params), job.slots, job.provider, job.kind
         ahead = queue_ahead(job.priority)
         s.refresh(job)
         tried_before = job.create_attempts > 0
@@ -78,7 +79,7 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
         plan = route(
             svc.accounts,
             provider_name,
-            kind=kind,
+            kind=kind_name,
             pinned=pinned_account(job.account, job.create_attempts),
             disabled=disabled,
             legacy=svc.legacy,
@@ -88,7 +89,7 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
         unusable: Exception | None = None
         too_big = denied = 0
         try:
-            request = ImageRequest.from_params(params)
+            kind = _checked_kind(kind_name, params, provider_name)
             for name in plan.accounts:
                 provider = svc.provider_for_account(name, provider_name)
         except (ProviderNotConfigured, ValidationError) as exc:
@@ -174,14 +175,21 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
     hold = svc.settings.stuck_submit_seconds
     if not account:
         return _unroutable(
-            svc, job_id, provider_name, kind=kind, slots=slots, model=model, too_big=too_big, denied=denied
+            svc,
+            job_id,
+            provider_name,
+            kind=kind_name,
+            slots=slots,
+            model=model,
+            too_big=too_big,
+            denied=denied,
         )
     provider = svc.provider_for_account(account, provider_name)
     limiter = svc.limiter_for(account)
 
     if tried_before:
         # An earlier run sent a create and we never learned its fate: ask before creating again.
-        found = _find_existing(svc, provider, job_id, token, None, limiter=limiter)
+        found = _find_existing(svc, provider, job_id, token, None, kind=kind, limiter=limiter)
         if isinstance(found, Task):
             # No resume here: the task found may predate the pause (only this run's own create
             # proves the account works again, below).
@@ -221,7 +229,7 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
         cb_url = callback_url(settings.public_base_url, settings.callback_secret.get_secret_value(), job_id)
 
     try:
-        task = provider.create_image(request, external_task_id=job_id, callback_url=cb_url)
+        task = provider.create_task(kind, params, external_task_id=job_id, callback_url=cb_url)
     except (RateLimited, ConcurrencyLimitExceeded) as exc:
         # Not processed: give the slots back and try again later; the job stays queued.
         metrics.provider_errors.labels(code=str(exc.code)).inc()
@@ -251,7 +259,7 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
                 svc, job_id, code=str(exc.code or exc.http_status or "provider_error"), message=exc.message
             )
             return Outcome(Step.FAILED, detail=str(exc))
-        found = _find_existing(svc, provider, job_id, token, exc, limiter=limiter)
+        found = _find_existing(svc, provider, job_id, token, exc, kind=kind, limiter=limiter)
         if isinstance(found, Outcome):
             return found
         if found is Lookup.NOT_FOUND:
@@ -278,6 +286,15 @@ def _resume(svc: Services, account: str) -> None:
     if svc.account_gate.resume(account):
         log.warning("account %s resumed", account)
         alerts.account_changed(svc, alerts.RESUMED, AccountState(account, paused=False))
+
+
+def _checked_kind(name: str, params: dict[str, object], provider_name: str) -> TaskKind:
+    """The job's task kind, its params checked by that kind's rules (`ValidationError` if not)."""
+    kind = kind_for(name)
+    errors = kind.validate(params, "appypie" if provider_name == "appypie" else "kling")
+    if errors:
+        raise ValidationError(errors)
+    return kind
 
 
 def _reserve_units(svc: Services, name: str, job_id: str, slots: int) -> bool:
@@ -400,11 +417,12 @@ def _deny_model(
 
 def _find_existing(
     svc: Services,
-    provider: ImageProvider,
+    provider: TaskProvider,
     job_id: str,
     token: str,
     original: KlingError | None,
     *,
+    kind: TaskKind,
     limiter: SlotLimiter,
 ) -> Task | Literal[Lookup.NOT_FOUND] | Outcome:
     """A create may have gone through: look the task up by our id. Never create again before knowing.
@@ -423,7 +441,7 @@ def _find_existing(
         )
         return Outcome(Step.FAILED, detail=str(original))
     try:
-        return provider.get_image(external_task_id=job_id)
+        return provider.get_task(kind, external_task_id=job_id)
     except KlingError as exc:
         if not is_not_found(exc):
             # The lookup failed too: we still don't know. Keep the lease and ask again later.

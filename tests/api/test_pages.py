@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.documents import event_job, event_job_document
 from models.enums import JobStatus
+from models.shown_params import LIST_MARKER
 from models.statemachine import create_job, transition
 from models.tables import Job
 from tests.api.conftest import AUTH, build_app
@@ -140,3 +141,34 @@ def test_the_downstream_event_never_reads_params(backend: Backend) -> None:
     assert backend.largest_row(statements) < ROW_LIMIT
     with pytest.raises(InvalidRequestError):
         _ = loaded.params  # never loaded behind the caller's back either
+
+
+URL = "https://example.com/a.png"
+# Every other kind's image fields: a top-level inline image, and a list of them.
+OTHER_KINDS = [
+    ("try_on", lambda big: {"human_image": big, "cloth_image": URL}, "human_image"),
+    ("image_to_video", lambda big: {"image": URL, "image_tail": big}, "image_tail"),
+    (
+        "multi_image",
+        lambda big: {"prompt": "p", "subject_image_list": [{"subject_image": big}]},
+        "subject_image_list",
+    ),
+]
+
+
+@pytest.mark.parametrize(("kind", "make", "field"), OTHER_KINDS, ids=[k for k, _, _ in OTHER_KINDS])
+def test_pages_never_read_inline_images_of_other_kinds(
+    backend: Backend, kind: str, make: Any, field: str
+) -> None:
+    params = make("Q" * IMAGE_CHARS)
+    job_id = create_job(backend.session, params, provider="kling", kind=kind).job.id
+    backend.session.commit()
+    with backend.reads_of_jobs() as statements:
+        listed = backend.client.get("/v1/jobs", headers=AUTH)
+        one = backend.client.get(f"/v1/jobs/{job_id}", headers=AUTH)
+    (doc,) = listed.get_json()["jobs"]
+    assert doc == one.get_json()
+    expected = LIST_MARKER if field.endswith("_list") else f"<base64 image, {IMAGE_CHARS} characters>"
+    # Only the inline image is replaced: URLs and other fields are shown as stored.
+    assert doc["params"] == {**params, field: expected}
+    assert backend.largest_row(statements) < ROW_LIMIT

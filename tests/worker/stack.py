@@ -158,7 +158,8 @@ def base_settings(
     **extra: Any,
 ) -> Settings:
     broker = f"redis://127.0.0.1:6379/{BROKER_DB}"
-    return Settings(
+    # `extra` may override any of these (a dict merge: keyword arguments could not repeat one).
+    values: dict[str, Any] = dict(
         database_url=database_url,
         celery_broker_url=broker,
         redis_url="redis://127.0.0.1:6379/15",
@@ -181,8 +182,8 @@ def base_settings(
         notify_secret=TEST_WEBHOOK_SECRET,
         # The downstream receivers in these tests listen on this machine.
         notify_allowed_hosts="localhost,127.0.0.1",
-        **extra,
     )
+    return Settings(**{**values, **extra})
 
 
 def flush_broker() -> None:

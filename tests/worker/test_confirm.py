@@ -99,7 +99,7 @@ def test_a_lookup_that_finds_the_task_running_changes_nothing_final(
     running = harness.svc.provider.get_image(task_id)
     monkeypatch.setattr(
         harness.svc.provider,
-        "get_image",
+        "get_task",
         lambda *args, **kwargs: type(running)(task_id=task_id, status=TaskStatus.PROCESSING),
     )
     assert _post(webhook, job_id, legacy_body(task_id, "failed"))[1] == {"outcome": "unconfirmed"}
@@ -114,6 +114,6 @@ def test_a_failing_lookup_is_left_to_the_poller(harness: Harness, monkeypatch: p
     def down(*args: object, **kwargs: object) -> None:
         raise ConnectionError("provider unreachable")
 
-    monkeypatch.setattr(harness.svc.provider, "get_image", down)
+    monkeypatch.setattr(harness.svc.provider, "get_task", down)
     assert polling.confirm(harness.svc, job_id) == "lookup_failed"
     assert harness.get(job_id).status == "submitted"

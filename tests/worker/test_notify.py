@@ -106,9 +106,11 @@ def test_receiver_verifies_signature_and_gets_s3_locations(svc: Services, httpse
         .get(f"/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {TEST_API_TOKEN}"})
         .get_json()
     )
-    assert {k: shown[k] for k in EVENT_JOB_FIELDS if k != "images"} == {
-        k: v for k, v in data.items() if k != "images"
+    # Outputs are shown by their S3 location in events, by their source too in the API.
+    assert {k: shown[k] for k in EVENT_JOB_FIELDS if k not in ("images", "outputs")} == {
+        k: v for k, v in data.items() if k not in ("images", "outputs")
     }
+    assert data["outputs"] == [{**image, "type": "image", "duration": None}]
     assert image["archived_at"] == shown["images"][0]["archived_at"]
     assert event["timestamp"].endswith("+00:00")
 

@@ -202,7 +202,7 @@ def test_a_failing_list_request_leaves_the_lookups_to_answer(
     def broken(*_: object, **__: object) -> None:
         raise ServerError("list endpoint down")
 
-    monkeypatch.setattr(quick.svc.provider, "list_images", broken)
+    monkeypatch.setattr(quick.svc.provider, "list_tasks", broken)
     report = poll_overdue(quick.svc)
     # The list cost a request of the budget of 5; the four lookups answered every job.
     assert (report.requests, report.list_requests) == (5, 0)
@@ -220,7 +220,7 @@ def test_a_job_whose_lookup_fails_goes_to_the_back_of_the_line(
     def broken(*_: object, **__: object) -> None:
         raise ServerError("lookup failed")
 
-    monkeypatch.setattr(quick.svc.provider, "get_image", broken)
+    monkeypatch.setattr(quick.svc.provider, "get_task", broken)
     report = poll_overdue(quick.svc)
     assert report.requests == 1 and report.changed == []
     assert quick.get(job_id).last_polled_at is not None
