@@ -103,11 +103,6 @@ def test_every_image_kind_goes_from_the_api_to_s3(make_stack: Any, s3_client: An
     _assert_archived_through_callbacks(stack, job_ids, s3_client, shape)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="today's archiver refuses MP4 sources (NotAnImage); video archiving comes with branch "
-    "video-archive: remove this mark when it is merged",
-)
 @pytest.mark.parametrize("shape", ["legacy", "v3"])
 def test_every_video_kind_goes_from_the_api_to_s3(make_stack: Any, s3_client: Any, shape: str) -> None:
     stack = _stack(make_stack, shape)
