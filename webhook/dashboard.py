@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, render_template
+from flask import Blueprint, Flask, current_app, render_template, request
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from models.documents import job_documents, job_select
-from models.enums import ImageStatus
+from models.enums import ImageStatus, JobStatus
 from models.tables import Image, Job
 from webhook import api
 from webhook.db import autocommit_sessions
@@ -49,10 +49,14 @@ def data() -> ViewResult:
     snapshot = state_snapshot(current_app._get_current_object())  # type: ignore[attr-defined]
     database_up = snapshot.get("kling_metrics_source_up{database}") == 1
     limiter_up = snapshot.get("kling_metrics_source_up{limiter}") == 1
+    status = request.args.get("status") or None
+    if status is not None and status not in JobStatus.__members__.values():
+        return {"error": f"status must be one of {', '.join(JobStatus)}"}, 400
+    recent = job_select().order_by(Job.created_at.desc(), Job.id.desc()).limit(RECENT_JOBS)
+    if status is not None:
+        recent = recent.where(Job.status == status)
     with autocommit_sessions() as read, read() as session:
-        jobs = job_documents(
-            session, job_select().order_by(Job.created_at.desc(), Job.id.desc()).limit(RECENT_JOBS)
-        )
+        jobs = job_documents(session, recent)
         shown = session.scalars(
             select(Image)
             .where(or_(ARCHIVED, VIDEO_AT_SOURCE))

@@ -259,8 +259,18 @@ def _paths() -> dict[str, Any]:
                 "summary": "Everything the dashboard shows, in one read",
                 "operationId": "getDashboard",
                 "security": secured,
+                "parameters": [
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "required": False,
+                        "description": "Only recent jobs with this status",
+                        "schema": {"type": "string", "enum": [s.value for s in JobStatus]},
+                    }
+                ],
                 "responses": {
                     "200": _json(ref("Dashboard"), "Counts, slots, recent jobs and archived images"),
+                    "400": _error("An unknown status"),
                     "401": UNAUTHORIZED,
                     "503": DB_DOWN,
                 },

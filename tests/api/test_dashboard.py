@@ -183,3 +183,31 @@ def test_a_paused_account_shows_a_banner_until_it_resumes(
     assert "default: paused: 1102" in text_of(browser, "accounts-banner")
     gate.resume("default")
     wait.until(lambda d: not d.find_element(By.ID, "accounts-banner").is_displayed())
+
+
+def test_a_queued_job_can_be_cancelled_from_the_dashboard_and_jobs_filtered_by_status(
+    served_api: Served, browser: webdriver.Chrome
+) -> None:
+    keep, stop = create(served_api, "keep me"), create(served_api, "stop me")
+    browser.get(f"{served_api.url}/#token={TEST_API_TOKEN}")
+    wait = WebDriverWait(browser, WAIT_SECONDS, poll_frequency=0.2)
+    wait.until(lambda d: rows(d).get(stop) == "queued")
+    # One click, by script: the page re-renders every few seconds (no stale element handles).
+    browser.execute_script(f"document.querySelector(\"[data-cancel='{stop}']\").click();")
+    wait.until(lambda d: rows(d).get(stop) == "cancelled")
+    assert rows(browser).get(keep) == "queued"
+    assert browser.execute_script(f"return document.querySelector(\"[data-cancel='{stop}']\");") is None
+    answer = requests.get(f"{served_api.url}/v1/jobs/{stop}", headers=AUTH, timeout=10).json()
+    assert answer["status"] == "cancelled"
+
+    # The filter asks the server for that status only.
+    browser.execute_script(
+        "const f = document.getElementById('status-filter'); f.value = 'cancelled';"
+        "f.dispatchEvent(new Event('change'));"
+    )
+    wait.until(lambda d: stop in rows(d) and keep not in rows(d))
+    assert set(rows(browser).values()) == {"cancelled"}
+    assert (
+        requests.get(f"{served_api.url}/v1/dashboard?status=bogus", headers=AUTH, timeout=10).status_code
+        == 400
+    )

@@ -4,7 +4,8 @@
 
 const REFRESH_MS = 3000;
 const TOKEN_KEY = "kling.apiToken";
-const STATUS_ORDER = ["queued", "submitted", "processing", "succeeded", "archived", "failed"];
+const STATUS_ORDER = ["queued", "submitted", "processing", "succeeded", "archived", "failed", "cancelled", "expired"];
+const FILTER_KEY = "kling.statusFilter";
 const $ = (id) => document.getElementById(id);
 // Presigned URLs change on every refresh; keep the first one per output so thumbnails do not reload.
 const thumbnails = new Map();
@@ -61,6 +62,12 @@ function renderJobs(jobs) {
     tr.append(el("td", { class: "id", title: job.id }, job.id.slice(0, 8)));
     const status = el("td");
     status.append(badge(job.status));
+    // Only a queued job can still be stopped before Kling bills it (POST /v1/jobs/{id}/cancel).
+    if (job.status === "queued" && !job.cancel_requested_at) {
+      const button = el("button", { type: "button", class: "cancel", "data-cancel": job.id }, "cancel");
+      button.addEventListener("click", () => cancelJob(job.id, button));
+      status.append(button);
+    }
     if (job.error) status.append(el("div", { class: "error" }, `${job.error.code}: ${job.error.message || ""}`));
     tr.append(status);
     tr.append(el("td", { class: "prompt", title: job.params.prompt || "" }, job.params.prompt || ""));
@@ -115,6 +122,22 @@ function renderGallery(gallery) {
   $("gallery").replaceChildren(...figures);
 }
 
+async function cancelJob(id, button) {
+  button.disabled = true;
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  try {
+    const response = await fetch(`/v1/jobs/${encodeURIComponent(id)}/cancel`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${token}` },
+    });
+    if (!response.ok) showError(await describeFailure(response));
+  } catch (err) {
+    showError(`cannot reach the server (${err})`);
+  }
+  clearTimeout(timer);
+  refresh();
+}
+
 function showError(message) {
   $("error").hidden = false;
   $("error").textContent = `Cannot load the dashboard data: ${message}`;
@@ -141,7 +164,9 @@ async function refresh() {
   if (!token) return showLogin("");
   let response;
   try {
-    response = await fetch("/v1/dashboard", { headers: { Authorization: `Bearer ${token}` }, cache: "no-store" });
+    const status = $("status-filter").value;
+    const url = status ? `/v1/dashboard?status=${encodeURIComponent(status)}` : "/v1/dashboard";
+    response = await fetch(url, { headers: { Authorization: `Bearer ${token}` }, cache: "no-store" });
   } catch (err) {
     showError(`cannot reach the server (${err})`);
     timer = setTimeout(refresh, REFRESH_MS);
@@ -188,6 +213,14 @@ function renderAccounts(accounts) {
   banner.textContent = `Accounts not taking jobs (queued jobs wait): ${parts.join("; ")}`;
   banner.hidden = false;
 }
+
+for (const status of STATUS_ORDER) $("status-filter").append(el("option", { value: status }, status));
+$("status-filter").value = sessionStorage.getItem(FILTER_KEY) || "";
+$("status-filter").addEventListener("change", () => {
+  sessionStorage.setItem(FILTER_KEY, $("status-filter").value);
+  clearTimeout(timer);
+  refresh();
+});
 
 $("login").addEventListener("submit", (event) => {
   event.preventDefault();
