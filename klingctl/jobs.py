@@ -6,6 +6,7 @@ import base64
 import json
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,13 @@ from kling.kinds import DEFAULT_KIND, KIND_NAMES, kind_for
 from klingctl.common import celery_publisher, console, db_handles, settings
 from klingctl.errors import UsageLine
 from klingctl.render import job_detail, jobs_table, plain, status_text
+from models.base import utcnow
 from models.db import session_scope
 from models.documents import stored_params
 from models.enums import JobStatus
+from models.events import EVENTS, parse_webhook_events
+from models.job_control import MAX_DEADLINE_SECONDS
+from models.priorities import PRIORITIES
 from models.tables import Job
 
 FINAL = frozenset(s.value for s in JobStatus if s.is_terminal)
@@ -137,6 +142,23 @@ def wait_final(
 @click.option("--image", default=None, metavar="PATH|URL", help="Reference image: a local jpg/png or a URL.")
 @click.option("--webhook-url", default=None, help="POST a signed event here when the job ends.")
 @click.option("--metadata", default=None, metavar="JSON", help="A JSON object kept with the job.")
+@click.option(
+    "--priority", type=click.Choice(PRIORITIES), default="normal", show_default=True, help="Queue order."
+)
+@click.option(
+    "--deadline",
+    "deadline_seconds",
+    type=click.IntRange(1, MAX_DEADLINE_SECONDS),
+    default=None,
+    help="Seconds it may wait queued; then it expires, never submitted.",
+)
+@click.option(
+    "--webhook-event",
+    "webhook_events",
+    multiple=True,
+    type=click.Choice(EVENTS),
+    help="An event the --webhook-url hears (repeatable; default how the job ended).",
+)
 @click.option("--wait", is_flag=True, help="Show progress until the job is archived or failed.")
 @click.option(
     "--timeout", default=600.0, show_default=True, type=click.FloatRange(0), help="Seconds --wait waits."
@@ -154,6 +176,9 @@ def submit(
     image: str | None,
     webhook_url: str | None,
     metadata: str | None,
+    priority: str,
+    deadline_seconds: int | None,
+    webhook_events: tuple[str, ...],
     wait: bool,
     timeout: float,
 ) -> None:
@@ -183,12 +208,24 @@ def submit(
     if webhook_url is not None and not webhook_url.startswith(("http://", "https://")):
         raise UsageLine("webhook_url: must be an http(s) URL")
     meta = parse_metadata(metadata)
+    events, event_errors = parse_webhook_events(list(webhook_events) or None, has_url=webhook_url is not None)
+    if event_errors:
+        raise UsageLine("invalid request: " + "; ".join(str(p) for p in event_errors))
+    deadline = utcnow() + timedelta(seconds=deadline_seconds) if deadline_seconds else None
 
     engine, sessions = db_handles(cfg)
     try:
         with session_scope(sessions) as s:
             created = create_job(
-                s, params, provider=cfg.kling_provider, kind=kind, webhook_url=webhook_url, metadata=meta
+                s,
+                params,
+                provider=cfg.kling_provider,
+                kind=kind,
+                webhook_url=webhook_url,
+                metadata=meta,
+                priority=priority,
+                deadline_at=deadline,
+                webhook_events=events,
             )
             job_id = created.job.id
         _, publish = celery_publisher(cfg)

@@ -74,3 +74,20 @@ def test_refusals_are_one_line_exit_1(
     assert result.exit_code == 1 and message in result.output
     unknown = cli([command, "00000000-0000-4000-8000-000000000000"], DATABASE_URL=url)
     assert unknown.exit_code == 1 and "no job" in unknown.output
+
+
+def test_submit_takes_priority_deadline_and_webhook_events(
+    cli: Run, fresh_sqlite: tuple[str, Engine]
+) -> None:
+    url, engine = fresh_sqlite
+    args = ["submit", "a lighthouse", "--priority", "high", "--deadline", "60"]
+    args += ["--webhook-url", "https://example.com/hook", "--webhook-event", "job.failed"]
+    args += ["--webhook-event", "job.submitted"]
+    result = cli(args, DATABASE_URL=url, CELERY_BROKER_URL=MEMORY)
+    assert result.exit_code == 0, result.output
+    [job] = jobs_in(engine)
+    assert (job.priority, job.webhook_events) == ("high", ["job.submitted", "job.failed"])
+    assert job.deadline_at is not None and job.queue_at is not None and job.queue_at < job.created_at
+    # An event without a URL to send it to is bad input: one line, exit 2, nothing written.
+    bad = cli(["submit", "x", "--webhook-event", "job.failed"], DATABASE_URL=url, CELERY_BROKER_URL=MEMORY)
+    assert bad.exit_code == 2 and "webhook_events" in bad.output and len(jobs_in(engine)) == 1
