@@ -38,6 +38,11 @@ def make_job(
     target = JobStatus(status)
     params = {"prompt": prompt, "n": n, "aspect_ratio": "1:1"}
     job = create_job(session, params, provider=provider, webhook_url=webhook_url, metadata=metadata).job
+    if target in (JobStatus.CANCELLED, JobStatus.EXPIRED):
+        # Never created at the provider: straight from queued, as the worker or the API ends it.
+        source = "api" if target is JobStatus.CANCELLED else "worker"
+        transition(session, job, target, source=source)
+        return job
     last = JobStatus(fail_after) if target is JobStatus.FAILED else target
     task_id = f"task-{uuid.uuid4().hex[:12]}"
     # A job passes `processing` only when asked for it: Kling's callbacks may skip it too.

@@ -34,8 +34,9 @@ def token(**claims):
             f"Bearer {jwt.encode({'iss': TEST_ACCESS_KEY}, 'another-secret-of-32-bytes-or-more!!', 'HS256')}",
             1002,
         ),
-        (f"Bearer {token(nbf=int(time.time()) + 600)}", 1003),
-        (f"Bearer {token(exp=int(time.time()) - 10)}", 1004),
+        # Times relative to when the test runs, not to collection (a long suite outlasts them).
+        (lambda: f"Bearer {token(nbf=int(time.time()) + 600)}", 1003),
+        (lambda: f"Bearer {token(exp=int(time.time()) - 10)}", 1004),
         (f"Bearer {token(iss='someone-else')}", 1000),
     ],
     ids=[
@@ -52,6 +53,8 @@ def token(**claims):
     ],
 )
 def test_auth_error_codes(simulator, authorization, code):
+    if callable(authorization):
+        authorization = authorization()
     headers = {} if authorization is None else {"Authorization": authorization}
     for resp in (
         get(simulator, PATH, headers=headers),
