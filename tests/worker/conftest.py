@@ -6,6 +6,7 @@ import secrets
 from collections.abc import Iterator
 
 import pytest
+from pydantic import SecretStr
 
 from kling import KlingClient
 from models.db import make_engine
@@ -30,8 +31,8 @@ def svc(committed_pg_url: str) -> Iterator[Services]:
     TEST_WEBHOOK_SECRET, delivering only to RECEIVER_HOSTS."""
     settings = Settings(
         database_url=committed_pg_url,
-        notify_secret=TEST_WEBHOOK_SECRET,
-        api_token=TEST_API_TOKEN,
+        notify_secret=SecretStr(TEST_WEBHOOK_SECRET),
+        api_token=SecretStr(TEST_API_TOKEN),
         notify_allowed_hosts=RECEIVER_HOSTS,
     )
     engine = make_engine(committed_pg_url)
