@@ -22,7 +22,10 @@ install: $(STAMP) ## Create .venv and install the project with its dev tools
 test: ## Run the whole test suite; scripts/provision first installs and starts what it needs
 	scripts/provision
 	@$(MAKE) -s --no-print-directory $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# make exits 2 for any failing recipe, so the reason of pytest's 5 (no test collected) is said here.
+	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): a failure" >&2; fi; \
+	  exit $$rc
 
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .

@@ -6,11 +6,12 @@ import secrets
 from collections.abc import Iterator
 
 import pytest
+from pydantic import SecretStr
 
 from kling import KlingClient
 from models.db import make_engine
 from models.settings import Settings
-from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
+from tests.conftest import TEST_ACCESS_KEY, TEST_API_TOKEN, TEST_SECRET_KEY, TEST_WEBHOOK_SECRET
 from tests.fixtures.services import S3_TEST_ACCESS_KEY, S3_TEST_SECRET_KEY
 from tests.worker.harness import Harness
 from worker.accounts import AccountGate
@@ -18,6 +19,25 @@ from worker.limiter import RedisSlotLimiter
 from worker.polling import PollGate
 from worker.s3 import make_s3_client
 from worker.services import Services
+
+# The downstream receivers of the notify/delivery tests: httpserver's name, listed as an operator
+# lists an internal consumer (127.0.0.1 itself is NOT listed).
+RECEIVER_HOSTS = ("localhost",)
+
+
+@pytest.fixture
+def svc(committed_pg_url: str) -> Iterator[Services]:
+    """Services for downstream notifications (test_notify.py, test_delivery.py): signed with
+    TEST_WEBHOOK_SECRET, delivering only to RECEIVER_HOSTS."""
+    settings = Settings(
+        database_url=committed_pg_url,
+        notify_secret=SecretStr(TEST_WEBHOOK_SECRET),
+        api_token=SecretStr(TEST_API_TOKEN),
+        notify_allowed_hosts=RECEIVER_HOSTS,
+    )
+    engine = make_engine(committed_pg_url)
+    yield Services(settings, engine=engine)
+    engine.dispose()
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """The worker's plain functions wired to real parts (PostgreSQL, a Redis limiter, moto S3 and the
-simulator over HTTP), with publishes recorded instead of sent: `harness` (tests/worker/conftest.py)."""
+simulator over HTTP), with publishes recorded instead of sent: `harness` (tests/worker/conftest.py).
+`Jobs` (make a job, read it back) is shared with the two-account `Pool` of test_routing.py."""
 
 from __future__ import annotations
 
@@ -15,12 +16,10 @@ from worker.outcome import Step
 from worker.services import Services
 
 
-class Harness:
-    def __init__(self, svc: Services, sim: Simulator) -> None:
-        self.svc = svc
-        self.sim = sim
-        self.published: list[tuple[str, list[Any]]] = []
-        svc.publish = lambda name, args: self.published.append((name, args))
+class Jobs:
+    """Jobs made and read back through `svc`'s database, as the worker's tests need them."""
+
+    svc: Services
 
     def job(self, params: dict[str, Any] | None = None) -> str:
         with session_scope(self.svc.sessions) as s:
@@ -32,6 +31,14 @@ class Harness:
             assert job is not None
             _ = job.images, job.transitions
             return job
+
+
+class Harness(Jobs):
+    def __init__(self, svc: Services, sim: Simulator) -> None:
+        self.svc = svc
+        self.sim = sim
+        self.published: list[tuple[str, list[Any]]] = []
+        svc.publish = lambda name, args: self.published.append((name, args))
 
     def wait_sim_final(self, task_id: str, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout

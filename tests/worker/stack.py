@@ -179,6 +179,10 @@ def base_settings(
         reconcile_after_seconds=1.0,
         reconcile_interval_seconds=0.5,
         outbox_relay_seconds=0.5,
+        # A create whose answer was lost (accept_then_drop) holds its job's claim this long before
+        # the reconciler runs the submit again (a lookup first): 6 s as in the chaos stack. At the
+        # 60 s default one such job kept the fault test waiting a minute (78 s of its run).
+        stuck_submit_seconds=6.0,
         notify_secret=TEST_WEBHOOK_SECRET,
         # The downstream receivers in these tests listen on this machine.
         notify_allowed_hosts="localhost,127.0.0.1",

@@ -13,11 +13,11 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
-from models.db import make_engine, session_scope
+from models.db import session_scope
 from models.delivery import VOCABULARY, DeliveryError, shown_error
-from models.settings import Settings
-from tests.conftest import TEST_API_TOKEN, TEST_WEBHOOK_SECRET
+from tests.conftest import TEST_API_TOKEN
 from tests.fixtures.services import assert_no_connection
+from tests.worker.conftest import RECEIVER_HOSTS
 from tests.worker.test_notify import archived_job
 from webhook import create_app
 from webhook.openapi import openapi_document
@@ -27,20 +27,6 @@ from worker.outcome import Step
 from worker.services import Services
 
 pytestmark = pytest.mark.integration
-RECEIVERS = ("localhost",)  # httpserver's name; 127.0.0.1 itself is NOT listed
-
-
-@pytest.fixture
-def svc(committed_pg_url: str) -> Iterator[Services]:
-    settings = Settings(
-        database_url=committed_pg_url,
-        notify_secret=TEST_WEBHOOK_SECRET,
-        api_token=TEST_API_TOKEN,
-        notify_allowed_hosts=RECEIVERS,
-    )
-    engine = make_engine(committed_pg_url)
-    yield Services(settings, engine=engine)
-    engine.dispose()
 
 
 def rebinding_resolver(address: str) -> Callable[..., list[tuple[object, ...]]]:
@@ -146,7 +132,7 @@ def deliver(svc: Services, url: str, sender: WebhookSender | None = None) -> tup
 def test_dns_rebinding_to_loopback_sends_nothing(svc: Services, silent_listener: socket.socket) -> None:
     """The name was public when the job was accepted; at send time it answers 127.0.0.1."""
     port = silent_listener.getsockname()[1]
-    sender = WebhookSender(RECEIVERS, resolver=rebinding_resolver("127.0.0.1"))
+    sender = WebhookSender(RECEIVER_HOSTS, resolver=rebinding_resolver("127.0.0.1"))
     step, note = deliver(svc, f"http://hooks.rebind.example:{port}/hook", sender)
     assert step is Step.RETRY
     assert (note["last_error"], note["last_status"]) == ("blocked_address", None)
@@ -161,7 +147,7 @@ def test_loopback_in_any_spelling_is_blocked(host: str, silent_listener: socket.
     """Rows written before the create-time check, or spellings it might miss: the guard at connect
     time refuses them all (the real resolver)."""
     port = silent_listener.getsockname()[1]
-    delivery = WebhookSender(RECEIVERS).post(f"http://{host}:{port}/", b"{}", {})
+    delivery = WebhookSender(RECEIVER_HOSTS).post(f"http://{host}:{port}/", b"{}", {})
     assert delivery.error is DeliveryError.BLOCKED_ADDRESS
     assert_no_connection(silent_listener)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,6 +20,7 @@ from models.settings import Settings
 from models.statemachine import create_job, transition
 from models.tables import Image, Job, Notification
 from tests.conftest import TEST_API_TOKEN, TEST_WEBHOOK_SECRET
+from tests.worker.conftest import RECEIVER_HOSTS
 from webhook import create_app
 from worker import repair
 from worker.claims import db_now
@@ -31,22 +31,6 @@ from worker.services import Services
 
 pytestmark = pytest.mark.integration
 NOTIFY_SECRET = TEST_WEBHOOK_SECRET
-# The receivers here listen on this machine: listed, as an operator lists an internal consumer.
-RECEIVER_HOSTS = ("localhost",)
-
-
-@pytest.fixture
-def svc(committed_pg_url: str) -> Iterator[Services]:
-    settings = Settings(
-        database_url=committed_pg_url,
-        notify_secret=NOTIFY_SECRET,
-        api_token=TEST_API_TOKEN,
-        notify_allowed_hosts=RECEIVER_HOSTS,
-    )
-    engine = make_engine(committed_pg_url)
-    services = Services(settings, engine=engine)
-    yield services
-    engine.dispose()
 
 
 def archived_job(s: Session, webhook_url: str) -> str:

@@ -20,9 +20,9 @@ from kling.simulator import Simulator
 from models.accounts import Account
 from models.db import make_engine, session_scope
 from models.settings import Settings
-from models.statemachine import create_job
 from models.tables import DisabledAccount, Job
 from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
+from tests.worker.harness import Jobs
 from worker import polling, probe, repair, slots, submit
 from worker.accounts import AccountGate
 from worker.limiter import RedisSlotLimiter
@@ -33,22 +33,13 @@ pytestmark = pytest.mark.integration
 
 
 @dataclass
-class Pool:
+class Pool(Jobs):
+    """Like `Harness`, over two accounts: one simulator and one limiter per account."""
+
     svc: Services
     sims: dict[str, Simulator]
     limiters: dict[str, RedisSlotLimiter]
     published: list[tuple[str, list[Any]]]
-
-    def job(self, params: dict[str, Any] | None = None) -> str:
-        with session_scope(self.svc.sessions) as s:
-            return create_job(s, params or {"prompt": "a lighthouse", "n": 1}, provider="kling").job.id
-
-    def get(self, job_id: str) -> Job:
-        with session_scope(self.svc.sessions) as s:
-            job = s.get(Job, job_id)
-            assert job is not None
-            s.expunge(job)
-            return job
 
 
 @pytest.fixture
