@@ -13,15 +13,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import ipaddress
 import json
 import logging
-import socket
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, current_app, request
 from sqlalchemy import and_, or_, select
@@ -31,7 +28,6 @@ from sqlalchemy.orm import Session
 
 from kling.errors import FieldError, ValidationError
 from kling.kinds import DEFAULT_KIND, kind_for
-from kling.validation import Provider
 from models.base import utcnow
 from models.db import session_scope
 from models.documents import job_document, job_documents, job_select
@@ -43,21 +39,17 @@ from models.priorities import parse_priority
 from models.settings import Settings
 from models.statemachine import create_job
 from models.tables import Image, Job
-from webhook.body import MAX_WEBHOOK_URL, is_json_media_type, long_urls, unstorable
+from webhook.body import is_json_media_type, unstorable
 from webhook.db import app_settings, autocommit_sessions, sessions
+from webhook.job_fields import split_body
 from webhook.views import ViewResult
-from worker.fetch import METADATA_ADDRESSES, embedded_ipv4
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
 
 S3_CLIENT = "kling.s3"
-PROVIDERS: tuple[Provider, ...] = ("kling", "appypie")
-# Provider fields the service fills in itself.
-RESERVED_FIELDS = ("callback_url", "external_task_id")
 # A 10 MB image is ~13.4 MB once base64-encoded.
 API_MAX_BODY_BYTES = 16 * 1024 * 1024
-MAX_METADATA_BYTES = 16 * 1024
 MAX_IDEMPOTENCY_KEY = 255
 DEFAULT_LIMIT, MAX_LIMIT = 50, 200
 PRESIGN_SECONDS = 3600
@@ -177,7 +169,7 @@ def create() -> ViewResult:
     events_value = body.pop("webhook_events", None)
     priority, priority_errors = parse_priority(body.pop("priority", None))
     kind_name = body.pop("kind", None)
-    provider, webhook_url, metadata, params, errors = _split_body(body, settings)
+    provider, webhook_url, metadata, params, errors = split_body(body, settings)
     events, event_errors = parse_webhook_events(events_value, has_url=webhook_url is not None)
     errors += deadline_errors + event_errors + priority_errors
     key = _idempotency_key()
@@ -349,77 +341,6 @@ def _job_id(value: str) -> str:
 
 def _unknown() -> str:
     raise ApiError(404, "unknown job")
-
-
-def _split_body(
-    body: dict[str, Any], settings: Settings
-) -> tuple[Provider, str | None, dict[str, Any] | None, dict[str, Any], list[FieldError]]:
-    """(provider, webhook_url, metadata, provider params, errors so far); nulls count as absent."""
-    errors: list[FieldError] = []
-    provider: Provider = settings.kling_provider
-    requested = body.pop("provider", None)
-    if requested in PROVIDERS:
-        provider = requested
-    elif requested is not None:
-        errors.append(FieldError("provider", "enum", f"must be one of {', '.join(PROVIDERS)}"))
-
-    webhook_url = body.pop("webhook_url", None)
-    if isinstance(webhook_url, str) and len(webhook_url) > MAX_WEBHOOK_URL:
-        errors.append(
-            FieldError("webhook_url", "max_length", f"must be at most {MAX_WEBHOOK_URL} characters")
-        )
-        webhook_url = None
-    elif webhook_url is not None and not _is_http_url(webhook_url):
-        errors.append(FieldError("webhook_url", "url", "must be an http(s) URL with a host"))
-        webhook_url = None
-    elif webhook_url is not None and not _public_host(urlsplit(webhook_url).hostname or "", settings):
-        errors.append(FieldError("webhook_url", "public", "must point at a public host, not a private one"))
-        webhook_url = None
-
-    metadata = body.pop("metadata", None)
-    if metadata is not None and not isinstance(metadata, dict):
-        errors.append(FieldError("metadata", "type", "must be a JSON object"))
-        metadata = None
-    elif metadata is not None and len(json.dumps(metadata)) > MAX_METADATA_BYTES:
-        errors.append(FieldError("metadata", "size", f"must be at most {MAX_METADATA_BYTES} bytes as JSON"))
-        metadata = None
-
-    for name in RESERVED_FIELDS:
-        if name in body:
-            body.pop(name)
-            errors.append(FieldError(name, "reserved", "is set by the service, not by clients"))
-    params = {k: v for k, v in body.items() if v is not None}
-    errors += long_urls(params)
-    return provider, webhook_url, metadata, params, errors
-
-
-def _is_http_url(value: object) -> bool:
-    if not isinstance(value, str) or len(value) > MAX_WEBHOOK_URL:
-        return False
-    try:
-        parts = urlsplit(value)
-        return parts.scheme in ("http", "https") and bool(parts.hostname)
-    except ValueError:
-        return False
-
-
-def _public_host(host: str, settings: Settings) -> bool:
-    """False for a host that is, in any spelling, a non-public address (`2130706433`, `0x7f.1`,
-    `[::ffff:169.254.169.254]`) or a local name, unless listed in NOTIFY_ALLOWED_HOSTS."""
-    host = host.rstrip(".").lower()
-    if host in settings.notify_allowed_hosts:
-        return True
-    if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
-        return False
-    try:
-        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(host)
-    except ValueError:
-        try:  # the forms inet_aton reads: 2130706433, 0x7f.1, 127.1, 0177.0.0.1
-            ip = ipaddress.IPv4Address(socket.inet_aton(host))
-        except OSError:
-            return True  # a name
-    ip = embedded_ipv4(ip)
-    return ip.is_global and ip not in METADATA_ADDRESSES
 
 
 def _idempotency_key() -> str | None:

@@ -14,7 +14,8 @@ from flask import Blueprint
 from kling.kinds import KIND_NAMES
 from models.enums import JobStatus
 from webhook import openapi_control
-from webhook.api import DEFAULT_LIMIT, MAX_IDEMPOTENCY_KEY, MAX_LIMIT, PROVIDERS
+from webhook.api import DEFAULT_LIMIT, MAX_IDEMPOTENCY_KEY, MAX_LIMIT
+from webhook.job_fields import PROVIDERS
 from webhook.openapi_jobs import job_schemas
 from webhook.openapi_parts import JSON, NULLABLE_TIME, Schema, nullable, ref
 from webhook.openapi_requests import request_schemas

@@ -8,7 +8,7 @@ from kling.kinds import KIND_NAMES
 from models.delivery import VOCABULARY
 from models.documents import IMAGE_FIELDS, JOB_FIELDS, NOTIFICATION_FIELDS, OUTPUT_FIELDS, TRANSITION_FIELDS
 from models.enums import ImageStatus, JobStatus, TransitionSource
-from webhook.api import PROVIDERS
+from webhook.job_fields import PROVIDERS
 from webhook.openapi_control import job_properties
 from webhook.openapi_parts import NULLABLE_TIME, TIME, Schema, document, nullable, ref
 

@@ -20,8 +20,8 @@ from kling.validation import (
     OMNI_RESOLUTIONS,
     OMNI_RESULT_TYPES,
 )
-from webhook.api import PROVIDERS
 from webhook.body import MAX_WEBHOOK_URL
+from webhook.job_fields import PROVIDERS
 from webhook.openapi_control import request_properties
 from webhook.openapi_parts import Schema, nullable, ref
 

@@ -14,7 +14,7 @@ from sqlalchemy import update
 
 from kling import KlingError, Task, TaskStatus, ValidationError
 from kling.client import TaskProvider
-from kling.errors import ConcurrencyLimitExceeded, PermissionDenied, RateLimited
+from kling.errors import ConcurrencyLimitExceeded, RateLimited
 from kling.http import backoff, is_ambiguous, is_not_found
 from kling.kinds import TaskKind, kind_for
 from models.base import utcnow
@@ -26,15 +26,27 @@ from models.priorities import queue_ahead
 from models.statemachine import TaskMismatch, apply_provider_task, transition
 from models.tables import Job
 from models.tokens import callback_url
-from worker import alerts, metrics
-from worker.accounts import AccountState, denies_model, pauses_account
-from worker.budget import estimate
+from worker import metrics
+from worker.accounts import denies_model, pauses_account
 from worker.claims import keep_claim, take_claim
 from worker.limiter import SlotLimiter
 from worker.outcome import Outcome, Step, fail_job
 from worker.provider import ProviderNotConfigured
-from worker.routing import pinned_account, route, unserved
+from worker.routing import pinned_account, route
 from worker.services import Services
+from worker.submit_outcomes import (
+    CREATE_UNCERTAIN,
+    deny_model,
+    end_unsubmitted,
+    forget_earlier_creates,
+    give_back,
+    pause_account,
+    refused_by_account,
+    reserve_units,
+    resume,
+    unreserve,
+    unroutable,
+)
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -42,9 +54,6 @@ if TYPE_CHECKING:
     from worker.tasks import Schedule
 
 log = logging.getLogger(__name__)
-
-CREATE_UNCERTAIN = "create_uncertain"
-EXCEEDS_CONCURRENCY = "exceeds_concurrency"
 
 
 class Lookup(Enum):
@@ -122,7 +131,7 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
             if probing and not tried_before and not svc.account_gate.probe_turn(name):
                 limiter.release(job_id)
                 continue
-            if not _reserve_units(svc, name, job_id, slots):
+            if not reserve_units(svc, name, job_id, slots):
                 limiter.release(job_id)
                 continue
             account = name
@@ -174,7 +183,7 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
         return Outcome(Step.FAILED, detail=str(unusable))
     hold = svc.settings.stuck_submit_seconds
     if not account:
-        return _unroutable(
+        return unroutable(
             svc,
             job_id,
             provider_name,
@@ -199,15 +208,15 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
             return found
         if ending is not None:
             limiter.release(job_id)
-            _unreserve(svc, account, job_id)
-            _end_unsubmitted(svc, job_id, token, ending)
+            unreserve(svc, account, job_id)
+            end_unsubmitted(svc, job_id, token, ending)
             return Outcome(Step.DONE, detail=ending.value)
         if lookup_only:
             # Surely not created, and no create may go out on so small an account: the job is
             # free to go to any account that fits it.
             limiter.release(job_id)
-            _unreserve(svc, account, job_id)
-            _give_back(svc, job_id, token, forget=True)
+            unreserve(svc, account, job_id)
+            give_back(svc, job_id, token, forget=True)
             if svc.publish is not None:
                 svc.publish(DISPATCH_JOB, [job_id])
             return Outcome(Step.WAIT, detail=f"no task on {account}; too small to create it there")
@@ -216,12 +225,12 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
             # still be processed late; another account could not deduplicate it) and tries again,
             # lookup first, at the next probe turn: holding its claim, not its slots.
             limiter.release(job_id)
-            _unreserve(svc, account, job_id)
-            _forget_earlier_creates(svc, job_id, token)  # none found: this run sent none either
+            unreserve(svc, account, job_id)
+            forget_earlier_creates(svc, job_id, token)  # none found: this run sent none either
             return keep_claim(svc, job_id, token, svc.account_gate.probe_seconds, hold)
         # Surely not created: create it now, and count only that create, so a refusal of it
         # (a dry pack) frees the job to go to another account instead of pinning it here.
-        _forget_earlier_creates(svc, job_id, token)
+        forget_earlier_creates(svc, job_id, token)
 
     settings = svc.settings
     cb_url = None
@@ -240,21 +249,21 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
     except KlingError as exc:
         metrics.provider_errors.labels(code=str(exc.code or exc.http_status or "network")).inc()
         if pauses_account(exc):
-            _pause_account(svc, account, exc)
+            pause_account(svc, account, exc)
             if not is_ambiguous(exc):
-                return _refused_by_account(svc, account, job_id, token, exc)
+                return refused_by_account(svc, account, job_id, token, exc)
             # 5001 (maintenance) is a 5xx: the create may have gone through. Like any ambiguous
             # answer, the job holds its slots and looks the task up; once surely not created,
             # it waits for the account's probe turn (above) or goes to another account; found,
             # the account works after all and resumes below.
             probing = True
         if denies_model(exc):
-            return _deny_model(
+            return deny_model(
                 svc, job_id, token, exc, account=account, model=model, provider_name=provider_name
             )
         if not is_ambiguous(exc):
             limiter.release(job_id)
-            _unreserve(svc, account, job_id)
+            unreserve(svc, account, job_id)
             fail_job(
                 svc, job_id, code=str(exc.code or exc.http_status or "provider_error"), message=exc.message
             )
@@ -268,24 +277,9 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
         task = found
 
     if probing:
-        _resume(svc, account)
+        resume(svc, account)
     _record_submitted(svc, job_id, task)
     return Outcome(Step.DONE, detail=task.task_id)
-
-
-def _end_unsubmitted(svc: Services, job_id: str, token: str, ending: JobStatus) -> None:
-    """The lookup found no task: the cancelled or expired job ends without one."""
-    with session_scope(svc.sessions) as s:
-        job = s.get(Job, job_id)
-        if job is not None and job.claim_token == token:
-            transition(s, job, ending, source="worker", detail={"reason": END_REASONS[ending]})
-
-
-def _resume(svc: Services, account: str) -> None:
-    """A create went through on a paused account: it works again."""
-    if svc.account_gate.resume(account):
-        log.warning("account %s resumed", account)
-        alerts.account_changed(svc, alerts.RESUMED, AccountState(account, paused=False))
 
 
 def _checked_kind(name: str, params: dict[str, object], provider_name: str) -> TaskKind:
@@ -295,124 +289,6 @@ def _checked_kind(name: str, params: dict[str, object], provider_name: str) -> T
     if errors:
         raise ValidationError(errors)
     return kind
-
-
-def _reserve_units(svc: Services, name: str, job_id: str, slots: int) -> bool:
-    """A budgeted account: reserve the task's estimated units of today's budget (worker/budget.py);
-    False when that would pass it (the account is then paused with reason `budget` until 00:00 UTC).
-    No Redis call for an account without a budget."""
-    budget = svc.account(name).daily_unit_budget
-    if not budget:
-        return True
-    units = estimate(slots, svc.units_per_slot(name))
-    if svc.budget.reserve(name, job_id, units, budget, utcnow()):
-        return True
-    log.info("account %s: today's unit budget (%g) is used up", name, budget)
-    return False
-
-
-def _unreserve(svc: Services, account: str, job_id: str) -> None:
-    """The create made no task: give its units back to the day's budget."""
-    if svc.account(account).daily_unit_budget:
-        svc.budget.give_back(account, job_id, utcnow())
-
-
-def _unroutable(
-    svc: Services,
-    job_id: str,
-    provider_name: str,
-    *,
-    kind: str,
-    slots: int,
-    model: str,
-    too_big: int,
-    denied: int,
-) -> Outcome:
-    """No account can ever take the job as it is: fail it with the reason."""
-    if denied:
-        message = f"no account may use model {model or 'default'} (1103 from every account serving it)"
-        fail_job(svc, job_id, code=str(PermissionDenied.default_code), message=message)
-        return Outcome(Step.FAILED, detail=message)
-    if too_big:
-        limit = max(svc.limiter_for(a.name).limit for a in svc.accounts)
-        message = f"n={slots} needs more slots than KLING_CONCURRENCY={limit}"
-        fail_job(svc, job_id, code=EXCEEDS_CONCURRENCY, message=message)
-        return Outcome(Step.FAILED, detail=message)
-    code, message = unserved(svc.accounts, provider_name, kind, legacy=svc.legacy)
-    fail_job(svc, job_id, code=code, message=message)
-    return Outcome(Step.FAILED, detail=message)
-
-
-def _forget_earlier_creates(svc: Services, job_id: str, token: str) -> None:
-    """The account says the earlier creates made no task: only the one about to go out counts."""
-    with session_scope(svc.sessions) as s:
-        s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.claim_token == token)
-            .values(create_attempts=1)
-            .execution_options(synchronize_session=False)
-        )
-
-
-def _give_back(
-    svc: Services, job_id: str, token: str, *, refused: bool = False, forget: bool = False
-) -> None:
-    """Back to the queue, unclaimed. `refused`: this run's create surely made no task, so it does
-    not count (no lookup before the next one, and the job may go to another account); `forget`:
-    a lookup found no task from any earlier create either."""
-    values: dict[str, object] = {"claim_token": None, "claimed_until": None}
-    if forget:
-        values["create_attempts"] = 0
-    elif refused:
-        values["create_attempts"] = Job.create_attempts - 1
-    with session_scope(svc.sessions) as s:
-        s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.claim_token == token)
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
-
-
-def _pause_account(svc: Services, account: str, exc: KlingError) -> None:
-    """An answer about the account (dry pack, arrears, IP whitelist, maintenance): every other
-    job would be refused the same way, so pause submitting to it (and alert, the first time)."""
-    if svc.account_gate.pause(account, exc.code, exc.message):
-        log.warning("account %s paused: %s %s", account, exc.code, exc.message)
-        alerts.account_changed(svc, alerts.PAUSED, svc.account_gate.state(account))
-    else:
-        log.info("account %s still paused: %s %s", account, exc.code, exc.message)
-
-
-def _refused_by_account(svc: Services, account: str, job_id: str, token: str, exc: KlingError) -> Outcome:
-    """The account refused the create: no task was made. The job goes back to the queue, not failed."""
-    svc.limiter_for(account).release(job_id)
-    _unreserve(svc, account, job_id)
-    _give_back(svc, job_id, token, refused=True)
-    return Outcome(Step.WAIT, detail=f"account {account} paused: {exc.code}")
-
-
-def _deny_model(
-    svc: Services, job_id: str, token: str, exc: KlingError, *, account: str, model: str, provider_name: str
-) -> Outcome:
-    """1103: this account may not use the model. Mark it so for a while and route the job to
-    another account; fail it only when every account serving its provider refused the model."""
-    svc.limiter_for(account).release(job_id)
-    _unreserve(svc, account, job_id)
-    svc.account_gate.deny(account, model)
-    log.warning("account %s may not use model %s: %s %s", account, model or "default", exc.code, exc.message)
-    others = [
-        a.name
-        for a in svc.accounts
-        if a.name != account and svc.serves(a, provider_name) and not svc.account_gate.denied(a.name, model)
-    ]
-    if not others:
-        fail_job(svc, job_id, code=str(exc.code or 1103), message=exc.message)
-        return Outcome(Step.FAILED, detail=str(exc))
-    _give_back(svc, job_id, token, refused=True)
-    if svc.publish is not None:
-        svc.publish(DISPATCH_JOB, [job_id])  # to another account now, not at the next pump
-    return Outcome(Step.WAIT, detail=f"account {account} may not use {model}")
 
 
 def _find_existing(
