@@ -24,36 +24,22 @@ def job_schemas() -> dict[str, Schema]:
             "at": TIME,
         },
     )
-    image = document(
-        IMAGE_FIELDS,
-        {
-            "index": {"type": "integer", "minimum": 0},
-            "status": {"type": "string", "enum": [s.value for s in ImageStatus]},
-            "source_url": {"type": "string"},
-            "s3_bucket": nullable({"type": "string"}),
-            "s3_key": nullable({"type": "string"}),
-            "sha256": nullable({"type": "string"}),
-            "bytes": nullable({"type": "integer"}),
-            "content_type": nullable({"type": "string"}),
-            "archived_at": NULLABLE_TIME,
-        },
-    )
-    output = document(
-        OUTPUT_FIELDS,
-        {
-            "type": {"type": "string", "enum": ["image", "video"]},
-            "index": {"type": "integer", "minimum": 0},
-            "status": {"type": "string", "enum": [s.value for s in ImageStatus]},
-            "source_url": {"type": "string"},
-            "s3_bucket": nullable({"type": "string"}),
-            "s3_key": nullable({"type": "string"}),
-            "sha256": nullable({"type": "string"}),
-            "bytes": nullable({"type": "integer"}),
-            "content_type": nullable({"type": "string"}),
-            "duration": nullable({"type": "number", "description": "Seconds (videos only)"}),
-            "archived_at": NULLABLE_TIME,
-        },
-    )
+    # One schema per stored column: an image row and an output row show the same ones.
+    stored: dict[str, Schema] = {
+        "type": {"type": "string", "enum": ["image", "video"]},
+        "index": {"type": "integer", "minimum": 0},
+        "status": {"type": "string", "enum": [s.value for s in ImageStatus]},
+        "source_url": {"type": "string"},
+        "s3_bucket": nullable({"type": "string"}),
+        "s3_key": nullable({"type": "string"}),
+        "sha256": nullable({"type": "string"}),
+        "bytes": nullable({"type": "integer"}),
+        "content_type": nullable({"type": "string"}),
+        "duration": nullable({"type": "number", "description": "Seconds (videos only)"}),
+        "archived_at": NULLABLE_TIME,
+    }
+    image = document(IMAGE_FIELDS, {name: stored[name] for name in IMAGE_FIELDS})
+    output = document(OUTPUT_FIELDS, {name: stored[name] for name in OUTPUT_FIELDS})
     notification = document(
         NOTIFICATION_FIELDS,
         {
