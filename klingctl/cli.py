@@ -11,6 +11,7 @@ from klingctl.errors import FriendlyGroup
 from klingctl.jobs import jobs, show, submit
 from klingctl.ops import beat, db, sweep, webhook, worker
 from klingctl.stopping import wait_for_stop
+from klingctl.tenants import tenants
 
 
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,7 +23,21 @@ def main() -> None:
     """
 
 
-for _command in (submit, jobs, show, cancel, retry, webhook, worker, beat, db, sweep, demo, accounts):
+for _command in (
+    submit,
+    jobs,
+    show,
+    cancel,
+    retry,
+    webhook,
+    worker,
+    beat,
+    db,
+    sweep,
+    demo,
+    accounts,
+    tenants,
+):
     main.add_command(_command)
 
 

@@ -57,6 +57,7 @@ JOB_FIELDS = (
     "retry_of",
     "webhook_events",
     "priority",
+    "tenant",
 )
 TRANSITION_FIELDS = ("from", "to", "source", "at")
 IMAGE_FIELDS = (
@@ -184,6 +185,7 @@ def job_select() -> Select[Any]:
         Job.retry_of,
         Job.webhook_events,
         Job.priority,
+        Job.tenant,
     )
 
 
@@ -262,6 +264,7 @@ def job_documents(
             "retry_of": job.retry_of,
             "webhook_events": (job.webhook_events or DEFAULT_ORDER) if job.webhook_url else None,
             "priority": job.priority,
+            "tenant": job.tenant,
         }
         for job in jobs
     ]
@@ -269,13 +272,24 @@ def job_documents(
 
 DEFAULT_ORDER = [e for e in EVENTS if e in DEFAULT_EVENTS]
 _ONE_JOB = job_select().where(Job.id == bindparam("job_id"))
+_TENANTS_JOB = _ONE_JOB.where(Job.tenant == bindparam("tenant"))
 
 
 def job_document(
-    session: Session, job_id: str, *, waiting: Callable[[str, str], Any] | None = None
+    session: Session,
+    job_id: str,
+    *,
+    waiting: Callable[[str, str], Any] | None = None,
+    tenant: str | None = None,
 ) -> dict[str, Any] | None:
-    """One job's document, or None when there is no such job."""
-    docs = job_documents(session, _ONE_JOB, {"job_id": job_id}, waiting=waiting)
+    """One job's document, or None when there is no such job (or, given `tenant`, when it is
+    another tenant's)."""
+    stmt, params = (
+        (_ONE_JOB, {"job_id": job_id})
+        if tenant is None
+        else (_TENANTS_JOB, {"job_id": job_id, "tenant": tenant})
+    )
+    docs = job_documents(session, stmt, params, waiting=waiting)
     return docs[0] if docs else None
 
 

@@ -131,4 +131,5 @@ def retry_job(session: Session, job_id: str, *, idempotency_key: str | None = No
         retry_of=old.id,
         webhook_events=old.webhook_events,
         priority=old.priority,
+        tenant=old.tenant,
     )

@@ -41,7 +41,7 @@ from models.rules import (
     decide_unconfirmed,
     needs_confirmation,
 )
-from models.tables import CallbackEvent, Image, Job, Transition, new_job_id
+from models.tables import DEFAULT_TENANT, CallbackEvent, Image, Job, Transition, new_job_id
 
 __all__ = [
     "PROVIDER_FAILED",
@@ -99,15 +99,18 @@ def create_job(
     retry_of: str | None = None,
     webhook_events: list[str] | None = None,
     priority: str = "normal",
+    tenant: str = DEFAULT_TENANT,
 ) -> Created:
     """Insert a queued job of task `kind` (`kling.kinds`), its first transition and the outbox row
     that submits it; the job holds the kind's slot weight for its params.
 
     With an `idempotency_key` already used (even by a concurrent request), return that job.
-    `deadline_at`: still queued then, it expires; `retry_of`: the job this one retries.
+    `deadline_at`: still queued then, it expires; `retry_of`: the job this one retries. An
+    Idempotency-Key is the `tenant`'s own: another tenant's same key makes another job.
     """
+    same_key = (Job.tenant == tenant, Job.idempotency_key == idempotency_key)
     if idempotency_key is not None:
-        existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+        existing = session.scalar(select(Job).where(*same_key))
         if existing is not None:
             return Created(existing)
     job = Job(
@@ -123,6 +126,7 @@ def create_job(
         deadline_at=deadline_at,
         retry_of=retry_of,
         priority=priority,
+        tenant=tenant,
         # Its place in the queue (the pump's order, the limiter's tickets): arrival moved by priority.
         queue_at=utcnow() - timedelta(seconds=queue_ahead(priority)),
     )
@@ -135,7 +139,7 @@ def create_job(
     except IntegrityError:
         if idempotency_key is None:
             raise
-        existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+        existing = session.scalar(select(Job).where(*same_key))
         if existing is None:
             raise
         return Created(existing)

@@ -24,6 +24,8 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from models.base import Base, JSONType, UTCDateTime
 from models.enums import EventOutcome, ImageStatus, JobStatus, TransitionSource, sql_in
 
+DEFAULT_TENANT = "default"
+
 # Row ids are 64-bit on PostgreSQL: int4 stops at 2^31 rows, about two years of callbacks and
 # outbox rows at a million jobs a day. On SQLite only an INTEGER PRIMARY KEY is the (already
 # 64-bit) rowid and autoincrements; a BIGINT one would not.
@@ -54,6 +56,19 @@ class Job(Base):
             sqlite_where=text("status = 'queued'"),
         ),
         # The expiry sweep: queued jobs with a deadline, soonest first (few rows: partial).
+        # A tenant's jobs, newest first (a tenant key's list).
+        Index(None, "tenant", "created_at", "id"),
+        # The pump's per-tenant queue heads (fair share between tenants, worker/tenancy.py).
+        Index(
+            "ix_jobs_tenant_queue",
+            "tenant",
+            "queue_at",
+            "id",
+            postgresql_where=text("status = 'queued'"),
+            sqlite_where=text("status = 'queued'"),
+        ),
+        # An Idempotency-Key is the tenant's own: another tenant's same key is another job.
+        UniqueConstraint("tenant", "idempotency_key"),
         Index(
             "ix_jobs_queued_deadline",
             "deadline_at",
@@ -75,7 +90,7 @@ class Job(Base):
     webhook_url: Mapped[str | None] = mapped_column(Text)
     # `metadata` is reserved on declarative classes.
     meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType)
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
     slots: Mapped[int] = mapped_column(Integer, server_default=text("1"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
@@ -108,6 +123,10 @@ class Job(Base):
     queue_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Downstream events the webhook_url hears (models/events.py); NULL: how the job ended.
     webhook_events: Mapped[list[str] | None] = mapped_column(JSONType)
+    # Who the job is for (models/tenants.py): what a tenant key sees, and its share of the slots.
+    tenant: Mapped[str] = mapped_column(
+        ForeignKey("tenants.name", ondelete="RESTRICT"), server_default=DEFAULT_TENANT
+    )
 
     images: Mapped[list[Image]] = relationship(
         back_populates="job", order_by="Image.index", cascade="all, delete-orphan", passive_deletes=True
@@ -281,3 +300,25 @@ class DisabledAccount(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     disabled_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+
+
+class Tenant(Base):
+    """Who jobs are for (`klingctl tenants create`): an API key stored as its SHA-256, the slots and
+    daily units it may use, and its weight in the fair share of slots (models/tenants.py). The
+    `default` tenant has no key: jobs the operator's `API_TOKEN` creates belong to it."""
+
+    __tablename__ = "tenants"
+    __table_args__ = (
+        CheckConstraint("weight >= 1", name="weight"),
+        CheckConstraint("max_slots IS NULL OR max_slots >= 1", name="max_slots"),
+        CheckConstraint("daily_units IS NULL OR daily_units > 0", name="daily_units"),
+    )
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_sha256: Mapped[str | None] = mapped_column(String(64), unique=True)
+    # The key's first characters, to tell keys apart in lists (the key itself is never stored).
+    key_hint: Mapped[str | None] = mapped_column(String(16))
+    max_slots: Mapped[int | None] = mapped_column(Integer)
+    daily_units: Mapped[float | None] = mapped_column(Float)
+    weight: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())

@@ -13,7 +13,7 @@ from flask import Blueprint, Flask, current_app
 from sqlalchemy.exc import OperationalError
 
 from kling.kinds import DEFAULT_KIND
-from webhook.api import require_token
+from webhook.auth import forbidden_to_tenants, require_token
 from webhook.db import LIMITER_KEY, app_settings, sessions
 from webhook.views import ViewResult
 from worker.account_views import account_views, waiting_for
@@ -78,7 +78,7 @@ def waiting_lookup() -> Callable[..., Any]:
 
 @bp.before_request
 def _before() -> ViewResult | None:
-    return require_token()
+    return require_token() or forbidden_to_tenants()
 
 
 @bp.get("/v1/accounts")

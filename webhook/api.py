@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import json
 import logging
 import uuid
@@ -38,7 +37,8 @@ from models.logging import log_context
 from models.priorities import parse_priority
 from models.settings import Settings
 from models.statemachine import create_job
-from models.tables import Image, Job
+from models.tables import DEFAULT_TENANT, Image, Job, Tenant
+from webhook.auth import api_token, caller_tenant, is_visible, require_token, tenant_scope
 from webhook.body import is_json_media_type, unstorable
 from webhook.db import app_settings, autocommit_sessions, sessions
 from webhook.job_fields import split_body
@@ -53,7 +53,6 @@ API_MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_IDEMPOTENCY_KEY = 255
 DEFAULT_LIMIT, MAX_LIMIT = 50, 200
 PRESIGN_SECONDS = 3600
-LOOPBACK = ("127.0.0.1", "::1")
 
 
 class ConfigurationError(RuntimeError):
@@ -81,7 +80,7 @@ def init_app(app: Flask, settings: Settings) -> None:
 
 
 def check_settings(settings: Settings) -> None:
-    if not _token(settings) and not settings.demo_mode:
+    if not api_token(settings) and not settings.demo_mode:
         raise ConfigurationError(
             "API_TOKEN is not set: the job API needs a bearer token. Set API_TOKEN "
             "(e.g. `export API_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')`)."
@@ -102,31 +101,6 @@ def presigned_url(bucket: str, key: str) -> str:
         "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=PRESIGN_SECONDS
     )
     return url
-
-
-# --- auth ---------------------------------------------------------------------------------------
-def _token(settings: Settings) -> str:
-    return settings.api_token.get_secret_value() if settings.api_token is not None else ""
-
-
-def require_token() -> ViewResult | None:
-    """`before_request` hook: None when the request carries the API token, else the 401 answer."""
-    expected = _token(app_settings())
-    if not expected:
-        # Only reachable in demo mode (check_settings): open to this machine only.
-        if request.remote_addr in LOOPBACK:
-            return None
-        return _unauthorized("the API is only open to localhost in demo mode")
-    scheme, _, provided = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not provided:
-        return _unauthorized("missing bearer token")
-    if not hmac.compare_digest(provided.strip().encode(), expected.encode()):
-        return _unauthorized("invalid bearer token")
-    return None
-
-
-def _unauthorized(message: str) -> ViewResult:
-    return {"error": message}, 401, {"WWW-Authenticate": 'Bearer realm="kling-orchestrator"'}
 
 
 @bp.before_request
@@ -169,6 +143,7 @@ def create() -> ViewResult:
     events_value = body.pop("webhook_events", None)
     priority, priority_errors = parse_priority(body.pop("priority", None))
     kind_name = body.pop("kind", None)
+    tenant = _tenant_of_create(body.pop("tenant", None))
     provider, webhook_url, metadata, params, errors = split_body(body, settings)
     events, event_errors = parse_webhook_events(events_value, has_url=webhook_url is not None)
     errors += deadline_errors + event_errors + priority_errors
@@ -187,6 +162,14 @@ def create() -> ViewResult:
         errors.append(
             FieldError(field, "concurrency", f"needs {slots} slots; at most {name}={most} can be held")
         )
+    if not errors and tenant.max_slots is not None and (slots := kind.slots(params)) > tenant.max_slots:
+        errors.append(
+            FieldError(
+                _slot_field(kind.name, params),
+                "max_slots",
+                f"needs {slots} slots; tenant {tenant.name} may hold at most {tenant.max_slots}",
+            )
+        )
     if errors:
         raise ApiError(422, "invalid request", errors)
 
@@ -203,6 +186,7 @@ def create() -> ViewResult:
             deadline_at=deadline,
             webhook_events=events,
             priority=priority,
+            tenant=tenant.name,
         )
         job_id, created = result.job.id, result.created
         earlier = result.job
@@ -238,7 +222,7 @@ def create() -> ViewResult:
     return payload, 202 if created else 200, {"Location": f"/v1/jobs/{job_id}"}
 
 
-LIST_PARAMETERS = ("status", "limit", "cursor")
+LIST_PARAMETERS = ("status", "tenant", "limit", "cursor")
 
 
 @bp.get("/v1/jobs")
@@ -254,9 +238,11 @@ def list_jobs() -> ViewResult:
     limit = _limit(request.args.get("limit"))
     cursor = _decode_cursor(request.args["cursor"]) if request.args.get("cursor") else None
 
-    stmt = job_select()
+    stmt = tenant_scope(job_select())
     if status is not None:
         stmt = stmt.where(Job.status == status)
+    if (tenant := request.args.get("tenant")) is not None:
+        stmt = stmt.where(Job.tenant == tenant)
     if cursor is not None:
         at, last_id = cursor
         stmt = stmt.where(or_(Job.created_at < at, and_(Job.created_at == at, Job.id < last_id)))
@@ -272,7 +258,7 @@ def list_jobs() -> ViewResult:
 @bp.get("/v1/jobs/<job_id>")
 def show(job_id: str) -> ViewResult:
     with autocommit_sessions() as read, read() as session:
-        return _one_document(session, _job_id(job_id), _waiting()), 200
+        return _one_document(session, _job_id(job_id), _waiting(), tenant=caller_tenant()), 200
 
 
 @bp.get("/v1/jobs/<job_id>/images/<int:index>")
@@ -284,7 +270,9 @@ def image(job_id: str, index: int) -> ViewResult | Response:
                 Image.job_id == job_id, Image.index == index
             )
         ).first()
-        if found is None and session.scalar(select(Job.id).where(Job.id == job_id)) is None:
+        if not is_visible(session, job_id) or (
+            found is None and session.scalar(select(Job.id).where(Job.id == job_id)) is None
+        ):
             raise ApiError(404, "unknown job")
     if found is None:
         raise ApiError(404, f"job {job_id} has no image {index}")
@@ -318,6 +306,26 @@ def _json_object() -> dict[str, Any]:
     if problem:
         raise ApiError(400, problem.message, [problem])
     return body
+
+
+def _tenant_of_create(value: Any) -> Tenant:
+    """The tenant a new job is for: the caller's own; the operator may name any (default: `default`)."""
+    caller = caller_tenant()
+    if value is not None and (not isinstance(value, str) or (caller is not None and value != caller)):
+        rule = (
+            "a tenant key creates jobs for its own tenant only"
+            if isinstance(value, str)
+            else "must be a string"
+        )
+        raise ApiError(422, "invalid request", [FieldError("tenant", "tenant", rule)])
+    name = value or caller or DEFAULT_TENANT
+    with autocommit_sessions() as read, read() as session:
+        tenant = session.get(Tenant, name)
+        if tenant is not None:
+            session.expunge(tenant)
+    if tenant is None:
+        raise ApiError(422, "invalid request", [FieldError("tenant", "unknown", f"no tenant {name!r}")])
+    return tenant
 
 
 def _no_constant(name: str) -> Any:
@@ -396,9 +404,12 @@ def _waiting() -> Any:
     return waiting_lookup()
 
 
-def _one_document(session: Session, job_id: str, waiting: Any = None) -> dict[str, Any]:
-    """`waiting`: see `job_documents`; creating a job answers without it (no Redis call there)."""
-    doc = job_document(session, job_id, waiting=waiting)
+def _one_document(
+    session: Session, job_id: str, waiting: Any = None, *, tenant: str | None = None
+) -> dict[str, Any]:
+    """`waiting`: see `job_documents`; creating a job answers without it (no Redis call there).
+    `tenant`: another tenant's job is unknown."""
+    doc = job_document(session, job_id, waiting=waiting, tenant=tenant)
     if doc is None:
         raise ApiError(404, "unknown job")
     return doc

@@ -20,6 +20,7 @@ from models.documents import job_documents, job_select
 from models.enums import ImageStatus, JobStatus
 from models.tables import Image, Job
 from webhook import api
+from webhook.auth import forbidden_to_tenants
 from webhook.db import autocommit_sessions
 from webhook.metrics import state_snapshot
 from webhook.views import ViewResult
@@ -27,6 +28,7 @@ from webhook.views import ViewResult
 bp = Blueprint("dashboard", __name__)
 data_bp = Blueprint("dashboard_data", __name__)
 data_bp.before_request(api.require_token)
+data_bp.before_request(forbidden_to_tenants)
 data_bp.register_error_handler(OperationalError, api.database_unavailable)
 data_bp.register_error_handler(PoolTimeoutError, api.database_unavailable)
 data_bp.after_request(api.no_store)

@@ -18,6 +18,7 @@ from models.events import EVENTS, MAX_ATTEMPTS
 from models.outbox import NOTIFY, enqueue_rows
 from models.tables import DeliveryAttempt, Job, Notification, WebhookEndpoint
 from webhook.api import ApiError, api_blueprint, known_job_id
+from webhook.auth import caller_tenant
 from webhook.db import autocommit_sessions, sessions
 from webhook.views import ViewResult
 from worker import endpoints
@@ -87,7 +88,7 @@ def _deliveries(s: Session, job: Job) -> dict[str, Any]:
 
 def _job(s: Session, job_id: str) -> Job:
     job = s.get(Job, known_job_id(job_id))
-    if job is None:
+    if job is None or caller_tenant() not in (None, job.tenant):
         raise ApiError(404, "unknown job")
     return job
 

@@ -20,6 +20,7 @@ from webhook.api import (
     known_job_id,
     one_document,
 )
+from webhook.auth import is_visible
 from webhook.db import autocommit_sessions, sessions
 from webhook.views import ViewResult
 
@@ -44,6 +45,8 @@ def cancel(job_id: str) -> ViewResult:
     job_id = known_job_id(job_id)
     with session_scope(sessions()) as session:
         try:
+            if not is_visible(session, job_id):
+                raise JobNotFound(job_id)
             outcome, job = cancel_job(session, job_id, utcnow())
         except JobNotFound:
             raise ApiError(404, "unknown job") from None
@@ -76,6 +79,8 @@ def retry(job_id: str) -> ViewResult:
     key = idempotency_key()
     with session_scope(sessions()) as session:
         try:
+            if not is_visible(session, job_id):
+                raise JobNotFound(job_id)
             result = retry_job(session, job_id, idempotency_key=key)
         except JobNotFound:
             raise ApiError(404, "unknown job") from None
