@@ -180,7 +180,7 @@ class DemoStack:
         from webhook.metrics import LIMITER_KEY
         from worker.accounts import LocalAccountGate
         from worker.factory import make_celery
-        from worker.limiter import LocalSlotLimiter
+        from worker.limiter_local import LocalSlotLimiter
         from worker.polling import LocalPollGate
         from worker.services import Services
         from worker.tasks import services_for

@@ -221,13 +221,15 @@ def init_app(app: Flask, settings: Settings) -> None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ProcessCollector(_process_source()))
 
-    def accounts() -> list[AccountView]:
-        from webhook.accounts import services_for
+    from webhook.accounts import services_for  # here: that module imports this one's neighbours
+    from webhook.tenant_metrics import TenantCollector
 
+    def accounts() -> list[AccountView]:
         return account_views(services_for(app), with_units=False)
 
     state = StateCollector(sessions, settings, limiter, accounts=accounts)
     registry.register(state)
+    registry.register(TenantCollector(lambda: services_for(app)))
     app.extensions[REGISTRY_KEY] = registry
     app.extensions[STATE_KEY] = state
     app.extensions[TOKEN_KEY] = settings.metrics_token.get_secret_value() if settings.metrics_token else ""

@@ -39,9 +39,6 @@ call. docs/limiter.md says why.
 
 from __future__ import annotations
 
-import threading
-import time
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import redis
@@ -63,6 +60,11 @@ class SlotLimiter(Protocol):
 
     def release(self, holder_id: str) -> bool:
         """Free the holder's lease and its place in the queue (idempotent); True if a live lease ended."""
+        ...
+
+    def leave_queue(self, holder_id: str) -> None:
+        """Drop the holder's place in the wait queue (its lease, if any, stays): it stops reserving
+        slots while it is not asking (a tenant over its share, worker/tenancy.py)."""
         ...
 
     def renew(self, holder_id: str) -> bool:
@@ -222,6 +224,13 @@ return freed
 """
 )
 
+_LEAVE_QUEUE = """
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
+return 1
+"""
+
 _RENEW = (
     _PURGE
     + """
@@ -301,6 +310,7 @@ class RedisSlotLimiter(_LimitSetting):
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._release = self._redis.register_script(_RELEASE)
         self._renew = self._redis.register_script(_RENEW)
+        self._leave_queue = self._redis.register_script(_LEAVE_QUEUE)
         self._holders = self._redis.register_script(_HOLDERS)
 
     @property
@@ -323,6 +333,9 @@ class RedisSlotLimiter(_LimitSetting):
 
     def release(self, holder_id: str) -> bool:
         return bool(self._release(keys=self._keys, args=[holder_id]))
+
+    def leave_queue(self, holder_id: str) -> None:
+        self._leave_queue(keys=self._keys, args=[holder_id])
 
     def renew(self, holder_id: str) -> bool:
         return bool(self._renew(keys=self._keys, args=[holder_id, _ms(self.lease_seconds)]))
@@ -348,92 +361,3 @@ def _ms(seconds: float) -> int:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-@dataclass
-class _Waiter:
-    ticket: float
-    slots: int
-    seen_until: float
-
-
-class LocalSlotLimiter(_LimitSetting):
-    """The same semantics in one process (the single-process demo and unit tests)."""
-
-    def __init__(
-        self,
-        limit: int,
-        *,
-        lease_seconds: float = 600.0,
-        starve_after: float = 10.0,
-        waiter_ttl: float = 120.0,
-    ) -> None:
-        self._limit = _check_limit(limit)
-        self.lease_seconds = lease_seconds
-        self.starve_after = starve_after
-        self.waiter_ttl = waiter_ttl
-        self._lock = threading.Lock()
-        self._leases: dict[str, tuple[int, float]] = {}
-        self._waiters: dict[str, _Waiter] = {}
-
-    def _purge(self, now: float) -> None:
-        for holder in [h for h, (_, exp) in self._leases.items() if exp <= now]:
-            del self._leases[holder]
-        for holder in [h for h, w in self._waiters.items() if w.seen_until <= now]:
-            del self._waiters[holder]
-
-    def acquire(self, holder_id: str, slots: int, *, ahead: float = 0.0) -> bool:
-        _check_slots(slots, self._limit)
-        with self._lock:
-            now = time.monotonic()
-            self._purge(now)
-            if holder_id in self._leases:
-                self._leases[holder_id] = (self._leases[holder_id][0], now + self.lease_seconds)
-                self._waiters.pop(holder_id, None)
-                return True
-            me = self._waiters.get(holder_id)
-            ticket = me.ticket if me else now - ahead
-            self._waiters[holder_id] = _Waiter(ticket, slots, now + self.waiter_ttl)
-            reserved = sum(
-                w.slots
-                for h, w in self._waiters.items()
-                if h != holder_id
-                and w.ticket <= ticket
-                and now - w.ticket >= self.starve_after
-                # equal tickets: the Redis version orders ties by name, mirror it
-                and (w.ticket < ticket or h < holder_id)
-            )
-            used = sum(n for n, _ in self._leases.values())
-            if used + reserved + slots <= self._limit:
-                self._leases[holder_id] = (slots, now + self.lease_seconds)
-                del self._waiters[holder_id]
-                return True
-            return False
-
-    def release(self, holder_id: str) -> bool:
-        with self._lock:
-            self._purge(time.monotonic())
-            self._waiters.pop(holder_id, None)
-            return self._leases.pop(holder_id, None) is not None
-
-    def renew(self, holder_id: str) -> bool:
-        with self._lock:
-            now = time.monotonic()
-            self._purge(now)
-            if holder_id not in self._leases:
-                return False
-            self._leases[holder_id] = (self._leases[holder_id][0], now + self.lease_seconds)
-            return True
-
-    def holders(self) -> dict[str, int]:
-        with self._lock:
-            self._purge(time.monotonic())
-            return {h: n for h, (n, _) in self._leases.items()}
-
-    def in_use(self) -> int:
-        return sum(self.holders().values())
-
-    def waiting(self, first: int | None = None) -> list[str]:
-        with self._lock:
-            order = [h for h, _ in sorted(self._waiters.items(), key=lambda kv: (kv[1].ticket, kv[0]))]
-        return order if first is None else order[:first]

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from worker.fetch import SafeFetcher
     from worker.limiter import SlotLimiter
     from worker.polling import DurationCache, LocalPollGate, PollGate
+    from worker.tenancy import Tenancy
 
 Publish = Callable[[str, list[Any]], None]
 # The poll and account gates' Redis calls, as bounded as the limiter's (worker/limiter.py).
@@ -254,6 +255,13 @@ class Services:
     @property
     def budgeted(self) -> bool:
         return any(a.daily_unit_budget for a in self.accounts)
+
+    @cached_property
+    def tenancy(self) -> Tenancy:
+        """Tenants' shares, slot caps and daily units (worker/tenancy.py)."""
+        from worker.tenancy import Tenancy
+
+        return Tenancy(self)
 
     def units_per_slot(self, name: str) -> float | None:
         """The account's recent units per slot (finished jobs), read at most every minute."""

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Row, Select, literal_column, select
+from sqlalchemy.orm import Session
 
 from models.base import utcnow
 from models.db import session_scope, walk_index_in_order
@@ -19,6 +20,8 @@ from worker.claims import unclaimed
 from worker.outbox import publish_rows
 from worker.routing import Queued, fill, pinned_account
 from worker.services import Services
+from worker.tenancy import queued_heads
+from worker.tenant_share import fair_order, owed
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -38,7 +41,7 @@ def release_slots(svc: Services, job_id: str, *, durable: bool = False) -> list[
     a poller applied), so it pumps even when the lease is already gone: an earlier release whose
     pump failed (broker or database down) must not leave the freed slots idle.
     """
-    if svc.budgeted:
+    if svc.budgeted or svc.tenancy.budgeted:
         _settle_units(svc, job_id)
     if not svc.release(job_id) and not durable:
         return []
@@ -46,12 +49,15 @@ def release_slots(svc: Services, job_id: str, *, durable: bool = False) -> list[
 
 
 def _settle_units(svc: Services, job_id: str) -> None:
-    """The task ended: its real units replace its reservation in the account's daily budget
-    (one query, only in deployments with a budgeted account)."""
+    """The task ended: its real units replace its reservation in the account's and the tenant's
+    daily budgets (one query, only in deployments with a budgeted account or tenant)."""
     with session_scope(svc.sessions) as s:
-        row = s.execute(select(Job.account, Job.units).where(Job.id == job_id)).one_or_none()
-    if row is not None and row.account and svc.account(row.account).daily_unit_budget:
+        row = s.execute(select(Job.account, Job.units, Job.tenant).where(Job.id == job_id)).one_or_none()
+    if row is None:
+        return
+    if row.account and svc.account(row.account).daily_unit_budget:
         svc.budget.settle(row.account, job_id, row.units, utcnow())
+    svc.tenancy.settle(row.tenant, job_id, row.units)
 
 
 def hand_off_slots(svc: Services, job_id: str, rows: Sequence[QueuedTask]) -> None:
@@ -118,20 +124,51 @@ def pump(svc: Services) -> list[str]:
     # reading the whole queue (and querying all of it) on every release made draining quadratic.
     candidates = max(100, limit * 4)
     now = utcnow()
+    fair: list[str] | None = None
     with session_scope(svc.sessions) as s:
         walk_index_in_order(s)
-        queued = {row.id: _queued(row) for row in s.execute(queued_head(now, candidates))}
+        if svc.tenancy.active:
+            fair, queued, waiting = _tenant_candidates(
+                svc, s, holders, waiting, now=now, candidates=candidates
+            )
+        else:
+            queued = {row.id: _queued(row) for row in s.execute(queued_head(now, candidates))}
         missing = [w for w in waiting if w not in queued]
         if missing:
             among = (Job.id.in_(missing), Job.status == JobStatus.QUEUED, unclaimed(now))
             rows = s.execute(select(*QUEUED_COLUMNS).where(*among))
             queued.update({row.id: _queued(row) for row in rows})
     waiting_set = set(waiting)
-    order = [w for w in waiting if w in queued] + [j for j in queued if j not in waiting_set]
+    rest = queued if fair is None else fair
+    order = [w for w in waiting if w in queued] + [j for j in rest if j not in waiting_set]
     dispatched = fill(order, queued, free, svc.accounts, holders, legacy=svc.legacy)
     for job_id in dispatched:
         svc.publish(DISPATCH_JOB, [job_id])
     return dispatched
+
+
+def _tenant_candidates(
+    svc: Services, s: Session, holders: dict[str, int], waiting: list[str], *, now: datetime, candidates: int
+) -> tuple[list[str], dict[str, Queued], list[str]]:
+    """With tenants: each waiting tenant's queue head, in the fair order (worker/tenant_share.py).
+    Waiters of tenants not owed slots while another tenant is leave the wait queues: their place
+    there would reserve the slots the owed tenant's jobs are dispatched for."""
+    picture = svc.tenancy.picture(holders)
+    heads = queued_heads(s, svc.tenancy.startable(), now, candidates, QUEUED_COLUMNS)
+    queued = {row.id: _queued(row) for rows in heads.values() for row in rows}
+    # Jobs holding a lease first (their run died: they re-use it), then the fair order.
+    order = [j for j in queued if j in holders]
+    order += fair_order(
+        {t: [(r.id, r.slots) for r in rows if r.id not in holders] for t, rows in heads.items()}, picture
+    )
+    owed_now = owed(picture)
+    if owed_now and waiting:
+        tenants = svc.tenancy.tenants_of(waiting)
+        behind = [w for w in waiting if tenants.get(w) not in owed_now and w not in holders]
+        for job_id in behind:
+            svc.tenancy.leave_queues(job_id)
+        waiting = [w for w in waiting if w not in set(behind)]
+    return order, queued, waiting
 
 
 def register(app: Celery) -> Schedule:

@@ -85,6 +85,13 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
             s.commit()
             svc.release(job_id)  # out of the wait queues an earlier run joined
             return Outcome(Step.DONE, detail=ending.value)
+        tenant = job.tenant
+        # Another tenant is owed slots, or this one is at its max_slots: wait, reserving nothing.
+        held_back = None if tried_before else svc.tenancy.wait_reason(job_id, tenant, slots)
+        if held_back is not None:
+            s.rollback()
+            svc.tenancy.leave_queues(job_id)
+            return Outcome(Step.WAIT, detail=held_back)
         plan = route(
             svc.accounts,
             provider_name,
@@ -104,6 +111,7 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
         except (ProviderNotConfigured, ValidationError) as exc:
             unusable = exc
         tried: list[str] = []
+        refused_slots = False
         for name in plan.accounts if unusable is None else ():
             limiter = svc.limiter_for(name)
             if slots > limiter.limit:
@@ -116,6 +124,7 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
                 continue
             tried.append(name)
             if not limiter.acquire(job_id, slots, ahead=ahead):
+                refused_slots = True
                 continue
             # One more Redis call under the row lock (two while paused). A paused account
             # sends one create per ACCOUNT_PROBE_SECONDS: every other run counts no attempt,
@@ -134,6 +143,11 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
             if not reserve_units(svc, name, job_id, slots):
                 limiter.release(job_id)
                 continue
+            held_back = _tenant_refusal(svc, job_id, tenant, slots, name, tried_before=tried_before)
+            if held_back is not None:
+                unreserve(svc, name, job_id)
+                limiter.release(job_id)
+                break
             account = name
             break
         # Taken somewhere: leave the other accounts' wait queues, those an earlier run joined too
@@ -142,6 +156,12 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
         for name in plan.accounts if account and len(plan.accounts) > 1 else ():
             if name != account:
                 svc.limiter_for(name).release(job_id)
+        if held_back is not None:
+            s.rollback()
+            svc.tenancy.leave_queues(job_id)
+            return Outcome(Step.WAIT, detail=held_back)
+        if refused_slots or account:
+            svc.tenancy.wanted(tenant)  # it waits for slots, or got them (worker/tenancy.py)
         if unusable is None and not account:
             if plan.accounts and too_big + denied < len(plan.accounts):
                 # No slots (the common case while a batch waits) or every account paused: give the
@@ -280,6 +300,20 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
         resume(svc, account)
     _record_submitted(svc, job_id, task)
     return Outcome(Step.DONE, detail=task.task_id)
+
+
+def _tenant_refusal(
+    svc: Services, job_id: str, tenant: str, slots: int, account: str, *, tried_before: bool
+) -> str | None:
+    """Once granted an account's slots: the tenant's `max_slots` (re-counted with this lease) and
+    its daily units. A job whose earlier create may exist is not held back: it must be looked up."""
+    if tried_before or not svc.tenancy.active:
+        return None
+    if svc.tenancy.over_cap(job_id, tenant):
+        return f"tenant {tenant} is at its max_slots"
+    if not svc.tenancy.reserve_units(tenant, job_id, slots, account):
+        return f"tenant {tenant} has used today's units (daily_units)"
+    return None
 
 
 def _checked_kind(name: str, params: dict[str, object], provider_name: str) -> TaskKind:

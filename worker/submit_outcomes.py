@@ -60,9 +60,10 @@ def reserve_units(svc: Services, name: str, job_id: str, slots: int) -> bool:
 
 
 def unreserve(svc: Services, account: str, job_id: str) -> None:
-    """The create made no task: give its units back to the day's budget."""
+    """The create made no task: give its units back to the day's budgets (account and tenant)."""
     if svc.account(account).daily_unit_budget:
         svc.budget.give_back(account, job_id, utcnow())
+    svc.tenancy.give_back(job_id)
 
 
 def unroutable(

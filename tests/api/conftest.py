@@ -38,7 +38,7 @@ from webhook.api import S3_CLIENT
 from webhook.db import set_publisher
 from webhook.metrics import LIMITER_KEY
 from worker.accounts import LocalAccountGate
-from worker.limiter import LocalSlotLimiter
+from worker.limiter_local import LocalSlotLimiter
 from worker.services import Services
 
 AUTH = {"Authorization": f"Bearer {TEST_API_TOKEN}"}

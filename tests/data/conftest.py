@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 import webhook.db
-from worker.limiter import LocalSlotLimiter
+from worker.limiter_local import LocalSlotLimiter
 
 
 @pytest.fixture(autouse=True)

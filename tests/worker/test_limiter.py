@@ -11,7 +11,8 @@ import uuid
 import pytest
 import redis
 
-from worker.limiter import PURGE_CHUNK, LocalSlotLimiter, RedisSlotLimiter, SlotLimiter
+from worker.limiter import PURGE_CHUNK, RedisSlotLimiter, SlotLimiter
+from worker.limiter_local import LocalSlotLimiter
 
 pytestmark = pytest.mark.integration
 

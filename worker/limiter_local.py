@@ -1,0 +1,102 @@
+"""The limiter's semantics (worker/limiter.py) in one process: the single-process demo and unit tests."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from worker.limiter import _check_limit, _check_slots, _LimitSetting
+
+
+@dataclass
+class _Waiter:
+    ticket: float
+    slots: int
+    seen_until: float
+
+
+class LocalSlotLimiter(_LimitSetting):
+    """The same semantics in one process (the single-process demo and unit tests)."""
+
+    def __init__(
+        self,
+        limit: int,
+        *,
+        lease_seconds: float = 600.0,
+        starve_after: float = 10.0,
+        waiter_ttl: float = 120.0,
+    ) -> None:
+        self._limit = _check_limit(limit)
+        self.lease_seconds = lease_seconds
+        self.starve_after = starve_after
+        self.waiter_ttl = waiter_ttl
+        self._lock = threading.Lock()
+        self._leases: dict[str, tuple[int, float]] = {}
+        self._waiters: dict[str, _Waiter] = {}
+
+    def _purge(self, now: float) -> None:
+        for holder in [h for h, (_, exp) in self._leases.items() if exp <= now]:
+            del self._leases[holder]
+        for holder in [h for h, w in self._waiters.items() if w.seen_until <= now]:
+            del self._waiters[holder]
+
+    def acquire(self, holder_id: str, slots: int, *, ahead: float = 0.0) -> bool:
+        _check_slots(slots, self._limit)
+        with self._lock:
+            now = time.monotonic()
+            self._purge(now)
+            if holder_id in self._leases:
+                self._leases[holder_id] = (self._leases[holder_id][0], now + self.lease_seconds)
+                self._waiters.pop(holder_id, None)
+                return True
+            me = self._waiters.get(holder_id)
+            ticket = me.ticket if me else now - ahead
+            self._waiters[holder_id] = _Waiter(ticket, slots, now + self.waiter_ttl)
+            reserved = sum(
+                w.slots
+                for h, w in self._waiters.items()
+                if h != holder_id
+                and w.ticket <= ticket
+                and now - w.ticket >= self.starve_after
+                # equal tickets: the Redis version orders ties by name, mirror it
+                and (w.ticket < ticket or h < holder_id)
+            )
+            used = sum(n for n, _ in self._leases.values())
+            if used + reserved + slots <= self._limit:
+                self._leases[holder_id] = (slots, now + self.lease_seconds)
+                del self._waiters[holder_id]
+                return True
+            return False
+
+    def release(self, holder_id: str) -> bool:
+        with self._lock:
+            self._purge(time.monotonic())
+            self._waiters.pop(holder_id, None)
+            return self._leases.pop(holder_id, None) is not None
+
+    def leave_queue(self, holder_id: str) -> None:
+        with self._lock:
+            self._waiters.pop(holder_id, None)
+
+    def renew(self, holder_id: str) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            self._purge(now)
+            if holder_id not in self._leases:
+                return False
+            self._leases[holder_id] = (self._leases[holder_id][0], now + self.lease_seconds)
+            return True
+
+    def holders(self) -> dict[str, int]:
+        with self._lock:
+            self._purge(time.monotonic())
+            return {h: n for h, (n, _) in self._leases.items()}
+
+    def in_use(self) -> int:
+        return sum(self.holders().values())
+
+    def waiting(self, first: int | None = None) -> list[str]:
+        with self._lock:
+            order = [h for h, _ in sorted(self._waiters.items(), key=lambda kv: (kv[1].ticket, kv[0]))]
+        return order if first is None else order[:first]
