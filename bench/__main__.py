@@ -32,6 +32,7 @@ BENCHES = {
     "latency": "bench.pipeline_bench:run_latency",
     "scale": "bench.scale:run",
     "backlog": "bench.backlog:run",
+    "tenants": "bench.tenants:run",
 }
 
 

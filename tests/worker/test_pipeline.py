@@ -98,7 +98,8 @@ def test_a_release_reads_only_the_head_of_a_long_wait_queue(harness: Harness) ->
 
 
 def test_provider_1303_releases_slots_and_requeues(harness: Harness) -> None:
-    harness.sim.configure(concurrency=1)
+    # The blocker runs until the test is done: a loaded machine must not let it finish first.
+    harness.sim.configure(concurrency=1, processing_seconds=60)
     blocker = harness.svc.provider.create_image(__import__("kling").ImageRequest(prompt="x", n=1))
     job_id = harness.job({"prompt": "p", "n": 1})
     outcome = submit.submit_job(harness.svc, job_id)
