@@ -5,6 +5,10 @@ from the URL fragment, `/#token=...`, which browsers never send to the server, s
 in access logs), keeps it in sessionStorage, and sends it as `Authorization: Bearer` on every
 refresh. Thumbnails are presigned S3 URLs made by the same code as `/v1/jobs/{id}/images/{index}`;
 video outputs (`images.type = video`) play in a `<video>` element from the same kind of URL.
+
+`/v1/dashboard` is the operator's (a tenant key gets 403). `?status=` and `?tenant=` narrow the
+recent jobs (both together: a tenant's jobs in that status); `tenants` lists every tenant's name,
+for the page's tenant filter.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from models.documents import job_documents, job_select
 from models.enums import ImageStatus, JobStatus
-from models.tables import Image, Job
+from models.tables import Image, Job, Tenant
+from models.tenants import NAME_PATTERN, NAME_RULE
 from webhook import api
 from webhook.auth import forbidden_to_tenants
 from webhook.db import autocommit_sessions
@@ -54,11 +59,17 @@ def data() -> ViewResult:
     status = request.args.get("status") or None
     if status is not None and status not in JobStatus.__members__.values():
         return {"error": f"status must be one of {', '.join(JobStatus)}"}, 400
+    tenant = request.args.get("tenant") or None
+    if tenant is not None and not NAME_PATTERN.fullmatch(tenant):
+        return {"error": f"tenant must be {NAME_RULE}"}, 400
     recent = job_select().order_by(Job.created_at.desc(), Job.id.desc()).limit(RECENT_JOBS)
     if status is not None:
         recent = recent.where(Job.status == status)
+    if tenant is not None:
+        recent = recent.where(Job.tenant == tenant)
     with autocommit_sessions() as read, read() as session:
         jobs = job_documents(session, recent)
+        tenants = list(session.scalars(select(Tenant.name).order_by(Tenant.name)))
         shown = session.scalars(
             select(Image)
             .where(or_(ARCHIVED, VIDEO_AT_SOURCE))
@@ -79,6 +90,7 @@ def data() -> ViewResult:
             "accounts_not_active": _accounts_not_active(),
             "outbox_backlog": int(snapshot["kling_outbox_backlog"]) if database_up else None,
             "jobs": jobs,
+            "tenants": tenants,
             "gallery": [_gallery_item(output) for output in shown],
         }
     return payload, 200

@@ -13,6 +13,7 @@ from flask import Blueprint
 
 from kling.kinds import KIND_NAMES
 from models.enums import JobStatus
+from models.tenants import NAME_PATTERN
 from webhook import openapi_control
 from webhook.api import DEFAULT_LIMIT, MAX_IDEMPOTENCY_KEY, MAX_LIMIT
 from webhook.job_fields import PROVIDERS
@@ -112,6 +113,7 @@ def _schemas() -> dict[str, Schema]:
             },
             "outbox_backlog": nullable({"type": "integer"}),
             "jobs": {"type": "array", "items": ref("Job")},
+            "tenants": {"type": "array", "items": {"type": "string"}, "description": "Every tenant's name"},
             "gallery": {
                 "type": "array",
                 "items": {
@@ -267,11 +269,18 @@ def _paths() -> dict[str, Any]:
                         "required": False,
                         "description": "Only recent jobs with this status",
                         "schema": {"type": "string", "enum": [s.value for s in JobStatus]},
-                    }
+                    },
+                    {
+                        "name": "tenant",
+                        "in": "query",
+                        "required": False,
+                        "description": "Only recent jobs of this tenant (with `status`: in that status)",
+                        "schema": {"type": "string", "pattern": f"^{NAME_PATTERN.pattern}$"},
+                    },
                 ],
                 "responses": {
                     "200": _json(ref("Dashboard"), "Counts, slots, recent jobs and archived images"),
-                    "400": _error("An unknown status"),
+                    "400": _error("An unknown status, or a tenant name of the wrong form"),
                     "401": UNAUTHORIZED,
                     "503": DB_DOWN,
                 },

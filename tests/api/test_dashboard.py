@@ -1,8 +1,9 @@
 """The dashboard in headless Debian Chromium, against the app served over HTTP with real PostgreSQL and S3.
 
-Jobs are created through the API; two are then archived by writing the rows the pipeline would
-write and putting real PNGs in the moto S3 endpoint, so thumbnails load through presigned URLs.
-The screenshot is kept in test-artifacts/dashboard.png.
+Jobs are created through the API (some for tenants other than `default`); two are then archived
+by writing the rows the pipeline would write and putting real PNGs in the moto S3 endpoint, so
+thumbnails load through presigned URLs. The screenshot is kept in test-artifacts/dashboard.png.
+The data route's filters are also checked in-process (`api`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from models.db import make_engine, make_sessionmaker
 from models.tables import Job
-from tests.api.conftest import AUTH, Served, archive_job, make_settings
+from models.tenants import create_tenant
+from tests.api.conftest import AUTH, Api, Served, archive_job, make_settings
 from tests.conftest import TEST_API_TOKEN
 from tests.wsgi import serve_wsgi
 from webhook import create_app
@@ -29,10 +31,9 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 WAIT_SECONDS = 30
 
 
-def create(served: Served, prompt: str, n: int = 1) -> str:
-    response = requests.post(
-        f"{served.url}/v1/jobs", json={"prompt": prompt, "n": n}, headers=AUTH, timeout=10
-    )
+def create(served: Served, prompt: str, n: int = 1, tenant: str | None = None) -> str:
+    body: dict[str, Any] = {"prompt": prompt, "n": n, **({"tenant": tenant} if tenant else {})}
+    response = requests.post(f"{served.url}/v1/jobs", json=body, headers=AUTH, timeout=10)
     assert response.status_code == 202, response.text
     job_id: str = response.json()["id"]
     return job_id
@@ -54,6 +55,34 @@ def rows(driver: webdriver.Chrome) -> dict[str, str]:
     result: dict[str, str] = driver.execute_script(
         "return Object.fromEntries([...document.querySelectorAll('#jobs tr')]"
         ".map(r => [r.dataset.jobId || '', r.dataset.status || '']));"
+    )
+    return result
+
+
+def tenants_shown(driver: webdriver.Chrome) -> dict[str, str]:
+    """Each row's job id and the text of its tenant cell."""
+    result: dict[str, str] = driver.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll('#jobs tr')]"
+        ".map(r => [r.dataset.jobId || '', r.querySelector('td.tenant')?.textContent.trim() || '']));"
+    )
+    return result
+
+
+def choose(driver: webdriver.Chrome, select_id: str, value: str) -> None:
+    """Pick a filter's option the way a person does (only an existing option can be picked)."""
+    driver.execute_script(
+        "const f = document.getElementById(arguments[0]);"
+        "const o = [...f.options].find(o => o.value === arguments[1]);"
+        "if (!o) throw new Error(`no option ${arguments[1]} in ${arguments[0]}`);"
+        "f.value = arguments[1]; f.dispatchEvent(new Event('change'));",
+        select_id,
+        value,
+    )
+
+
+def options(driver: webdriver.Chrome, select_id: str) -> list[str]:
+    result: list[str] = driver.execute_script(
+        "return [...document.getElementById(arguments[0]).options].map(o => o.value);", select_id
     )
     return result
 
@@ -211,3 +240,81 @@ def test_a_queued_job_can_be_cancelled_from_the_dashboard_and_jobs_filtered_by_s
         requests.get(f"{served_api.url}/v1/dashboard?status=bogus", headers=AUTH, timeout=10).status_code
         == 400
     )
+
+
+def test_jobs_filtered_by_tenant_and_status_with_each_row_showing_its_tenant(
+    served_api: Served, browser: webdriver.Chrome
+) -> None:
+    with served_api.sessions() as session:
+        for name in ("acme", "zeta"):
+            create_tenant(session, name)
+        session.commit()
+    acme = [create(served_api, f"acme {i}", tenant="acme") for i in range(2)]
+    zeta, ours = create(served_api, "zeta", tenant="zeta"), create(served_api, "the default's")
+    stopped = requests.post(f"{served_api.url}/v1/jobs/{acme[0]}/cancel", headers=AUTH, timeout=10)
+    assert stopped.status_code == 200, stopped.text
+    owners = {acme[0]: "acme", acme[1]: "acme", zeta: "zeta", ours: "default"}
+
+    browser.get(f"{served_api.url}/#token={TEST_API_TOKEN}")
+    wait = WebDriverWait(browser, WAIT_SECONDS, poll_frequency=0.2)
+    wait.until(lambda d: tenants_shown(d) == owners)
+    assert options(browser, "tenant-filter") == ["", "acme", "default", "zeta"]
+
+    choose(browser, "tenant-filter", "acme")
+    wait.until(lambda d: tenants_shown(d) == {acme[0]: "acme", acme[1]: "acme"})
+    # With the status filter: that tenant's jobs in that status only.
+    choose(browser, "status-filter", "cancelled")
+    wait.until(lambda d: rows(d) == {acme[0]: "cancelled"})
+    choose(browser, "status-filter", "queued")
+    wait.until(lambda d: rows(d) == {acme[1]: "queued"})
+    # The choice outlives a reload (sessionStorage), before the tenants list has even arrived.
+    browser.refresh()
+    wait.until(lambda d: d.find_element(By.ID, "main").is_displayed())
+    wait.until(lambda d: rows(d) == {acme[1]: "queued"})
+    choose(browser, "tenant-filter", "zeta")
+    wait.until(lambda d: rows(d) == {zeta: "queued"})
+    choose(browser, "tenant-filter", "")
+    wait.until(lambda d: rows(d) == {acme[1]: "queued", zeta: "queued", ours: "queued"})
+
+
+def test_dashboard_data_filters_recent_jobs_by_tenant(api: Api) -> None:
+    for name in ("zeta", "acme"):
+        create_tenant(api.session, name)
+    _, key = create_tenant(api.session, "keyed")
+    api.session.commit()
+    acme = [api.create({"prompt": f"acme {i}", "tenant": "acme"}).get_json()["id"] for i in range(2)]
+    zeta = api.create({"prompt": "zeta", "tenant": "zeta"}).get_json()["id"]
+    ours = api.create({"prompt": "the default's"}).get_json()["id"]
+    assert api.client.post(f"/v1/jobs/{acme[0]}/cancel", headers=AUTH).status_code == 200
+
+    def shown(query: str) -> dict[str, tuple[str, str]]:
+        answer = api.get(f"/v1/dashboard{query}")
+        assert answer.status_code == 200, answer.get_json()
+        return {job["id"]: (job["tenant"], job["status"]) for job in answer.get_json()["jobs"]}
+
+    everything = api.get("/v1/dashboard").get_json()
+    assert everything["tenants"] == ["acme", "default", "keyed", "zeta"]
+    assert shown("") == {
+        acme[0]: ("acme", "cancelled"),
+        acme[1]: ("acme", "queued"),
+        zeta: ("zeta", "queued"),
+        ours: ("default", "queued"),
+    }
+    assert shown("?tenant=acme") == {acme[0]: ("acme", "cancelled"), acme[1]: ("acme", "queued")}
+    assert shown("?tenant=default") == {ours: ("default", "queued")}
+    assert shown("?tenant=acme&status=queued") == {acme[1]: ("acme", "queued")}
+    assert shown("?status=cancelled&tenant=acme") == {acme[0]: ("acme", "cancelled")}
+    assert shown("?tenant=zeta&status=cancelled") == {}
+    assert shown("?tenant=keyed") == {}
+    assert shown("?tenant=nobody") == {}  # well-formed, just no such tenant
+    assert shown("?tenant=") == shown("")  # the page's "all tenants"
+
+    for bad in ("Acme", "acme!", "-acme", "a" * 65, "acme%20", "%C3%A9"):
+        refused = api.get(f"/v1/dashboard?tenant={bad}")
+        assert refused.status_code == 400, bad
+        assert refused.get_json()["error"].startswith("tenant must be 1 to 64 of a-z"), bad
+    assert api.get("/v1/dashboard?tenant=acme&status=bogus").status_code == 400
+    # The dashboard is the operator's: a tenant key cannot read it, filtered to itself or not.
+    for query in ("", "?tenant=keyed"):
+        denied = api.client.get(f"/v1/dashboard{query}", headers={"Authorization": f"Bearer {key}"})
+        assert denied.status_code == 403

@@ -6,6 +6,7 @@ const REFRESH_MS = 3000;
 const TOKEN_KEY = "kling.apiToken";
 const STATUS_ORDER = ["queued", "submitted", "processing", "succeeded", "archived", "failed", "cancelled", "expired"];
 const FILTER_KEY = "kling.statusFilter";
+const TENANT_KEY = "kling.tenantFilter";
 const $ = (id) => document.getElementById(id);
 // Presigned URLs change on every refresh; keep the first one per output so thumbnails do not reload.
 const thumbnails = new Map();
@@ -58,8 +59,9 @@ function renderCounts(counts) {
 
 function renderJobs(jobs) {
   const rows = jobs.map((job) => {
-    const tr = el("tr", { "data-job-id": job.id, "data-status": job.status });
+    const tr = el("tr", { "data-job-id": job.id, "data-status": job.status, "data-tenant": job.tenant });
     tr.append(el("td", { class: "id", title: job.id }, job.id.slice(0, 8)));
+    tr.append(el("td", { class: "tenant" }, job.tenant));
     const status = el("td");
     status.append(badge(job.status));
     // Only a queued job can still be stopped before Kling bills it (POST /v1/jobs/{id}/cancel).
@@ -164,8 +166,11 @@ async function refresh() {
   if (!token) return showLogin("");
   let response;
   try {
-    const status = $("status-filter").value;
-    const url = status ? `/v1/dashboard?status=${encodeURIComponent(status)}` : "/v1/dashboard";
+    const query = new URLSearchParams();
+    for (const [name, id] of [["status", "status-filter"], ["tenant", "tenant-filter"]]) {
+      if ($(id).value) query.set(name, $(id).value);
+    }
+    const url = query.toString() ? `/v1/dashboard?${query}` : "/v1/dashboard";
     response = await fetch(url, { headers: { Authorization: `Bearer ${token}` }, cache: "no-store" });
   } catch (err) {
     showError(`cannot reach the server (${err})`);
@@ -196,11 +201,24 @@ async function refresh() {
     $("backlog").textContent = data.outbox_backlog ?? "?";
     renderAccounts(data.accounts_not_active);
     renderCounts(data.counts);
+    renderTenants(data.tenants);
     renderJobs(data.jobs);
     renderGallery(data.gallery);
     $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   }
   timer = setTimeout(refresh, REFRESH_MS);
+}
+
+// The tenant filter's choices, rebuilt only when the list changed (an open dropdown stays open).
+// The chosen tenant stays a choice even if it is gone from the list.
+function renderTenants(tenants) {
+  const select = $("tenant-filter");
+  const chosen = select.value;
+  const names = chosen && !tenants.includes(chosen) ? [...tenants, chosen] : tenants;
+  const shown = [...select.options].slice(1).map((option) => option.value);
+  if (shown.join("\n") === names.join("\n")) return;
+  select.replaceChildren(el("option", { value: "" }, "all tenants"), ...names.map((name) => el("option", { value: name }, name)));
+  select.value = chosen;
 }
 
 function renderAccounts(accounts) {
@@ -216,11 +234,17 @@ function renderAccounts(accounts) {
 
 for (const status of STATUS_ORDER) $("status-filter").append(el("option", { value: status }, status));
 $("status-filter").value = sessionStorage.getItem(FILTER_KEY) || "";
-$("status-filter").addEventListener("change", () => {
-  sessionStorage.setItem(FILTER_KEY, $("status-filter").value);
-  clearTimeout(timer);
-  refresh();
-});
+// The tenants arrive with the data: a remembered choice is an option until they do.
+const savedTenant = sessionStorage.getItem(TENANT_KEY);
+if (savedTenant) $("tenant-filter").append(el("option", { value: savedTenant }, savedTenant));
+$("tenant-filter").value = savedTenant || "";
+for (const [id, key] of [["status-filter", FILTER_KEY], ["tenant-filter", TENANT_KEY]]) {
+  $(id).addEventListener("change", () => {
+    sessionStorage.setItem(key, $(id).value);
+    clearTimeout(timer);
+    refresh();
+  });
+}
 
 $("login").addEventListener("submit", (event) => {
   event.preventDefault();
