@@ -55,7 +55,6 @@ class Job(Base):
             postgresql_where=text("status = 'queued'"),
             sqlite_where=text("status = 'queued'"),
         ),
-        # The expiry sweep: queued jobs with a deadline, soonest first (few rows: partial).
         # A tenant's jobs, newest first (a tenant key's list).
         Index(None, "tenant", "created_at", "id"),
         # The pump's per-tenant queue heads (fair share between tenants, worker/tenancy.py).
@@ -69,6 +68,7 @@ class Job(Base):
         ),
         # An Idempotency-Key is the tenant's own: another tenant's same key is another job.
         UniqueConstraint("tenant", "idempotency_key"),
+        # The expiry sweep: queued jobs with a deadline, soonest first (few rows: partial).
         Index(
             "ix_jobs_queued_deadline",
             "deadline_at",
