@@ -150,17 +150,21 @@ def pump(svc: Services) -> list[str]:
 def _tenant_candidates(
     svc: Services, s: Session, holders: dict[str, int], waiting: list[str], *, now: datetime, candidates: int
 ) -> tuple[list[str], dict[str, Queued], list[str]]:
-    """With tenants: each waiting tenant's queue head, in the fair order (worker/tenant_share.py).
+    """With tenants: each tenant's queue head, in the fair order (worker/tenant_share.py).
     Waiters of tenants not owed slots while another tenant is leave the wait queues: their place
     there would reserve the slots the owed tenant's jobs are dispatched for."""
     picture = svc.tenancy.picture(holders)
-    heads = queued_heads(s, svc.tenancy.startable(), now, candidates, QUEUED_COLUMNS)
+    heads = queued_heads(s, svc.tenancy.with_queued_jobs(), now, candidates, QUEUED_COLUMNS)
     queued = {row.id: _queued(row) for rows in heads.values() for row in rows}
-    # Jobs holding a lease first (their run died: they re-use it), then the fair order.
-    order = [j for j in queued if j in holders]
-    order += fair_order(
-        {t: [(r.id, r.slots) for r in rows if r.id not in holders] for t, rows in heads.items()}, picture
-    )
+    # First the jobs that must run whatever their tenant's state: holding a lease (their run
+    # died: they re-use it) or maybe created already (only a lookup can tell). Then the others
+    # in the fair order, none of a tenant out of today's units.
+    first = [r.id for rows in heads.values() for r in rows if r.id in holders or r.create_attempts > 0]
+    startable = svc.tenancy.startable()
+    rest = {
+        t: [(r.id, r.slots) for r in rows if r.id not in first] for t, rows in heads.items() if t in startable
+    }
+    order = first + fair_order(rest, picture)
     owed_now = owed(picture)
     if owed_now and waiting:
         tenants = svc.tenancy.tenants_of(waiting)

@@ -36,6 +36,7 @@ from worker.routing import pinned_account, route
 from worker.services import Services
 from worker.submit_outcomes import (
     CREATE_UNCERTAIN,
+    EXCEEDS_TENANT_SLOTS,
     deny_model,
     end_unsubmitted,
     forget_earlier_creates,
@@ -85,13 +86,6 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
             s.commit()
             svc.release(job_id)  # out of the wait queues an earlier run joined
             return Outcome(Step.DONE, detail=ending.value)
-        tenant = job.tenant
-        # Another tenant is owed slots, or this one is at its max_slots: wait, reserving nothing.
-        held_back = None if tried_before else svc.tenancy.wait_reason(job_id, tenant, slots)
-        if held_back is not None:
-            s.rollback()
-            svc.tenancy.leave_queues(job_id)
-            return Outcome(Step.WAIT, detail=held_back)
         plan = route(
             svc.accounts,
             provider_name,
@@ -100,6 +94,19 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
             disabled=disabled,
             legacy=svc.legacy,
         )
+        tenant = job.tenant
+        oversize = None if tried_before else svc.tenancy.too_big(tenant, slots)
+        if oversize is not None:
+            s.rollback()
+            fail_job(svc, job_id, code=EXCEEDS_TENANT_SLOTS, message=oversize)
+            return Outcome(Step.FAILED, detail=oversize)
+        # Another tenant is owed slots on these accounts, or this one is at its max_slots: wait,
+        # reserving nothing.
+        held_back = None if tried_before else svc.tenancy.wait_reason(job_id, tenant, slots, plan.accounts)
+        if held_back is not None:
+            s.rollback()
+            svc.tenancy.leave_queues(job_id)
+            return Outcome(Step.WAIT, detail=held_back)
         model = str(params.get("model_name") or "")
         account, probing, lookup_only, provider = "", False, False, None
         unusable: Exception | None = None
@@ -111,7 +118,7 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
         except (ProviderNotConfigured, ValidationError) as exc:
             unusable = exc
         tried: list[str] = []
-        refused_slots = False
+        refused_on: list[str] = []  # accounts that had no slots for it
         for name in plan.accounts if unusable is None else ():
             limiter = svc.limiter_for(name)
             if slots > limiter.limit:
@@ -124,7 +131,7 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
                 continue
             tried.append(name)
             if not limiter.acquire(job_id, slots, ahead=ahead):
-                refused_slots = True
+                refused_on.append(name)
                 continue
             # One more Redis call under the row lock (two while paused). A paused account
             # sends one create per ACCOUNT_PROBE_SECONDS: every other run counts no attempt,
@@ -160,8 +167,8 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
             s.rollback()
             svc.tenancy.leave_queues(job_id)
             return Outcome(Step.WAIT, detail=held_back)
-        if refused_slots or account:
-            svc.tenancy.wanted(tenant)  # it waits for slots, or got them (worker/tenancy.py)
+        # Its tenant wants slots on these accounts: waits for them, or got them (worker/tenancy.py).
+        svc.tenancy.wanted(tenant, [*refused_on, account] if account else refused_on)
         if unusable is None and not account:
             if plan.accounts and too_big + denied < len(plan.accounts):
                 # No slots (the common case while a batch waits) or every account paused: give the
@@ -248,8 +255,16 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
             unreserve(svc, account, job_id)
             forget_earlier_creates(svc, job_id, token)  # none found: this run sent none either
             return keep_claim(svc, job_id, token, svc.account_gate.probe_seconds, hold)
-        # Surely not created: create it now, and count only that create, so a refusal of it
-        # (a dry pack) frees the job to go to another account instead of pinning it here.
+        # Surely not created: a new create goes out, so its tenant's caps apply as to any.
+        held_back = _tenant_refusal(svc, job_id, tenant, slots, account, tried_before=False)
+        if held_back is not None:
+            limiter.release(job_id)
+            unreserve(svc, account, job_id)
+            give_back(svc, job_id, token, forget=True)
+            svc.tenancy.leave_queues(job_id)
+            return Outcome(Step.WAIT, detail=held_back)
+        # Count only the create below, so a refusal of it (a dry pack) frees the job to go to
+        # another account instead of pinning it here.
         forget_earlier_creates(svc, job_id, token)
 
     settings = svc.settings

@@ -28,6 +28,8 @@ log = logging.getLogger("worker.submit")  # one logger for the submit run's line
 
 CREATE_UNCERTAIN = "create_uncertain"
 EXCEEDS_CONCURRENCY = "exceeds_concurrency"
+# A job needing more slots than its tenant's max_slots (lowered after it was queued).
+EXCEEDS_TENANT_SLOTS = "exceeds_tenant_max_slots"
 
 
 def end_unsubmitted(svc: Services, job_id: str, token: str, ending: JobStatus) -> None:

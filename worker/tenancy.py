@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -26,7 +26,7 @@ from models.tables import DEFAULT_TENANT, Job, Tenant
 from models.tenants import Limits, all_limits
 from worker.budget import estimate
 from worker.claims import unclaimed
-from worker.tenant_share import Picture, wait_reason
+from worker.tenant_share import Picture, too_big, wait_reason
 
 if TYPE_CHECKING:
     from worker.budget import LocalUnitBudget, UnitBudget
@@ -41,6 +41,7 @@ WAITING_TTL_SECONDS = 2.0
 # for slots this recently (refused for lack of them, or granted): a tenant whose jobs cannot start
 # for another reason (a paused account) is owed nothing, so nobody waits for it.
 WANTED_SECONDS = 120.0
+SEP = "\t"  # between tenant and account in the wanting set (neither name holds a tab)
 # Jobs whose tenant this process remembers (a job id and a name: a few MB at most).
 MAX_REMEMBERED = 200_000
 
@@ -107,25 +108,35 @@ class Tenancy:
     def _wanted_key(self) -> str:
         return f"{self.svc.settings.limiter_key_prefix}:tenants-wanting"
 
-    def wanted(self, tenant: str) -> None:
-        """A job of `tenant` asked for slots just now."""
+    def wanted(self, tenant: str, accounts: Iterable[str]) -> None:
+        """A job of `tenant` asked these accounts for slots just now."""
         if not self.active:
             return
         now = time.time()
+        members = {f"{tenant}{SEP}{account}": now for account in accounts}
+        if not members:
+            return
         if self._local:
-            self._wanted[tenant] = now
+            self._wanted.update(members)
             return
         with self.svc.gate_redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(self._wanted_key, {tenant: now})
+            pipe.zadd(self._wanted_key, members)
             pipe.expire(self._wanted_key, int(WANTED_SECONDS) * 2)
             pipe.execute()
 
-    def wanting(self) -> frozenset[str]:
+    def wanting(self) -> dict[str, frozenset[str]]:
+        """The tenants whose jobs asked for slots lately, and the accounts they asked."""
         since = time.time() - WANTED_SECONDS
         if self._local:
-            return frozenset(t for t, at in self._wanted.items() if at >= since)
-        members = self.svc.gate_redis.zrangebyscore(self._wanted_key, since, "+inf")
-        return frozenset(m.decode() if isinstance(m, bytes) else m for m in members)
+            members = [m for m, at in self._wanted.items() if at >= since]
+        else:
+            raw = self.svc.gate_redis.zrangebyscore(self._wanted_key, since, "+inf")
+            members = [m.decode() if isinstance(m, bytes) else m for m in raw]
+        out: dict[str, set[str]] = {}
+        for member in members:
+            tenant, _, account = member.partition(SEP)
+            out.setdefault(tenant, set()).add(account)
+        return {t: frozenset(accounts) for t, accounts in out.items()}
 
     @property
     def _local(self) -> bool:
@@ -170,12 +181,13 @@ class Tenancy:
         disabled = self.svc.disabled_accounts() if len(self.svc.account_names) > 1 else frozenset()
         capacity = sum(a.concurrency for a in self.svc.accounts if a.name not in disabled)
         now = utcnow()
+        wanting = self.wanting()
         waiting = frozenset(
             t
-            for t in self.with_queued_jobs() & self.wanting()
+            for t in self.with_queued_jobs() & wanting.keys()
             if not self._at_cap(t, limits, used) and not self.out_of_units(t, limits, now)
         )
-        return Picture(limits, used, waiting, capacity)
+        return Picture(limits, used, waiting, capacity, wanting)
 
     def startable(self) -> frozenset[str]:
         """Tenants with queued jobs, minus those out of today's units: whose queue heads the pump reads."""
@@ -187,8 +199,8 @@ class Tenancy:
         cap = limits.get(tenant, Limits()).max_slots
         return cap is not None and used.get(tenant, 0) >= cap
 
-    def wait_reason(self, job_id: str, tenant: str, slots: int) -> str | None:
-        """Why the job must wait for its tenant's sake before asking an account for slots (None:
+    def wait_reason(self, job_id: str, tenant: str, slots: int, accounts: Collection[str]) -> str | None:
+        """Why the job must wait for its tenant's sake before asking `accounts` for slots (None:
         it may ask). A job already holding a lease (its earlier run died) keeps it."""
         self.remember(job_id, tenant)
         if not self.active:
@@ -196,7 +208,12 @@ class Tenancy:
         held = self.holders()
         if job_id in held:
             return None
-        return wait_reason(self.picture(held), tenant, slots)
+        return wait_reason(self.picture(held), tenant, slots, accounts)
+
+    def too_big(self, tenant: str, slots: int) -> str | None:
+        """Why the job can never start under its tenant's max_slots (None: it can)."""
+        limits = self.limits().get(tenant)
+        return None if limits is None else too_big(limits, tenant, slots)
 
     def over_cap(self, job_id: str, tenant: str) -> bool:
         """Right after the job's lease was granted: whether its tenant now holds more than its

@@ -13,7 +13,7 @@ holding nothing may always start one job, even one bigger than its share. docs/a
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from models.tenants import Limits
@@ -31,6 +31,8 @@ class Picture:
     used: Mapping[str, int]
     waiting: frozenset[str]
     capacity: int
+    # The accounts each waiting tenant's jobs asked for slots lately (None: any account).
+    wanting: Mapping[str, frozenset[str]] | None = None
 
     def limits_of(self, tenant: str) -> Limits:
         return self.limits.get(tenant, NO_LIMITS)
@@ -62,9 +64,13 @@ def owed(picture: Picture, among: frozenset[str] | None = None) -> set[str]:
     return {t for t in tenants if picture.used.get(t, 0) < share[t]}
 
 
-def wait_reason(picture: Picture, tenant: str, slots: int) -> str | None:
-    """Why a job of `tenant` needing `slots` must not take slots now (None: it may). Its own
-    lease, if any, already counts in `used`."""
+def wait_reason(
+    picture: Picture, tenant: str, slots: int, accounts: Collection[str] | None = None
+) -> str | None:
+    """Why a job of `tenant` needing `slots` must not take slots now on `accounts` (None: it may).
+    Only tenants owed slots that want them on one of those accounts hold it back: a tenant whose
+    jobs only another account serves cannot use these slots. Its own lease already counts in
+    `used`."""
     limits = picture.limits_of(tenant)
     used = picture.used.get(tenant, 0)
     if limits.max_slots is not None and used + slots > limits.max_slots:
@@ -72,12 +78,25 @@ def wait_reason(picture: Picture, tenant: str, slots: int) -> str | None:
     if used == 0:
         return None
     among = picture.waiting | {tenant}
-    others = owed(picture, among) - {tenant}
+    others = {t for t in owed(picture, among) - {tenant} if _wants_any(picture, t, accounts)}
     share = shares(picture.capacity, picture.limits, among)[tenant]
     if not others or used + slots <= share:
         return None
     owed_to = ", ".join(sorted(others))
     return f"tenant {tenant} holds {used} slots, its fair share is {share:g}; owed: {owed_to}"
+
+
+def _wants_any(picture: Picture, tenant: str, accounts: Collection[str] | None) -> bool:
+    if accounts is None or picture.wanting is None:
+        return True
+    return not picture.wanting.get(tenant, frozenset()).isdisjoint(accounts)
+
+
+def too_big(limits: Limits, tenant: str, slots: int) -> str | None:
+    """Why a job can never start under its tenant's `max_slots` (None: it can)."""
+    if limits.max_slots is not None and slots > limits.max_slots:
+        return f"needs {slots} slots; tenant {tenant} may hold at most {limits.max_slots} (max_slots)"
+    return None
 
 
 def fair_order(heads: Mapping[str, Sequence[tuple[str, int]]], picture: Picture) -> list[str]:
@@ -94,10 +113,14 @@ def fair_order(heads: Mapping[str, Sequence[tuple[str, int]]], picture: Picture)
         _, tenant = heapq.heappop(heap)
         job_id, slots = heads[tenant][position[tenant]]
         cap = picture.limits_of(tenant).max_slots
-        if cap is not None and held[tenant] + slots > cap:
+        if cap is not None and slots > cap:
+            # It can never start: offered anyway (submit fails it with the reason), holding nothing.
+            order.append(job_id)
+        elif cap is not None and held[tenant] + slots > cap:
             continue  # its next job cannot start before some of its own end
-        order.append(job_id)
-        held[tenant] += slots
+        else:
+            order.append(job_id)
+            held[tenant] += slots
         position[tenant] += 1
         if position[tenant] < len(heads[tenant]):
             heapq.heappush(heap, (held[tenant] / picture.limits_of(tenant).weight, tenant))
