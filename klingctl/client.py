@@ -1,12 +1,16 @@
 """A small typed client for the job API, for programs that queue work through the service:
 
     from klingctl.client import Client
-    api = Client("https://kling.example.com", token=os.environ["API_TOKEN"])
+    api = Client("https://kling.example.com", token=os.environ["API_TOKEN"])  # or a tenant's key
     job = api.create({"prompt": "a lighthouse", "n": 2}, webhook_url=..., idempotency_key="order-42")
     done = api.wait(job["id"], timeout=600)          # the final document (archived, failed, ...)
     for job in api.jobs(status="failed"): ...        # every page, newest first
+    api.jobs(tenant="acme"); api.create(..., tenant="acme")   # the operator, for one tenant
     api.cancel(job_id); api.retry(job_id)
     event = Client.verify_event(NOTIFY_SECRET, request.headers, request.get_data())
+
+`token`: the operator's API_TOKEN (every tenant's jobs) or a tenant's key (`kt_...` from
+`klingctl tenants create`: its own jobs only, another tenant's job is a 404 ApiError).
 
 Every call has a timeout; an answer other than 2xx raises `ApiError` with the service's message
 and the fields it names. Documents are the API's JSON objects (docs/api.md), as dicts.
@@ -37,6 +41,8 @@ class ApiError(Exception):
 
 
 class Client:
+    """The job API at `base_url`, as `token`: the operator's API_TOKEN or a tenant's key."""
+
     def __init__(
         self,
         base_url: str,
@@ -62,9 +68,11 @@ class Client:
         deadline_seconds: int | None = None,
         webhook_events: list[str] | None = None,
         priority: str | None = None,
+        tenant: str | None = None,
         idempotency_key: str | None = None,
     ) -> JSON:
-        """Queue a job (202), or get the job an earlier request with this `idempotency_key` made."""
+        """Queue a job (202), or get the job an earlier request with this `idempotency_key` made
+        (keys are per tenant). `tenant`: whose job; a tenant key may name only its own."""
         body: JSON = dict(params)
         for name, value in (
             ("kind", kind),
@@ -74,6 +82,7 @@ class Client:
             ("deadline_seconds", deadline_seconds),
             ("webhook_events", webhook_events),
             ("priority", priority),
+            ("tenant", tenant),
         ):
             if value is not None:
                 body[name] = value
@@ -83,11 +92,15 @@ class Client:
     def get(self, job_id: str) -> JSON:
         return self._call("GET", f"/v1/jobs/{job_id}")
 
-    def jobs(self, *, status: str | None = None, page_size: int = 50) -> Iterator[JSON]:
-        """Every job, newest first, fetching pages of `page_size` as the iteration goes."""
+    def jobs(
+        self, *, status: str | None = None, tenant: str | None = None, page_size: int = 50
+    ) -> Iterator[JSON]:
+        """Every job the token sees, newest first, fetching pages of `page_size` as the iteration
+        goes; `tenant`: only that tenant's."""
         query: dict[str, str | int] = {"limit": page_size}
-        if status is not None:
-            query["status"] = status
+        for name, value in (("status", status), ("tenant", tenant)):
+            if value is not None:
+                query[name] = value
         while True:
             page = self._call("GET", "/v1/jobs", params=query)
             yield from page["jobs"]

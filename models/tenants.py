@@ -98,7 +98,7 @@ def create_tenant(
 def get_tenant(session: Session, name: str) -> Tenant:
     tenant = session.get(Tenant, name)
     if tenant is None:
-        raise TenantError(f"no tenant {name!r} (klingctl tenants list)")
+        raise TenantError(f"no tenant {name!r} (`klingctl tenants` lists them)")
     return tenant
 
 

@@ -13,7 +13,7 @@ from kling.types import Task, TaskImage, TaskStatus
 from models.base import utcnow
 from models.enums import ImageStatus, JobStatus
 from models.statemachine import apply_provider_task, create_job, transition
-from models.tables import Job
+from models.tables import DEFAULT_TENANT, Job
 
 # The path to each status; `failed` branches off after `fail_after`.
 _PATH = (JobStatus.QUEUED, JobStatus.SUBMITTED, JobStatus.PROCESSING, JobStatus.SUCCEEDED, JobStatus.ARCHIVED)
@@ -32,12 +32,15 @@ def make_job(
     error_code: str = "1301",
     error_message: str = "the content did not pass the policy check",
     bucket: str = "kling-archive",
+    tenant: str = DEFAULT_TENANT,
 ) -> Job:
-    """A job at `status`. Images: `n` of them from `succeeded` on; at `archived` each carries S3
-    fields (no object is written: tests that read S3 put their own)."""
+    """A job at `status` for `tenant` (which must exist). Images: `n` of them from `succeeded` on;
+    at `archived` each carries S3 fields (no object is written: tests that read S3 put their own)."""
     target = JobStatus(status)
     params = {"prompt": prompt, "n": n, "aspect_ratio": "1:1"}
-    job = create_job(session, params, provider=provider, webhook_url=webhook_url, metadata=metadata).job
+    job = create_job(
+        session, params, provider=provider, webhook_url=webhook_url, metadata=metadata, tenant=tenant
+    ).job
     if target in (JobStatus.CANCELLED, JobStatus.EXPIRED):
         # Never created at the provider: straight from queued, as the worker or the API ends it.
         source = "api" if target is JobStatus.CANCELLED else "worker"

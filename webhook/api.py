@@ -37,8 +37,15 @@ from models.logging import log_context
 from models.priorities import parse_priority
 from models.settings import Settings
 from models.statemachine import create_job
-from models.tables import DEFAULT_TENANT, Image, Job, Tenant
-from webhook.auth import api_token, caller_tenant, is_visible, require_token, tenant_scope
+from models.tables import Image, Job
+from webhook.auth import (
+    api_token,
+    caller_tenant,
+    is_visible,
+    require_token,
+    tenant_of_create,
+    tenant_scope,
+)
 from webhook.body import is_json_media_type, unstorable
 from webhook.db import app_settings, autocommit_sessions, sessions
 from webhook.job_fields import split_body
@@ -143,10 +150,10 @@ def create() -> ViewResult:
     events_value = body.pop("webhook_events", None)
     priority, priority_errors = parse_priority(body.pop("priority", None))
     kind_name = body.pop("kind", None)
-    tenant = _tenant_of_create(body.pop("tenant", None))
+    tenant, tenant_errors = tenant_of_create(body.pop("tenant", None))
     provider, webhook_url, metadata, params, errors = split_body(body, settings)
     events, event_errors = parse_webhook_events(events_value, has_url=webhook_url is not None)
-    errors += deadline_errors + event_errors + priority_errors
+    errors += deadline_errors + event_errors + priority_errors + tenant_errors
     key = _idempotency_key()
     try:
         kind = kind_for(DEFAULT_KIND if kind_name is None else kind_name)
@@ -162,15 +169,11 @@ def create() -> ViewResult:
         errors.append(
             FieldError(field, "concurrency", f"needs {slots} slots; at most {name}={most} can be held")
         )
-    if not errors and tenant.max_slots is not None and (slots := kind.slots(params)) > tenant.max_slots:
-        errors.append(
-            FieldError(
-                _slot_field(kind.name, params),
-                "max_slots",
-                f"needs {slots} slots; tenant {tenant.name} may hold at most {tenant.max_slots}",
-            )
-        )
-    if errors:
+    cap = tenant.max_slots if tenant is not None else None
+    if not errors and tenant is not None and cap is not None and (slots := kind.slots(params)) > cap:
+        too_many = f"needs {slots} slots; tenant {tenant.name} may hold at most {cap}"
+        errors.append(FieldError(_slot_field(kind.name, params), "max_slots", too_many))
+    if errors or tenant is None:  # no tenant: its error is in `errors`
         raise ApiError(422, "invalid request", errors)
 
     # The session's after-commit hook publishes the submit row create_job wrote.
@@ -306,26 +309,6 @@ def _json_object() -> dict[str, Any]:
     if problem:
         raise ApiError(400, problem.message, [problem])
     return body
-
-
-def _tenant_of_create(value: Any) -> Tenant:
-    """The tenant a new job is for: the caller's own; the operator may name any (default: `default`)."""
-    caller = caller_tenant()
-    if value is not None and (not isinstance(value, str) or (caller is not None and value != caller)):
-        rule = (
-            "a tenant key creates jobs for its own tenant only"
-            if isinstance(value, str)
-            else "must be a string"
-        )
-        raise ApiError(422, "invalid request", [FieldError("tenant", "tenant", rule)])
-    name = value or caller or DEFAULT_TENANT
-    with autocommit_sessions() as read, read() as session:
-        tenant = session.get(Tenant, name)
-        if tenant is not None:
-            session.expunge(tenant)
-    if tenant is None:
-        raise ApiError(422, "invalid request", [FieldError("tenant", "unknown", f"no tenant {name!r}")])
-    return tenant
 
 
 def _no_constant(name: str) -> Any:

@@ -13,8 +13,9 @@ from flask import g, request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from kling.errors import FieldError
 from models.settings import Settings
-from models.tables import Job
+from models.tables import DEFAULT_TENANT, Job, Tenant
 from models.tenants import KEY_PREFIX, tenant_for_key
 from webhook.db import app_settings, autocommit_sessions
 from webhook.views import ViewResult
@@ -80,3 +81,22 @@ def tenant_scope(stmt: Any) -> Any:
     """`stmt` (selecting from jobs) narrowed to the caller's own jobs."""
     tenant = caller_tenant()
     return stmt if tenant is OPERATOR else stmt.where(Job.tenant == tenant)
+
+
+def tenant_of_create(value: Any) -> tuple[Tenant | None, list[FieldError]]:
+    """The tenant a new job is for (the body's `tenant`): a tenant key's own; the operator may name
+    any (default `default`). None with the errors when refused."""
+    caller = caller_tenant()
+    if value is not None and not isinstance(value, str):
+        return None, [FieldError("tenant", "type", "must be a string")]
+    if value is not None and caller is not OPERATOR and value != caller:
+        return None, [FieldError("tenant", "tenant", "a tenant key creates jobs for its own tenant only")]
+    # `is None`, not `or`: an empty name is no tenant (422), not the default one.
+    name = value if value is not None else caller if caller is not OPERATOR else DEFAULT_TENANT
+    with autocommit_sessions() as read, read() as session:
+        tenant = session.get(Tenant, name)
+        if tenant is not None:
+            session.expunge(tenant)
+    if tenant is None:
+        return None, [FieldError("tenant", "unknown", f"no tenant {name!r}")]
+    return tenant, []

@@ -11,17 +11,13 @@ from typing import Any
 
 from flask import Blueprint
 
-from kling.kinds import KIND_NAMES
 from models.enums import JobStatus
-from models.tenants import NAME_PATTERN
-from webhook import openapi_control
+from webhook import openapi_control, openapi_operator
 from webhook.api import DEFAULT_LIMIT, MAX_IDEMPOTENCY_KEY, MAX_LIMIT
-from webhook.job_fields import PROVIDERS
 from webhook.openapi_jobs import job_schemas
-from webhook.openapi_parts import JSON, NULLABLE_TIME, Schema, nullable, ref
+from webhook.openapi_parts import JSON, Schema, nullable, ref
 from webhook.openapi_requests import request_schemas
 from webhook.views import ViewResult
-from worker.account_views import ACCOUNT_FIELDS, STATES
 
 bp = Blueprint("openapi", __name__)
 
@@ -42,7 +38,16 @@ UNAUTHORIZED = _error(
     "Missing or wrong bearer token", {"WWW-Authenticate": {**_STRING_HEADER, "required": True}}
 )
 DB_DOWN = _error("The database is unavailable; retry later", {"Retry-After": _STRING_HEADER})
-NOT_FOUND = _error("Unknown job")
+NOT_FOUND = _error("Unknown job (another tenant's job is unknown to a tenant key)")
+
+
+BEARER = (
+    "The operator's `API_TOKEN`: every tenant's jobs and every route; jobs it creates belong to the "
+    "`default` tenant unless the body names another. Or a tenant's key (`kt_...`, printed once by "
+    "`klingctl tenants create NAME`, stored as its SHA-256): that tenant's jobs only (another "
+    "tenant's job is 404, as if it did not exist), 403 on /v1/accounts and /v1/dashboard. A "
+    "revoked or rotated-away key is 401 at once."
+)
 
 
 def _schemas() -> dict[str, Schema]:
@@ -60,32 +65,6 @@ def _schemas() -> dict[str, Schema]:
         "required": ["error"],
         "properties": {"error": {"type": "string"}, "fields": {"type": "array", "items": ref("FieldError")}},
     }
-    account = {
-        "type": "object",
-        "required": [*ACCOUNT_FIELDS],
-        "properties": {
-            "name": {"type": "string"},
-            "provider": {"type": "string", "enum": list(PROVIDERS)},
-            "state": {"type": "string", "enum": list(STATES)},
-            "reason": nullable({"type": "string", "description": '"paused: <code>" or "disabled"'}),
-            "code": nullable({"type": "integer", "description": "The provider code that paused it"}),
-            "message": nullable({"type": "string"}),
-            "since": NULLABLE_TIME,
-            "concurrency": {"type": "integer"},
-            "slots_in_use": nullable({"type": "integer"}),
-            "units_today": {"type": "number", "description": "Units deducted since 00:00 UTC"},
-            "kinds": {
-                "type": "array",
-                "items": {"type": "string", "enum": list(KIND_NAMES)},
-                "description": "Task kinds routed to this account",
-            },
-        },
-    }
-    account_list = {
-        "type": "object",
-        "required": ["accounts"],
-        "properties": {"accounts": {"type": "array", "items": ref("Account")}},
-    }
     job_list = {
         "type": "object",
         "required": ["jobs", "next_cursor"],
@@ -94,52 +73,13 @@ def _schemas() -> dict[str, Schema]:
             "next_cursor": nullable({"type": "string", "description": "Pass as `cursor` for the next page"}),
         },
     }
-    dashboard = {
-        "type": "object",
-        "required": ["counts", "slots", "images_at_risk", "outbox_backlog", "jobs", "gallery"],
-        "properties": {
-            "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
-            "slots": {
-                "type": "object",
-                "required": ["in_use", "limit"],
-                "properties": {"in_use": nullable({"type": "integer"}), "limit": {"type": "integer"}},
-            },
-            "images_at_risk": nullable({"type": "integer"}),
-            "accounts_not_active": {
-                "type": "array",
-                "nullable": True,
-                "items": ref("Account"),
-                "description": "Paused or disabled accounts (the banner); null when unknown",
-            },
-            "outbox_backlog": nullable({"type": "integer"}),
-            "jobs": {"type": "array", "items": ref("Job")},
-            "tenants": {"type": "array", "items": {"type": "string"}, "description": "Every tenant's name"},
-            "gallery": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["job_id", "index", "url", "href", "sha256", "bytes"],
-                    "properties": {
-                        "job_id": {"type": "string"},
-                        "index": {"type": "integer"},
-                        "url": {"type": "string", "description": "Presigned S3 GET URL"},
-                        "href": {"type": "string", "description": "The API's image endpoint"},
-                        "sha256": nullable({"type": "string"}),
-                        "bytes": nullable({"type": "integer"}),
-                    },
-                },
-            },
-        },
-    }
     return {
         "FieldError": field_error,
         "Error": error,
         **request_schemas(),
         **job_schemas(),
         "JobList": job_list,
-        "Account": account,
-        "AccountList": account_list,
-        "Dashboard": dashboard,
+        **openapi_operator.schemas(),
         **openapi_control.schemas(),
     }
 
@@ -174,7 +114,10 @@ def _paths() -> dict[str, Any]:
                     "401": UNAUTHORIZED,
                     "413": _error("Body too large"),
                     "415": _error("Content-Type is not application/json"),
-                    "422": _error("Invalid fields; `fields` names each one with its rule"),
+                    "422": _error(
+                        "Invalid fields; `fields` names each one with its rule (`tenant`: unknown, or "
+                        "not the key's own; `max_slots`: more slots than the tenant may hold)"
+                    ),
                     "503": DB_DOWN,
                 },
             },
@@ -197,6 +140,12 @@ def _paths() -> dict[str, Any]:
                             "maximum": MAX_LIMIT,
                             "default": DEFAULT_LIMIT,
                         },
+                    },
+                    {
+                        "name": "tenant",
+                        "in": "query",
+                        "description": "Only this tenant's jobs (a tenant key sees only its own anyway)",
+                        "schema": {"type": "string"},
                     },
                     {"name": "cursor", "in": "query", "schema": {"type": "string"}},
                 ],
@@ -223,14 +172,6 @@ def _paths() -> dict[str, Any]:
             }
         },
         **openapi_control.paths(secured, location),
-        "/v1/accounts": {
-            "get": {
-                "summary": "Every provider account: state, slots in use, units today (never credentials)",
-                "operationId": "listAccounts",
-                "security": secured,
-                "responses": {"200": _json(ref("AccountList"), "The accounts"), "401": UNAUTHORIZED},
-            }
-        },
         "/v1/jobs/{job_id}/images/{index}": {
             "get": {
                 "summary": "Redirect to a presigned S3 URL of an archived image",
@@ -257,35 +198,7 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
-        "/v1/dashboard": {
-            "get": {
-                "summary": "Everything the dashboard shows, in one read",
-                "operationId": "getDashboard",
-                "security": secured,
-                "parameters": [
-                    {
-                        "name": "status",
-                        "in": "query",
-                        "required": False,
-                        "description": "Only recent jobs with this status",
-                        "schema": {"type": "string", "enum": [s.value for s in JobStatus]},
-                    },
-                    {
-                        "name": "tenant",
-                        "in": "query",
-                        "required": False,
-                        "description": "Only recent jobs of this tenant (with `status`: in that status)",
-                        "schema": {"type": "string", "pattern": f"^{NAME_PATTERN.pattern}$"},
-                    },
-                ],
-                "responses": {
-                    "200": _json(ref("Dashboard"), "Counts, slots, recent jobs and archived images"),
-                    "400": _error("An unknown status, or a tenant name of the wrong form"),
-                    "401": UNAUTHORIZED,
-                    "503": DB_DOWN,
-                },
-            }
-        },
+        **openapi_operator.paths(secured),
         "/callbacks/kling/{job_id}/{token}": {
             "post": {
                 "summary": "Provider task callback (the URL is minted per job; not for clients)",
@@ -378,13 +291,14 @@ def openapi_document() -> dict[str, Any]:
             "version": "1",
             "description": (
                 "Runs Kling AI jobs of every task kind (images and videos) and archives every output to S3. "
-                "Every /v1 route needs `Authorization: Bearer <API_TOKEN>`."
+                "Every /v1 route needs `Authorization: Bearer <API_TOKEN>` or a tenant's key "
+                "(see the `bearer` security scheme)."
             ),
         },
         "paths": _paths(),
         "components": {
             "schemas": _schemas(),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": BEARER}},
         },
     }
 

@@ -30,6 +30,13 @@ def request_properties() -> dict[str, Schema]:
                 "description": "When slots are scarce higher ones go first; none starves (default normal)",
             }
         ),
+        "tenant": nullable(
+            {
+                "type": "string",
+                "description": "Whose job it is: a tenant key may name only its own tenant (its "
+                "default); the operator any existing one (default `default`). Else 422",
+            }
+        ),
         "webhook_events": nullable(
             {
                 "type": "array",
@@ -49,6 +56,7 @@ def job_properties() -> dict[str, Schema]:
         "retry_of": nullable({"type": "string", "description": "The job this one retries"}),
         "webhook_events": nullable({"type": "array", "items": EVENT}),
         "priority": {"type": "string", "enum": list(PRIORITIES)},
+        "tenant": {"type": "string", "description": "The tenant the job belongs to"},
     }
 
 

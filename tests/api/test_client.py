@@ -13,6 +13,7 @@ from kling.callbacks import SignatureError, sign_callback
 from klingctl.client import ApiError, Client
 from models.db import session_scope
 from models.tables import Job
+from models.tenants import create_tenant
 from tests.api.conftest import TEST_NOTIFY_SECRET, Served
 from tests.conftest import TEST_API_TOKEN
 
@@ -99,3 +100,28 @@ def test_verify_event_checks_the_standard_webhooks_signature() -> None:
     assert Client.verify_event(TEST_NOTIFY_SECRET, headers, body)["type"] == "job.archived"
     with pytest.raises(SignatureError):
         Client.verify_event(TEST_NOTIFY_SECRET, headers, body.replace(b"j-1", b"j-2"))
+
+
+def test_a_tenant_key_is_a_token_and_tenant_narrows_the_operators_calls(
+    client: Client, served_api: Served
+) -> None:
+    with session_scope(served_api.sessions) as s:
+        _, key = create_tenant(s, "acme")
+        create_tenant(s, "beta")
+    acme = Client(served_api.url, token=key)
+    theirs = acme.create(PARAMS)
+    assert theirs["tenant"] == "acme" and acme.get(theirs["id"])["id"] == theirs["id"]
+    for_acme = client.create(PARAMS, tenant="acme")
+    for_beta = client.create(PARAMS, tenant="beta")
+    mine = client.create(PARAMS)
+    assert (for_acme["tenant"], for_beta["tenant"], mine["tenant"]) == ("acme", "beta", "default")
+    assert [j["id"] for j in acme.jobs()] == [for_acme["id"], theirs["id"]]
+    assert [j["id"] for j in client.jobs(tenant="acme", page_size=1)] == [for_acme["id"], theirs["id"]]
+    assert [j["id"] for j in client.jobs(tenant="beta", status="queued")] == [for_beta["id"]]
+    assert {j["id"] for j in client.jobs()} == {theirs["id"], for_acme["id"], for_beta["id"], mine["id"]}
+    with pytest.raises(ApiError) as hidden:
+        acme.get(mine["id"])
+    assert (hidden.value.status, hidden.value.message) == (404, "unknown job")
+    with pytest.raises(ApiError) as refused:
+        acme.create(PARAMS, tenant="beta")
+    assert refused.value.status == 422 and refused.value.fields[0]["field"] == "tenant"

@@ -354,6 +354,7 @@ def test_every_command_is_registered() -> None:
         "simulator",
         "submit",
         "sweep",
+        "tenants",
         "webhook",
         "worker",
     ]
