@@ -7,7 +7,7 @@ sees its own jobs only: another tenant's job is answered 404, as if it did not e
 from __future__ import annotations
 
 import hmac
-from typing import Any
+from typing import Any, NamedTuple
 
 from flask import g, request
 from sqlalchemy import select
@@ -83,9 +83,15 @@ def tenant_scope(stmt: Any) -> Any:
     return stmt if tenant is OPERATOR else stmt.where(Job.tenant == tenant)
 
 
-def tenant_of_create(value: Any) -> tuple[Tenant | None, list[FieldError]]:
+class NewJobTenant(NamedTuple):
+    name: str
+    max_slots: int | None
+
+
+def tenant_of_create(value: Any) -> tuple[NewJobTenant | None, list[FieldError]]:
     """The tenant a new job is for (the body's `tenant`): a tenant key's own; the operator may name
-    any (default `default`). None with the errors when refused."""
+    any (default `default`). None with the errors when refused. Known tenants come from the
+    worker view's table cache (re-read every 5 s): no query per create."""
     caller = caller_tenant()
     if value is not None and not isinstance(value, str):
         return None, [FieldError("tenant", "type", "must be a string")]
@@ -93,10 +99,14 @@ def tenant_of_create(value: Any) -> tuple[Tenant | None, list[FieldError]]:
         return None, [FieldError("tenant", "tenant", "a tenant key creates jobs for its own tenant only")]
     # `is None`, not `or`: an empty name is no tenant (422), not the default one.
     name = value if value is not None else caller if caller is not OPERATOR else DEFAULT_TENANT
+    from webhook.accounts import services  # here: that module imports the API's
+
+    known = services().tenancy.limits().get(name)
+    if known is not None:
+        return NewJobTenant(name, known.max_slots), []
     with autocommit_sessions() as read, read() as session:
-        tenant = session.get(Tenant, name)
-        if tenant is not None:
-            session.expunge(tenant)
-    if tenant is None:
+        tenant = session.get(Tenant, name)  # made in the last seconds, or none
+        found = None if tenant is None else NewJobTenant(tenant.name, tenant.max_slots)
+    if found is None:
         return None, [FieldError("tenant", "unknown", f"no tenant {name!r}")]
-    return tenant, []
+    return found, []

@@ -59,10 +59,11 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_jobs_tenant_queue", table_name="jobs")
     op.drop_index(op.f("ix_jobs_tenant_created_at_id"), table_name="jobs")
-    # Keys were unique per tenant only: keep the first job of a key, drop the key from the others.
+    # Keys were unique per tenant only: the first job of a key keeps it, the others lose it.
     op.execute(
-        "UPDATE jobs SET idempotency_key = NULL WHERE idempotency_key IS NOT NULL AND id NOT IN "
-        "(SELECT MIN(id) FROM jobs WHERE idempotency_key IS NOT NULL GROUP BY idempotency_key)"
+        "UPDATE jobs SET idempotency_key = NULL WHERE id IN (SELECT id FROM (SELECT id, row_number() "
+        "OVER (PARTITION BY idempotency_key ORDER BY created_at, id) AS nth FROM jobs "
+        "WHERE idempotency_key IS NOT NULL) AS keyed WHERE nth > 1)"
     )
     with op.batch_alter_table("jobs") as batch:
         batch.drop_constraint(op.f("uq_jobs_tenant_idempotency_key"), type_="unique")

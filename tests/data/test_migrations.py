@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,42 @@ def test_bigint_ids_upgrade_and_downgrade_on_postgresql(pg_url: str) -> None:
         with engine.connect() as conn:
             assert conn.scalar(text("SELECT count(*) FROM outbox")) == 1
         engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_tenants_migration_keeps_jobs_and_undoes_per_tenant_keys(
+    backend: str, pg_url: str, tmp_path: Path
+) -> None:
+    with (
+        scratch_database(POSTGRES_ADMIN_URL, prefix="kling_test", migrate=False)
+        if backend == "postgresql"
+        else nullcontext(f"sqlite:///{tmp_path / 'tenants.db'}")
+    ) as url:
+        upgrade(url, "0008_job_control")
+        columns = "id, provider, params, status, idempotency_key, created_at"
+        insert_job = text(f"INSERT INTO jobs ({columns}) VALUES (:id, 'kling', '{{}}', 'queued', :key, :at)")
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            conn.execute(insert_job, {"id": "old", "key": "k", "at": "2026-12-01 00:00:00+00"})
+        engine.dispose()
+        upgrade(url)
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            # Every existing job belongs to `default`; a key may now repeat in another tenant.
+            assert conn.scalar(text("SELECT tenant FROM jobs WHERE id = 'old'")) == "default"
+            conn.execute(text("INSERT INTO tenants (name) VALUES ('acme')"))
+            conn.execute(
+                text(
+                    f"INSERT INTO jobs ({columns}, tenant) "
+                    "VALUES ('new', 'kling', '{}', 'queued', 'k', :at, 'acme')"
+                ),
+                {"at": "2026-12-02 00:00:00+00"},
+            )
+        engine.dispose()
+        command.downgrade(alembic_config(url), "0008_job_control")
+        engine = make_engine(url)
+        with engine.connect() as conn:
+            keys = dict(conn.execute(text("SELECT id, idempotency_key FROM jobs")).all())
+        engine.dispose()
+        # Unique again: the first job keeps its key, the later one loses it; both jobs stay.
+        assert keys == {"old": "k", "new": None}
