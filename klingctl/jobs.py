@@ -25,7 +25,7 @@ from models.enums import JobStatus
 from models.events import EVENTS, parse_webhook_events
 from models.job_control import MAX_DEADLINE_SECONDS
 from models.priorities import PRIORITIES
-from models.tables import Job
+from models.tables import DEFAULT_TENANT, Job, Tenant
 
 FINAL = frozenset(s.value for s in JobStatus if s.is_terminal)
 # How often `--wait` looks at the job; only the display depends on it.
@@ -159,6 +159,7 @@ def wait_final(
     type=click.Choice(EVENTS),
     help="An event the --webhook-url hears (repeatable; default how the job ended).",
 )
+@click.option("--tenant", default=DEFAULT_TENANT, show_default=True, help="The tenant the job is for.")
 @click.option("--wait", is_flag=True, help="Show progress until the job is archived or failed.")
 @click.option(
     "--timeout", default=600.0, show_default=True, type=click.FloatRange(0), help="Seconds --wait waits."
@@ -179,6 +180,7 @@ def submit(
     priority: str,
     deadline_seconds: int | None,
     webhook_events: tuple[str, ...],
+    tenant: str,
     wait: bool,
     timeout: float,
 ) -> None:
@@ -216,6 +218,8 @@ def submit(
     engine, sessions = db_handles(cfg)
     try:
         with session_scope(sessions) as s:
+            if s.get(Tenant, tenant) is None:
+                raise UsageLine(f"no tenant {tenant!r} (klingctl tenants)")
             created = create_job(
                 s,
                 params,
@@ -226,6 +230,7 @@ def submit(
                 priority=priority,
                 deadline_at=deadline,
                 webhook_events=events,
+                tenant=tenant,
             )
             job_id = created.job.id
         _, publish = celery_publisher(cfg)
@@ -263,8 +268,9 @@ def submit(
 
 @click.command()
 @click.option("--status", type=click.Choice([s.value for s in JobStatus]), default=None, help="Only these.")
+@click.option("--tenant", default=None, help="Only this tenant's.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True, help="Newest first.")
-def jobs(*, status: str | None, limit: int) -> None:
+def jobs(*, status: str | None, tenant: str | None, limit: int) -> None:
     """List jobs, newest first."""
     engine, sessions = db_handles(settings())
     try:
@@ -277,10 +283,14 @@ def jobs(*, status: str | None, limit: int) -> None:
         )
         if status:
             query = query.where(Job.status == status)
+        if tenant:
+            query = query.where(Job.tenant == tenant)
         with session_scope(sessions) as s:
             rows = [(job, params) for job, params in s.execute(query)]
         if not rows:
-            click.echo("No jobs" + (f" with status {status}." if status else "."))
+            which = [f"status {status}"] if status else []
+            which += [f"tenant {tenant}"] if tenant else []
+            click.echo("No jobs" + (f" with {' and '.join(which)}." if which else "."))
             return
         console().print(jobs_table(rows))
     finally:

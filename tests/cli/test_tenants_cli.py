@@ -205,3 +205,18 @@ def test_tenants_lists_each_with_its_key_hint_limits_and_live_jobs(
     assert table_row(result, "acme")[:7] == ["acme", f"{key[:8]}...", "1", "3", "12.5", "2", "1"]
     assert table_row(result, "default")[:7] == ["default", "-", "1", "-", "-", "1", "0"]
     assert key not in result.output
+
+
+def test_submit_for_a_tenant_and_list_its_jobs(cli: Run, env: dict[str, str], engine: Engine) -> None:
+    printed_key(cli(["tenants", "create", "acme"], **env))
+    submitted = cli(["submit", "a fox", "--tenant", "acme"], CELERY_BROKER_URL="memory://", **env)
+    assert submitted.exit_code == 0, submitted.output
+    job_id = submitted.stdout.strip()
+    add_job(engine, "queued")  # the operator's
+    with session_scope(make_sessionmaker(engine)) as s:
+        assert s.scalar(select(Job.tenant).where(Job.id == job_id)) == "acme"
+    listed = cli(["jobs", "--tenant", "acme"], **env)
+    assert listed.exit_code == 0 and job_id[:8] in listed.stdout and listed.stdout.count("a fox") == 1
+    assert "a cat" not in listed.stdout
+    unknown = cli(["submit", "a fox", "--tenant", "nobody"], CELERY_BROKER_URL="memory://", **env)
+    assert unknown.exit_code == 2 and "no tenant 'nobody'" in unknown.stderr
