@@ -19,7 +19,7 @@ from models.tenants import Limits, create_tenant
 from tests.worker.harness import Harness
 from worker import slots, submit
 from worker.outcome import Step
-from worker.tenant_share import Picture, fair_order, shares, wait_reason
+from worker.tenant_share import Picture, fair_order, shares, too_big, wait_reason
 
 
 # --- the decisions ------------------------------------------------------------------------------
@@ -44,6 +44,25 @@ def test_a_tenant_over_its_share_waits_while_another_is_owed() -> None:
     assert wait_reason(picture({"a": 5, "b": 5}, {"a", "b"}), "a", 1) is None
     # Holding nothing, a tenant may always start a job, even one bigger than its share.
     assert wait_reason(picture({"a": 0, "b": 1}, {"a", "b", "c", "d"}), "a", 4) is None
+
+
+def test_only_tenants_wanting_these_accounts_hold_a_job_back() -> None:
+    # b is owed, but its jobs only ever asked the video account: a's images may use the rest.
+    p = Picture(
+        {},
+        {"a": 5, "b": 2},
+        frozenset({"a", "b"}),
+        10,
+        wanting={"a": frozenset({"img"}), "b": frozenset({"vid"})},
+    )
+    assert wait_reason(p, "a", 1, ["img"]) is None
+    assert wait_reason(p, "a", 1, ["vid"]) is not None
+
+
+def test_a_job_bigger_than_its_tenants_cap_is_offered_and_does_not_block_the_rest() -> None:
+    p = picture({"a": 0}, {"a"}, a=Limits(max_slots=2))
+    assert fair_order({"a": [("big", 3), ("small", 1)]}, p) == ["big", "small"]
+    assert too_big(Limits(max_slots=2), "a", 3) is not None and too_big(Limits(max_slots=2), "a", 2) is None
 
 
 def test_max_slots_holds_a_tenant_back_even_with_free_slots() -> None:
@@ -243,3 +262,29 @@ def test_a_waiter_of_a_tenant_not_owed_stops_reserving_slots(harness: Harness, t
     assert slots.release_slots(harness.svc, running[0]) == [late]
     assert early not in harness.svc.limiter.waiting()
     assert submit.submit_job(harness.svc, late).step is Step.DONE
+
+
+def test_a_job_bigger_than_its_tenants_cap_fails_with_the_reason(harness: Harness, tenants) -> None:
+    c = tenants("c", max_slots=1)
+    (job_id,) = queue(harness, c, 1, n=2)  # queued before the cap was lowered
+    outcome = submit.submit_job(harness.svc, job_id)
+    assert outcome.step is Step.FAILED
+    job = harness.get(job_id)
+    assert job.status == "failed" and job.error_code == "exceeds_tenant_max_slots"
+
+
+def test_a_create_sent_again_after_a_lookup_keeps_to_the_tenants_cap(harness: Harness, tenants) -> None:
+    c = tenants("c", max_slots=1)
+    earlier, running = queue(harness, c, 2)
+    # `earlier`'s create may have gone out (a 1303 retry, say): its run skips the gate to look it up.
+    with session_scope(harness.svc.sessions) as s:
+        s.get(Job, earlier).create_attempts = 1
+    hold(harness, [running])  # meanwhile another job of c took c's one slot
+    creates = harness.sim.create_count
+    outcome = submit.submit_job(harness.svc, earlier)
+    # Not found at the provider: a new create would pass the cap, so it waits, sending none.
+    assert outcome.step is Step.WAIT and "max_slots" in (outcome.detail or "")
+    assert harness.sim.create_count == creates
+    job = harness.get(earlier)
+    assert job.status == "queued" and job.create_attempts == 0 and job.claim_token is None
+    assert earlier not in harness.svc.limiter.holders()
