@@ -129,7 +129,7 @@ def pump(svc: Services) -> list[str]:
         walk_index_in_order(s)
         if svc.tenancy.active:
             fair, queued, waiting = _tenant_candidates(
-                svc, s, holders, waiting, now=now, candidates=candidates
+                svc, s, holders, waiting, free=free, now=now, candidates=candidates
             )
         else:
             queued = {row.id: _queued(row) for row in s.execute(queued_head(now, candidates))}
@@ -148,13 +148,22 @@ def pump(svc: Services) -> list[str]:
 
 
 def _tenant_candidates(
-    svc: Services, s: Session, holders: dict[str, int], waiting: list[str], *, now: datetime, candidates: int
+    svc: Services,
+    s: Session,
+    holders: dict[str, int],
+    waiting: list[str],
+    *,
+    free: dict[str, int],
+    now: datetime,
+    candidates: int,
 ) -> tuple[list[str], dict[str, Queued], list[str]]:
     """With tenants: each tenant's queue head, in the fair order (worker/tenant_share.py).
     Waiters of tenants not owed slots while another tenant is leave the wait queues: their place
     there would reserve the slots the owed tenant's jobs are dispatched for."""
     picture = svc.tenancy.picture(holders)
-    heads = queued_heads(s, svc.tenancy.with_queued_jobs(), now, candidates, QUEUED_COLUMNS)
+    # Per tenant, a head that can fill every free slot twice over: one indexed query per tenant.
+    per_tenant = min(candidates, max(20, sum(free.values()) * 2))
+    heads = queued_heads(s, svc.tenancy.with_queued_jobs(), now, per_tenant, QUEUED_COLUMNS)
     queued = {row.id: _queued(row) for rows in heads.values() for row in rows}
     # First the jobs that must run whatever their tenant's state: holding a lease (their run
     # died: they re-use it) or maybe created already (only a lookup can tell). Then the others
