@@ -74,9 +74,19 @@ class Tenancy:
             self._limits, self._limits_until = limits, now + LIMITS_TTL_SECONDS
         return limits
 
+    @cached_property
+    def supported(self) -> bool:
+        """Shares and caps need PostgreSQL: on SQLite (the embedded demo) a write transaction
+        locks the whole file, and the submit's would block the reads made under it."""
+        bind = getattr(self.svc.sessions, "kw", {}).get("bind")
+        dialect = bind.dialect.name if bind is not None else self.svc.engine.dialect.name
+        return bool(dialect != "sqlite")
+
     @property
     def active(self) -> bool:
         """Whether shares or caps apply at all: another tenant than `default`, or a cap on it."""
+        if not self.supported:
+            return False
         limits = self.limits()
         if len(limits) > 1:
             return True
@@ -85,7 +95,7 @@ class Tenancy:
 
     @property
     def budgeted(self) -> bool:
-        return any(limit.daily_units for limit in self.limits().values())
+        return self.supported and any(limit.daily_units for limit in self.limits().values())
 
     def with_queued_jobs(self) -> frozenset[str]:
         """Tenants with queued jobs no run owns (one index probe per tenant), cached briefly."""
@@ -212,6 +222,8 @@ class Tenancy:
 
     def too_big(self, tenant: str, slots: int) -> str | None:
         """Why the job can never start under its tenant's max_slots (None: it can)."""
+        if not self.active:
+            return None
         limits = self.limits().get(tenant)
         return None if limits is None else too_big(limits, tenant, slots)
 

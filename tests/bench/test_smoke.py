@@ -12,7 +12,7 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-BENCHES = {"ingest", "utilisation", "archive", "latency", "scale", "backlog"}
+BENCHES = {"ingest", "utilisation", "archive", "latency", "scale", "backlog", "tenants"}
 
 
 def _run_module(*argv: str) -> subprocess.CompletedProcess[str]:
