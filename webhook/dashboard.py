@@ -70,12 +70,15 @@ def data() -> ViewResult:
     with autocommit_sessions() as read, read() as session:
         jobs = job_documents(session, recent)
         tenants = list(session.scalars(select(Tenant.name).order_by(Tenant.name)))
-        shown = session.scalars(
+        gallery = (
             select(Image)
             .where(or_(ARCHIVED, VIDEO_AT_SOURCE))
             .order_by(func.coalesce(Image.archived_at, Image.provider_created_at).desc(), Image.id.desc())
             .limit(GALLERY_IMAGES)
-        ).all()
+        )
+        if tenant is not None:
+            gallery = gallery.join(Job, Job.id == Image.job_id).where(Job.tenant == tenant)
+        shown = session.scalars(gallery).all()
         payload: dict[str, Any] = {
             "counts": {
                 key.split("{", 1)[1].rstrip("}"): int(value)

@@ -121,7 +121,7 @@ def account_views(svc: Services, *, with_units: bool = True) -> list[AccountView
         if (
             not state.paused
             and account.daily_unit_budget
-            and svc.budget.paused(account.name, datetime.now(UTC))
+            and svc.budget.paused(account.name, datetime.now(UTC), account.daily_unit_budget)
         ):
             state = replace(state, paused=True, message=BUDGET)
         try:

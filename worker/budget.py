@@ -38,15 +38,17 @@ def estimate(slots: int, units_per_slot: float | None) -> float:
     return slots * per_slot
 
 
-# KEYS: spent (float), reserved (hash job -> estimate), paused (flag until midnight)
-# ARGV: job, estimate, budget, keep_s, pause_s.  Returns 1 reserved (or already), 0 over budget.
+# KEYS: spent (float), reserved (hash job -> estimate), paused (the budget it paused at, until
+# midnight: a budget raised since then is tried again). ARGV: job, estimate, budget, keep_s,
+# pause_s.  Returns 1 reserved (or already), 0 over budget.
 _RESERVE = """
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 1 end
-if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
-local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
 local est, budget = tonumber(ARGV[2]), tonumber(ARGV[3])
+local paused_at = tonumber(redis.call('GET', KEYS[3]) or '-1')
+if paused_at >= budget then return 0 end
+local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
 if spent + est > budget then
-  redis.call('SET', KEYS[3], '1', 'EX', tonumber(ARGV[5]))
+  redis.call('SET', KEYS[3], ARGV[3], 'EX', tonumber(ARGV[5]))
   return 0
 end
 redis.call('INCRBYFLOAT', KEYS[1], ARGV[2])
@@ -115,8 +117,13 @@ class UnitBudget:
     def spent(self, name: str, now: datetime) -> float:
         return float(self._redis.get(self._keys(name, utc_day(now))[0]) or 0.0)
 
-    def paused(self, name: str, now: datetime) -> bool:
-        return bool(self._redis.exists(self._keys(name, utc_day(now))[2]))
+    def paused(self, name: str, now: datetime, budget: float | None = None) -> bool:
+        """Whether today's budget ran out (for `budget`: whether it ran out at that budget or a
+        higher one; a budget raised since is not out)."""
+        paused_at = self._redis.get(self._keys(name, utc_day(now))[2])
+        if paused_at is None:
+            return False
+        return budget is None or float(paused_at) >= budget
 
 
 class LocalUnitBudget:
@@ -134,5 +141,5 @@ class LocalUnitBudget:
     def spent(self, name: str, now: datetime) -> float:
         return 0.0
 
-    def paused(self, name: str, now: datetime) -> bool:
+    def paused(self, name: str, now: datetime, budget: float | None = None) -> bool:
         return False

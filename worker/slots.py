@@ -21,7 +21,7 @@ from worker.outbox import publish_rows
 from worker.routing import Queued, fill, pinned_account
 from worker.services import Services
 from worker.tenancy import queued_heads
-from worker.tenant_share import fair_order, owed
+from worker.tenant_share import accounts_owed, fair_order, owed
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -175,12 +175,23 @@ def _tenant_candidates(
     }
     order = first + fair_order(rest, picture)
     owed_now = owed(picture)
-    if owed_now and waiting:
-        tenants = svc.tenancy.tenants_of(waiting)
-        behind = [w for w in waiting if tenants.get(w) not in owed_now and w not in holders]
-        for job_id in behind:
-            svc.tenancy.leave_queues(job_id)
-        waiting = [w for w in waiting if w not in set(behind)]
+    if waiting:
+        # Out of the queues: waiters of a tenant out of today's units (wherever they wait), and of
+        # a tenant not owed slots where an owed tenant wants them.
+        tenants, limits = svc.tenancy.tenants_of(waiting), svc.tenancy.limits()
+        where = accounts_owed(picture, owed_now)
+        behind: set[str] = set()
+        for job_id in waiting:
+            tenant = tenants.get(job_id)
+            if job_id in holders or tenant is None:
+                continue
+            if svc.tenancy.out_of_units(tenant, limits, now):
+                svc.tenancy.leave_queues(job_id)
+                behind.add(job_id)
+            elif owed_now and tenant not in owed_now and where != frozenset():
+                svc.tenancy.leave_queues(job_id, where)
+                behind.add(job_id)
+        waiting = [w for w in waiting if w not in behind]
     return order, queued, waiting
 
 

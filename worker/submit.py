@@ -99,6 +99,7 @@ def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | Non
         if oversize is not None:
             s.rollback()
             fail_job(svc, job_id, code=EXCEEDS_TENANT_SLOTS, message=oversize)
+            svc.release(job_id)  # out of the wait queues an earlier run joined
             return Outcome(Step.FAILED, detail=oversize)
         # Another tenant is owed slots on these accounts, or this one is at its max_slots: wait,
         # reserving nothing.

@@ -189,7 +189,8 @@ class Tenancy:
             used[tenant] = used.get(tenant, 0) + slots
         limits = self.limits()
         disabled = self.svc.disabled_accounts() if len(self.svc.account_names) > 1 else frozenset()
-        capacity = sum(a.concurrency for a in self.svc.accounts if a.name not in disabled)
+        account_slots = {a.name: a.concurrency for a in self.svc.accounts if a.name not in disabled}
+        capacity = sum(account_slots.values())
         now = utcnow()
         wanting = self.wanting()
         waiting = frozenset(
@@ -197,7 +198,7 @@ class Tenancy:
             for t in self.with_queued_jobs() & wanting.keys()
             if not self._at_cap(t, limits, used) and not self.out_of_units(t, limits, now)
         )
-        return Picture(limits, used, waiting, capacity, wanting)
+        return Picture(limits, used, waiting, capacity, wanting, account_slots)
 
     def startable(self) -> frozenset[str]:
         """Tenants with queued jobs, minus those out of today's units: whose queue heads the pump reads."""
@@ -218,6 +219,10 @@ class Tenancy:
         held = self.holders()
         if job_id in held:
             return None
+        limits = self.limits()
+        if self.out_of_units(tenant, limits, utcnow()):
+            # Asking for slots would only hold them until the refusal after the lease.
+            return f"tenant {tenant} has used today's units (daily_units)"
         return wait_reason(self.picture(held), tenant, slots, accounts)
 
     def too_big(self, tenant: str, slots: int) -> str | None:
@@ -238,10 +243,12 @@ class Tenancy:
         tenants = self.tenants_of(held)
         return sum(n for j, n in held.items() if tenants.get(j) == tenant) > cap
 
-    def leave_queues(self, job_id: str) -> None:
-        """Out of every account's wait queue: a job held back for its tenant reserves nothing."""
-        for limiter in self.svc.limiters().values():
-            limiter.leave_queue(job_id)
+    def leave_queues(self, job_id: str, accounts: Collection[str] | None = None) -> None:
+        """Out of the wait queue of these accounts (None: every account): a job held back for its
+        tenant reserves nothing there."""
+        for name, limiter in self.svc.limiters().items():
+            if accounts is None or name in accounts:
+                limiter.leave_queue(job_id)
 
     # --- daily units --------------------------------------------------------------------------
     @cached_property
@@ -253,7 +260,8 @@ class Tenancy:
         return UnitBudget(self.svc.gate_redis, f"{self.svc.settings.limiter_key_prefix}:tenant-budget")
 
     def out_of_units(self, tenant: str, limits: Mapping[str, Limits], now: datetime) -> bool:
-        return bool(limits.get(tenant, Limits()).daily_units) and self.budget.paused(tenant, now)
+        cap = limits.get(tenant, Limits()).daily_units
+        return bool(cap) and self.budget.paused(tenant, now, cap)
 
     def reserve_units(self, tenant: str, job_id: str, slots: int, account: str) -> bool:
         """Reserve the job's estimated units (`account`'s recent units per slot) of its tenant's

@@ -33,34 +33,58 @@ class Picture:
     capacity: int
     # The accounts each waiting tenant's jobs asked for slots lately (None: any account).
     wanting: Mapping[str, frozenset[str]] | None = None
+    # Each account's slots (None: not known; then every tenant may reach all of `capacity`).
+    account_slots: Mapping[str, int] | None = None
 
     def limits_of(self, tenant: str) -> Limits:
         return self.limits.get(tenant, NO_LIMITS)
 
+    def reach(self, tenants: Collection[str]) -> dict[str, int]:
+        """The slots each tenant's jobs can use at most: those of the accounts they asked (a
+        tenant whose jobs only a small account serves is owed no more than that account has)."""
+        if self.wanting is None or self.account_slots is None:
+            return {}
+        slots = self.account_slots
+        return {t: sum(slots.get(a, 0) for a in self.wanting[t]) for t in tenants if t in self.wanting}
 
-def shares(capacity: int, limits: Mapping[str, Limits], tenants: frozenset[str]) -> dict[str, float]:
-    """Each tenant's share of `capacity`: split by weight, a tenant's `max_slots` capping it and
-    the remainder split again among the others (water-filling)."""
+
+def shares(
+    capacity: int,
+    limits: Mapping[str, Limits],
+    tenants: frozenset[str],
+    reach: Mapping[str, int] | None = None,
+) -> dict[str, float]:
+    """Each tenant's share of `capacity`: split by weight, a tenant's `max_slots` (or the slots
+    its jobs can `reach`) capping it and the remainder split again among the others (water-filling)."""
+    caps = {t: _cap(limits.get(t, NO_LIMITS).max_slots, (reach or {}).get(t)) for t in tenants}
     out: dict[str, float] = {}
     left, open_ = float(capacity), set(tenants)
     while open_:
         total = sum(limits.get(t, NO_LIMITS).weight for t in open_)
         split = {t: left * limits.get(t, NO_LIMITS).weight / total for t in open_}
-        capped = {t for t in open_ if (m := limits.get(t, NO_LIMITS).max_slots) is not None and m < split[t]}
+        capped = {t for t in open_ if (m := caps[t]) is not None and m < split[t]}
         if not capped:
             out.update(split)
             break
         for t in capped:
-            out[t] = float(limits[t].max_slots or 0)
+            out[t] = float(caps[t] or 0)
             left -= out[t]
         open_ -= capped
     return out
 
 
+def _cap(max_slots: int | None, reach: int | None) -> int | None:
+    return min((c for c in (max_slots, reach) if c is not None), default=None)
+
+
+def share_of(picture: Picture, tenants: frozenset[str]) -> dict[str, float]:
+    return shares(picture.capacity, picture.limits, tenants, picture.reach(tenants))
+
+
 def owed(picture: Picture, among: frozenset[str] | None = None) -> set[str]:
     """The tenants (waiting ones, or `among`) holding less than their share."""
     tenants = picture.waiting if among is None else among
-    share = shares(picture.capacity, picture.limits, tenants)
+    share = share_of(picture, tenants)
     return {t for t in tenants if picture.used.get(t, 0) < share[t]}
 
 
@@ -79,11 +103,18 @@ def wait_reason(
         return None
     among = picture.waiting | {tenant}
     others = {t for t in owed(picture, among) - {tenant} if _wants_any(picture, t, accounts)}
-    share = shares(picture.capacity, picture.limits, among)[tenant]
+    share = share_of(picture, among)[tenant]
     if not others or used + slots <= share:
         return None
     owed_to = ", ".join(sorted(others))
     return f"tenant {tenant} holds {used} slots, its fair share is {share:g}; owed: {owed_to}"
+
+
+def accounts_owed(picture: Picture, tenants: Collection[str]) -> frozenset[str] | None:
+    """The accounts on which these (owed) tenants want slots (None: any account)."""
+    if picture.wanting is None:
+        return None
+    return frozenset(a for t in tenants for a in picture.wanting.get(t, frozenset()))
 
 
 def _wants_any(picture: Picture, tenant: str, accounts: Collection[str] | None) -> bool:

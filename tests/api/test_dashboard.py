@@ -20,10 +20,12 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from models.db import make_engine, make_sessionmaker
+from models.enums import JobStatus
 from models.tables import Job
 from models.tenants import create_tenant
 from tests.api.conftest import AUTH, Api, Served, archive_job, make_settings
 from tests.conftest import TEST_API_TOKEN
+from tests.factories import make_job
 from tests.wsgi import serve_wsgi
 from webhook import create_app
 
@@ -308,6 +310,17 @@ def test_dashboard_data_filters_recent_jobs_by_tenant(api: Api) -> None:
     assert shown("?tenant=keyed") == {}
     assert shown("?tenant=nobody") == {}  # well-formed, just no such tenant
     assert shown("?tenant=") == shown("")  # the page's "all tenants"
+
+    # The gallery too shows only that tenant's outputs.
+    archived = {t: make_job(api.session, JobStatus.ARCHIVED, tenant=t).id for t in ("acme", "zeta")}
+    api.session.commit()
+
+    def gallery(query: str) -> set[str]:
+        return {item["job_id"] for item in api.get(f"/v1/dashboard{query}").get_json()["gallery"]}
+
+    assert gallery("?tenant=acme") == {archived["acme"]}
+    assert gallery("?tenant=zeta&status=queued") == {archived["zeta"]}
+    assert set(archived.values()) <= gallery("")
 
     for bad in ("Acme", "acme!", "-acme", "a" * 65, "acme%20", "%C3%A9"):
         refused = api.get(f"/v1/dashboard?tenant={bad}")

@@ -20,7 +20,9 @@ from kling.simulator import Simulator
 from models.accounts import Account
 from models.db import make_engine, session_scope
 from models.settings import Settings
+from models.statemachine import create_job
 from models.tables import DisabledAccount, Job
+from models.tenants import create_tenant
 from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
 from tests.worker.harness import Jobs
 from worker import polling, probe, repair, slots, submit
@@ -375,6 +377,13 @@ def test_a_used_up_daily_budget_pauses_the_account_and_sends_jobs_elsewhere(
     assert submit.submit_job(pool.svc, third).step is Step.DONE
     assert pool.get(third).account == "b"
     assert pool.sims["a"].create_count == 1
+    # The operator raises a's budget in the accounts file: a takes jobs again today.
+    pool.svc.accounts = (replace(a, daily_unit_budget=3.0), b)
+    pool.svc._by_name = {acc.name: acc for acc in pool.svc.accounts}
+    assert not budget.paused("a", utcnow(), 3.0) and budget.paused("a", utcnow(), 1.0)
+    fourth = pool.job()
+    assert submit.submit_job(pool.svc, fourth).step is Step.DONE
+    assert pool.get(fourth).account == "a"
 
 
 def test_a_refused_create_gives_its_units_back(pool: Pool, redis_client: Any) -> None:
@@ -495,3 +504,31 @@ def test_a_task_whose_units_are_unknown_keeps_its_estimate_spent(redis_client: A
         assert not budget.settle("a", "job-1", 1.0, now)  # settled once only
     finally:
         redis_client.delete(*redis_client.scan_iter(match=f"{prefix}*"))
+
+
+def test_a_tenant_not_owed_leaves_only_the_queues_an_owed_tenant_wants(pool: Pool) -> None:
+    """Tenant x's jobs only ask account a; y holds every slot of a and b and has a waiter in both
+    queues. x is owed a's slots, so y's waiter leaves a's queue and keeps its place in b's."""
+    x, y = (f"{label}-{secrets.token_hex(3)}" for label in ("x", "y"))
+    with session_scope(pool.svc.sessions) as s:
+        for name in (x, y):
+            create_tenant(s, name)
+        made = {
+            t: [create_job(s, {"prompt": "p", "n": 1}, provider="kling", tenant=t).job.id for _ in range(n)]
+            for t, n in ((x, 1), (y, 5))
+        }
+    (x_job,), (*y_running, y_waiter) = made[x], made[y]
+    with session_scope(pool.svc.sessions) as s:
+        s.execute(update(Job).where(Job.id.in_(y_running)).values(status="processing"))
+    for job_id, account in zip(y_running, "aabb", strict=True):
+        assert pool.limiters[account].acquire(job_id, 1)
+    for account in "ab":
+        assert not pool.limiters[account].acquire(y_waiter, 1, ahead=60)
+    tenancy = pool.svc.tenancy
+    tenancy.refresh()
+    tenancy.wanted(x, ["a"])
+    tenancy.wanted(y, ["a", "b"])
+
+    assert slots.release_slots(pool.svc, y_running[0]) == [x_job]
+    assert y_waiter not in pool.limiters["a"].waiting()
+    assert y_waiter in pool.limiters["b"].waiting()

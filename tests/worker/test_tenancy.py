@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 from models.db import session_scope
 from models.outbox import DISPATCH_JOB
 from models.statemachine import create_job
-from models.tables import Job
+from models.tables import Job, Tenant
 from models.tenants import Limits, create_tenant
 from tests.worker.harness import Harness
 from worker import slots, submit
 from worker.outcome import Step
-from worker.tenant_share import Picture, fair_order, shares, too_big, wait_reason
+from worker.tenant_share import Picture, accounts_owed, fair_order, owed, shares, too_big, wait_reason
 
 
 # --- the decisions ------------------------------------------------------------------------------
@@ -57,6 +57,23 @@ def test_only_tenants_wanting_these_accounts_hold_a_job_back() -> None:
     )
     assert wait_reason(p, "a", 1, ["img"]) is None
     assert wait_reason(p, "a", 1, ["vid"]) is not None
+
+
+def test_a_tenant_is_owed_no_more_than_its_accounts_have() -> None:
+    # b's jobs only ever asked the 2-slot video account: its share is 2, not half of 10, so at 2
+    # it is owed nothing and holds back nobody (it would otherwise be owed for ever).
+    p = Picture(
+        {},
+        {"a": 6, "b": 2},
+        frozenset({"a", "b"}),
+        10,
+        wanting={"a": frozenset({"img"}), "b": frozenset({"vid"})},
+        account_slots={"img": 8, "vid": 2},
+    )
+    assert shares(10, {}, frozenset({"a", "b"}), p.reach({"a", "b"})) == {"b": 2.0, "a": 8.0}
+    assert owed(p) == {"a"}
+    assert accounts_owed(p, owed(p)) == {"img"}
+    assert wait_reason(p, "b", 1, ["vid"]) is None
 
 
 def test_a_job_bigger_than_its_tenants_cap_is_offered_and_does_not_block_the_rest() -> None:
@@ -243,6 +260,36 @@ def test_daily_units_hold_the_tenant_until_midnight(harness: Harness, tenants) -
     assert harness.svc.tenancy.units_today(d) == pytest.approx(2.0)
 
 
+def test_a_tenant_out_of_units_asks_for_no_slots_and_leaves_the_queue(harness: Harness, tenants) -> None:
+    d, e = tenants("d", daily_units=1.0), tenants("e")
+    first, second = queue(harness, d, 2)
+    assert submit.submit_job(harness.svc, first).step is Step.DONE  # d's one unit
+    # Before today's units ran out, `second` joined the wait queue (every slot was held).
+    running = queue(harness, e, 9)
+    hold(harness, running)
+    assert not harness.svc.limiter.acquire(second, 1, ahead=60)
+    assert not harness.svc.tenancy.reserve_units(d, "probe", 1, "default")  # d is out of units now
+    harness.svc.tenancy.refresh()
+    outcome = submit.submit_job(harness.svc, second)
+    assert outcome.step is Step.WAIT and "daily_units" in (outcome.detail or "")
+    # The pump takes d's waiter out of the queue: it would reserve the slot e's job can use.
+    assert not harness.svc.limiter.acquire(second, 1, ahead=60)
+    (late,) = queue(harness, e, 1)
+    assert slots.release_slots(harness.svc, running[0]) == [late]
+    assert second not in harness.svc.limiter.waiting()
+
+
+def test_raising_daily_units_lets_the_tenant_go_on_today(harness: Harness, tenants) -> None:
+    d = tenants("d", daily_units=1.0)
+    first, second = queue(harness, d, 2)
+    assert submit.submit_job(harness.svc, first).step is Step.DONE
+    assert submit.submit_job(harness.svc, second).step is Step.WAIT
+    with session_scope(harness.svc.sessions) as s:
+        s.get(Tenant, d).daily_units = 5.0  # `klingctl tenants set d --daily-units 5`
+    harness.svc.tenancy.refresh()
+    assert submit.submit_job(harness.svc, second).step is Step.DONE
+
+
 def test_one_default_tenant_without_caps_leaves_tenancy_idle(harness: Harness) -> None:
     harness.svc.tenancy.refresh()
     assert not harness.svc.tenancy.active
@@ -267,8 +314,12 @@ def test_a_waiter_of_a_tenant_not_owed_stops_reserving_slots(harness: Harness, t
 def test_a_job_bigger_than_its_tenants_cap_fails_with_the_reason(harness: Harness, tenants) -> None:
     c = tenants("c", max_slots=1)
     (job_id,) = queue(harness, c, 1, n=2)  # queued before the cap was lowered
+    # An earlier run of it joined the wait queue (before the cap was lowered).
+    hold(harness, queue(harness, tenants("e"), 9))
+    assert not harness.svc.limiter.acquire(job_id, 2, ahead=60)
     outcome = submit.submit_job(harness.svc, job_id)
     assert outcome.step is Step.FAILED
+    assert job_id not in harness.svc.limiter.waiting()  # it reserves nothing any more
     job = harness.get(job_id)
     assert job.status == "failed" and job.error_code == "exceeds_tenant_max_slots"
 
