@@ -25,7 +25,7 @@ from models.enums import JobStatus
 from models.events import EVENTS, parse_webhook_events
 from models.job_control import MAX_DEADLINE_SECONDS
 from models.priorities import PRIORITIES
-from models.tables import DEFAULT_TENANT, Job, Tenant
+from models.tables import DEFAULT_TENANT, Job, Tenant, of_tenant
 
 FINAL = frozenset(s.value for s in JobStatus if s.is_terminal)
 # How often `--wait` looks at the job; only the display depends on it.
@@ -284,7 +284,7 @@ def jobs(*, status: str | None, tenant: str | None, limit: int) -> None:
         if status:
             query = query.where(Job.status == status)
         if tenant:
-            query = query.where(Job.tenant == tenant)
+            query = query.where(of_tenant(tenant))
         with session_scope(sessions) as s:
             rows = [(job, params) for job, params in s.execute(query)]
         if not rows:

@@ -37,7 +37,7 @@ from models.logging import log_context
 from models.priorities import parse_priority
 from models.settings import Settings
 from models.statemachine import create_job
-from models.tables import Image, Job
+from models.tables import Image, Job, of_tenant
 from webhook.auth import (
     api_token,
     caller_tenant,
@@ -245,7 +245,7 @@ def list_jobs() -> ViewResult:
     if status is not None:
         stmt = stmt.where(Job.status == status)
     if (tenant := request.args.get("tenant")) is not None:
-        stmt = stmt.where(Job.tenant == tenant)
+        stmt = stmt.where(of_tenant(tenant))
     if cursor is not None:
         at, last_id = cursor
         stmt = stmt.where(or_(Job.created_at < at, and_(Job.created_at == at, Job.id < last_id)))

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from kling.errors import FieldError
 from models.settings import Settings
-from models.tables import DEFAULT_TENANT, Job, Tenant
+from models.tables import DEFAULT_TENANT, Job, Tenant, of_tenant
 from models.tenants import KEY_PREFIX, tenant_for_key
 from webhook.db import app_settings, autocommit_sessions
 from webhook.views import ViewResult
@@ -80,7 +80,7 @@ def forbidden_to_tenants() -> ViewResult | None:
 def tenant_scope(stmt: Any) -> Any:
     """`stmt` (selecting from jobs) narrowed to the caller's own jobs."""
     tenant = caller_tenant()
-    return stmt if tenant is OPERATOR else stmt.where(Job.tenant == tenant)
+    return stmt if tenant is OPERATOR else stmt.where(of_tenant(tenant))
 
 
 class NewJobTenant(NamedTuple):

@@ -22,7 +22,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from models.documents import job_documents, job_select
 from models.enums import ImageStatus, JobStatus
-from models.tables import Image, Job, Tenant
+from models.tables import Image, Job, Tenant, of_tenant
 from models.tenants import NAME_PATTERN, NAME_RULE
 from webhook import api
 from webhook.auth import forbidden_to_tenants
@@ -66,7 +66,7 @@ def data() -> ViewResult:
     if status is not None:
         recent = recent.where(Job.status == status)
     if tenant is not None:
-        recent = recent.where(Job.tenant == tenant)
+        recent = recent.where(of_tenant(tenant))
     with autocommit_sessions() as read, read() as session:
         jobs = job_documents(session, recent)
         tenants = list(session.scalars(select(Tenant.name).order_by(Tenant.name)))

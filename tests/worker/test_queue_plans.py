@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Select, text
+from sqlalchemy import Select, select, text
 from sqlalchemy.orm import Session
 
 from models.base import utcnow
 from models.db import walk_index_in_order
+from models.tables import Job, of_tenant
+from models.tenants import create_tenant
 from worker.slots import queued_head
 
 
@@ -17,6 +19,24 @@ def _plan(session: Session, stmt: Select[*tuple[Any, ...]]) -> str:
     compiled = stmt.compile(dialect=session.get_bind().dialect)
     rows = session.connection().exec_driver_sql(f"EXPLAIN {compiled}", compiled.params).scalars()
     return "\n".join(rows)
+
+
+def _generic_plan(session: Session, stmt: Select[*tuple[Any, ...]]) -> str:
+    """The plan of `stmt` prepared with its parameters unknown (as psycopg prepares a statement
+    run often), forced generic: what the planner can use whatever the values."""
+    compiled = stmt.compile(dialect=session.get_bind().dialect)
+    sql, values = compiled.string, []
+    for i, (name, value) in enumerate(compiled.params.items(), start=1):
+        sql = sql.replace(f"%({name})s", f"${i}")
+        values.append(f"'{value}'" if isinstance(value, str) else str(value))
+    connection = session.connection()
+    connection.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
+    connection.exec_driver_sql(f"PREPARE plan_check AS {sql}")
+    try:
+        rows = connection.exec_driver_sql(f"EXPLAIN EXECUTE plan_check({', '.join(values)})").scalars()
+        return "\n".join(rows)
+    finally:
+        connection.exec_driver_sql("DEALLOCATE plan_check")
 
 
 def _insert_jobs(session: Session, first: int, count: int, status: str) -> None:
@@ -54,3 +74,17 @@ def test_the_pump_walks_the_queue_index_whatever_the_statistics_say(
     # The partial index holds only queued rows: nothing else is read.
     assert "Index Scan using ix_jobs_queue on jobs" in plan
     assert len(db_session.execute(head).all()) == 100
+
+
+def test_a_tenants_list_walks_its_partial_index_even_in_a_generic_plan(db_session: Session) -> None:
+    """ix_jobs_tenant_created_at_id holds no `default` rows (a deployment without tenants pays
+    nothing for it); `of_tenant` says so in the query, so a prepared statement's generic plan,
+    which knows no parameter's value, may use it too."""
+    create_tenant(db_session, "acme")
+    _insert_jobs(db_session, 0, 5000, "archived")
+    db_session.execute(text("UPDATE jobs SET tenant = 'acme' WHERE id LIKE 'plan-1%'"))
+    db_session.execute(text("ANALYZE jobs"))
+    listing = select(Job.id).where(of_tenant("acme")).order_by(Job.created_at.desc(), Job.id.desc()).limit(50)
+    assert "ix_jobs_tenant_created_at_id" in _plan(db_session, listing)
+    assert "ix_jobs_tenant_created_at_id" in _generic_plan(db_session, listing)
+    assert len(db_session.execute(listing).all()) == 50
