@@ -27,7 +27,7 @@ from sqlalchemy import func, select
 from bench import infra
 from bench.context import Context
 from bench.load import run_load
-from bench.pipeline_bench import Deployment, deployment
+from bench.pipeline_bench import Deployment, deployment, provider_timeline
 from bench.report import BenchResult, Figure, percentile
 from models.db import session_scope
 from models.tables import Job
@@ -174,6 +174,7 @@ def run(ctx: Context) -> BenchResult:
                 if submitted is not None:
                     waits.setdefault(priority, []).append((submitted - created).total_seconds())
         stats = dep.sim.stats()
+        timeline = provider_timeline(dep, slots)
 
         def cpu_ms(key: str) -> float:
             return (cpu1.get(key, 0.0) - cpu0.get(key, 0.0)) * 1000 / jobs
@@ -192,6 +193,7 @@ def run(ctx: Context) -> BenchResult:
     res.figures = [
         Figure("backlog", "makespan", makespan, "s", ideal, note="baseline = ideal jobs*n*duration/slots"),
         Figure("backlog", "utilisation", ideal / makespan, "", None, ">=", 0.9),
+        Figure("backlog", "provider utilisation", timeline.utilisation, "", note="busy / slots x span"),
         Figure("backlog", "jobs archived", float(counts["archived"]), "", float(jobs), "==", 1.0, on="ratio"),
         Figure("backlog", "creates/s (API, 8 connections)", jobs / create_seconds, "/s"),
         Figure("backlog", "peak wait queue", float(peak), "waiters"),
@@ -224,5 +226,6 @@ def run(ctx: Context) -> BenchResult:
         "limiter_samples_at_peak": len(at_peak),
         "max_slots_in_use": stats.get("max_slots_in_use"),
         "create_count": stats.get("create_count"),
+        "provider_timeline": {k: round(v, 3) for k, v in vars(timeline).items()},
     }
     return res

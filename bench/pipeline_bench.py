@@ -23,11 +23,12 @@ from sqlalchemy import func, select
 from bench import infra
 from bench.context import Context
 from bench.report import BenchResult, Figure, percentile
+from bench.slot_timeline import SlotTimeline, TaskSpan, slot_timeline
 from kling.simulator.remote import SimulatorRemote
 from models.db import make_engine, make_sessionmaker, session_scope
 from models.settings import Settings
 from models.statemachine import create_job
-from models.tables import Image, Job
+from models.tables import Image, Job, Transition
 from worker.factory import make_celery
 from worker.outbox import relay
 from worker.tasks import TASK_NAMES
@@ -166,6 +167,7 @@ def run_utilisation(ctx: Context) -> BenchResult:
                     ).all()
                 )
             stats = dep.sim.stats()
+            timeline = provider_timeline(dep, slots)
         assert isinstance(last, datetime)
         makespan = last.timestamp() - start
         archived = sum(1 for v in statuses.values() if v == "archived")
@@ -173,6 +175,13 @@ def run_utilisation(ctx: Context) -> BenchResult:
         res.figures += [
             Figure("utilisation", f"makespan, {label}", makespan, "s", ideal, note="baseline = ideal"),
             Figure("utilisation", f"utilisation, {label}", ideal / makespan, "", None, ">=", target),
+            Figure(
+                "utilisation",
+                f"provider utilisation, {label}",
+                timeline.utilisation,
+                "",
+                note="busy slot-s / (slots x first create to last end)",
+            ),
             Figure("utilisation", f"polls per job, {label}", polls / jobs, ""),
             Figure("utilisation", f"1302 answers, {label}", float(stats["count_by_code"].get("1302", 0))),
             Figure(
@@ -194,9 +203,29 @@ def run_utilisation(ctx: Context) -> BenchResult:
             "max_slots_in_use": stats.get("max_slots_in_use"),
             "create_count": stats.get("create_count"),
             "failed_by_code": failed,
+            "provider_timeline": {k: round(v, 3) for k, v in vars(timeline).items()},
         }
     res.details = details
     return res
+
+
+def provider_timeline(dep: Deployment, slots: int) -> SlotTimeline:
+    """The provider's busy and idle slot-seconds, the idle ones split by what they waited for
+    (bench/slot_timeline.py); a task's end is known when its job's final transition committed."""
+    tasks = [
+        TaskSpan(t["task_id"], int(t["slots"]), t["created_at"] / 1000, t["history"][-1]["at"] / 1000)
+        for t in dep.sim.tasks()
+        if t["status"] in ("succeed", "failed")
+    ]
+    with session_scope(dep.sessions) as s:
+        rows = s.execute(
+            select(Job.provider_task_id, func.min(Transition.at))
+            .join(Transition, Transition.job_id == Job.id)
+            .where(Transition.to_status.in_(("succeeded", "failed")), Job.provider_task_id.is_not(None))
+            .group_by(Job.provider_task_id)
+        ).all()
+    known = {str(task_id): at.timestamp() for task_id, at in rows if isinstance(at, datetime)}
+    return slot_timeline(tasks, slots, known)
 
 
 def _latency_samples(ctx: Context, jobs: int, *, signed: bool) -> tuple[list[float], dict[str, Any]]:
