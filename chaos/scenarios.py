@@ -61,7 +61,8 @@ SHORT = Profile(
     stall_seconds=10,
     timeout=120,
     backlog_jobs=300,
-    pack_dry_seconds=30,
+    # Three probe intervals of the chaos stack (5 s): still several probes while dry.
+    pack_dry_seconds=15,
 )
 BACKLOG_CONNECTIONS = 8
 # A generous drain time per queued job (measured: ~0.05 s per job on the 2-core machine).

@@ -10,6 +10,8 @@ import os
 
 import pytest
 
+from tests.background import Background, planned_runs
+
 # Long keys: PyJWT warns (and our pytest config errors) on HMAC keys shorter than 32 bytes.
 TEST_ACCESS_KEY = "test-access-key-0123456789"
 TEST_SECRET_KEY = "test-secret-key-0123456789-abcdefghijklmnop"
@@ -56,3 +58,38 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             value == "postgresql" for value in params if isinstance(value, str)
         ):
             item.add_marker(pytest.mark.integration)
+    # Tests of background runs last: they wait for runs that go on beside the rest (tests/background.py).
+    items.sort(key=lambda item: item.get_closest_marker("background") is not None)
+
+
+BACKGROUND = pytest.StashKey[Background]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the runs the selected `background` tests check, as soon as the selection is known."""
+    if session.config.option.collectonly:
+        return
+    names = [m.args[0] for item in session.items if (m := item.get_closest_marker("background"))]
+    if names:
+        background = Background(planned_runs(names))
+        session.config.stash[BACKGROUND] = background
+        background.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    background = session.config.stash.get(BACKGROUND, None)
+    if background is not None:
+        background.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """How long each background run took (--durations shows only its test's wait)."""
+    background = config.stash.get(BACKGROUND, None)
+    if background is not None:
+        terminalreporter.write_line(background.summary())
+
+
+@pytest.fixture
+def background(request: pytest.FixtureRequest) -> Background:
+    """The runs started at collection (tests/background.py); a test marked `background` reads its own."""
+    return request.config.stash[BACKGROUND]

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.background import Background
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,10 +26,13 @@ def _run_module(*argv: str) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-def test_smoke_run_writes_valid_results(tmp_path: Path) -> None:
-    out = tmp_path / "results.json"
-    proc = _run_module("bench", "--smoke", "--out", str(out))
-    doc = json.loads(out.read_text())
+@pytest.mark.background("bench-smoke")
+@pytest.mark.timeout(1200)
+def test_smoke_run_writes_valid_results(background: Background) -> None:
+    # Started when collection ended, after the chaos run (tests/background.py).
+    run = background.result("bench-smoke", timeout=1150)
+    assert run.returncode == 0, run.output[-8000:]
+    doc = json.loads((run.workdir / "results.json").read_text())
     assert doc["smoke"] is True
     assert doc["machine"]["nproc"] >= 1
     by_name = {b["name"]: b for b in doc["benchmarks"]}
@@ -68,7 +73,7 @@ def test_smoke_run_writes_valid_results(tmp_path: Path) -> None:
     assert archive["peak RSS growth video 10 MB"]["op"] == "<="
     # The table is printed with every benchmark in it.
     for name in BENCHES:
-        assert name in proc.stdout
+        assert name in run.output
 
 
 def test_profile_ingest_reports_cpu_per_process_and_per_kind() -> None:
