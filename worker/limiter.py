@@ -14,27 +14,30 @@ Semantics shared by both implementations:
   Expired leases never count.
 - `release(holder)` frees the lease and drops the holder from the wait queue; it is idempotent.
 
-Fairness rule (no starvation): every refused holder joins a wait queue ordered by its ticket:
-its first attempt, moved `ahead` seconds earlier by a priority (models/priorities.py; a low
-priority moves it later), and "waited" counts from the ticket. A waiter that has waited longer
-than `starve_after` seconds *reserves* its slots: holders that joined after it are only granted
-what is left once every such starving waiter ahead of them is counted as already holding its
-slots. Before that, later small jobs may use free slots (so capacity is not left idle while a big
-job waits), but once a big job has waited `starve_after` seconds the stream of small jobs stops
-overtaking it, and it gets in as soon as enough leases end.
-`starve_after=0` gives strict FIFO. A waiter that stops asking for `waiter_ttl` seconds (its worker
-died, its job was cancelled) leaves the queue so it cannot block others forever.
+Fairness rule (packing without starvation): every refused holder joins a wait queue ordered by
+its ticket: its first attempt, moved `ahead` seconds earlier by a priority (models/priorities.py;
+a low priority moves it later). The free slots go in queue order: a caller is granted only what
+is left once every waiter ahead of it that fits has taken its slots. A waiter ahead that does not
+fit in what is left may be *overtaken* (a big job while a few slots are free: they are not left
+idle), but once it has been overtaken for `starve_after` seconds it *reserves* its slots: nobody
+behind it gets in until it has, and it does as soon as enough leases end. The clock starts at the
+first overtaking, not at the ticket: a job that waits its turn in a backlog is not being starved,
+and a clock from the ticket made every waiter of a long queue reserve at once, which left slots
+idle whenever the head needed more than were free (docs/limiter.md). `starve_after=0` gives
+strict FIFO. A waiter that stops asking for `waiter_ttl` seconds (its worker died, its job was
+cancelled) leaves the queue so it cannot block others forever.
 
 `limit` may be changed at run time (property setter); lowering it never revokes leases, it only
 refuses new ones until enough have ended.
 
 At any backlog (Redis): each script call does bounded work. Expired entries are removed at most
 PURGE_CHUNK per call, oldest first, and every read checks expiry itself, so one left in the keys
-never counts. The fairness check only compares the starving waiters' slots with the free slots,
-so acquire reads the queue from its head no further than `limit` + 1 live waiters: acquire and
-release are O(log N) in the waiters. The one trade: while more than PURGE_CHUNK expired waiters
-sit ahead of a caller, acquire refuses (never grants beyond the rule) and clears them a chunk per
-call. docs/limiter.md says why.
+never counts. Every waiter the fairness check counts takes at least one of the free slots, so
+acquire reads the queue from its head no further than `limit` + 1 such waiters plus at most
+MAX_OVERTAKEN it may overtake: acquire and release are O(log N) in the waiters. The trades: while
+more than PURGE_CHUNK expired waiters, or more than MAX_OVERTAKEN waiters too big for the free
+slots, sit ahead of a caller, acquire refuses (never grants beyond the rule); the expired ones
+are cleared a chunk per call. docs/limiter.md says why.
 """
 
 from __future__ import annotations
@@ -98,12 +101,15 @@ def _check_limit(limit: int) -> int:
 
 
 # Keys: leases (zset holder -> expiry ms), slots (hash holder -> n), waitq (zset holder -> first
-# attempt ms), wslots (hash holder -> n wanted), wseen (zset holder -> waiter expiry ms).
+# attempt ms), wslots (hash holder -> n wanted), wseen (zset holder -> waiter expiry ms), passed
+# (hash holder -> ms it was first overtaken at).
 # The clock is Redis' own TIME so hosts with skewed clocks agree (Redis 7 replicates script effects).
 # No script unpacks a list into a command (Lua fails past ~8,000 values) or walks the whole queue:
 # expired entries go PURGE_CHUNK at a time, oldest first, and reads check expiry themselves, so an
 # expired entry still in the keys never counts.
 PURGE_CHUNK = 500
+# Waiters too big for the free slots one acquire may pass on its way to the caller.
+MAX_OVERTAKEN = 100
 DEFAULT_SOCKET_TIMEOUT = 2.0
 _WALK_BATCH = 100
 
@@ -118,6 +124,7 @@ local function unwait(holder)
   redis.call('ZREM', KEYS[3], holder)
   redis.call('HDEL', KEYS[4], holder)
   redis.call('ZREM', KEYS[5], holder)
+  redis.call('HDEL', KEYS[6], holder)
 end
 for _, holder in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, @CHUNK@)) do
   unlease(holder)
@@ -143,9 +150,12 @@ end
 """.replace("@CHUNK@", str(PURGE_CHUNK))
 
 # ARGV: holder, slots, limit, lease_ms, starve_ms, waiter_ttl_ms, ahead_ms
-# The fairness check only needs to know whether the starving waiters ahead reserve more than the
-# free slots (`budget`); each reserves at least one, so it reads at most budget + 1 of them from the
-# head of the queue (O(log N) to get there), plus at most PURGE_CHUNK expired ones it removes.
+# The fairness check hands the free slots out in queue order up to the caller: each live waiter
+# ahead that fits takes its slots, one that does not fit reserves them if it was overtaken
+# `starve_ms` ago (always, when starve_ms is 0) and is otherwise passed (and, if the caller is
+# granted, marked as overtaken now). Every waiter counted takes at least one slot, so it reads at
+# most budget + 1 of those from the head (O(log N) to get there), plus at most MAX_OVERTAKEN passed
+# and PURGE_CHUNK expired ones (removed).
 _ACQUIRE = (
     _PURGE
     + """
@@ -165,29 +175,40 @@ if not redis.call('ZSCORE', KEYS[3], holder) then
 end
 redis.call('HSET', KEYS[4], holder, n)
 redis.call('ZADD', KEYS[5], now + waiter_ttl_ms, holder)
-local budget = limit - used() - n
-if budget < 0 then
+local left = limit - used()
+if left < n then
   return 0
 end
-local starving_since = now - starve_ms
-local batch_size = math.min(@BATCH@, budget + 2)
-local reserved, rank, granted = 0, 0, nil
-local lapsed = {}
+local batch_size = math.min(@BATCH@, left - n + 2)
+local rank, granted = 0, nil
+local lapsed, passed = {}, {}
 while granted == nil do
-  local batch = redis.call('ZRANGE', KEYS[3], rank, rank + batch_size - 1, 'WITHSCORES')
+  local batch = redis.call('ZRANGE', KEYS[3], rank, rank + batch_size - 1)
   if #batch == 0 then
     granted = true
   end
-  for i = 1, #batch, 2 do
-    local other = batch[i]
-    if other == holder or tonumber(batch[i + 1]) > starving_since then
+  for _, other in ipairs(batch) do
+    if other == holder then
       granted = true
       break
     end
     local wanted = redis.call('HGET', KEYS[4], other)
     if wanted and live(KEYS[5], other) then
-      reserved = reserved + tonumber(wanted)
-      if reserved > budget then
+      wanted = tonumber(wanted)
+      if wanted <= left then
+        left = left - wanted
+      else
+        local since = redis.call('HGET', KEYS[6], other)
+        if starve_ms == 0 or (since and now - tonumber(since) >= starve_ms) then
+          left = left - wanted
+        elseif #passed < @OVERTAKEN@ then
+          passed[#passed + 1] = other
+        else
+          granted = false
+          break
+        end
+      end
+      if left < n then
         granted = false
         break
       end
@@ -205,13 +226,18 @@ for _, other in ipairs(lapsed) do
   unwait(other)
 end
 if granted then
+  for _, other in ipairs(passed) do
+    redis.call('HSETNX', KEYS[6], other, now)
+  end
   redis.call('ZADD', KEYS[1], now + lease_ms, holder)
   redis.call('HSET', KEYS[2], holder, n)
   unwait(holder)
   return 1
 end
 return 0
-""".replace("@CHUNK@", str(PURGE_CHUNK)).replace("@BATCH@", str(_WALK_BATCH))
+""".replace("@CHUNK@", str(PURGE_CHUNK))
+    .replace("@BATCH@", str(_WALK_BATCH))
+    .replace("@OVERTAKEN@", str(MAX_OVERTAKEN))
 )
 
 _RELEASE = (
@@ -228,6 +254,7 @@ _LEAVE_QUEUE = """
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('HDEL', KEYS[6], ARGV[1])
 return 1
 """
 
@@ -306,7 +333,7 @@ class RedisSlotLimiter(_LimitSetting):
         self.waiter_ttl = waiter_ttl
         # The hash tag keeps every key in one Redis Cluster slot, as multi-key scripts require.
         tag = "{" + key_prefix + "}"
-        self._keys = [f"{tag}:{name}" for name in ("leases", "slots", "waitq", "wslots", "wseen")]
+        self._keys = [f"{tag}:{name}" for name in ("leases", "slots", "waitq", "wslots", "wseen", "passed")]
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._release = self._redis.register_script(_RELEASE)
         self._renew = self._redis.register_script(_RENEW)

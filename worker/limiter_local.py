@@ -14,6 +14,7 @@ class _Waiter:
     ticket: float
     slots: int
     seen_until: float
+    passed_at: float | None = None  # first overtaken at
 
 
 class LocalSlotLimiter(_LimitSetting):
@@ -52,22 +53,32 @@ class LocalSlotLimiter(_LimitSetting):
                 return True
             me = self._waiters.get(holder_id)
             ticket = me.ticket if me else now - ahead
-            self._waiters[holder_id] = _Waiter(ticket, slots, now + self.waiter_ttl)
-            reserved = sum(
-                w.slots
-                for h, w in self._waiters.items()
-                if h != holder_id
-                and w.ticket <= ticket
-                and now - w.ticket >= self.starve_after
-                # equal tickets: the Redis version orders ties by name, mirror it
-                and (w.ticket < ticket or h < holder_id)
+            passed_at = me.passed_at if me else None
+            self._waiters[holder_id] = _Waiter(ticket, slots, now + self.waiter_ttl, passed_at)
+            left = self._limit - sum(n for n, _ in self._leases.values())
+            # Ahead of the caller in queue order (equal tickets by name, as the Redis version).
+            ahead_of = sorted(
+                (w.ticket, h, w) for h, w in self._waiters.items() if (w.ticket, h) < (ticket, holder_id)
             )
-            used = sum(n for n, _ in self._leases.values())
-            if used + reserved + slots <= self._limit:
-                self._leases[holder_id] = (slots, now + self.lease_seconds)
-                del self._waiters[holder_id]
-                return True
-            return False
+            passed: list[_Waiter] = []
+            for _, _, w in ahead_of:
+                starving = self.starve_after == 0 or (
+                    w.passed_at is not None and now - w.passed_at >= self.starve_after
+                )
+                if w.slots <= left or starving:  # it fits and goes first, or it reserves
+                    left -= w.slots
+                else:
+                    passed.append(w)
+                if left < slots:
+                    return False
+            if slots > left:
+                return False
+            for w in passed:
+                if w.passed_at is None:
+                    w.passed_at = now
+            self._leases[holder_id] = (slots, now + self.lease_seconds)
+            del self._waiters[holder_id]
+            return True
 
     def release(self, holder_id: str) -> bool:
         with self._lock:

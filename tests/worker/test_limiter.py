@@ -11,7 +11,7 @@ import uuid
 import pytest
 import redis
 
-from worker.limiter import PURGE_CHUNK, RedisSlotLimiter, SlotLimiter
+from worker.limiter import MAX_OVERTAKEN, PURGE_CHUNK, RedisSlotLimiter, SlotLimiter
 from worker.limiter_local import LocalSlotLimiter
 
 pytestmark = pytest.mark.integration
@@ -173,6 +173,29 @@ def test_a_big_job_is_not_starved_by_a_stream_of_small_jobs(make_limiter):
     assert limiter.holders()["big"] == 4
 
 
+def test_the_starvation_clock_starts_at_the_first_overtaking_not_at_the_ticket(make_limiter):
+    """A big job that waited its turn in a backlog is not starved: with a clock from its ticket it
+    reserved at once and left the free slots idle until enough for it were free (issue 18)."""
+    limiter = make_limiter(6, starve_after=3600)
+    for i in range(3):
+        assert limiter.acquire(f"small-{i}", 1)
+    assert not limiter.acquire("big", 4, ahead=7200)  # queued two hours ago, 3 free
+    assert limiter.acquire("late-small", 1)  # the first overtaking: its clock starts now
+    assert limiter.waiting() == ["big"]
+
+
+def test_free_slots_go_in_queue_order_to_the_waiters_that_fit(make_limiter):
+    limiter = make_limiter(3, starve_after=3600)
+    assert limiter.acquire("h", 3)
+    assert not limiter.acquire("w", 1)  # full: it queues
+    limiter.release("h")
+    # 3 free, but "w" is ahead and fits: a newcomer gets only the 2 it leaves.
+    assert not limiter.acquire("newcomer-3", 3)
+    assert limiter.acquire("newcomer-2", 2)
+    assert limiter.acquire("w", 1)
+    assert limiter.in_use() == 3
+
+
 def test_a_waiter_that_gave_up_does_not_block_the_queue(redis_client, redis_key_prefix):
     limiter = RedisSlotLimiter(
         redis_client, limit=4, lease_seconds=60, key_prefix=redis_key_prefix, starve_after=0, waiter_ttl=0.2
@@ -275,7 +298,7 @@ def _queue_directly(
     client: redis.Redis, limiter: RedisSlotLimiter, waiters: list[tuple[str, int, int, int]]
 ) -> None:
     """Write waiters (name, first attempt ms, slots, seen-until ms) straight into the limiter's keys."""
-    _, _, waitq, wslots, wseen = limiter.keys
+    _, _, waitq, wslots, wseen, _ = limiter.keys
     pipe = client.pipeline(transaction=False)
     for start in range(0, len(waiters), 10_000):
         chunk = waiters[start : start + 10_000]
@@ -343,16 +366,17 @@ def test_an_expired_waiter_not_purged_yet_neither_counts_nor_keeps_its_place(red
     now = _redis_now_ms(redis_client)
     live_until, lapsed = now + 600_000, now - 1
     # Two purge chunks of waiters that expired long ago go first, so "gone" and "back" (expired
-    # just now) are still in the keys when the two calls below decide.
-    older = [(f"old{i:04d}", now - 100, 1, now - 100_000) for i in range(2 * PURGE_CHUNK)]
+    # just now) are still in the keys when the two calls below decide (queued behind them all).
+    older = [(f"old{i:04d}", now + 60_000, 1, now - 100_000) for i in range(2 * PURGE_CHUNK)]
     queue = [
         ("gone", now - 5_000, 2, lapsed),
         ("mid", now - 4_000, 1, live_until),
         ("back", now - 1_000, 1, lapsed),
-        ("after", now - 500, 1, live_until),
+        ("after", now - 500, 2, live_until),
     ]
     _queue_directly(redis_client, limiter, [*older, *queue])
-    # 2 free: "mid" (starving) reserves 1, "gone" would reserve 2 more if it still counted.
+    # 2 free: "mid" goes first (1), "after" no longer fits and is passed; "gone" would take both
+    # if it still counted.
     assert limiter.acquire("newcomer", 1)
     # "back" asks again after its place lapsed: it queues anew, behind "after".
     assert limiter.acquire("back", 1) is False
@@ -455,3 +479,21 @@ def test_a_low_priority_waiter_is_overtaken_only_for_a_bounded_time(make_limiter
     assert not limiter.acquire("low", 1) and limiter.acquire("early-normal", 1)
     limiter.release("early-normal")
     assert not limiter.acquire("late-high", 1, ahead=0.2) and limiter.acquire("low", 1)
+
+
+@pytest.mark.parametrize("big_waiters", [MAX_OVERTAKEN, MAX_OVERTAKEN + 1])
+def test_one_acquire_overtakes_a_bounded_number_of_waiters(redis_client, redis_key_prefix, big_waiters):
+    limiter = RedisSlotLimiter(
+        redis_client, limit=6, lease_seconds=600, key_prefix=redis_key_prefix, starve_after=3600
+    )
+    for i in range(3):
+        assert limiter.acquire(f"h{i}", 1)
+    now = _redis_now_ms(redis_client)
+    _queue_directly(
+        redis_client, limiter, [(f"big{i:03d}", now - 1000 + i, 4, now + 600_000) for i in range(big_waiters)]
+    )
+    granted = limiter.acquire("small", 1)
+    # Within the bound the small job uses a free slot and every big job it passed is marked
+    # overtaken (their clocks start); past it the call refuses (safe) rather than walk further.
+    assert granted is (big_waiters <= MAX_OVERTAKEN)
+    assert redis_client.hlen(limiter.keys[5]) == (big_waiters if granted else 0)
