@@ -38,7 +38,7 @@ def _redis_now_ms(client: redis.Redis) -> int:
 
 def fill_waiters(client: redis.Redis, limiter: RedisSlotLimiter, count: int, *, expired: bool) -> list[str]:
     """Queue `count` one-slot waiters that arrived ten minutes ago, oldest first (written directly)."""
-    _, _, waitq, wslots, wseen = limiter.keys
+    _, _, waitq, wslots, wseen, _ = limiter.keys
     now = _redis_now_ms(client)
     seen_until = now - 1 if expired else now + 3_600_000
     names = [f"w{i:06d}" for i in range(count)]

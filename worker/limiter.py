@@ -42,6 +42,7 @@ are cleared a chunk per call. docs/limiter.md says why.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import redis
@@ -68,6 +69,12 @@ class SlotLimiter(Protocol):
     def leave_queue(self, holder_id: str) -> None:
         """Drop the holder's place in the wait queue (its lease, if any, stays): it stops reserving
         slots while it is not asking (a tenant over its share, worker/tenancy.py)."""
+        ...
+
+    def keep_waiting(self, holder_ids: Sequence[str]) -> None:
+        """Count these waiters as still asking for another `waiter_ttl` (those still queued only):
+        the pump vouches for queued jobs it does not dispatch because they do not fit, which
+        would otherwise lapse, and lose their place and their clock, without asking again."""
         ...
 
     def renew(self, holder_id: str) -> bool:
@@ -258,6 +265,20 @@ redis.call('HDEL', KEYS[6], ARGV[1])
 return 1
 """
 
+# ARGV: waiter_ttl_ms, then holders (at most the pump's read of the queue's head).
+_KEEP_WAITING = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local until_ms = now + tonumber(ARGV[1])
+for i = 2, #ARGV do
+  local seen = redis.call('ZSCORE', KEYS[5], ARGV[i])
+  if seen and tonumber(seen) > now then
+    redis.call('ZADD', KEYS[5], until_ms, ARGV[i])
+  end
+end
+return 1
+"""
+
 _RENEW = (
     _PURGE
     + """
@@ -338,6 +359,7 @@ class RedisSlotLimiter(_LimitSetting):
         self._release = self._redis.register_script(_RELEASE)
         self._renew = self._redis.register_script(_RENEW)
         self._leave_queue = self._redis.register_script(_LEAVE_QUEUE)
+        self._keep_waiting = self._redis.register_script(_KEEP_WAITING)
         self._holders = self._redis.register_script(_HOLDERS)
 
     @property
@@ -363,6 +385,10 @@ class RedisSlotLimiter(_LimitSetting):
 
     def leave_queue(self, holder_id: str) -> None:
         self._leave_queue(keys=self._keys, args=[holder_id])
+
+    def keep_waiting(self, holder_ids: Sequence[str]) -> None:
+        if holder_ids:
+            self._keep_waiting(keys=self._keys, args=[_ms(self.waiter_ttl), *holder_ids])
 
     def renew(self, holder_id: str) -> bool:
         return bool(self._renew(keys=self._keys, args=[holder_id, _ms(self.lease_seconds)]))

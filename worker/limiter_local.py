@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from worker.limiter import _check_limit, _check_slots, _LimitSetting
+from worker.limiter import MAX_OVERTAKEN, _check_limit, _check_slots, _LimitSetting
 
 
 @dataclass
@@ -67,8 +68,10 @@ class LocalSlotLimiter(_LimitSetting):
                 )
                 if w.slots <= left or starving:  # it fits and goes first, or it reserves
                     left -= w.slots
-                else:
+                elif len(passed) < MAX_OVERTAKEN:
                     passed.append(w)
+                else:
+                    return False  # the Redis version's bound on one walk
                 if left < slots:
                     return False
             if slots > left:
@@ -89,6 +92,14 @@ class LocalSlotLimiter(_LimitSetting):
     def leave_queue(self, holder_id: str) -> None:
         with self._lock:
             self._waiters.pop(holder_id, None)
+
+    def keep_waiting(self, holder_ids: Sequence[str]) -> None:
+        with self._lock:
+            now = time.monotonic()
+            for holder in holder_ids:
+                w = self._waiters.get(holder)
+                if w is not None and w.seen_until > now:
+                    w.seen_until = now + self.waiter_ttl
 
     def renew(self, holder_id: str) -> bool:
         with self._lock:

@@ -111,15 +111,18 @@ def pump(svc: Services) -> list[str]:
     disabled = svc.disabled_accounts() if len(svc.account_names) > 1 else frozenset()
     holders: dict[str, int] = {}
     waiting: list[str] = []
+    waiting_by_account: dict[str, list[str]] = {}
     free: dict[str, int] = {}
     limit = 0
-    for name, limiter in svc.limiters().items():
+    limiters = svc.limiters()
+    for name, limiter in limiters.items():
         held = limiter.holders()
         holders.update(held)
         limit += limiter.limit
         if name not in disabled:
             free[name] = limiter.limit - sum(held.values())
-        waiting += [w for w in limiter.waiting(max(100, limiter.limit * 4)) if w not in waiting]
+        waiting_by_account[name] = limiter.waiting(max(100, limiter.limit * 4))
+        waiting += [w for w in waiting_by_account[name] if w not in waiting]
     # Only the head of the queue: free slots are at most `limit`, and with a backlog of 20,000
     # reading the whole queue (and querying all of it) on every release made draining quadratic.
     candidates = max(100, limit * 4)
@@ -144,6 +147,12 @@ def pump(svc: Services) -> list[str]:
     dispatched = fill(order, queued, free, svc.accounts, holders, legacy=svc.legacy)
     for job_id in dispatched:
         svc.publish(DISPATCH_JOB, [job_id])
+    # A waiter too big for the free slots is not dispatched, so it does not ask again: vouch for
+    # it (it is queued), or it would lapse and lose its place and its starvation clock.
+    left_waiting = waiting_set.difference(dispatched).intersection(queued)
+    for name, limiter in limiters.items():
+        if kept := [w for w in waiting_by_account[name] if w in left_waiting]:
+            limiter.keep_waiting(kept)
     return dispatched
 
 

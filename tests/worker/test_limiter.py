@@ -32,7 +32,9 @@ def poll_until(predicate, *, deadline_seconds: float = 5.0, what: str = "conditi
 def make_limiter(request, redis_client, redis_key_prefix):
     """Build a limiter of either kind; both must honour the same contract."""
 
-    def build(limit: int, *, lease_seconds: float = 60.0, starve_after: float = 3600.0) -> SlotLimiter:
+    def build(
+        limit: int, *, lease_seconds: float = 60.0, starve_after: float = 3600.0, waiter_ttl: float = 120.0
+    ) -> SlotLimiter:
         if request.param == "redis":
             return RedisSlotLimiter(
                 redis_client,
@@ -40,8 +42,11 @@ def make_limiter(request, redis_client, redis_key_prefix):
                 lease_seconds=lease_seconds,
                 key_prefix=redis_key_prefix,
                 starve_after=starve_after,
+                waiter_ttl=waiter_ttl,
             )
-        return LocalSlotLimiter(limit, lease_seconds=lease_seconds, starve_after=starve_after)
+        return LocalSlotLimiter(
+            limit, lease_seconds=lease_seconds, starve_after=starve_after, waiter_ttl=waiter_ttl
+        )
 
     return build
 
@@ -187,13 +192,28 @@ def test_the_starvation_clock_starts_at_the_first_overtaking_not_at_the_ticket(m
 def test_free_slots_go_in_queue_order_to_the_waiters_that_fit(make_limiter):
     limiter = make_limiter(3, starve_after=3600)
     assert limiter.acquire("h", 3)
-    assert not limiter.acquire("w", 1)  # full: it queues
+    # Names in queue order too: tickets within one millisecond are ordered by name.
+    assert not limiter.acquire("a-waiter", 1)  # full: it queues
     limiter.release("h")
-    # 3 free, but "w" is ahead and fits: a newcomer gets only the 2 it leaves.
-    assert not limiter.acquire("newcomer-3", 3)
-    assert limiter.acquire("newcomer-2", 2)
-    assert limiter.acquire("w", 1)
+    # 3 free, but "a-waiter" is ahead and fits: a newcomer gets only the 2 it leaves.
+    assert not limiter.acquire("b-newcomer-3", 3)
+    assert limiter.acquire("b-newcomer-2", 2)
+    assert limiter.acquire("a-waiter", 1)
     assert limiter.in_use() == 3
+
+
+def test_a_waiter_kept_waiting_does_not_lapse(make_limiter):
+    """The pump vouches for queued waiters too big for the free slots (they do not ask again)."""
+    limiter = make_limiter(2, starve_after=3600, waiter_ttl=0.3)
+    assert limiter.acquire("h", 2)
+    assert not limiter.acquire("a-waiter", 2)
+    end = time.monotonic() + 1.0  # over three waiter_ttl, "a-waiter" never asking
+    while time.monotonic() < end:
+        limiter.keep_waiting(["a-waiter", "never-queued"])
+        time.sleep(0.05)  # the pump's cadence, not a synchronisation
+    limiter.release("h")
+    assert not limiter.acquire("b-newcomer", 2)  # "a-waiter" is still ahead, and fits
+    assert limiter.waiting() == ["a-waiter", "b-newcomer"]
 
 
 def test_a_waiter_that_gave_up_does_not_block_the_queue(redis_client, redis_key_prefix):
@@ -330,7 +350,7 @@ def test_a_hundred_thousand_waiters_expired_and_live(redis_client, redis_key_pre
     expired = len(waiters) - len(live)
 
     assert limiter.holders() == {f"h{i}": 1 for i in range(9)}
-    # The one free slot is reserved by the starving live waiters ahead of a newcomer.
+    # The one free slot goes to the first live waiter ahead of a newcomer (it fits).
     assert limiter.acquire("late", 1) is False
 
     queued = redis_client.zcard(limiter.keys[4])
@@ -459,7 +479,7 @@ def test_a_high_priority_waiter_goes_before_earlier_normal_ones(make_limiter):
     assert not limiter.acquire("high", 2, ahead=600)  # arrived later, queues ahead
     assert limiter.waiting() == ["high", "normal"]
     limiter.release("running")
-    # `high` has "waited" its 600 s head start: it reserves the slots; `normal` may not take them.
+    # `high` is ahead and fits: the slots are its; `normal` may not take them.
     assert not limiter.acquire("normal", 2)
     assert limiter.acquire("high", 2)
 

@@ -24,6 +24,7 @@ from models.statemachine import create_job
 from models.tables import DisabledAccount, Job
 from models.tenants import create_tenant
 from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
+from tests.simulator.helpers import wait_until
 from tests.worker.harness import Jobs
 from worker import polling, probe, repair, slots, submit
 from worker.accounts import AccountGate
@@ -338,6 +339,27 @@ def test_a_waiting_job_keeps_its_place_in_every_queue_until_one_account_takes_it
     assert submit.submit_job(pool.svc, job_id).step is Step.DONE
     assert pool.get(job_id).account == "b"
     assert job_id not in pool.limiters["a"].waiting()  # gone from the queue it no longer needs
+
+
+def test_the_pump_keeps_a_waiter_too_big_for_the_free_slots_queued(pool: Pool, redis_client: Any) -> None:
+    """Not dispatched, it does not ask again: without the pump vouching for it, it would lapse after
+    `waiter_ttl` and lose its place and its starvation clock (worker/limiter.py)."""
+    assert pool.limiters["a"].acquire("x", 1)
+    assert pool.limiters["b"].acquire("y", 2)
+    big = pool.job({"prompt": "a lighthouse", "n": 2})
+    assert submit.submit_job(pool.svc, big).step is Step.WAIT
+    seen_key = {name: limiter.keys[4] for name, limiter in pool.limiters.items()}
+    before = {name: redis_client.zscore(key, big) for name, key in seen_key.items()}
+    # The pump runs a moment later (Redis' clock moves in milliseconds): it must push the
+    # waiter's expiry on, in both queues it waits in, without dispatching it.
+    wait_until(
+        lambda: (
+            slots.pump(pool.svc) == []
+            and all(redis_client.zscore(key, big) > before[name] for name, key in seen_key.items())
+        ),
+        what="the pump to push the waiter's expiry on",
+    )
+    assert big in pool.limiters["a"].waiting() and big in pool.limiters["b"].waiting()
 
 
 # --- daily unit budgets (worker/budget.py) ----------------------------------------------------------------
