@@ -19,13 +19,11 @@ its ticket: its first attempt, moved `ahead` seconds earlier by a priority (mode
 a low priority moves it later). The free slots go in queue order: a caller is granted only what
 is left once every waiter ahead of it that fits has taken its slots. A waiter ahead that does not
 fit in what is left may be *overtaken* (a big job while a few slots are free: they are not left
-idle), but once it has been overtaken for `starve_after` seconds it *reserves* its slots: nobody
-behind it gets in until it has, and it does as soon as enough leases end. The clock starts at the
-first overtaking, not at the ticket: a job that waits its turn in a backlog is not being starved,
-and a clock from the ticket made every waiter of a long queue reserve at once, which left slots
-idle whenever the head needed more than were free (docs/limiter.md). `starve_after=0` gives
-strict FIFO. A waiter that stops asking for `waiter_ttl` seconds (its worker died, its job was
-cancelled) leaves the queue so it cannot block others forever.
+idle), but once it has been overtaken for `starve_after` seconds it *reserves* its slots, and it
+gets in as soon as enough leases end. The clock starts at the first overtaking, not at the ticket
+(docs/limiter.md says why). `starve_after=0` gives strict FIFO. A waiter that stops asking for
+`waiter_ttl` seconds (its worker died, its job was cancelled) leaves the queue so it cannot block
+others forever; `keep_waiting` counts one as asking (the pump, for queued jobs it cannot place).
 
 `limit` may be changed at run time (property setter); lowering it never revokes leases, it only
 refuses new ones until enough have ended.
