@@ -61,8 +61,7 @@ SHORT = Profile(
     stall_seconds=10,
     timeout=120,
     backlog_jobs=300,
-    # Three probe intervals of the chaos stack (5 s): still several probes while dry.
-    pack_dry_seconds=15,
+    pack_dry_seconds=30,
 )
 BACKLOG_CONNECTIONS = 8
 # A generous drain time per queued job (measured: ~0.05 s per job on the 2-core machine).
