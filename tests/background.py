@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -103,6 +105,12 @@ class Background:
         ]
         return "background runs: " + ", ".join(parts)
 
+    def wait_all(self, timeout: float) -> None:
+        """Until every run has ended (or `timeout` seconds have passed)."""
+        deadline = time.monotonic() + timeout
+        for run in self.runs.values():
+            run.done.wait(max(0.0, deadline - time.monotonic()))
+
     def stop(self) -> None:
         self._stopping = True
         for run in self.runs.values():
@@ -115,3 +123,13 @@ def planned_runs(names: list[str]) -> list[Run]:
     smoke.argv += ["--out", str(smoke.workdir / "results.json")]
     table = {run.name: run for run in (smoke,)}
     return [table[name] for name in table if name in names]
+
+
+BACKGROUND = pytest.StashKey[Background]()
+
+
+def wait_for_background(config: pytest.Config, timeout: float) -> None:
+    """For a test that must not share the machine with the background runs (timing bounds)."""
+    background = config.stash.get(BACKGROUND, None)
+    if background is not None:
+        background.wait_all(timeout)

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from tests.background import Background, planned_runs
+from tests.background import BACKGROUND, Background, planned_runs
 
 # Long keys: PyJWT warns (and our pytest config errors) on HMAC keys shorter than 32 bytes.
 TEST_ACCESS_KEY = "test-access-key-0123456789"
@@ -60,9 +60,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
     # Tests of background runs last: they wait for runs that go on beside the rest (tests/background.py).
     items.sort(key=lambda item: item.get_closest_marker("background") is not None)
-
-
-BACKGROUND = pytest.StashKey[Background]()
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -40,3 +40,10 @@ def test_only_the_runs_asked_for_are_planned() -> None:
     (smoke,) = planned_runs(["bench-smoke"])
     assert smoke.argv[:2] == ["bench", "--smoke"]
     assert smoke.argv[-1] == str(smoke.workdir / "results.json")
+
+
+def test_wait_all_returns_once_every_run_has_ended() -> None:
+    bg = Background([Run("missing", ["kling_no_such_module"], timeout=60)])
+    bg.start()
+    bg.wait_all(timeout=60)
+    assert all(run.done.is_set() for run in bg.runs.values())
