@@ -4,9 +4,10 @@
 databases, Redis db 11, its own simulator and moto) and has no timing bound to miss when the
 machine is busy. So it starts as soon as collection ends, and the test that checks it (marked
 `background`, moved to the end of the run) waits for its result: the suite takes minutes less and
-checks exactly the same. The short chaos run stays in the foreground: its stalled-dependency
-scenarios hold answers to 5 s, which a machine shared with the rest of the suite can miss
-(`POST` answered 503 after 6.0 s in one such run).
+checks exactly the same. The short chaos run stays in the foreground, marked `quiet`: its
+stalled-dependency scenarios hold answers to 5 s, which a machine shared with the rest of the
+suite can miss (`POST` answered 503 after 6.0 s in one such run), so it runs near the end, after
+the background runs have ended (`wait_for_background`).
 """
 
 from __future__ import annotations

@@ -58,8 +58,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             value == "postgresql" for value in params if isinstance(value, str)
         ):
             item.add_marker(pytest.mark.integration)
-    # Tests of background runs last: they wait for runs that go on beside the rest (tests/background.py).
-    items.sort(key=lambda item: item.get_closest_marker("background") is not None)
+    # Last, tests that must not share the machine with the background runs (they run after those
+    # have ended, so they wait least there), then the tests of those runs (tests/background.py).
+    items.sort(key=lambda item: 2 if item.get_closest_marker("background") else int(_quiet(item)))
+
+
+def _quiet(item: pytest.Item) -> bool:
+    return item.get_closest_marker("quiet") is not None
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

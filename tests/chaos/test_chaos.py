@@ -10,7 +10,7 @@ import pytest
 
 from tests.background import wait_for_background
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.quiet]
 
 ROOT = Path(__file__).resolve().parents[2]
 
