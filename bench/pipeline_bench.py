@@ -182,6 +182,13 @@ def run_utilisation(ctx: Context) -> BenchResult:
                 "",
                 note="busy slot-s / (slots x first create to last end)",
             ),
+            Figure(
+                "utilisation",
+                f"task end known after (mean), {label}",
+                timeline.known_after_mean * 1000,
+                "ms",
+                note=f"p50 {timeline.known_after_p50:.3f} s, p90 {timeline.known_after_p90:.3f} s",
+            ),
             Figure("utilisation", f"polls per job, {label}", polls / jobs, ""),
             Figure("utilisation", f"1302 answers, {label}", float(stats["count_by_code"].get("1302", 0))),
             Figure(

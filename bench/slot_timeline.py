@@ -32,6 +32,10 @@ class SlotTimeline:
     idle_after_known: float  # slot-seconds from then until the next create took the slot
     idle_at_start: float  # slot-seconds before the first creates filled the account
     idle_at_end: float  # slot-seconds freed after the last create (no job was left to start)
+    # Seconds from a task's end to the service learning of it, over the tasks with a known time.
+    known_after_mean: float = float("nan")
+    known_after_p50: float = float("nan")
+    known_after_p90: float = float("nan")
 
 
 def slot_timeline(tasks: Iterable[TaskSpan], slots: int, known: Mapping[str, float]) -> SlotTimeline:
@@ -69,4 +73,9 @@ def slot_timeline(tasks: Iterable[TaskSpan], slots: int, known: Mapping[str, flo
     at_end = sum(last - freed for freed, _ in free)
     at_end += sum(t.slots * (last - t.ended) for t in ends[e:])
     util = busy / (slots * span) if span > 0 else float("nan")
-    return SlotTimeline(busy, span, util, until_known, after_known, at_start, at_end)
+    lags = sorted(max(0.0, known[t.task_id] - t.ended) for t in spans if t.task_id in known)
+    nan = float("nan")
+    mean = sum(lags) / len(lags) if lags else nan
+    p50 = lags[len(lags) // 2] if lags else nan
+    p90 = lags[min(len(lags) - 1, len(lags) * 9 // 10)] if lags else nan
+    return SlotTimeline(busy, span, util, until_known, after_known, at_start, at_end, mean, p50, p90)

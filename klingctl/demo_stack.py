@@ -181,7 +181,7 @@ class DemoStack:
         from worker.accounts import LocalAccountGate
         from worker.factory import make_celery
         from worker.limiter_local import LocalSlotLimiter
-        from worker.polling import LocalPollGate
+        from worker.poll_gate import LocalPollGate
         from worker.services import Services
         from worker.tasks import services_for
 
@@ -292,6 +292,8 @@ class DemoStack:
         if not embedded_broker:
             # Beat stops first: nothing lands on the demo queue once the worker has let go of it.
             self.stack.callback(beat.stop)
+        # The poller's loop, started by beat in its thread (worker/poll_loop.py), stops first of all.
+        self.stack.callback(lambda: app.kling_poller.stop() if hasattr(app, "kling_poller") else None)
         self.where["log"] = str(self.log_path)
 
     def _forget_limiter_keys(self) -> None:

@@ -99,8 +99,8 @@ class Settings(BaseSettings):
     reconcile_after_seconds: float = Field(default=60, ge=0)
     reconcile_interval_seconds: float = Field(default=5, gt=0)
     # Expected-duration polling (worker/polling.py): a round every POLL_INTERVAL_SECONDS, at most
-    # POLL_MAX_PER_SECOND provider requests a second per account.
-    poll_interval_seconds: float = Field(default=0.25, gt=0)
+    # POLL_MAX_PER_SECOND provider requests a second per account (one a round at the defaults).
+    poll_interval_seconds: float = Field(default=0.2, gt=0)
     poll_max_per_second: float = Field(default=5, gt=0)
     # While a refusal about the account (1100, 1101, 1102, 1304) pauses submitting, one create per
     # ACCOUNT_PROBE_SECONDS, across all workers, checks whether it works again (worker/accounts.py).

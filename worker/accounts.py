@@ -4,7 +4,7 @@ instead of failing jobs. While an account is paused, queued jobs stay queued and
 `ACCOUNT_PROBE_SECONDS`, across all workers, goes out to see whether the account works again.
 
 `pauses_account` decides, with no I/O; `AccountGate` keeps the state in Redis (like
-`worker.polling.PollGate`), `LocalAccountGate` in one process (the demo's embedded broker).
+`worker.poll_gate.PollGate`), `LocalAccountGate` in one process (the demo's embedded broker).
 """
 
 from __future__ import annotations

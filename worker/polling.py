@@ -2,8 +2,8 @@
 usually take, so a lost callback holds its slots for about one task's length, not
 RECONCILE_AFTER_SECONDS (docs/architecture.md, "Expected-duration polling").
 
-Callbacks stay the fast path and `repair.reconcile` the last safety net. `expected` and `due`
-decide, with no I/O; `poll_overdue` reads the jobs, asks the provider (one list request where it
+Callbacks stay the fast path and `repair.reconcile` the last safety net. `worker.poll_plan`
+decides, with no I/O; `poll_overdue` reads the jobs, asks the provider (one list request where it
 has one, single lookups for the rest, within `POLL_MAX_PER_SECOND`) and applies the answers,
 handing freed slots straight to the next jobs as the webhook does.
 """
@@ -16,7 +16,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +25,6 @@ from sqlalchemy import select, update
 from kling import Task
 from kling.client import UnsupportedOperation
 from kling.errors import KlingError, RateLimited
-from kling.kinds import DEFAULT_KIND
 from models.base import utcnow
 from models.db import session_scope
 from models.enums import JobStatus
@@ -35,6 +33,18 @@ from models.outbox import RELEASE_SLOTS
 from models.statemachine import ApplyResult, apply_provider_task
 from models.tables import Image, Job
 from worker.outbox import publish_rows
+from worker.poll_loop import PollLoop
+from worker.poll_plan import (
+    Expected,
+    InFlight,
+    Key,
+    PollReport,
+    due,
+    expected,
+    next_due,
+    next_round_in,
+    wants_list,
+)
 from worker.provider import ProviderNotConfigured
 from worker.slots import hand_off_slots
 
@@ -46,158 +56,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Learned from the last SAMPLES tasks of a (provider, model) that ended, by the provider's clock;
-# below MIN_SAMPLES the kind is probed instead (see `due`).
+# Learned from the last SAMPLES tasks of a (provider, model) that ended, by the provider's clock.
 SAMPLES = 200
-MIN_SAMPLES = 3
 IN_FLIGHT_LIMIT = 1000
-# Never ask about one task more often than this, whatever the durations.
-MIN_REPOLL_SECONDS = 0.25
-# A kind not learned yet is first asked about at this age.
-PROBE_FROM_SECONDS = 1.0
-# A task past its expected time is asked about again after this fraction of its age: a task stuck
-# at the provider for ten minutes costs a request a minute, not one a second.
-REPOLL_AGE_FRACTION = 0.1
-PROBE_AGE_FRACTION = 0.25
-# From this many due tasks on, one list request of the account's newest tasks first: four times
-# the tasks in flight (they are among the newest), at least 50, at most Kling's 500.
-LIST_FROM = 3
+# A list request asks for the account's newest tasks: four times the tasks in flight (they are
+# among the newest), at least 50, at most Kling's 500.
 LIST_PAGE_SIZE = 500
 LIST_PAGE_MIN = 50
-# Learned durations are read again after this long: a round runs 4 times a second, and reading
+# Learned durations are read again after this long: rounds run several times a second, and reading
 # 200 jobs' durations (and models from their params) each time was most of a round's cost.
 DURATIONS_TTL_SECONDS = 10.0
-# After a 1302 the account's polling pauses, doubling up to the cap while the answers repeat.
-PAUSE_FIRST_SECONDS = 2.0
-PAUSE_MAX_SECONDS = 60.0
-# Longer than a round can take: a budget of requests, each up to the client's 5 + 30 s timeouts.
-ROUND_LOCK_SECONDS = 120.0
 
-Key = tuple[str, str]  # (provider, model)
 Lister = tuple[str, str, str]  # (account, provider, kind): one task list at the provider
-
-
-@dataclass(frozen=True)
-class Expected:
-    p50: float
-    p90: float
-
-
-@dataclass(frozen=True)
-class InFlight:
-    id: str
-    task_id: str | None
-    key: Key
-    submitted_at: datetime
-    last_polled_at: datetime | None
-    account: str | None = None  # every lookup goes to the account the task was created on
-    kind: str = DEFAULT_KIND  # the task kind: which endpoint knows the task
-
-
-def percentile(ordered: Sequence[float], pct: float) -> float:
-    return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))]
-
-
-def expected(samples: Sequence[float]) -> Expected | None:
-    """How long tasks take: p50 and p90 of the samples; None while there are too few."""
-    if len(samples) < MIN_SAMPLES:
-        return None
-    ordered = sorted(samples)
-    return Expected(percentile(ordered, 50), percentile(ordered, 90))
-
-
-def due(
-    jobs: Sequence[InFlight],
-    durations: Mapping[Key, Expected],
-    now: datetime,
-    *,
-    slots_wanted: bool,
-) -> list[InFlight]:
-    """The in-flight jobs to ask about now, the longest unheard-of first.
-
-    A task of a learned kind is due once it has run past the kind's p90 (its p50 while queued
-    jobs wait for slots: a slot freed early is worth a request), then again every max(0.25 s,
-    p50/4 or p50/2, age/10). A kind not learned yet is probed: from 1 s on, every quarter of the
-    task's age, so its first tasks are found within a quarter of their length and teach the rest.
-    """
-    chosen: list[tuple[datetime, InFlight]] = []
-    for job in jobs:
-        age = (now - job.submitted_at).total_seconds()
-        exp = durations.get(job.key)
-        if exp is None:
-            after, repoll = PROBE_FROM_SECONDS, max(MIN_REPOLL_SECONDS, age * PROBE_AGE_FRACTION)
-        else:
-            after = exp.p50 if slots_wanted else exp.p90
-            spacing = exp.p50 * (0.25 if slots_wanted else 0.5)
-            repoll = max(MIN_REPOLL_SECONDS, spacing, age * REPOLL_AGE_FRACTION)
-        if age < after:
-            continue
-        if job.last_polled_at is not None and (now - job.last_polled_at).total_seconds() < repoll:
-            continue
-        chosen.append((job.last_polled_at or job.submitted_at, job))
-    chosen.sort(key=lambda pair: pair[0])
-    return [job for _, job in chosen]
-
-
-# --- I/O ----------------------------------------------------------------------------------------------
-class PollGate:
-    """Per account, in Redis: one poll round at a time, and a pause after the provider said 1302."""
-
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
-        self._redis = client
-        self._pause = f"{prefix}:pause"
-        self._backoff = f"{prefix}:backoff"
-        self._lock_name = f"{prefix}:round"
-
-    def try_round(self) -> Any:
-        """A held round lock, or None when another round runs or the account is paused."""
-        if self._redis.exists(self._pause):
-            return None
-        lock = self._redis.lock(self._lock_name, timeout=ROUND_LOCK_SECONDS, blocking=False)
-        return lock if lock.acquire() else None
-
-    def rate_limited(self) -> float:
-        """Pause the account's polling; returns the pause, doubled while 1302s repeat."""
-        last = self._redis.get(self._backoff)
-        pause = min(PAUSE_MAX_SECONDS, float(last) * 2) if last else PAUSE_FIRST_SECONDS
-        self._redis.set(self._pause, "1", px=int(pause * 1000))
-        self._redis.set(self._backoff, str(pause), px=int(PAUSE_MAX_SECONDS * 4000))
-        return pause
-
-    def answered(self) -> None:
-        self._redis.delete(self._backoff)
-
-
-class LocalPollGate:
-    """The same rules in one process (the demo's embedded broker, which has no Redis)."""
-
-    def __init__(self) -> None:
-        self._round = threading.Lock()
-        self._paused_until = 0.0
-        self._backoff = 0.0
-
-    def try_round(self) -> Any:
-        if time.monotonic() < self._paused_until or not self._round.acquire(blocking=False):
-            return None
-        return self._round
-
-    def rate_limited(self) -> float:
-        self._backoff = min(PAUSE_MAX_SECONDS, self._backoff * 2) if self._backoff else PAUSE_FIRST_SECONDS
-        self._paused_until = time.monotonic() + self._backoff
-        return self._backoff
-
-    def answered(self) -> None:
-        self._backoff = 0.0
-
-
-@dataclass
-class PollReport:
-    due: int = 0
-    requests: int = 0
-    list_requests: int = 0
-    changed: list[str] = field(default_factory=list)
-    rate_limited: bool = False
-    skipped: bool = False
 
 
 _IN_FLIGHT = (
@@ -260,7 +130,8 @@ def _read(svc: Services) -> tuple[list[InFlight], dict[Key, Expected], bool]:
 
 
 def poll_overdue(svc: Services) -> PollReport:
-    """One round: ask about the due in-flight tasks within the request budget, apply the answers."""
+    """One round: ask about the due in-flight tasks within each account's request budget, apply
+    the answers."""
     report = PollReport()
     lock = svc.poll_gate.try_round()
     if lock is None:
@@ -268,87 +139,149 @@ def poll_overdue(svc: Services) -> PollReport:
         return report
     try:
         jobs, durations, waiting = _read(svc)
-        todo = due(jobs, durations, utcnow(), slots_wanted=waiting)
+        now = utcnow()
+        todo = due(jobs, durations, now, slots_wanted=waiting)
         report.due = len(todo)
-        budget = max(1, int(svc.settings.poll_max_per_second * svc.settings.poll_interval_seconds))
-        try:
-            in_flight = Counter(_lister(svc, job) for job in jobs)
-            for job, task in _ask(svc, todo, in_flight, budget, report):
+        answers: list[tuple[InFlight, Task]] = []
+        if todo:
+            round_ = _Round(svc, jobs=jobs, durations=durations, now=now, waiting=waiting, report=report)
+            answers = round_.ask(todo)
+            for job, task in answers:
                 try:
                     _apply(svc, job, task, report)
                 except Exception as exc:  # noqa: BLE001  (one bad job must not stop the round)
                     log.warning("poll: job %s: %s: %s", job.id, type(exc).__name__, exc)
                     mark_polled(svc, job.id)
-        except RateLimited:
-            report.rate_limited = True
-            pause = svc.poll_gate.rate_limited()
-            log.warning("poll: the provider answered 1302, polling paused %.0f s", pause)
-        else:
-            if report.requests:
-                svc.poll_gate.answered()
+            if round_.answered:
+                svc.poll_gate.answered(round_.answered)
+        heard = {job.id: task for job, task in answers}
+        report.next_due_at = next_due(jobs, heard, durations, now, slots_wanted=waiting)
     finally:
         with contextlib.suppress(redis.exceptions.LockError):
             lock.release()  # a round longer than its lock lost it; nothing to give back
     return report
 
 
-def _ask(
-    svc: Services,
-    todo: list[InFlight],
-    in_flight: Mapping[Lister, int],
-    budget: int,
-    report: PollReport,
-) -> list[tuple[InFlight, Task]]:
-    """Provider answers for due jobs: one list request first when several are due, then lookups.
+class _Round:
+    """One round's requests: a list request per task list where it pays, then lookups, each account
+    within POLL_MAX_PER_SECOND x POLL_INTERVAL_SECONDS requests; a 1302 pauses that account only."""
 
-    With a budget of one request a round (the defaults), every other round skips the list, so the
-    longest-unheard-of task is looked up even when it fell off the list's page.
-    """
-    answers: list[tuple[InFlight, Task]] = []
-    left = list(todo)
-    by_lister: dict[Lister, list[InFlight]] = {}
-    for job in left:
-        by_lister.setdefault(_lister(svc, job), []).append(job)
-    lists_allowed = budget > 1 or int(time.time() / svc.settings.poll_interval_seconds) % 2 == 0
-    for lister, jobs in by_lister.items():
-        account, provider_name, kind = lister
-        if not lists_allowed or len(jobs) < LIST_FROM or report.requests >= budget:
-            continue
-        page_size = min(LIST_PAGE_SIZE, max(LIST_PAGE_MIN, 4 * in_flight.get(lister, 0)))
-        try:
-            provider = svc.provider_for_account(account, provider_name)
-            listed = provider.list_tasks(kind, page=1, page_size=page_size)
-        except UnsupportedOperation:
-            continue
-        except RateLimited:
-            raise
-        except (KlingError, ProviderNotConfigured) as exc:  # the lookups below still run
-            report.requests += 1
-            log.warning("poll: listing %s's tasks failed: %s: %s", provider_name, type(exc).__name__, exc)
-            continue
-        report.requests += 1
-        report.list_requests += 1
-        by_task = {task.task_id: task for task in listed}
-        found = [(job, by_task[job.task_id]) for job in jobs if job.task_id in by_task]
-        answers += found
-        seen = {job.id for job, _ in found}
-        left = [job for job in left if job.id not in seen]
-    for job in left:
-        if report.requests >= budget:
-            break
-        report.requests += 1
-        try:
-            provider = svc.provider_for_account(job.account, job.key[0])
-            if job.task_id:
-                answers.append((job, provider.get_task(job.kind, job.task_id)))
+    def __init__(
+        self,
+        svc: Services,
+        *,
+        jobs: Sequence[InFlight],
+        durations: Mapping[Key, Expected],
+        now: datetime,
+        waiting: bool,
+        report: PollReport,
+    ) -> None:
+        self.svc, self.jobs, self.durations, self.now, self.waiting = svc, jobs, durations, now, waiting
+        self.report = report
+        self.budget = max(1, int(svc.settings.poll_max_per_second * svc.settings.poll_interval_seconds))
+        self.listers = {job.id: _lister(svc, job) for job in jobs}
+        self.spent: Counter[str] = Counter()
+        self.answered: set[str] = set()
+        self.paused = svc.poll_gate.paused({lister[0] for lister in self.listers.values()})
+
+    def _spend(self, account: str) -> bool:
+        """Take one request of the account's budget; False when it has none left or is paused."""
+        if account in self.paused or self.spent[account] >= self.budget:
+            return False
+        self.spent[account] += 1
+        self.report.requests += 1
+        return True
+
+    def _rate_limited(self, account: str) -> None:
+        self.report.rate_limited = True
+        self.paused.add(account)
+        self.answered.discard(account)
+        pause = self.svc.poll_gate.rate_limited(account)
+        log.warning("poll: account %s answered 1302, its polling paused %.0f s", account, pause)
+
+    def ask(self, todo: list[InFlight]) -> list[tuple[InFlight, Task]]:
+        """Lookups first for the due jobs a list did not show last time (fallen off its page), then
+        a list request per task list where it pays, then lookups for the rest."""
+        answers: list[tuple[InFlight, Task]] = []
+        missed = self.svc.poll_gate.missed() & {job.id for job in todo}
+        due_by: dict[Lister, list[InFlight]] = {}
+        for job in todo:
+            if job.id in missed:
+                if (answer := self._lookup(job)) is not None:
+                    answers.append((job, answer))
             else:
-                answers.append((job, provider.get_task(job.kind, external_task_id=job.id)))
+                due_by.setdefault(self.listers[job.id], []).append(job)
+        not_shown: list[str] = []
+        for lister, due_jobs in due_by.items():
+            shown = self._listed(lister, due_jobs)
+            if shown is not None:
+                answers += shown
+                found = {job.id for job, _ in shown}
+                not_shown += [job.id for job in due_jobs if job.id not in found]
+        answered = {job.id for job, _ in answers}
+        for job in todo:
+            if job.id not in answered and job.id not in missed and (answer := self._lookup(job)) is not None:
+                answers.append((job, answer))
+                answered.add(job.id)
+        found_again = missed & answered
+        if not_shown or found_again:
+            self.svc.poll_gate.note_missed([i for i in not_shown if i not in answered], found_again)
+        return answers
+
+    def _listed(self, lister: Lister, due_jobs: list[InFlight]) -> list[tuple[InFlight, Task]] | None:
+        """One list request's answers: the due jobs on the page, and every other in-flight job of
+        the list whose task has ended (an answer that costs nothing more). None: no list asked."""
+        account, provider_name, kind = lister
+        in_flight = [job for job in self.jobs if self.listers[job.id] == lister]
+        if not wants_list(len(due_jobs), len(in_flight), slots_wanted=self.waiting):
+            return None
+        if account in self.paused or self.spent[account] >= self.budget:
+            return None
+        page_size = min(LIST_PAGE_SIZE, max(LIST_PAGE_MIN, 4 * len(in_flight)))
+        try:
+            provider = self.svc.provider_for_account(account, provider_name)
+            self._spend(account)
+            tasks = provider.list_tasks(kind, page=1, page_size=page_size)
+        except UnsupportedOperation:
+            self.spent[account] -= 1  # nothing was asked: the lookups have the request
+            self.report.requests -= 1
+            return None
         except RateLimited:
-            raise
+            self._rate_limited(account)
+            return None
+        except (KlingError, ProviderNotConfigured) as exc:  # the lookups still run
+            log.warning("poll: listing %s's tasks failed: %s: %s", provider_name, type(exc).__name__, exc)
+            return None
+        self.report.list_requests += 1
+        self.answered.add(account)
+        by_task = {task.task_id: task for task in tasks}
+        due_ids = {job.id for job in due_jobs}
+        return [
+            (job, task)
+            for job in in_flight
+            if (task := by_task.get(job.task_id or "")) is not None
+            and (job.id in due_ids or task.status.is_final)
+        ]
+
+    def _lookup(self, job: InFlight) -> Task | None:
+        account = self.listers[job.id][0]
+        if not self._spend(account):
+            return None
+        try:
+            provider = self.svc.provider_for_account(job.account, job.key[0])
+            if job.task_id:
+                task = provider.get_task(job.kind, job.task_id)
+            else:
+                task = provider.get_task(job.kind, external_task_id=job.id)
+        except RateLimited:
+            self._rate_limited(account)
+            return None
         except Exception as exc:  # noqa: BLE001  (the reconciler looks at it again later)
             log.warning("poll: job %s: %s: %s", job.id, type(exc).__name__, exc)
-            mark_polled(svc, job.id)  # to the back of the line, not first again next round
-    return answers
+            mark_polled(self.svc, job.id)  # to the back of the line, not first again next round
+            return None
+        self.answered.add(account)
+        return task
 
 
 def _lister(svc: Services, job: InFlight) -> Lister:
@@ -418,21 +351,40 @@ def confirm(svc: Services, job_id: str) -> str:
         return "lookup_failed"
 
 
-def register(app: Celery) -> Schedule:
-    """The poll task and its place in the beat schedule; the confirm task (one job's lookup)."""
-    from worker.tasks import CONFIRM_TASK, POLL_TASK, KlingTask, every
+def start_in_beat(app: Celery) -> PollLoop:
+    """The poller's loop, in a thread of this (the beat) process: rounds on time, not queued."""
+    from worker.tasks import services_for
 
-    @app.task(bind=True, base=KlingTask, shared=False, name=POLL_TASK.name)
-    def poll_overdue_task(self: KlingTask) -> dict[str, int]:
-        report = poll_overdue(self.services)
-        return {"due": report.due, "requests": report.requests, "changed": len(report.changed)}
+    svc = services_for(app)
+    interval = app.conf.kling_settings.poll_interval_seconds
+
+    def run_round() -> float:
+        started = utcnow()
+        return next_round_in(poll_overdue(svc), started, interval)
+
+    loop = PollLoop(run_round, interval)
+    loop.start()
+    app.kling_poller = loop  # for the host to stop (the demo runs beat in a thread)
+    log.info("poller: a round every %.2f s in the beat process", loop.interval)
+    return loop
+
+
+def register(app: Celery) -> Schedule:
+    """The poller, started with this app's beat (no beat entry: it keeps its own time); the confirm
+    task (one job's lookup)."""
+    from celery.signals import beat_init
+
+    from worker.tasks import CONFIRM_TASK, KlingTask
+
+    def on_beat_init(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is app:  # the signal is global; other apps have their own
+            start_in_beat(app)
+
+    beat_init.connect(on_beat_init, weak=False)
 
     @app.task(bind=True, base=KlingTask, shared=False, name=CONFIRM_TASK.name)
     def confirm_task(self: KlingTask, job_id: str) -> str:
         with log_context(job_id=job_id):
             return confirm(self.services, job_id)
 
-    interval = app.conf.kling_settings.poll_interval_seconds
-    # A round nobody ran within a few intervals is stale: dropped, not run late ahead of dispatches.
-    entry = {**every(POLL_TASK, interval), "options": {"expires": max(1.0, interval * 4)}}
-    return {"poll-overdue": entry}
+    return {}

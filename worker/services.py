@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from worker.budget import LocalUnitBudget, UnitBudget
     from worker.fetch import SafeFetcher
     from worker.limiter import SlotLimiter
-    from worker.polling import DurationCache, LocalPollGate, PollGate
+    from worker.poll_gate import LocalPollGate, PollGate
+    from worker.polling import DurationCache
     from worker.tenancy import Tenancy
 
 Publish = Callable[[str, list[Any]], None]
@@ -239,7 +240,7 @@ class Services:
 
     @cached_property
     def poll_gate(self) -> PollGate | LocalPollGate:
-        from worker.polling import PollGate
+        from worker.poll_gate import PollGate
 
         return PollGate(self.gate_redis, f"{self.settings.limiter_key_prefix}:poll")
 

@@ -50,8 +50,6 @@ SUBMIT_TASK = TaskSpec("kling.submit_job", 6, SUBMIT_JOB)
 # The same Celery task, published by the pump for a job that slots were just found for.
 DISPATCH_TASK = TaskSpec("kling.submit_job", 0, DISPATCH_JOB)
 RELEASE_TASK = TaskSpec("kling.release_slots", 0, RELEASE_SLOTS)
-# Polling frees the slots of tasks whose callback was lost: as urgent as a release.
-POLL_TASK = TaskSpec("kling.poll_overdue", 0)
 # The lookup that confirms an unsigned final callback: it frees slots the same way.
 CONFIRM_TASK = TaskSpec("kling.confirm_job", 0, CONFIRM_JOB)
 ARCHIVE_TASK = TaskSpec("kling.archive_job", 3, ARCHIVE_JOB)
@@ -68,7 +66,6 @@ SWEEP_TASK = TaskSpec("kling.sweep", 9)
 TASKS = (
     SUBMIT_TASK,
     RELEASE_TASK,
-    POLL_TASK,
     CONFIRM_TASK,
     ARCHIVE_TASK,
     NOTIFY_TASK,

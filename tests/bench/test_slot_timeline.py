@@ -24,6 +24,9 @@ def test_idle_time_is_split_by_what_the_freed_slot_waited_for() -> None:
     assert tl.idle_until_known == pytest.approx(0.5)  # a ended at 2, known at 2.5
     assert tl.idle_after_known == pytest.approx(0.5)  # known at 2.5, b created at 3
     assert tl.idle_at_end == 0.0
+    # a was learnt of 0.5 s after its end, b and c at theirs.
+    assert tl.known_after_mean == pytest.approx(0.5 / 3)
+    assert (tl.known_after_p50, tl.known_after_p90) == (0.0, pytest.approx(0.5))
 
 
 def test_a_task_of_several_slots_waits_for_the_oldest_freed_ones() -> None:

@@ -16,7 +16,7 @@ from tests.fixtures.services import S3_TEST_ACCESS_KEY, S3_TEST_SECRET_KEY
 from tests.worker.harness import Harness
 from worker.accounts import AccountGate
 from worker.limiter import RedisSlotLimiter
-from worker.polling import PollGate
+from worker.poll_gate import PollGate
 from worker.s3 import make_s3_client
 from worker.services import Services
 

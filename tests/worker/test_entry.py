@@ -57,11 +57,6 @@ def test_each_workflow_puts_its_periodic_tasks_on_the_beat_schedule() -> None:
     )
     app = make_celery(settings)
     assert app.conf.beat_schedule == {
-        "poll-overdue": {
-            "task": "kling.poll_overdue",
-            "schedule": timedelta(seconds=0.5),
-            "options": {"expires": 2.0},
-        },
         "relay-outbox": {"task": "kling.relay_outbox", "schedule": timedelta(seconds=3)},
         "reconcile": {"task": "kling.reconcile", "schedule": timedelta(seconds=7)},
         "sweep": {"task": "kling.sweep", "schedule": timedelta(seconds=600)},

@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from sqlalchemy import update
 from kling import KlingClient
 from kling.simulator import Simulator
 from models.accounts import Account
+from models.base import utcnow
 from models.db import make_engine, session_scope
 from models.settings import Settings
 from models.statemachine import create_job
@@ -30,6 +32,7 @@ from worker import polling, probe, repair, slots, submit
 from worker.accounts import AccountGate
 from worker.limiter import RedisSlotLimiter
 from worker.outcome import Step
+from worker.poll_gate import PollGate
 from worker.services import Services
 
 pytestmark = pytest.mark.integration
@@ -77,6 +80,7 @@ def pool(committed_pg_url: str, simulator_factory: Any, redis_client: Any) -> It
         account_providers=clients,
         limiters=dict(limiters),
         account_gate=AccountGate(redis_client, f"{prefix}:account", probe_seconds=30),
+        poll_gate=PollGate(redis_client, f"{prefix}:poll"),
         publish=lambda name, args: published.append((name, args)),
     )
     yield Pool(svc, sims, dict(limiters), published)
@@ -231,6 +235,31 @@ def test_lookups_go_to_the_account_of_the_job(pool: Pool) -> None:
     assert polling.confirm(pool.svc, on_b) != "lookup_failed"
     # Still running: each lease renewed in its own account's limiter, none moved.
     assert set(pool.limiters["b"].holders()) == {j for j in jobs if pool.get(j).account == "b"}
+
+
+def test_each_account_polls_within_its_own_budget_and_a_1302_pauses_only_it(pool: Pool) -> None:
+    for sim in pool.sims.values():
+        sim.configure(task_seconds=0.05)
+    pool.svc.settings = pool.svc.settings.model_copy(
+        update={"poll_max_per_second": 1, "poll_interval_seconds": 1}
+    )
+    jobs = [pool.job() for _ in range(4)]
+    for j in jobs:
+        assert submit.submit_job(pool.svc, j).step is Step.DONE
+    account = {j: pool.get(j).account or "" for j in jobs}
+    assert sorted(account.values()) == ["a", "a", "b", "b"]
+    tasks = [(pool.sims[account[j]], pool.get(j).provider_task_id or "") for j in jobs]
+    wait_until(lambda: all(sim.task(t)["status"] == "succeed" for sim, t in tasks), what="the tasks' end")
+    with session_scope(pool.svc.sessions) as s:  # due: a kind not learned yet, ten seconds old
+        s.execute(update(Job).where(Job.id.in_(jobs)).values(submitted_at=utcnow() - timedelta(seconds=10)))
+    pool.sims["a"].configure(fault_1302_rate=1.0)
+    report = polling.poll_overdue(pool.svc)
+    # One request a round per account: a's answered 1302, b's answered one of b's jobs.
+    assert (report.due, report.requests, report.rate_limited) == (4, 2, True)
+    assert [account[j] for j in report.changed] == ["b"]
+    # a is paused; b asks again within its own budget.
+    again = polling.poll_overdue(pool.svc)
+    assert again.requests == 1 and [account[j] for j in again.changed] == ["b"]
 
 
 def test_a_finished_task_records_its_units_and_frees_its_own_accounts_slots(pool: Pool) -> None:
