@@ -16,8 +16,10 @@ Semantics shared by both implementations:
 
 Fairness rule (packing without starvation): every refused holder joins a wait queue ordered by
 its ticket: its first attempt, moved `ahead` seconds earlier by a priority (models/priorities.py;
-a low priority moves it later). The free slots go in queue order: a caller is granted only what
-is left once every waiter ahead of it that fits has taken its slots. A waiter ahead that does not
+a low priority moves it later). The free slots go in the serving order: the queue's first
+min(limit, PACK_WINDOW) waiters largest first (the starving ones before them), then the rest in
+queue order. A caller is granted only what is left once every waiter before it in that order
+that fits has taken its slots. A waiter before it that does not
 fit in what is left may be *overtaken* (a big job while a few slots are free: they are not left
 idle), but once it has been overtaken for `starve_after` seconds it *reserves* its slots, and it
 gets in as soon as enough leases end. The clock starts at the first overtaking, not at the ticket
@@ -46,6 +48,15 @@ from typing import Protocol, runtime_checkable
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from worker.limiter_lua import (
+    ACQUIRE,
+    HOLDERS,
+    KEEP_WAITING,
+    LEAVE_QUEUE,
+    RELEASE,
+    RENEW,
+)
 
 
 @runtime_checkable
@@ -105,201 +116,7 @@ def _check_limit(limit: int) -> int:
     return limit
 
 
-# Keys: leases (zset holder -> expiry ms), slots (hash holder -> n), waitq (zset holder -> first
-# attempt ms), wslots (hash holder -> n wanted), wseen (zset holder -> waiter expiry ms), passed
-# (hash holder -> ms it was first overtaken at).
-# The clock is Redis' own TIME so hosts with skewed clocks agree (Redis 7 replicates script effects).
-# No script unpacks a list into a command (Lua fails past ~8,000 values) or walks the whole queue:
-# expired entries go PURGE_CHUNK at a time, oldest first, and reads check expiry themselves, so an
-# expired entry still in the keys never counts.
-PURGE_CHUNK = 500
-# Waiters too big for the free slots one acquire may pass on its way to the caller.
-MAX_OVERTAKEN = 100
 DEFAULT_SOCKET_TIMEOUT = 2.0
-_WALK_BATCH = 100
-
-_PURGE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function unlease(holder)
-  redis.call('ZREM', KEYS[1], holder)
-  redis.call('HDEL', KEYS[2], holder)
-end
-local function unwait(holder)
-  redis.call('ZREM', KEYS[3], holder)
-  redis.call('HDEL', KEYS[4], holder)
-  redis.call('ZREM', KEYS[5], holder)
-  redis.call('HDEL', KEYS[6], holder)
-end
-for _, holder in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, @CHUNK@)) do
-  unlease(holder)
-end
-for _, holder in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, @CHUNK@)) do
-  unwait(holder)
-end
-local function live(key, holder)
-  local expiry = redis.call('ZSCORE', key, holder)
-  return expiry and tonumber(expiry) > now
-end
--- Unexpired leases: at most the limit's worth, since each was granted within the limit.
-local function live_leases()
-  return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
-end
-local function used()
-  local total = 0
-  for _, holder in ipairs(live_leases()) do
-    total = total + tonumber(redis.call('HGET', KEYS[2], holder) or '0')
-  end
-  return total
-end
-""".replace("@CHUNK@", str(PURGE_CHUNK))
-
-# ARGV: holder, slots, limit, lease_ms, starve_ms, waiter_ttl_ms, ahead_ms
-# The fairness check hands the free slots out in queue order up to the caller: each live waiter
-# ahead that fits takes its slots, one that does not fit reserves them if it was overtaken
-# `starve_ms` ago (always, when starve_ms is 0) and is otherwise passed (and, if the caller is
-# granted, marked as overtaken now). Every waiter counted takes at least one slot, so it reads at
-# most budget + 1 of those from the head (O(log N) to get there), plus at most MAX_OVERTAKEN passed
-# and PURGE_CHUNK expired ones (removed).
-_ACQUIRE = (
-    _PURGE
-    + """
-local holder, n, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local lease_ms, starve_ms, waiter_ttl_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-if live(KEYS[1], holder) then
-  redis.call('ZADD', KEYS[1], now + lease_ms, holder)
-  unwait(holder)
-  return 1
-end
-unlease(holder)
-if redis.call('ZSCORE', KEYS[5], holder) and not live(KEYS[5], holder) then
-  unwait(holder)
-end
-if not redis.call('ZSCORE', KEYS[3], holder) then
-  redis.call('ZADD', KEYS[3], now - tonumber(ARGV[7]), holder)
-end
-redis.call('HSET', KEYS[4], holder, n)
-redis.call('ZADD', KEYS[5], now + waiter_ttl_ms, holder)
-local left = limit - used()
-if left < n then
-  return 0
-end
-local batch_size = math.min(@BATCH@, left - n + 2)
-local rank, granted = 0, nil
-local lapsed, passed = {}, {}
-while granted == nil do
-  local batch = redis.call('ZRANGE', KEYS[3], rank, rank + batch_size - 1)
-  if #batch == 0 then
-    granted = true
-  end
-  for _, other in ipairs(batch) do
-    if other == holder then
-      granted = true
-      break
-    end
-    local wanted = redis.call('HGET', KEYS[4], other)
-    if wanted and live(KEYS[5], other) then
-      wanted = tonumber(wanted)
-      if wanted <= left then
-        left = left - wanted
-      else
-        local since = redis.call('HGET', KEYS[6], other)
-        if starve_ms == 0 or (since and now - tonumber(since) >= starve_ms) then
-          left = left - wanted
-        elseif #passed < @OVERTAKEN@ then
-          passed[#passed + 1] = other
-        else
-          granted = false
-          break
-        end
-      end
-      if left < n then
-        granted = false
-        break
-      end
-    elseif #lapsed < @CHUNK@ then
-      lapsed[#lapsed + 1] = other
-    else
-      granted = false
-      break
-    end
-  end
-  rank = rank + batch_size
-  batch_size = @BATCH@
-end
-for _, other in ipairs(lapsed) do
-  unwait(other)
-end
-if granted then
-  for _, other in ipairs(passed) do
-    redis.call('HSETNX', KEYS[6], other, now)
-  end
-  redis.call('ZADD', KEYS[1], now + lease_ms, holder)
-  redis.call('HSET', KEYS[2], holder, n)
-  unwait(holder)
-  return 1
-end
-return 0
-""".replace("@CHUNK@", str(PURGE_CHUNK))
-    .replace("@BATCH@", str(_WALK_BATCH))
-    .replace("@OVERTAKEN@", str(MAX_OVERTAKEN))
-)
-
-_RELEASE = (
-    _PURGE
-    + """
-local freed = live(KEYS[1], ARGV[1]) and 1 or 0
-unlease(ARGV[1])
-unwait(ARGV[1])
-return freed
-"""
-)
-
-_LEAVE_QUEUE = """
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('HDEL', KEYS[4], ARGV[1])
-redis.call('ZREM', KEYS[5], ARGV[1])
-redis.call('HDEL', KEYS[6], ARGV[1])
-return 1
-"""
-
-# ARGV: waiter_ttl_ms, then holders (at most the pump's read of the queue's head).
-_KEEP_WAITING = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local until_ms = now + tonumber(ARGV[1])
-for i = 2, #ARGV do
-  local seen = redis.call('ZSCORE', KEYS[5], ARGV[i])
-  if seen and tonumber(seen) > now then
-    redis.call('ZADD', KEYS[5], until_ms, ARGV[i])
-  end
-end
-return 1
-"""
-
-_RENEW = (
-    _PURGE
-    + """
-if live(KEYS[1], ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-  return 1
-end
-unlease(ARGV[1])
-return 0
-"""
-)
-
-_HOLDERS = (
-    _PURGE
-    + """
-local flat = {}
-for _, holder in ipairs(live_leases()) do
-  flat[#flat + 1] = holder
-  flat[#flat + 1] = redis.call('HGET', KEYS[2], holder) or '0'
-end
-return flat
-"""
-)
 
 
 class _LimitSetting:
@@ -353,12 +170,12 @@ class RedisSlotLimiter(_LimitSetting):
         # The hash tag keeps every key in one Redis Cluster slot, as multi-key scripts require.
         tag = "{" + key_prefix + "}"
         self._keys = [f"{tag}:{name}" for name in ("leases", "slots", "waitq", "wslots", "wseen", "passed")]
-        self._acquire = self._redis.register_script(_ACQUIRE)
-        self._release = self._redis.register_script(_RELEASE)
-        self._renew = self._redis.register_script(_RENEW)
-        self._leave_queue = self._redis.register_script(_LEAVE_QUEUE)
-        self._keep_waiting = self._redis.register_script(_KEEP_WAITING)
-        self._holders = self._redis.register_script(_HOLDERS)
+        self._acquire = self._redis.register_script(ACQUIRE)
+        self._release = self._redis.register_script(RELEASE)
+        self._renew = self._redis.register_script(RENEW)
+        self._leave_queue = self._redis.register_script(LEAVE_QUEUE)
+        self._keep_waiting = self._redis.register_script(KEEP_WAITING)
+        self._holders = self._redis.register_script(HOLDERS)
 
     @property
     def keys(self) -> list[str]:

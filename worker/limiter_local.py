@@ -7,7 +7,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from worker.limiter import MAX_OVERTAKEN, _check_limit, _check_slots, _LimitSetting
+from worker.limiter import _check_limit, _check_slots, _LimitSetting
+from worker.limiter_lua import MAX_OVERTAKEN, PACK_WINDOW
 
 
 @dataclass
@@ -57,16 +58,41 @@ class LocalSlotLimiter(_LimitSetting):
             passed_at = me.passed_at if me else None
             self._waiters[holder_id] = _Waiter(ticket, slots, now + self.waiter_ttl, passed_at)
             left = self._limit - sum(n for n, _ in self._leases.values())
-            # Ahead of the caller in queue order (equal tickets by name, as the Redis version).
-            ahead_of = sorted(
-                (w.ticket, h, w) for h, w in self._waiters.items() if (w.ticket, h) < (ticket, holder_id)
-            )
-            passed: list[_Waiter] = []
-            for _, _, w in ahead_of:
-                starving = self.starve_after == 0 or (
+            if left < slots:
+                return False
+            # Queue order (equal tickets by name, as the Redis version); its head window is served
+            # starving waiters first, then the largest first (worker/limiter.py).
+            queue = sorted(self._waiters, key=lambda h: (self._waiters[h].ticket, h))
+            window = queue[: min(self._limit, PACK_WINDOW)]
+
+            def starving(w: _Waiter) -> bool:
+                return self.starve_after == 0 or (
                     w.passed_at is not None and now - w.passed_at >= self.starve_after
                 )
-                if w.slots <= left or starving:  # it fits and goes first, or it reserves
+
+            def window_order(rank_holder: tuple[int, str]) -> tuple[bool, int, int]:
+                rank, holder = rank_holder
+                w = self._waiters[holder]
+                return (not starving(w), 0 if starving(w) else -w.slots, rank)
+
+            taken: set[str] = set()
+            granted: bool | None = None
+            for _, other in sorted(enumerate(window), key=window_order):
+                w = self._waiters[other]
+                if other == holder_id:
+                    granted, left = True, left - slots  # and on: who still fits is not overtaken
+                elif w.slots <= left or starving(w):  # it fits and goes first, or it reserves
+                    left -= w.slots
+                    taken.add(other)
+                if granted is None and left < slots:
+                    return False
+            mine = window.index(holder_id) if holder_id in window else len(window)
+            passed = [self._waiters[h] for h in window[:mine] if h not in taken and h != holder_id]
+            for other in queue[len(window) :] if granted is None else ():
+                if other == holder_id:
+                    break
+                w = self._waiters[other]
+                if w.slots <= left or starving(w):
                     left -= w.slots
                 elif len(passed) < MAX_OVERTAKEN:
                     passed.append(w)
@@ -74,7 +100,7 @@ class LocalSlotLimiter(_LimitSetting):
                     return False  # the Redis version's bound on one walk
                 if left < slots:
                     return False
-            if slots > left:
+            if granted is None and slots > left:
                 return False
             for w in passed:
                 if w.passed_at is None:

@@ -17,8 +17,9 @@ from models.logging import log_context
 from models.outbox import DISPATCH_JOB, RELEASE_SLOTS, QueuedTask
 from models.tables import Job
 from worker.claims import unclaimed
+from worker.limiter_lua import PACK_WINDOW
 from worker.outbox import publish_rows
-from worker.routing import Queued, fill, pinned_account
+from worker.routing import Queued, fill, largest_first_at_head, pinned_account
 from worker.services import Services
 from worker.tenancy import queued_heads
 from worker.tenant_share import accounts_owed, fair_order, owed
@@ -143,7 +144,9 @@ def pump(svc: Services) -> list[str]:
             queued.update({row.id: _queued(row) for row in rows})
     waiting_set = set(waiting)
     rest = queued if fair is None else fair
-    order = [w for w in waiting if w in queued] + [j for j in rest if j not in waiting_set]
+    window = min(max((limiter.limit for limiter in limiters.values()), default=0), PACK_WINDOW)
+    head = largest_first_at_head(waiting, {j: q.slots for j, q in queued.items()}, window)
+    order = head + [j for j in rest if j not in waiting_set]
     dispatched = fill(order, queued, free, svc.accounts, holders, legacy=svc.legacy)
     for job_id in dispatched:
         svc.publish(DISPATCH_JOB, [job_id])

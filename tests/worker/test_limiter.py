@@ -11,8 +11,9 @@ import uuid
 import pytest
 import redis
 
-from worker.limiter import MAX_OVERTAKEN, PURGE_CHUNK, RedisSlotLimiter, SlotLimiter
+from worker.limiter import RedisSlotLimiter, SlotLimiter
 from worker.limiter_local import LocalSlotLimiter
+from worker.limiter_lua import MAX_OVERTAKEN, PURGE_CHUNK
 
 pytestmark = pytest.mark.integration
 
@@ -189,17 +190,46 @@ def test_the_starvation_clock_starts_at_the_first_overtaking_not_at_the_ticket(m
     assert limiter.waiting() == ["big"]
 
 
-def test_free_slots_go_in_queue_order_to_the_waiters_that_fit(make_limiter):
-    limiter = make_limiter(3, starve_after=3600)
-    assert limiter.acquire("h", 3)
+def test_the_head_of_the_queue_is_served_largest_first(make_limiter):
+    """Free slots go to the largest waiters that fit among the first `limit` (issue 18: in queue
+    order, the small jobs were served first and the big ones left to fragment the slots later)."""
+    limiter = make_limiter(4, starve_after=3600)
+    assert limiter.acquire("h", 4)
     # Names in queue order too: tickets within one millisecond are ordered by name.
-    assert not limiter.acquire("a-waiter", 1)  # full: it queues
+    for name, n in (("a-waiter", 1), ("b-waiter", 1), ("c-waiter", 3)):
+        assert not limiter.acquire(name, n)  # full: they queue
     limiter.release("h")
-    # 3 free, but "a-waiter" is ahead and fits: a newcomer gets only the 2 it leaves.
-    assert not limiter.acquire("b-newcomer-3", 3)
-    assert limiter.acquire("b-newcomer-2", 2)
+    # 4 free: c (3) goes first, then a (1), the earlier of the two that fit what is left.
+    assert not limiter.acquire("b-waiter", 1)
+    assert limiter.acquire("c-waiter", 3)
     assert limiter.acquire("a-waiter", 1)
-    assert limiter.in_use() == 3
+    assert limiter.in_use() == 4 and limiter.waiting() == ["b-waiter"]
+
+
+def test_beyond_the_head_window_the_free_slots_go_in_queue_order(make_limiter):
+    limiter = make_limiter(2, starve_after=3600)  # a window of 2 waiters
+    assert limiter.acquire("h", 2)
+    for name, n in (("a-waiter", 1), ("b-waiter", 1), ("c-waiter", 2)):
+        assert not limiter.acquire(name, n)
+    limiter.release("h")
+    # c is third: a and b, in the window, fit first.
+    assert not limiter.acquire("c-waiter", 2)
+    assert limiter.acquire("b-waiter", 1) and limiter.acquire("a-waiter", 1)
+
+
+def test_a_small_waiter_passed_by_a_larger_one_starts_its_clock(redis_client, redis_key_prefix):
+    limiter = RedisSlotLimiter(
+        redis_client, limit=4, lease_seconds=600, key_prefix=redis_key_prefix, starve_after=3600
+    )
+    assert limiter.acquire("h", 4)
+    for name, n in (("a-waiter", 2), ("b-small", 1), ("c-big", 3)):
+        assert not limiter.acquire(name, n)
+    limiter.release("h")
+    assert limiter.acquire("c-big", 3)
+    # a was ahead in the queue and no longer fits: overtaken, its starvation clock runs; b, ahead
+    # too, still fits in the slot c leaves, and is not overtaken.
+    assert set(redis_client.hkeys(limiter.keys[5])) == {b"a-waiter"}
+    assert limiter.acquire("b-small", 1)
 
 
 def test_a_waiter_kept_waiting_does_not_lapse(make_limiter):

@@ -27,12 +27,13 @@ from models.tables import DisabledAccount, Job
 from models.tenants import create_tenant
 from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
 from tests.simulator.helpers import wait_until
-from tests.worker.harness import Jobs
+from tests.worker.harness import Harness, Jobs
 from worker import polling, probe, repair, slots, submit
 from worker.accounts import AccountGate
 from worker.limiter import RedisSlotLimiter
 from worker.outcome import Step
 from worker.poll_gate import PollGate
+from worker.routing import largest_first_at_head
 from worker.services import Services
 
 pytestmark = pytest.mark.integration
@@ -583,3 +584,29 @@ def test_a_tenant_not_owed_leaves_only_the_queues_an_owed_tenant_wants(pool: Poo
     assert slots.release_slots(pool.svc, y_running[0]) == [x_job]
     assert y_waiter not in pool.limiters["a"].waiting()
     assert y_waiter in pool.limiters["b"].waiting()
+
+
+def test_the_pump_orders_the_queue_head_as_the_limiter_does() -> None:
+    queued = {"a": 1, "b": 1, "c": 3, "d": 4}
+    # The first three waiters largest first, the rest in queue order.
+    assert largest_first_at_head(["a", "b", "c", "d"], queued, 3) == ["c", "a", "b", "d"]
+    # A waiter no longer queued ("gone") is dropped but still counts in the window, as in the
+    # limiter's queue.
+    assert largest_first_at_head(["gone", "a", "c", "d"], queued, 3) == ["c", "a", "d"]
+
+
+def test_the_pump_dispatches_the_queue_head_largest_first_and_the_limiter_agrees(harness: Harness) -> None:
+    harness.svc.limiter.limit = 4
+    assert harness.svc.limiter.acquire("running", 4)
+    small = [harness.job({"prompt": f"small {i}", "n": 1}) for i in range(2)]
+    big = harness.job({"prompt": "big", "n": 3})
+    for job_id in [*small, big]:
+        assert submit.submit_job(harness.svc, job_id).step is Step.WAIT
+    first_small = next(w for w in harness.svc.limiter.waiting() if w in small)
+    harness.svc.limiter.release("running")
+    # 4 free: the 3-slot job first, then the earlier small one; in queue order it would have been
+    # the two small ones, and the big one left for later.
+    assert slots.pump(harness.svc) == [big, first_small]
+    assert submit.submit_job(harness.svc, big).step is Step.DONE
+    assert submit.submit_job(harness.svc, first_small).step is Step.DONE
+    assert harness.svc.limiter.waiting() == [j for j in small if j != first_small]
