@@ -56,6 +56,7 @@ from worker.limiter_lua import (
     LEAVE_QUEUE,
     RELEASE,
     RENEW,
+    SERVING_ORDER,
 )
 
 
@@ -100,6 +101,11 @@ class SlotLimiter(Protocol):
 
     def waiting(self, first: int | None = None) -> list[str]:
         """The wait queue's holders, oldest first; only the `first` of them if given."""
+        ...
+
+    def serving_order(self, first: int) -> list[str]:
+        """The first `first` waiters in the order `acquire` serves them: the head window's starving
+        waiters, then its others largest first, then the rest in queue order."""
         ...
 
 
@@ -176,6 +182,7 @@ class RedisSlotLimiter(_LimitSetting):
         self._leave_queue = self._redis.register_script(LEAVE_QUEUE)
         self._keep_waiting = self._redis.register_script(KEEP_WAITING)
         self._holders = self._redis.register_script(HOLDERS)
+        self._serving_order = self._redis.register_script(SERVING_ORDER)
 
     @property
     def keys(self) -> list[str]:
@@ -214,6 +221,10 @@ class RedisSlotLimiter(_LimitSetting):
 
     def in_use(self) -> int:
         return sum(self.holders().values())
+
+    def serving_order(self, first: int) -> list[str]:
+        members = self._serving_order(keys=self._keys, args=[self._limit, _ms(self.starve_after), first])
+        return [_text(m) for m in members]
 
     def waiting(self, first: int | None = None) -> list[str]:
         """Holders in the wait queue, oldest first, the `first` of them if given (waiters past

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from worker.limiter import _check_limit, _check_slots, _LimitSetting
@@ -60,24 +60,12 @@ class LocalSlotLimiter(_LimitSetting):
             left = self._limit - sum(n for n, _ in self._leases.values())
             if left < slots:
                 return False
-            # Queue order (equal tickets by name, as the Redis version); its head window is served
-            # starving waiters first, then the largest first (worker/limiter.py).
-            queue = sorted(self._waiters, key=lambda h: (self._waiters[h].ticket, h))
+            queue = self._queue()
             window = queue[: min(self._limit, PACK_WINDOW)]
-
-            def starving(w: _Waiter) -> bool:
-                return self.starve_after == 0 or (
-                    w.passed_at is not None and now - w.passed_at >= self.starve_after
-                )
-
-            def window_order(rank_holder: tuple[int, str]) -> tuple[bool, int, int]:
-                rank, holder = rank_holder
-                w = self._waiters[holder]
-                return (not starving(w), 0 if starving(w) else -w.slots, rank)
-
+            starving = self._starving_at(now)
             taken: set[str] = set()
             granted: bool | None = None
-            for _, other in sorted(enumerate(window), key=window_order):
+            for other in self._window_order(window, now):
                 w = self._waiters[other]
                 if other == holder_id:
                     granted, left = True, left - slots  # and on: who still fits is not overtaken
@@ -108,6 +96,37 @@ class LocalSlotLimiter(_LimitSetting):
             self._leases[holder_id] = (slots, now + self.lease_seconds)
             del self._waiters[holder_id]
             return True
+
+    def _queue(self) -> list[str]:
+        """Queue order (equal tickets by name, as the Redis version)."""
+        return sorted(self._waiters, key=lambda h: (self._waiters[h].ticket, h))
+
+    def _starving_at(self, now: float) -> Callable[[_Waiter], bool]:
+        def starving(w: _Waiter) -> bool:
+            return self.starve_after == 0 or (
+                w.passed_at is not None and now - w.passed_at >= self.starve_after
+            )
+
+        return starving
+
+    def _window_order(self, window: list[str], now: float) -> list[str]:
+        """The head window as acquire serves it: starving waiters first (queue order), then the
+        largest first (queue order among equals)."""
+        starving = self._starving_at(now)
+
+        def key(rank: int) -> tuple[bool, int, int]:
+            w = self._waiters[window[rank]]
+            return (not starving(w), 0 if starving(w) else -w.slots, rank)
+
+        return [window[rank] for rank in sorted(range(len(window)), key=key)]
+
+    def serving_order(self, first: int) -> list[str]:
+        with self._lock:
+            now = time.monotonic()
+            self._purge(now)
+            queue = self._queue()[:first]
+            window = min(self._limit, PACK_WINDOW)
+            return self._window_order(queue[:window], now) + queue[window:]
 
     def release(self, holder_id: str) -> bool:
         with self._lock:

@@ -55,6 +55,25 @@ local function used()
   end
   return total
 end
+-- Overtaken `starve_ms` ago (always, when starve_ms is 0): it goes first and reserves its slots.
+local function starving(other, starve_ms)
+  if starve_ms == 0 then
+    return true
+  end
+  local since = redis.call('HGET', KEYS[6], other)
+  return since ~= false and now - tonumber(since) >= starve_ms
+end
+-- The head window's serving order, on entries {holder, n, starving, rank}: the starving first in
+-- queue order, then the largest first, queue order among equals.
+local function serving_order(a, b)
+  if a[3] ~= b[3] then
+    return a[3]
+  end
+  if not a[3] and a[2] ~= b[2] then
+    return a[2] > b[2]
+  end
+  return a[4] < b[4]
+end
 """.replace("@CHUNK@", str(PURGE_CHUNK))
 
 # ARGV: holder, slots, limit, lease_ms, starve_ms, waiter_ttl_ms, ahead_ms
@@ -90,13 +109,6 @@ if left < n then
   return 0
 end
 local lapsed, passed, taken = {}, {}, {}
-local function starving(other)
-  if starve_ms == 0 then
-    return true
-  end
-  local since = redis.call('HGET', KEYS[6], other)
-  return since ~= false and now - tonumber(since) >= starve_ms
-end
 -- The head window: starving waiters first (queue order), then the largest first (queue order
 -- among equals); the caller is placed by the same rule.
 local head = redis.call('ZRANGE', KEYS[3], 0, math.min(limit, @WINDOW@) - 1)
@@ -109,20 +121,12 @@ for rank, other in ipairs(head) do
     wanted = redis.call('HGET', KEYS[4], other)
   end
   if wanted then
-    entries[#entries + 1] = {other, tonumber(wanted), starving(other), rank}
+    entries[#entries + 1] = {other, tonumber(wanted), starving(other, starve_ms), rank}
   elseif #lapsed < @CHUNK@ then
     lapsed[#lapsed + 1] = other
   end
 end
-table.sort(entries, function(a, b)
-  if a[3] ~= b[3] then
-    return a[3]
-  end
-  if not a[3] and a[2] ~= b[2] then
-    return a[2] > b[2]
-  end
-  return a[4] < b[4]
-end)
+table.sort(entries, serving_order)
 -- The whole window is walked when the caller is in it: a waiter it put behind the caller that
 -- still fits in what the caller leaves is not overtaken.
 local granted = nil
@@ -165,7 +169,7 @@ while granted == nil do
     local wanted = redis.call('HGET', KEYS[4], other)
     if wanted and live(KEYS[5], other) then
       wanted = tonumber(wanted)
-      if wanted <= left or starving(other) then
+      if wanted <= left or starving(other, starve_ms) then
         left = left - wanted
       elseif #passed < @OVERTAKEN@ then
         passed[#passed + 1] = other
@@ -260,4 +264,36 @@ for _, holder in ipairs(live_leases()) do
 end
 return flat
 """
+)
+
+# ARGV: limit, starve_ms, count. The first `count` waiters in the order acquire serves them (the
+# head window sorted as acquire sorts it, the rest in queue order): the pump dispatches in it, so
+# the jobs it sends are the ones the limiter admits (a starving waiter first, above all).
+SERVING_ORDER = (
+    PURGE
+    + """
+local limit, starve_ms, count = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local head = redis.call('ZRANGE', KEYS[3], 0, count - 1)
+local window = math.min(limit, @WINDOW@)
+local entries, out = {}, {}
+for rank, other in ipairs(head) do
+  if rank > window then
+    out[#out + 1] = other
+  else
+    local wanted = redis.call('HGET', KEYS[4], other)
+    if wanted and live(KEYS[5], other) then
+      entries[#entries + 1] = {other, tonumber(wanted), starving(other, starve_ms), rank}
+    end
+  end
+end
+table.sort(entries, serving_order)
+local ordered = {}
+for _, e in ipairs(entries) do
+  ordered[#ordered + 1] = e[1]
+end
+for _, other in ipairs(out) do
+  ordered[#ordered + 1] = other
+end
+return ordered
+""".replace("@WINDOW@", str(PACK_WINDOW))
 )

@@ -119,14 +119,3 @@ def fill(
                 chosen.append(job_id)
                 break
     return chosen
-
-
-def largest_first_at_head(waiting: Sequence[str], slots: Mapping[str, int], window: int) -> list[str]:
-    """The limiter's order (worker/limiter.py) for the pump: its queue's first `window` waiters
-    largest first (queue order among equals), the rest in queue order; waiters not in `slots`
-    (no longer queued) are dropped. The limiter also puts starving waiters first, which the pump
-    does not know (docs/limiter.md)."""
-    head = sorted(
-        (w for w in waiting[:window] if w in slots), key=lambda w: -slots[w]
-    )  # sorted() is stable: queue order among equals
-    return head + [w for w in waiting[window:] if w in slots]

@@ -17,9 +17,8 @@ from models.logging import log_context
 from models.outbox import DISPATCH_JOB, RELEASE_SLOTS, QueuedTask
 from models.tables import Job
 from worker.claims import unclaimed
-from worker.limiter_lua import PACK_WINDOW
 from worker.outbox import publish_rows
-from worker.routing import Queued, fill, largest_first_at_head, pinned_account
+from worker.routing import Queued, fill, pinned_account
 from worker.services import Services
 from worker.tenancy import queued_heads
 from worker.tenant_share import accounts_owed, fair_order, owed
@@ -98,8 +97,9 @@ def _queued(row: Row[str, int, str, str, str | None, int]) -> Queued:
 def pump(svc: Services) -> list[str]:
     """Dispatch submit for unclaimed queued jobs that fit in the free slots; returns their ids.
 
-    Candidates go in the limiter's own queue order (oldest refused first), then the other queued
-    jobs oldest first, so the jobs dispatched are the ones the limiter's fairness rule will admit.
+    Candidates go in the limiter's own serving order (`SlotLimiter.serving_order`: starving waiters,
+    then the queue's head largest first, then the rest of its queue), then the other queued jobs
+    oldest first, so the jobs dispatched are the ones the limiter's fairness rule will admit.
     Each is placed in the free slots of an account that may take it (`worker.routing.fill`: its
     provider and kind, or the account it is pinned to). A queued job that holds a lease but no
     live claim lost its submit run (worker killed): it is dispatched again and re-uses its own
@@ -122,7 +122,8 @@ def pump(svc: Services) -> list[str]:
         limit += limiter.limit
         if name not in disabled:
             free[name] = limiter.limit - sum(held.values())
-        waiting_by_account[name] = limiter.waiting(max(100, limiter.limit * 4))
+        # In the order the limiter serves them: what the pump sends is what it admits.
+        waiting_by_account[name] = limiter.serving_order(max(100, limiter.limit * 4))
         waiting += [w for w in waiting_by_account[name] if w not in waiting]
     # Only the head of the queue: free slots are at most `limit`, and with a backlog of 20,000
     # reading the whole queue (and querying all of it) on every release made draining quadratic.
@@ -144,9 +145,7 @@ def pump(svc: Services) -> list[str]:
             queued.update({row.id: _queued(row) for row in rows})
     waiting_set = set(waiting)
     rest = queued if fair is None else fair
-    window = min(max((limiter.limit for limiter in limiters.values()), default=0), PACK_WINDOW)
-    head = largest_first_at_head(waiting, {j: q.slots for j, q in queued.items()}, window)
-    order = head + [j for j in rest if j not in waiting_set]
+    order = [w for w in waiting if w in queued] + [j for j in rest if j not in waiting_set]
     dispatched = fill(order, queued, free, svc.accounts, holders, legacy=svc.legacy)
     for job_id in dispatched:
         svc.publish(DISPATCH_JOB, [job_id])

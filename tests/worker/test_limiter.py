@@ -547,3 +547,17 @@ def test_one_acquire_overtakes_a_bounded_number_of_waiters(redis_client, redis_k
     # overtaken (their clocks start); past it the call refuses (safe) rather than walk further.
     assert granted is (big_waiters <= MAX_OVERTAKEN)
     assert redis_client.hlen(limiter.keys[5]) == (big_waiters if granted else 0)
+
+
+def test_the_serving_order_is_the_one_acquire_serves_in(make_limiter):
+    """The pump dispatches in it: a starving waiter first, then the head largest first, so what it
+    sends is what acquire admits (without the starving one first, nothing it sent fit and the
+    queue stalled with every slot free)."""
+    limiter = make_limiter(4, starve_after=3600)
+    assert limiter.acquire("h", 4)
+    for name, n in (("a-small", 1), ("b-mid", 2), ("c-big", 3)):
+        assert not limiter.acquire(name, n)
+    assert limiter.serving_order(10) == ["c-big", "b-mid", "a-small"]
+    limiter.starve_after = 0  # every waiter starving: strict queue order
+    assert limiter.serving_order(10) == ["a-small", "b-mid", "c-big"]
+    assert limiter.serving_order(2) == ["a-small", "b-mid"]

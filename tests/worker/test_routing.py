@@ -33,7 +33,6 @@ from worker.accounts import AccountGate
 from worker.limiter import RedisSlotLimiter
 from worker.outcome import Step
 from worker.poll_gate import PollGate
-from worker.routing import largest_first_at_head
 from worker.services import Services
 
 pytestmark = pytest.mark.integration
@@ -586,15 +585,6 @@ def test_a_tenant_not_owed_leaves_only_the_queues_an_owed_tenant_wants(pool: Poo
     assert y_waiter in pool.limiters["b"].waiting()
 
 
-def test_the_pump_orders_the_queue_head_as_the_limiter_does() -> None:
-    queued = {"a": 1, "b": 1, "c": 3, "d": 4}
-    # The first three waiters largest first, the rest in queue order.
-    assert largest_first_at_head(["a", "b", "c", "d"], queued, 3) == ["c", "a", "b", "d"]
-    # A waiter no longer queued ("gone") is dropped but still counts in the window, as in the
-    # limiter's queue.
-    assert largest_first_at_head(["gone", "a", "c", "d"], queued, 3) == ["c", "a", "d"]
-
-
 def test_the_pump_dispatches_the_queue_head_largest_first_and_the_limiter_agrees(harness: Harness) -> None:
     harness.svc.limiter.limit = 4
     assert harness.svc.limiter.acquire("running", 4)
@@ -610,3 +600,18 @@ def test_the_pump_dispatches_the_queue_head_largest_first_and_the_limiter_agrees
     assert submit.submit_job(harness.svc, big).step is Step.DONE
     assert submit.submit_job(harness.svc, first_small).step is Step.DONE
     assert harness.svc.limiter.waiting() == [j for j in small if j != first_small]
+
+
+def test_the_pump_sends_a_starving_waiter_first_as_the_limiter_serves_it(harness: Harness) -> None:
+    """Every waiter starving (strict queue order): the head, of 2, must be sent, not the 3 behind it
+    that fills more of the 4 free slots but which the limiter refuses while the head reserves."""
+    harness.svc.limiter.limit = 4
+    harness.svc.limiter.starve_after = 0
+    assert harness.svc.limiter.acquire("running", 4)
+    head = harness.job({"prompt": "head", "n": 2})
+    assert submit.submit_job(harness.svc, head).step is Step.WAIT
+    bigger = harness.job({"prompt": "bigger", "n": 3})
+    assert submit.submit_job(harness.svc, bigger).step is Step.WAIT
+    harness.svc.limiter.release("running")
+    assert slots.pump(harness.svc) == [head]
+    assert submit.submit_job(harness.svc, head).step is Step.DONE
