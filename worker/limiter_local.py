@@ -61,7 +61,8 @@ class LocalSlotLimiter(_LimitSetting):
             if left < slots:
                 return False
             queue = self._queue()
-            window = queue[: min(self._limit, PACK_WINDOW)]
+            size = min(self._limit, PACK_WINDOW)
+            window, beyond = self._servable(queue[:size]), self._servable(queue[size:])
             starving = self._starving_at(now)
             taken: set[str] = set()
             granted: bool | None = None
@@ -76,7 +77,7 @@ class LocalSlotLimiter(_LimitSetting):
                     return False
             mine = window.index(holder_id) if holder_id in window else len(window)
             passed = [self._waiters[h] for h in window[:mine] if h not in taken and h != holder_id]
-            for other in queue[len(window) :] if granted is None else ():
+            for other in beyond if granted is None else ():
                 if other == holder_id:
                     break
                 w = self._waiters[other]
@@ -100,6 +101,11 @@ class LocalSlotLimiter(_LimitSetting):
     def _queue(self) -> list[str]:
         """Queue order (equal tickets by name, as the Redis version)."""
         return sorted(self._waiters, key=lambda h: (self._waiters[h].ticket, h))
+
+    def _servable(self, holders: list[str]) -> list[str]:
+        """Without waiters wanting more than a lowered limit: never served, they neither take nor
+        reserve slots (they still hold their place, as in Redis)."""
+        return [h for h in holders if self._waiters[h].slots <= self._limit]
 
     def _starving_at(self, now: float) -> Callable[[_Waiter], bool]:
         def starving(w: _Waiter) -> bool:
@@ -125,8 +131,8 @@ class LocalSlotLimiter(_LimitSetting):
             now = time.monotonic()
             self._purge(now)
             queue = self._queue()[:first]
-            window = min(self._limit, PACK_WINDOW)
-            return self._window_order(queue[:window], now) + queue[window:]
+            size = min(self._limit, PACK_WINDOW)
+            return self._window_order(self._servable(queue[:size]), now) + queue[size:]
 
     def release(self, holder_id: str) -> bool:
         with self._lock:

@@ -121,7 +121,9 @@ for rank, other in ipairs(head) do
     wanted = redis.call('HGET', KEYS[4], other)
   end
   if wanted then
-    entries[#entries + 1] = {other, tonumber(wanted), starving(other, starve_ms), rank}
+    if tonumber(wanted) <= limit then  -- one wanting more than a lowered limit is never served
+      entries[#entries + 1] = {other, tonumber(wanted), starving(other, starve_ms), rank}
+    end
   elseif #lapsed < @CHUNK@ then
     lapsed[#lapsed + 1] = other
   end
@@ -169,7 +171,8 @@ while granted == nil do
     local wanted = redis.call('HGET', KEYS[4], other)
     if wanted and live(KEYS[5], other) then
       wanted = tonumber(wanted)
-      if wanted <= left or starving(other, starve_ms) then
+      if wanted > limit then  -- never served (a lowered limit): it neither takes nor reserves
+      elseif wanted <= left or starving(other, starve_ms) then
         left = left - wanted
       elseif #passed < @OVERTAKEN@ then
         passed[#passed + 1] = other
@@ -281,7 +284,7 @@ for rank, other in ipairs(head) do
     out[#out + 1] = other
   else
     local wanted = redis.call('HGET', KEYS[4], other)
-    if wanted and live(KEYS[5], other) then
+    if wanted and live(KEYS[5], other) and tonumber(wanted) <= limit then
       entries[#entries + 1] = {other, tonumber(wanted), starving(other, starve_ms), rank}
     end
   end

@@ -18,8 +18,9 @@ PAUSE_FIRST_SECONDS = 2.0
 PAUSE_MAX_SECONDS = 60.0
 # A job its list request did not show is remembered this long for a lookup of its own.
 MISSED_KEEP_SECONDS = 60.0
-# Longer than a round can take: a budget of requests, each up to the client's 5 + 30 s timeouts.
-ROUND_LOCK_SECONDS = 120.0
+# Longer than a round normally takes; a beat killed mid-round leaves the lock this long at most.
+# A round that outlives it loses it (a second round may start: harmless, answers are idempotent).
+ROUND_LOCK_SECONDS = 30.0
 
 
 def next_pause(last: float | None) -> float:
@@ -71,19 +72,25 @@ class PollGate:
             self._redis.delete(*keys)
 
     def missed(self) -> set[str]:
-        return {m.decode() if isinstance(m, bytes) else m for m in self._redis.smembers(self._missed)}
+        """The jobs a list did not show within the last MISSED_KEEP_SECONDS."""
+        since = time.time() - MISSED_KEEP_SECONDS
+        members: list[bytes | str] = self._redis.zrangebyscore(self._missed, since, "+inf")  # type: ignore[assignment]
+        return {m.decode() if isinstance(m, bytes) else m for m in members}
 
     def note_missed(self, added: Iterable[str], removed: Iterable[str]) -> None:
-        """Remember the jobs a list did not show; forget the ones a lookup answered."""
+        """Remember the jobs a list did not show (with the time); forget the ones a lookup answered
+        and any older than MISSED_KEEP_SECONDS (a job that ended by callback is never looked up)."""
         added, removed = list(added), list(removed)
         if not added and not removed:
             return
+        now = time.time()
         pipe = self._redis.pipeline(transaction=False)
         if added:
-            pipe.sadd(self._missed, *added)
+            pipe.zadd(self._missed, dict.fromkeys(added, now))
+            pipe.zremrangebyscore(self._missed, "-inf", now - MISSED_KEEP_SECONDS)
             pipe.expire(self._missed, int(MISSED_KEEP_SECONDS))
         if removed:
-            pipe.srem(self._missed, *removed)
+            pipe.zrem(self._missed, *removed)
         pipe.execute()
 
 

@@ -10,6 +10,7 @@ handing freed slots straight to the next jobs as the webhook does.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import threading
@@ -215,7 +216,8 @@ class _Round:
         for lister, due_jobs in due_by.items():
             shown = self._listed(lister, due_jobs)
             if shown is not None:
-                answers += shown
+                looked_up = {job.id for job, _ in answers}  # a missed job may be on this page too
+                answers += [(job, task) for job, task in shown if job.id not in looked_up]
                 found = {job.id for job, _ in shown}
                 not_shown += [job.id for job in due_jobs if job.id not in found]
         answered = {job.id for job, _ in answers}
@@ -225,7 +227,10 @@ class _Round:
                 answered.add(job.id)
         found_again = missed & answered
         if not_shown or found_again:
-            self.svc.poll_gate.note_missed([i for i in not_shown if i not in answered], found_again)
+            try:
+                self.svc.poll_gate.note_missed([i for i in not_shown if i not in answered], found_again)
+            except redis.exceptions.RedisError as exc:  # the answers are still applied
+                log.warning("poll: could not note the jobs a list did not show: %s", type(exc).__name__)
         return answers
 
     def _listed(self, lister: Lister, due_jobs: list[InFlight]) -> list[tuple[InFlight, Task]] | None:
@@ -364,6 +369,8 @@ def start_in_beat(app: Celery) -> PollLoop:
 
     loop = PollLoop(run_round, interval)
     loop.start()
+    # A beat stopping mid-round would leave the round lock held: let the round finish first.
+    atexit.register(loop.stop)
     app.kling_poller = loop  # for the host to stop (the demo runs beat in a thread)
     log.info("poller: a round every %.2f s in the beat process", loop.interval)
     return loop

@@ -561,3 +561,15 @@ def test_the_serving_order_is_the_one_acquire_serves_in(make_limiter):
     limiter.starve_after = 0  # every waiter starving: strict queue order
     assert limiter.serving_order(10) == ["a-small", "b-mid", "c-big"]
     assert limiter.serving_order(2) == ["a-small", "b-mid"]
+
+
+def test_a_waiter_wanting_more_than_a_lowered_limit_blocks_no_one(make_limiter):
+    """It can never be served; reserving its slots (or going first in the window) it would stop
+    every grant while the pump, which never sends it, kept it waiting."""
+    limiter = make_limiter(4, starve_after=0)  # strict queue order: a waiter ahead reserves at once
+    assert limiter.acquire("h", 4)
+    assert not limiter.acquire("big", 4)
+    limiter.release("h")
+    limiter.limit = 2
+    assert "big" not in limiter.serving_order(10)
+    assert limiter.acquire("small", 1)
