@@ -214,33 +214,38 @@ def test_a_huge_answer_is_not_read(svc: Services, raw_servers: Callable[..., Raw
 def test_each_failure_is_one_word(
     svc: Services, httpserver: HTTPServer, raw_servers: Callable[..., RawServer]
 ) -> None:
-    closed = socket.create_server(("127.0.0.1", 0))
+    # Bound but not listening: connections are refused, and no other process can take the port
+    # meanwhile (a closed port was once taken by the suite's background benchmark, which answered).
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
     closed_port = closed.getsockname()[1]
-    closed.close()
-    httpserver.expect_request("/gone", method="POST").respond_with_data("no", status=404)
-    httpserver.expect_request("/busy", method="POST").respond_with_data("later", status=503)
-    local = WebhookSender(["127.0.0.1"])
-    cases = {
-        "refused": (f"http://127.0.0.1:{closed_port}/hook", local),
-        "http_4xx": (httpserver.url_for("/gone"), None),
-        "http_5xx": (httpserver.url_for("/busy"), None),
-        "error": (f"http://127.0.0.1:{raw_servers(not_http).port}/hook", local),
-        "timeout": (
-            f"http://127.0.0.1:{raw_servers(drip_headers).port}/",
-            WebhookSender(["127.0.0.1"], deadline_seconds=0.5),
-        ),
-        "blocked_address": (
-            "http://hooks.example.com/",
-            WebhookSender(resolver=rebinding_resolver("10.0.0.1")),
-        ),
-    }
-    seen = {}
-    for word, (url, sender) in cases.items():
-        step, note = deliver(svc, url, sender)
-        assert step is Step.RETRY, word
-        seen[word] = note["last_error"]
-    assert seen == {word: word for word in cases}
-    assert set(seen) | {"redirect"} == VOCABULARY  # redirect: test_a_redirect_is_not_followed
+    try:
+        httpserver.expect_request("/gone", method="POST").respond_with_data("no", status=404)
+        httpserver.expect_request("/busy", method="POST").respond_with_data("later", status=503)
+        local = WebhookSender(["127.0.0.1"])
+        cases = {
+            "refused": (f"http://127.0.0.1:{closed_port}/hook", local),
+            "http_4xx": (httpserver.url_for("/gone"), None),
+            "http_5xx": (httpserver.url_for("/busy"), None),
+            "error": (f"http://127.0.0.1:{raw_servers(not_http).port}/hook", local),
+            "timeout": (
+                f"http://127.0.0.1:{raw_servers(drip_headers).port}/",
+                WebhookSender(["127.0.0.1"], deadline_seconds=0.5),
+            ),
+            "blocked_address": (
+                "http://hooks.example.com/",
+                WebhookSender(resolver=rebinding_resolver("10.0.0.1")),
+            ),
+        }
+        seen = {}
+        for word, (url, sender) in cases.items():
+            step, note = deliver(svc, url, sender)
+            assert step is Step.RETRY, word
+            seen[word] = note["last_error"]
+        assert seen == {word: word for word in cases}
+        assert set(seen) | {"redirect"} == VOCABULARY  # redirect: test_a_redirect_is_not_followed
+    finally:
+        closed.close()
 
 
 def test_rows_from_before_the_vocabulary_show_a_word() -> None:

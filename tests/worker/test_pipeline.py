@@ -91,8 +91,8 @@ def test_a_release_reads_only_the_head_of_a_long_wait_queue(harness: Harness) ->
     for job_id in reversed(backlog):  # the limiter's order differs from creation order
         assert submit.submit_job(harness.svc, job_id).step is Step.WAIT
     asked: list[int | None] = []
-    real_waiting = harness.svc.limiter.waiting
-    harness.svc.limiter.waiting = lambda first=None: asked.append(first) or real_waiting(first)  # type: ignore[method-assign]
+    real_order = harness.svc.limiter.serving_order
+    harness.svc.limiter.serving_order = lambda first: asked.append(first) or real_order(first)  # type: ignore[method-assign]
     assert slots.release_slots(harness.svc, holder) == [backlog[-1]]  # the head of the limiter's queue
     assert asked == [100]
 
