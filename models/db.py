@@ -103,8 +103,13 @@ def walk_index_in_order(session: Session) -> None:
     on each slot release (O(backlog) per release). PostgreSQL only; elsewhere nothing changes.
     """
     if session.get_bind().dialect.name == "postgresql":
-        for setting in ("enable_sort", "enable_bitmapscan", "enable_seqscan"):
-            session.execute(text(f"SET LOCAL {setting} = off"))
+        # One round trip, not three: this runs on every slot release.
+        session.execute(
+            text(
+                "SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true),"
+                " set_config('enable_seqscan', 'off', true)"
+            )
+        )
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

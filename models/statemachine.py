@@ -14,7 +14,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, insert, inspect, select, update
+from sqlalchemy import (
+    Connection,
+    Select,
+    Table,
+    bindparam,
+    func,
+    insert,
+    inspect,
+    literal_column,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -78,12 +89,31 @@ class ApplyResult:
 @dataclass(frozen=True)
 class Created:
     job: Job
-    # Empty when an Idempotency-Key returned an existing job: nothing new to publish.
+    # False when an Idempotency-Key returned an existing job.
+    created: bool = False
+    # Its first submit; empty for an existing job, and for one deep in the queue (`QUEUE_DEPTH_FOR_PUMP`).
     outbox: tuple[OutboxEntry, ...] = ()
 
-    @property
-    def created(self) -> bool:
-        return bool(self.outbox)
+
+# A new job with this many queued jobs of its tenant ahead of it gets no first submit: that run
+# could only join the wait queue (20,000 of them in a backlog, a third of the worker's work). The
+# pump dispatches it in queue order, at a slot's release or within RECONCILE_INTERVAL_SECONDS.
+QUEUE_DEPTH_FOR_PUMP = 200
+
+
+def queued_ahead(tenant: str, queue_at: datetime, most: int) -> Select[int]:
+    """How many queued jobs of `tenant` are ahead of `queue_at`, counting at most `most`: a
+    bounded walk of `ix_jobs_tenant_queue` (the status is a literal, so even a generic plan uses it)."""
+    ahead = (
+        select(Job.id)
+        .where(Job.status == literal_column("'queued'"), Job.tenant == tenant, Job.queue_at < queue_at)
+        # The index's own order: a walk that stops at `most` (not a bitmap of every queued row, nor
+        # a walk of `ix_jobs_queue` past the other tenants' jobs).
+        .order_by(Job.tenant, Job.queue_at)
+        .limit(most)
+        .subquery()
+    )
+    return select(func.count()).select_from(ahead)
 
 
 def create_job(
@@ -144,7 +174,11 @@ def create_job(
             raise
         return Created(existing)
     session.add(Transition(job_id=job.id, from_status=None, to_status=JobStatus.QUEUED.value, source="api"))
-    return Created(job, tuple(enqueue_rows(session, [(SUBMIT_JOB, [job.id])])))
+    depth = QUEUE_DEPTH_FOR_PUMP
+    assert job.queue_at is not None
+    if (session.scalar(queued_ahead(tenant, job.queue_at, depth)) or 0) >= depth:
+        return Created(job, created=True)
+    return Created(job, created=True, outbox=tuple(enqueue_rows(session, [(SUBMIT_JOB, [job.id])])))
 
 
 # Built once: a statement object made per call costs more CPU than its round trip.

@@ -88,7 +88,7 @@ def archive_job(
     lost: tuple[str, str] | None = None
     # Renews the claim from inside the copy: one image may take longer than a claim period.
     heartbeat = claim_heartbeat(svc, job_id, token, settings.stuck_archive_seconds)
-    for image_id, index, url, tried, output_type in pending:
+    for position, (image_id, index, url, tried, output_type) in enumerate(pending):
         started = utcnow()
         cap, cap_setting = archive_cap(
             output_type,
@@ -132,6 +132,10 @@ def archive_job(
             )
         metrics.archive_bytes.inc(obj.bytes)
         metrics.archive_seconds.observe((utcnow() - started).total_seconds())
+        if position == len(pending) - 1 and lost is None:
+            # The last one: recorded with the job's move to archived, in one transaction.
+            _set_image(svc, image_id, ImageStatus.ARCHIVED, obj, archived=(job_id, len(images), source))
+            return Outcome(Step.DONE)
         # Still ours for another full period: a job of many large images outlasts one claim.
         _set_image(
             svc, image_id, ImageStatus.ARCHIVED, obj, renew=(job_id, token, settings.stuck_archive_seconds)
@@ -183,8 +187,10 @@ def _set_image(
     obj: ArchivedObject | None = None,
     *,
     renew: tuple[str, str, float] | None = None,
+    archived: tuple[str, int, str] | None = None,
 ) -> None:
-    """Record an image's outcome; with `renew` = (job id, claim, seconds), extend the claim too."""
+    """Record an image's outcome; with `renew` = (job id, claim, seconds), extend the claim too;
+    with `archived` = (job id, images, source), move the job to archived too."""
     with session_scope(svc.sessions) as s:
         img = s.get(Image, image_id)
         if img is not None and img.status == ImageStatus.PENDING:
@@ -195,6 +201,8 @@ def _set_image(
                 img.archived_at = utcnow()
         if renew is not None:
             renew_claim(s, *renew)
+        if archived is not None and (job := s.get(Job, archived[0])) is not None:
+            transition(s, job, JobStatus.ARCHIVED, source=archived[2], detail={"images": archived[1]})
 
 
 def register(app: Celery) -> Schedule:

@@ -47,7 +47,7 @@ from worker.poll_plan import (
     wants_list,
 )
 from worker.provider import ProviderNotConfigured
-from worker.slots import hand_off_slots
+from worker.slots import first_dispatch_here, hand_off_slots
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -381,6 +381,7 @@ def register(app: Celery) -> Schedule:
     task (one job's lookup)."""
     from celery.signals import beat_init
 
+    from worker.submit import submit_here
     from worker.tasks import CONFIRM_TASK, KlingTask
 
     def on_beat_init(sender: Any = None, **_: Any) -> None:
@@ -391,7 +392,11 @@ def register(app: Celery) -> Schedule:
 
     @app.task(bind=True, base=KlingTask, shared=False, name=CONFIRM_TASK.name)
     def confirm_task(self: KlingTask, job_id: str) -> str:
-        with log_context(job_id=job_id):
-            return confirm(self.services, job_id)
+        svc = self.services
+        with log_context(job_id=job_id), first_dispatch_here(svc) as here:
+            outcome = confirm(svc, job_id)
+        for queued_id in here:  # the job the freed slots went to: submitted here, not queued again
+            submit_here(app, svc, queued_id)
+        return outcome
 
     return {}

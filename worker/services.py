@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from kling.client import TaskProvider
     from worker.accounts import AccountGate, LocalAccountGate
     from worker.budget import LocalUnitBudget, UnitBudget
+    from worker.dispatch_marks import DispatchMarks, LocalDispatchMarks
     from worker.fetch import SafeFetcher
     from worker.limiter import SlotLimiter
     from worker.poll_gate import LocalPollGate, PollGate
@@ -252,6 +253,16 @@ class Services:
         if "account_gate" in self.__dict__ and not hasattr(self.account_gate, "_redis"):
             return LocalUnitBudget()
         return UnitBudget(self.gate_redis, f"{self.settings.limiter_key_prefix}:budget")
+
+    @cached_property
+    def dispatch_marks(self) -> DispatchMarks | LocalDispatchMarks:
+        """The pump's marks on the jobs it just sent (worker/dispatch_marks.py); in one process
+        without Redis (the demo), kept in memory."""
+        from worker.dispatch_marks import DispatchMarks, LocalDispatchMarks
+
+        if "account_gate" in self.__dict__ and not hasattr(self.account_gate, "_redis"):
+            return LocalDispatchMarks()
+        return DispatchMarks(self.gate_redis, f"{self.settings.limiter_key_prefix}:dispatched")
 
     @property
     def budgeted(self) -> bool:

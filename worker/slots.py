@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row, Select, literal_column, select
 from sqlalchemy.orm import Session
@@ -74,6 +75,27 @@ def hand_off_slots(svc: Services, job_id: str, rows: Sequence[QueuedTask]) -> No
         publish_rows(svc.sessions, svc.publish, rows, done=done)
 
 
+@contextmanager
+def first_dispatch_here(svc: Services) -> Iterator[list[str]]:
+    """Within: the first job a pump dispatches is not published but collected, for this process to
+    submit as soon as its current work is done: one message and one hop fewer per slot hand-off.
+    A process that dies first loses nothing: the job is queued and its dispatch mark lapses."""
+    kept: list[str] = []
+    publish = svc.publish
+
+    def keeping_the_first(name: str, args: list[Any]) -> None:
+        if name == DISPATCH_JOB and not kept:
+            kept.append(args[0])
+        elif publish is not None:
+            publish(name, args)
+
+    svc.publish = keeping_the_first if publish is not None else None
+    try:
+        yield kept
+    finally:
+        svc.publish = publish
+
+
 def queued_head(now: datetime, limit: int) -> Select[str, int, str, str, str | None, int]:
     """The first `limit` queued jobs in queue order (arrival moved by priority, models/priorities.py)
     no run owns, by the partial `ix_jobs_queue` index: what the pump places them by (id, slots,
@@ -87,6 +109,8 @@ def queued_head(now: datetime, limit: int) -> Select[str, int, str, str, str | N
     )
 
 
+# The fewest queued jobs a pump reads: enough to find small jobs behind big ones that do not fit.
+MIN_CANDIDATES = 20
 QUEUED_COLUMNS = (Job.id, Job.slots, Job.provider, Job.kind, Job.account, Job.create_attempts)
 
 
@@ -103,7 +127,8 @@ def pump(svc: Services) -> list[str]:
     Each is placed in the free slots of an account that may take it (`worker.routing.fill`: its
     provider and kind, or the account it is pinned to). A queued job that holds a lease but no
     live claim lost its submit run (worker killed): it is dispatched again and re-uses its own
-    lease. Claimed jobs are left alone: a run owns them.
+    lease. Claimed jobs are left alone: a run owns them, and so are jobs another pump sent in
+    the last few seconds (`worker.dispatch_marks`): their messages are on their way.
     """
     if svc.publish is None:
         return []
@@ -114,20 +139,18 @@ def pump(svc: Services) -> list[str]:
     waiting: list[str] = []
     waiting_by_account: dict[str, list[str]] = {}
     free: dict[str, int] = {}
-    limit = 0
     limiters = svc.limiters()
     for name, limiter in limiters.items():
         held = limiter.holders()
         holders.update(held)
-        limit += limiter.limit
         if name not in disabled:
             free[name] = limiter.limit - sum(held.values())
         # In the order the limiter serves them: what the pump sends is what it admits.
         waiting_by_account[name] = limiter.serving_order(max(100, limiter.limit * 4))
         waiting += [w for w in waiting_by_account[name] if w not in waiting]
-    # Only the head of the queue: free slots are at most `limit`, and with a backlog of 20,000
-    # reading the whole queue (and querying all of it) on every release made draining quadratic.
-    candidates = max(100, limit * 4)
+    # Only the head of the queue, four jobs a free slot: with a backlog of 20,000 reading the whole
+    # queue on every release made draining quadratic, and a release frees one or two slots.
+    candidates = max(MIN_CANDIDATES, 4 * sum(free.values()))
     now = utcnow()
     fair: list[str] | None = None
     with session_scope(svc.sessions) as s:
@@ -147,15 +170,22 @@ def pump(svc: Services) -> list[str]:
     rest = queued if fair is None else fair
     order = [w for w in waiting if w in queued] + [j for j in rest if j not in waiting_set]
     dispatched = fill(order, queued, free, svc.accounts, holders, legacy=svc.legacy)
-    for job_id in dispatched:
-        svc.publish(DISPATCH_JOB, [job_id])
+    # A job another pump sent lately keeps its place: its message is on its way.
+    sent = svc.dispatch_marks.take(dispatched)
+    for i, job_id in enumerate(sent):
+        try:
+            svc.publish(DISPATCH_JOB, [job_id])
+        except Exception:
+            for unsent in sent[i:]:  # not on their way: the next pump must be free to send them
+                svc.dispatch_marks.clear(unsent)
+            raise
     # A waiter too big for the free slots is not dispatched, so it does not ask again: vouch for
     # it (it is queued), or it would lapse and lose its place and its starvation clock.
     left_waiting = waiting_set.difference(dispatched).intersection(queued)
     for name, limiter in limiters.items():
         if kept := [w for w in waiting_by_account[name] if w in left_waiting]:
             limiter.keep_waiting(kept)
-    return dispatched
+    return sent
 
 
 def _tenant_candidates(

@@ -21,6 +21,7 @@ from models.base import utcnow
 from models.db import session_scope
 from models.enums import JobStatus
 from models.job_control import END_REASONS, unsubmitted_end
+from models.logging import log_context
 from models.outbox import DISPATCH_JOB
 from models.priorities import queue_ahead
 from models.statemachine import TaskMismatch, apply_provider_task, transition
@@ -63,6 +64,13 @@ class Lookup(Enum):
 
 def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | None = None) -> Outcome:
     """Create the provider task for a queued job, at most once (docs/architecture.md rules 1 and 3)."""
+    outcome = _submit(svc, job_id, attempt=attempt, claim=claim)
+    if outcome.step is Step.WAIT:
+        svc.dispatch_marks.clear(job_id)  # no slot this time: the next pump may send it again
+    return outcome
+
+
+def _submit(svc: Services, job_id: str, *, attempt: int, claim: str | None) -> Outcome:
     disabled = svc.disabled_accounts()  # cached per process: a query every few seconds, not per job
     with session_scope(svc.sessions) as s:
         job = s.get(Job, job_id)
@@ -396,6 +404,27 @@ def _record_submitted(svc: Services, job_id: str, task: Task) -> None:
         if task.status is not TaskStatus.SUBMITTED:
             # A lookup after an ambiguous create can find the task further along.
             apply_provider_task(s, job_id, task, source="poll")
+
+
+def submit_here(app: Celery, svc: Services, job_id: str) -> None:
+    """Run a dispatched job's submit in this worker process (`slots.first_dispatch_here`), as its
+    task would: a retry goes out as that task's message, carrying the claim."""
+    from worker.tasks import DISPATCH_TASK, MAX_COUNTDOWN
+
+    with log_context(job_id=job_id):
+        try:
+            outcome = submit_job(svc, job_id)
+        except Exception:  # as a failed task: the job stays queued for the pump
+            log.exception("submit of job %s failed", job_id)
+            return
+        metrics.tasks_total.labels(task=DISPATCH_TASK.name, outcome=outcome.step.value).inc()
+        if outcome.step is Step.RETRY:
+            app.tasks[DISPATCH_TASK.name].apply_async(
+                args=[job_id],
+                kwargs={"claim": outcome.claim} if outcome.claim else None,
+                countdown=min(outcome.retry_in, MAX_COUNTDOWN),
+                priority=DISPATCH_TASK.priority,
+            )
 
 
 def register(app: Celery) -> Schedule:

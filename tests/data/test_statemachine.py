@@ -19,9 +19,12 @@ from models import (
     TaskMismatch,
     apply_provider_task,
     can_move,
+    statemachine,
     transition,
 )
-from tests.data.helpers import new_job, outbox_tasks, task_for, transitions_of
+from models.statemachine import create_job
+from models.tenants import create_tenant
+from tests.data.helpers import PARAMS, new_job, outbox_tasks, task_for, transitions_of
 
 
 def test_allowed_moves() -> None:
@@ -46,6 +49,31 @@ def test_create_job_writes_job_transition_and_outbox(any_db_session: Session) ->
     assert job.created_at.tzinfo is not None
     assert transitions_of(s, job.id) == [(None, "queued", "api")]
     assert outbox_tasks(s, job.id) == ["submit_job"]
+
+
+def test_a_job_deep_in_its_tenants_queue_is_left_to_the_pump(
+    any_db_session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its first submit could only join the wait queue: no row, no message, no worker run."""
+    monkeypatch.setattr(statemachine, "QUEUE_DEPTH_FOR_PUMP", 2)
+    s = any_db_session
+    first, second = new_job(s), new_job(s)
+    behind = create_job(s, PARAMS, provider="kling")
+    s.commit()
+    assert behind.created and behind.outbox == ()
+    assert outbox_tasks(s, behind.job.id) == []
+    assert (behind.job.status, transitions_of(s, behind.job.id)) == ("queued", [(None, "queued", "api")])
+    assert outbox_tasks(s, first.id) == outbox_tasks(s, second.id) == ["submit_job"]
+    # A high-priority job goes ahead of them all, and another tenant's queue is its own.
+    high = create_job(s, PARAMS, provider="kling", priority="high")
+    create_tenant(s, "acme")
+    other = create_job(s, PARAMS, provider="kling", tenant="acme")
+    assert [row.task for row in (*high.outbox, *other.outbox)] == ["submit_job", "submit_job"]
+    # Once the jobs ahead have left the queue, a new job's first submit goes out again.
+    for job in (first, second, high.job):
+        transition(s, job, JobStatus.FAILED, source="api")
+    s.commit()
+    assert [row.task for row in create_job(s, PARAMS, provider="kling").outbox] == ["submit_job"]
 
 
 def test_idempotency_key_returns_the_same_job(any_db_session: Session) -> None:

@@ -19,7 +19,9 @@ from tests.worker.harness import Harness
 from webhook import create_app
 from webhook.db import set_publisher
 from worker import archiving, polling, submit
+from worker.factory import make_celery
 from worker.outcome import Step
+from worker.tasks import CONFIRM_TASK, DISPATCH_TASK
 
 pytestmark = pytest.mark.integration
 
@@ -117,3 +119,42 @@ def test_a_failing_lookup_is_left_to_the_poller(harness: Harness, monkeypatch: p
     monkeypatch.setattr(harness.svc.provider, "get_task", down)
     assert polling.confirm(harness.svc, job_id) == "lookup_failed"
     assert harness.get(job_id).status == "submitted"
+
+
+def _confirm_task(harness: Harness) -> Any:
+    """The Celery task itself, run in this process on the harness's services."""
+    app = make_celery(harness.svc.settings)
+    app.kling_services = harness.svc
+    return app.tasks[CONFIRM_TASK.name]
+
+
+def test_the_confirm_that_frees_a_slot_submits_the_next_job_itself(harness: Harness) -> None:
+    """One message and one hop fewer per hand-off: the freed slot's job is submitted in the same run."""
+    harness.svc.limiter.limit = 1
+    job_id, _ = _finished_at_provider(harness)
+    queued = harness.job()
+    assert submit.submit_job(harness.svc, queued).step is Step.WAIT
+    harness.published.clear()
+    assert _confirm_task(harness)(job_id) == "applied"
+    assert harness.get(queued).status == "submitted"
+    assert ("dispatch_job", [queued]) not in harness.published
+    assert ("archive_job", [job_id]) in harness.published
+    assert harness.svc.limiter.holders() == {queued: 1}
+
+
+def test_a_submit_run_in_the_confirm_that_must_retry_goes_out_as_its_message(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    harness.svc.limiter.limit = 1
+    job_id, _ = _finished_at_provider(harness)
+    queued = harness.job()
+    assert submit.submit_job(harness.svc, queued).step is Step.WAIT
+    sent: list[dict[str, Any]] = []
+    task = _confirm_task(harness)
+    monkeypatch.setattr(
+        type(task.app.tasks[DISPATCH_TASK.name]), "apply_async", lambda self, **kw: sent.append(kw)
+    )
+    harness.sim.configure(concurrency=0)  # the provider answers 1303 to the create
+    assert task(job_id) == "applied"
+    assert harness.get(queued).status == "queued"
+    assert [(m["args"], m["priority"], bool(m["kwargs"]["claim"])) for m in sent] == [([queued], 0, True)]

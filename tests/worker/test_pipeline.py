@@ -23,6 +23,7 @@ from sqlalchemy import select, update
 from werkzeug import Response
 
 from kling import Task, TaskImage, TaskStatus
+from models import statemachine
 from models.db import make_sessionmaker, session_scope
 from models.enums import JobStatus
 from models.settings import Settings
@@ -76,10 +77,57 @@ def test_no_slots_means_wait_and_the_job_stays_queued(harness: Harness) -> None:
     harness.published.clear()
     assert slots.release_slots(harness.svc, job_id) == []
     assert harness.published == []
+
     # The release_slots task runs only when the webhook's release and pump did not both go
     # through (e.g. the pump failed on a broker outage after the lease was freed): it pumps anyway.
+    def broker_down(name: str, args: list[Any]) -> None:
+        raise ConnectionError("broker down")
+
+    publish, harness.svc.publish = harness.svc.publish, broker_down
+    harness.svc.dispatch_marks.clear(other)
+    with pytest.raises(ConnectionError):
+        slots.pump(harness.svc)
+    harness.svc.publish = publish
     assert slots.release_slots(harness.svc, job_id, durable=True) == [other]
     assert harness.published == [("dispatch_job", [other])]
+
+
+def test_a_second_pump_does_not_send_a_job_whose_message_is_on_its_way(harness: Harness) -> None:
+    harness.svc.limiter.limit = 1
+    running, waiting = harness.job(), harness.job()
+    assert submit.submit_job(harness.svc, running).step is Step.DONE
+    assert slots.release_slots(harness.svc, running) == [waiting]
+    # Its submit has not run yet: still queued, unclaimed, and its slot still free.
+    assert slots.pump(harness.svc) == []
+    assert harness.published.count(("dispatch_job", [waiting])) == 1
+    # Its run finds no slot (another job took it meanwhile): the next pump may send it at once.
+    assert harness.svc.limiter.acquire("someone-else", 1)
+    assert submit.submit_job(harness.svc, waiting).step is Step.WAIT
+    harness.svc.limiter.release("someone-else")
+    assert slots.pump(harness.svc) == [waiting]
+    assert harness.published.count(("dispatch_job", [waiting])) == 2
+
+
+def test_a_job_created_deep_in_the_queue_is_dispatched_by_the_pump(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(statemachine, "QUEUE_DEPTH_FOR_PUMP", 1)
+    harness.svc.limiter.limit = 1
+    running = harness.job()
+    assert submit.submit_job(harness.svc, running).step is Step.DONE
+    waiting = harness.job()
+    assert submit.submit_job(harness.svc, waiting).step is Step.WAIT
+    behind = harness.job()  # one queued job ahead of it: no first submit
+    with session_scope(harness.svc.sessions) as s:
+        submits = s.scalars(select(Outbox.args).where(Outbox.task == "submit_job")).all()
+    assert sorted(submits) == sorted([[running], [waiting]])
+    assert slots.release_slots(harness.svc, running) == [waiting]
+    assert submit.submit_job(harness.svc, waiting).step is Step.DONE
+    # The next slot freed goes to it, in queue order, though no run of it ever asked.
+    assert slots.release_slots(harness.svc, waiting) == [behind]
+    assert ("dispatch_job", [behind]) in harness.published
+    assert submit.submit_job(harness.svc, behind).step is Step.DONE
+    assert harness.get(behind).status == "submitted"
 
 
 def test_a_release_reads_only_the_head_of_a_long_wait_queue(harness: Harness) -> None:
