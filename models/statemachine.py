@@ -95,9 +95,10 @@ class Created:
     outbox: tuple[OutboxEntry, ...] = ()
 
 
-# A new job with this many queued jobs of its tenant ahead of it gets no first submit: that run
-# could only join the wait queue (20,000 of them in a backlog, a third of the worker's work). The
-# pump dispatches it in queue order, at a slot's release or within RECONCILE_INTERVAL_SECONDS.
+# With `defer_when_deep`, a new job of one slot with this many queued jobs of its tenant ahead of
+# it gets no first submit: that run could only join the wait queue (20,000 of them in a backlog, a
+# third of the worker's work). The pump dispatches it in queue order, at a slot's release or within
+# RECONCILE_INTERVAL_SECONDS. docs/architecture.md ("Message priorities") says when that is safe.
 QUEUE_DEPTH_FOR_PUMP = 200
 
 
@@ -130,6 +131,7 @@ def create_job(
     webhook_events: list[str] | None = None,
     priority: str = "normal",
     tenant: str = DEFAULT_TENANT,
+    defer_when_deep: bool = False,
 ) -> Created:
     """Insert a queued job of task `kind` (`kling.kinds`), its first transition and the outbox row
     that submits it; the job holds the kind's slot weight for its params.
@@ -137,6 +139,9 @@ def create_job(
     With an `idempotency_key` already used (even by a concurrent request), return that job.
     `deadline_at`: still queued then, it expires; `retry_of`: the job this one retries. An
     Idempotency-Key is the `tenant`'s own: another tenant's same key makes another job.
+    `defer_when_deep` (the API, with one account): no first submit for a one-slot job, not of
+    `high` priority, with QUEUE_DEPTH_FOR_PUMP queued jobs of its tenant ahead of it; the pump
+    sends it.
     """
     same_key = (Job.tenant == tenant, Job.idempotency_key == idempotency_key)
     if idempotency_key is not None:
@@ -176,7 +181,12 @@ def create_job(
     session.add(Transition(job_id=job.id, from_status=None, to_status=JobStatus.QUEUED.value, source="api"))
     depth = QUEUE_DEPTH_FOR_PUMP
     assert job.queue_at is not None
-    if (session.scalar(queued_ahead(tenant, job.queue_at, depth)) or 0) >= depth:
+    if (
+        defer_when_deep
+        and job.slots == 1
+        and priority != "high"  # its place in the wait queue puts it before the waiters the pump serves first
+        and (session.scalar(queued_ahead(tenant, job.queue_at, depth)) or 0) >= depth
+    ):
         return Created(job, created=True)
     return Created(job, created=True, outbox=tuple(enqueue_rows(session, [(SUBMIT_JOB, [job.id])])))
 

@@ -190,6 +190,8 @@ def create() -> ViewResult:
             webhook_events=events,
             priority=priority,
             tenant=tenant.name,
+            # One account: the pump can place any job (docs/architecture.md, "Message priorities").
+            defer_when_deep=len(settings.accounts) == 1,
         )
         job_id, created = result.job.id, result.created
         earlier = result.job

@@ -129,12 +129,20 @@ def provider_task_ended(conn: Connection, job_id: str, rows: Sequence[QueuedTask
     publish = current_app.extensions.get(_PUBLISH)
     if publish is None:
         return
+    from webhook.accounts import services_for
     from worker.services import Services
     from worker.slots import hand_off_slots
 
     try:
         with autocommit_sessions(conn) as quick:
-            svc = Services(app_settings(), sessions=quick, limiter=limiter_for(current_app), publish=publish)
+            svc = Services(
+                app_settings(),
+                sessions=quick,
+                limiter=limiter_for(current_app),
+                publish=publish,
+                # The app's own: one Redis client for every callback, in memory when the limiter is.
+                dispatch_marks=services_for(current_app).dispatch_marks,
+            )
             hand_off_slots(svc, job_id, rows)
     except Exception as exc:  # noqa: BLE001
         log.warning("work after a final callback failed, the relay will retry: %s", type(exc).__name__)

@@ -47,7 +47,7 @@ from worker.poll_plan import (
     wants_list,
 )
 from worker.provider import ProviderNotConfigured
-from worker.slots import first_dispatch_here, hand_off_slots
+from worker.slots import hand_off_slots
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -309,15 +309,23 @@ def _apply(svc: Services, job: InFlight, task: Task, report: PollReport) -> None
         report.changed.append(job.id)
 
 
-def apply_answer(svc: Services, job_id: str, task: Task, account: str | None = None) -> ApplyResult:
-    """Apply the provider's answer about a job's task, then do what a final state calls for."""
+def apply_answer(
+    svc: Services,
+    job_id: str,
+    task: Task,
+    account: str | None = None,
+    *,
+    keep_first: list[str] | None = None,
+) -> ApplyResult:
+    """Apply the provider's answer about a job's task, then do what a final state calls for
+    (`keep_first`: see `worker.slots.pump`)."""
     with svc.engine.begin() as conn:
         result = apply_provider_task(conn, job_id, task, source="poll")
     if not task.status.is_final:
         svc.renew(job_id, account)  # still running at the provider: keep its slots leased
     if any(row.task == RELEASE_SLOTS for row in result.outbox):
         # The first word of a final state: its slots go to the next jobs now, as after a callback.
-        hand_off_slots(svc, job_id, result.outbox)
+        hand_off_slots(svc, job_id, result.outbox, keep_first=keep_first)
     elif result.outbox and svc.publish is not None:
         publish_rows(svc.sessions, svc.publish, result.outbox)
     return result
@@ -328,7 +336,7 @@ _PROVIDER_DONE = (JobStatus.SUCCEEDED, JobStatus.ARCHIVED, JobStatus.FAILED)
 _HAS_IMAGES = select(Image.id).where(Image.job_id == Job.id).exists().label("has_images")
 
 
-def confirm(svc: Services, job_id: str) -> str:
+def confirm(svc: Services, job_id: str, *, keep_first: list[str] | None = None) -> str:
     """An unsigned callback said the job's task ended: ask the provider and apply its answer, not
     the callback's (webhook/callbacks.py). Returns the outcome, or why nothing was asked.
 
@@ -350,7 +358,7 @@ def confirm(svc: Services, job_id: str) -> str:
             task = provider.get_task(row.kind, row.provider_task_id)
         else:
             task = provider.get_task(row.kind, external_task_id=job_id)
-        return apply_answer(svc, job_id, task, row.account).outcome.value
+        return apply_answer(svc, job_id, task, row.account, keep_first=keep_first).outcome.value
     except Exception as exc:  # noqa: BLE001  (the poller and reconcile look at it again)
         log.warning("confirm: job %s: %s: %s", job_id, type(exc).__name__, exc)
         return "lookup_failed"
@@ -393,9 +401,10 @@ def register(app: Celery) -> Schedule:
     @app.task(bind=True, base=KlingTask, shared=False, name=CONFIRM_TASK.name)
     def confirm_task(self: KlingTask, job_id: str) -> str:
         svc = self.services
-        with log_context(job_id=job_id), first_dispatch_here(svc) as here:
-            outcome = confirm(svc, job_id)
-        for queued_id in here:  # the job the freed slots went to: submitted here, not queued again
+        here: list[str] = []  # the job the freed slots went to: submitted here, not queued again
+        with log_context(job_id=job_id):
+            outcome = confirm(svc, job_id, keep_first=here)
+        for queued_id in here:
             submit_here(app, svc, queued_id)
         return outcome
 

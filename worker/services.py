@@ -60,6 +60,7 @@ class Services:
         accounts: tuple[Account, ...] | None = None,
         account_providers: dict[str, TaskProvider] | None = None,
         limiters: dict[str, SlotLimiter] | None = None,
+        dispatch_marks: DispatchMarks | LocalDispatchMarks | None = None,
     ) -> None:
         self.settings = settings
         self.publish = publish
@@ -87,6 +88,7 @@ class Services:
             ("fetcher", fetcher),
             ("poll_gate", poll_gate),
             ("account_gate", account_gate),
+            ("dispatch_marks", dispatch_marks),
         ):
             if given is not None:
                 self.__dict__[name] = given  # what the cached property would have built

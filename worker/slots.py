@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Row, Select, literal_column, select
 from sqlalchemy.orm import Session
@@ -32,7 +31,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def release_slots(svc: Services, job_id: str, *, durable: bool = False) -> list[str]:
+def release_slots(
+    svc: Services, job_id: str, *, durable: bool = False, keep_first: list[str] | None = None
+) -> list[str]:
     """The provider task ended: free its slots and dispatch the next waiting jobs.
 
     The webhook calls this right after a final callback and, when it went through, marks the
@@ -46,7 +47,7 @@ def release_slots(svc: Services, job_id: str, *, durable: bool = False) -> list[
         _settle_units(svc, job_id)
     if not svc.release(job_id) and not durable:
         return []
-    return pump(svc)
+    return pump(svc, keep_first=keep_first)
 
 
 def _settle_units(svc: Services, job_id: str) -> None:
@@ -61,39 +62,21 @@ def _settle_units(svc: Services, job_id: str) -> None:
     svc.tenancy.settle(row.tenant, job_id, row.units)
 
 
-def hand_off_slots(svc: Services, job_id: str, rows: Sequence[QueuedTask]) -> None:
+def hand_off_slots(
+    svc: Services, job_id: str, rows: Sequence[QueuedTask], *, keep_first: list[str] | None = None
+) -> None:
     """Right after a final provider report committed: free the task's slots for the next jobs,
     then publish the outbox rows the report wrote. Its `release_slots` row is marked done without
-    being sent only when the release here went through (that task stays the durable path)."""
+    being sent only when the release here went through (that task stays the durable path).
+    `keep_first`: see `pump`."""
     try:
-        release_slots(svc, job_id)
+        release_slots(svc, job_id, keep_first=keep_first)
         done: tuple[str, ...] = (RELEASE_SLOTS,)
     except Exception as exc:  # noqa: BLE001  (the worker's release_slots task will do it)
         log.warning("releasing slots after the report failed, a worker will: %s", type(exc).__name__)
         done = ()
     if svc.publish is not None:
         publish_rows(svc.sessions, svc.publish, rows, done=done)
-
-
-@contextmanager
-def first_dispatch_here(svc: Services) -> Iterator[list[str]]:
-    """Within: the first job a pump dispatches is not published but collected, for this process to
-    submit as soon as its current work is done: one message and one hop fewer per slot hand-off.
-    A process that dies first loses nothing: the job is queued and its dispatch mark lapses."""
-    kept: list[str] = []
-    publish = svc.publish
-
-    def keeping_the_first(name: str, args: list[Any]) -> None:
-        if name == DISPATCH_JOB and not kept:
-            kept.append(args[0])
-        elif publish is not None:
-            publish(name, args)
-
-    svc.publish = keeping_the_first if publish is not None else None
-    try:
-        yield kept
-    finally:
-        svc.publish = publish
 
 
 def queued_head(now: datetime, limit: int) -> Select[str, int, str, str, str | None, int]:
@@ -109,8 +92,6 @@ def queued_head(now: datetime, limit: int) -> Select[str, int, str, str, str | N
     )
 
 
-# The fewest queued jobs a pump reads: enough to find small jobs behind big ones that do not fit.
-MIN_CANDIDATES = 20
 QUEUED_COLUMNS = (Job.id, Job.slots, Job.provider, Job.kind, Job.account, Job.create_attempts)
 
 
@@ -118,7 +99,7 @@ def _queued(row: Row[str, int, str, str, str | None, int]) -> Queued:
     return Queued(row.slots, row.provider, row.kind, pinned_account(row.account, row.create_attempts))
 
 
-def pump(svc: Services) -> list[str]:
+def pump(svc: Services, *, keep_first: list[str] | None = None) -> list[str]:
     """Dispatch submit for unclaimed queued jobs that fit in the free slots; returns their ids.
 
     Candidates go in the limiter's own serving order (`SlotLimiter.serving_order`: starving waiters,
@@ -129,6 +110,10 @@ def pump(svc: Services) -> list[str]:
     live claim lost its submit run (worker killed): it is dispatched again and re-uses its own
     lease. Claimed jobs are left alone: a run owns them, and so are jobs another pump sent in
     the last few seconds (`worker.dispatch_marks`): their messages are on their way.
+
+    `keep_first` (a worker's own run): the first job is appended to it instead of published, for
+    that process to submit next (one message and one hop fewer); a process that dies first loses
+    nothing, as the job stays queued and its mark lapses.
     """
     if svc.publish is None:
         return []
@@ -140,17 +125,19 @@ def pump(svc: Services) -> list[str]:
     waiting_by_account: dict[str, list[str]] = {}
     free: dict[str, int] = {}
     limiters = svc.limiters()
+    limit = 0
     for name, limiter in limiters.items():
         held = limiter.holders()
         holders.update(held)
+        limit += limiter.limit
         if name not in disabled:
             free[name] = limiter.limit - sum(held.values())
         # In the order the limiter serves them: what the pump sends is what it admits.
         waiting_by_account[name] = limiter.serving_order(max(100, limiter.limit * 4))
         waiting += [w for w in waiting_by_account[name] if w not in waiting]
-    # Only the head of the queue, four jobs a free slot: with a backlog of 20,000 reading the whole
-    # queue on every release made draining quadratic, and a release frees one or two slots.
-    candidates = max(MIN_CANDIDATES, 4 * sum(free.values()))
+    # Only the head of the queue: free slots are at most `limit`, and with a backlog of 20,000
+    # reading the whole queue (and querying all of it) on every release made draining quadratic.
+    candidates = max(100, limit * 4)
     now = utcnow()
     fair: list[str] | None = None
     with session_scope(svc.sessions) as s:
@@ -173,6 +160,9 @@ def pump(svc: Services) -> list[str]:
     # A job another pump sent lately keeps its place: its message is on its way.
     sent = svc.dispatch_marks.take(dispatched)
     for i, job_id in enumerate(sent):
+        if i == 0 and keep_first is not None:
+            keep_first.append(job_id)
+            continue
         try:
             svc.publish(DISPATCH_JOB, [job_id])
         except Exception:

@@ -64,7 +64,11 @@ class Lookup(Enum):
 
 def submit_job(svc: Services, job_id: str, *, attempt: int = 0, claim: str | None = None) -> Outcome:
     """Create the provider task for a queued job, at most once (docs/architecture.md rules 1 and 3)."""
-    outcome = _submit(svc, job_id, attempt=attempt, claim=claim)
+    try:
+        outcome = _submit(svc, job_id, attempt=attempt, claim=claim)
+    except BaseException:
+        svc.dispatch_marks.clear(job_id)  # still queued: the next pump may send it again
+        raise
     if outcome.step is Step.WAIT:
         svc.dispatch_marks.clear(job_id)  # no slot this time: the next pump may send it again
     return outcome
@@ -407,8 +411,8 @@ def _record_submitted(svc: Services, job_id: str, task: Task) -> None:
 
 
 def submit_here(app: Celery, svc: Services, job_id: str) -> None:
-    """Run a dispatched job's submit in this worker process (`slots.first_dispatch_here`), as its
-    task would: a retry goes out as that task's message, carrying the claim."""
+    """Run a dispatched job's submit in this worker process (`keep_first` of `worker.slots.pump`),
+    as its task would: a retry goes out as that task's message, carrying the claim."""
     from worker.tasks import DISPATCH_TASK, MAX_COUNTDOWN
 
     with log_context(job_id=job_id):

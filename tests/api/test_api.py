@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ import requests
 from pydantic import SecretStr
 from sqlalchemy import func, select
 
+from models import statemachine
 from models.enums import JobStatus
 from models.tables import Job, Outbox
 from tests.api.conftest import AUTH, Api, archive_job, make_settings, png_bytes
@@ -89,6 +91,33 @@ def test_create_writes_job_transition_and_outbox_then_publishes_after_commit(api
     assert api.published == [("submit_job", [job["id"]])]
     outbox = api.session.scalars(select(Outbox)).all()
     assert len(outbox) == 1 and outbox[0].dispatched_at is not None
+
+
+def test_with_one_account_a_create_deep_in_the_queue_sends_no_first_submit(
+    api: Api, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(statemachine, "QUEUE_DEPTH_FOR_PUMP", 2)
+    one = {**BODY, "n": 1}
+    ids = [api.create(one).get_json()["id"] for _ in range(3)]
+    assert api.published == [("submit_job", [ids[0]]), ("submit_job", [ids[1]])]
+    assert api.session.get(Job, ids[2]).status == "queued"  # type: ignore[union-attr]
+    # With several accounts every job keeps its first submit: the pump reads the queue's head
+    # only, and a job behind a head no account can take now reaches its account through its
+    # place in that account's wait queue.
+    path = tmp_path / "accounts.toml"
+    path.write_text(
+        '[[account]]\nname = "a"\naccess_key = "ak"\nsecret_key = "sk-0123456789abcdef0123456789"\n'
+        'concurrency = 3\n\n[[account]]\nname = "b"\naccess_key = "ak2"\n'
+        'secret_key = "sk-0123456789abcdef0123456789x"\nconcurrency = 2\n'
+    )
+    app = create_app(
+        make_settings(kling_accounts_file=str(path)), session_factory=api.app.extensions["kling.sessions"]
+    )
+    published: list[tuple[str, list[Any]]] = []
+    set_publisher(app, lambda name, args: published.append((name, args)))
+    answer = app.test_client().post("/v1/jobs", json=one, headers=AUTH)
+    assert answer.status_code == 202
+    assert published == [("submit_job", [answer.get_json()["id"]])]
 
 
 def test_broker_outage_keeps_the_outbox_row_and_the_request_succeeds(api: Api) -> None:

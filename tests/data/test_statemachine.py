@@ -57,23 +57,33 @@ def test_a_job_deep_in_its_tenants_queue_is_left_to_the_pump(
     """Its first submit could only join the wait queue: no row, no message, no worker run."""
     monkeypatch.setattr(statemachine, "QUEUE_DEPTH_FOR_PUMP", 2)
     s = any_db_session
+    one = {**PARAMS, "n": 1}
     first, second = new_job(s), new_job(s)
-    behind = create_job(s, PARAMS, provider="kling")
+    behind = create_job(s, one, provider="kling", defer_when_deep=True)
     s.commit()
     assert behind.created and behind.outbox == ()
     assert outbox_tasks(s, behind.job.id) == []
     assert (behind.job.status, transitions_of(s, behind.job.id)) == ("queued", [(None, "queued", "api")])
     assert outbox_tasks(s, first.id) == outbox_tasks(s, second.id) == ["submit_job"]
-    # A high-priority job goes ahead of them all, and another tenant's queue is its own.
-    high = create_job(s, PARAMS, provider="kling", priority="high")
+    # A high-priority job keeps its first submit (the pump serves waiters before the queue), and
+    # another tenant's queue is its own.
+    high = create_job(s, one, provider="kling", priority="high", defer_when_deep=True)
+    highs = [create_job(s, one, provider="kling", priority="high", defer_when_deep=True) for _ in range(2)]
+    assert [row.task for c in highs for row in c.outbox] == ["submit_job"] * 2  # two high ones ahead
     create_tenant(s, "acme")
-    other = create_job(s, PARAMS, provider="kling", tenant="acme")
-    assert [row.task for row in (*high.outbox, *other.outbox)] == ["submit_job", "submit_job"]
+    other = create_job(s, one, provider="kling", tenant="acme", defer_when_deep=True)
+    # A job of several slots keeps its first submit (its place in the wait queue starts the
+    # starvation clock the pump cannot), and so does every job unless the caller asks.
+    big = create_job(s, PARAMS, provider="kling", defer_when_deep=True)
+    asked = create_job(s, one, provider="kling")
+    firsts = [row.task for c in (high, other, big, asked) for row in c.outbox]
+    assert firsts == ["submit_job"] * 4
     # Once the jobs ahead have left the queue, a new job's first submit goes out again.
-    for job in (first, second, high.job):
+    for job in (first, second, high.job, big.job, asked.job, *(c.job for c in highs)):
         transition(s, job, JobStatus.FAILED, source="api")
     s.commit()
-    assert [row.task for row in create_job(s, PARAMS, provider="kling").outbox] == ["submit_job"]
+    again = create_job(s, one, provider="kling", defer_when_deep=True)
+    assert [row.task for row in again.outbox] == ["submit_job"]
 
 
 def test_idempotency_key_returns_the_same_job(any_db_session: Session) -> None:

@@ -117,7 +117,8 @@ def test_a_job_created_deep_in_the_queue_is_dispatched_by_the_pump(
     assert submit.submit_job(harness.svc, running).step is Step.DONE
     waiting = harness.job()
     assert submit.submit_job(harness.svc, waiting).step is Step.WAIT
-    behind = harness.job()  # one queued job ahead of it: no first submit
+    with session_scope(harness.svc.sessions) as s:  # one queued job ahead of it: no first submit
+        behind = create_job(s, {"prompt": "p", "n": 1}, provider="kling", defer_when_deep=True).job.id
     with session_scope(harness.svc.sessions) as s:
         submits = s.scalars(select(Outbox.args).where(Outbox.task == "submit_job")).all()
     assert sorted(submits) == sorted([[running], [waiting]])
