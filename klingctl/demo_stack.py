@@ -303,6 +303,10 @@ class DemoStack:
 
             client = redis.Redis.from_url(self.settings.limiter_redis_url, socket_timeout=5)
             client.delete(*keys)
+            # The pumps' dispatch marks (worker/dispatch_marks.py) lapse in seconds; none outlives the demo.
+            marks = list(client.scan_iter(match=f"{self.settings.limiter_key_prefix}:dispatched:*"))
+            if marks:
+                client.delete(*marks)
             client.close()
 
     def close(self) -> None:
