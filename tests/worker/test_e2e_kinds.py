@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from kling.kinds import KINDS
 from models.db import session_scope
-from models.tables import Transition
+from models.tables import CallbackEvent, Transition
 from tests.conftest import TEST_API_TOKEN, TEST_WEBHOOK_SECRET
 from tests.kind_examples import VALID
 from tests.worker import test_e2e
@@ -78,7 +78,17 @@ def _assert_archived_through_callbacks(
                     Transition.job_id == job_id, Transition.to_status == "succeeded"
                 )
             )
-        assert source == "callback", (kind, shape, source)
+            succeeds = s.scalars(
+                select(CallbackEvent.outcome).where(
+                    CallbackEvent.job_id == job_id, CallbackEvent.task_status == "succeeded"
+                )
+            ).all()
+        # The kind's final callback, in this shape, was parsed and matched to its job. It applied
+        # the end, unless the poller's round (timed to the task's expected end even with
+        # NO_POLLING's interval) got there first on a loaded machine: then it was a duplicate.
+        assert succeeds, (kind, shape)
+        late = set(succeeds) <= {"duplicate", "stale"}
+        assert source == "callback" or late, (kind, shape, source, succeeds)
         rows = stack.images(job_id)
         yields = KINDS[kind].yields
         assert len(rows) == KINDS[kind].output_count(job.params), kind
