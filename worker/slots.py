@@ -124,8 +124,8 @@ def pump(svc: Services, *, keep_first: list[str] | None = None) -> list[str]:
     waiting: list[str] = []
     waiting_by_account: dict[str, list[str]] = {}
     free: dict[str, int] = {}
-    limiters = svc.limiters()
     limit = 0
+    limiters = svc.limiters()
     for name, limiter in limiters.items():
         held = limiter.holders()
         holders.update(held)
