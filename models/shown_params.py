@@ -86,7 +86,7 @@ def _stored_params_sqlite(element: stored_params, compiler: Any, **kw: Any) -> s
         value = func.json_extract(params, path)
         long = and_(func.json_type(params, path) == "array", func.length(value) > MAX_SHOWN_LIST)
         changes += [path, case((long, literal(LIST_MARKER)), else_=func.json(value))]
-    return str(compiler.process(func.json_replace(params, *changes), **kw))
+    return str(compiler.process(func.json_replace(params, *changes), **{**kw, "literal_binds": True}))
 
 
 @compiles(stored_params, "postgresql")
@@ -108,7 +108,8 @@ def _stored_params_postgresql(element: stored_params, compiler: Any, **kw: Any) 
         )
         markers += [name, case((long, literal(LIST_MARKER)))]
     expr = params.op("||")(func.jsonb_strip_nulls(func.jsonb_build_object(*markers)))
-    return str(compiler.process(expr, **kw))
+    # Constants inline: with 50 parameters or more psycopg re-parses the statement on every run.
+    return str(compiler.process(expr, **{**kw, "literal_binds": True}))
 
 
 __all__ = ["IMAGE_MARKER", "LIST_MARKER", "public_params", "stored_params"]

@@ -167,17 +167,19 @@ def create_job(
     )
     if webhook_events is not None:  # else SQL NULL (the default set), not a JSON null
         job.webhook_events = list(webhook_events)
-    try:
-        with session.begin_nested():
-            session.add(job)
-            session.flush()
-    except IntegrityError:
-        if idempotency_key is None:
-            raise
-        existing = session.scalar(select(Job).where(*same_key))
-        if existing is None:
-            raise
-        return Created(existing)
+    if idempotency_key is None:
+        session.add(job)  # nothing to recover from a failed insert: no savepoint (two round trips)
+        session.flush()
+    else:
+        try:
+            with session.begin_nested():
+                session.add(job)
+                session.flush()
+        except IntegrityError:
+            existing = session.scalar(select(Job).where(*same_key))
+            if existing is None:
+                raise
+            return Created(existing)
     session.add(Transition(job_id=job.id, from_status=None, to_status=JobStatus.QUEUED.value, source="api"))
     depth = QUEUE_DEPTH_FOR_PUMP
     assert job.queue_at is not None
