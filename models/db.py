@@ -20,8 +20,8 @@ SessionFactory = Callable[[], Session]
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 PG_CONNECT_TIMEOUT_SECONDS = 5
 SQLITE_BUSY_TIMEOUT_MS = 10_000
-# A prepared statement's generic plan is made once per connection, at its sixth run, from the
-# statistics of that moment; made while a table was small, it scans that table for good.
+# After five custom plans a prepared statement may switch to a generic plan, made from the
+# statistics of that moment and kept until an ANALYZE: made on a small table, it scans it for good.
 CUSTOM_PLANS = "-c plan_cache_mode=force_custom_plan"
 
 
@@ -34,20 +34,16 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def make_engine(
-    url: str, *, answer_timeout: float | None = None, custom_plans: bool = False, **kwargs: Any
-) -> Engine:
-    """An engine for `url`. PostgreSQL only: `answer_timeout`: no connect, query, commit or pool
-    ping waits longer than that for the server (the webhook's bound on a stalled database);
-    `custom_plans`: every statement is planned for its own parameters and the tables' current size
-    (docs/architecture.md, "Query plans")."""
+def make_engine(url: str, *, answer_timeout: float | None = None, **kwargs: Any) -> Engine:
+    """An engine for `url`. On PostgreSQL every statement is planned for its own parameters and
+    the tables' current size (docs/architecture.md, "Query plans"), and `answer_timeout` bounds
+    every connect, query, commit and pool ping (the webhook's bound on a stalled database)."""
     url = normalize_url(url)
     backend = make_url(url).get_backend_name()
     if backend == "postgresql":
         connect_timeout = PG_CONNECT_TIMEOUT_SECONDS if answer_timeout is None else math.ceil(answer_timeout)
         connect_args = {"connect_timeout": connect_timeout, **kwargs.pop("connect_args", {})}
-        if custom_plans:
-            connect_args["options"] = f"{connect_args.get('options', '')} {CUSTOM_PLANS}".strip()
+        connect_args["options"] = f"{connect_args.get('options', '')} {CUSTOM_PLANS}".strip()
         engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
         if answer_timeout is not None:
             _bound_answers(engine, answer_timeout)

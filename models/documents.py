@@ -8,28 +8,24 @@ from the tuples below, and tests check that the documents have exactly those key
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
-    ColumnElement,
     Select,
-    String,
-    Table,
     bindparam,
     select,
 )
 from sqlalchemy.orm import Session, defer
 
 from kling.failures import FailureReason, failure_reason
-from models.db import among_ids
 from models.delivery import shown_error
+from models.document_rows import child_queries, unfolded
 from models.events import DEFAULT_EVENTS, EVENTS
 from models.rules import PROVIDER_FAILED
 from models.shown_params import public_params, stored_params
-from models.tables import Image, Job, Notification, Transition
+from models.tables import Image, Job
 
 JOB_FIELDS = (
     "id",
@@ -202,6 +198,10 @@ def job_documents(
     queued jobs only."""
     # On the session's connection: Core rows, without the ORM's result machinery.
     conn = session.connection()
+    postgresql = conn.dialect.name == "postgresql"
+    queries = child_queries(postgresql)
+    if postgresql:  # each job's transitions and outputs in its own row: one round trip, not three
+        stmt = _with_children(stmt)
     jobs = conn.execute(stmt, params).all()
     if not jobs:
         return []
@@ -210,12 +210,18 @@ def job_documents(
     images: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in ids}
     outputs: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in ids}
     notes: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in ids}
-    queries = _child_queries(conn.dialect.name == "postgresql")
-    for t in conn.execute(queries.transitions, {"ids": ids}).all():
+    transition_rows: Sequence[Any]
+    output_rows: Sequence[Any]
+    if postgresql:
+        transition_rows, output_rows = unfolded(jobs)
+    else:
+        transition_rows = conn.execute(queries.transitions, {"ids": ids}).all()
+        output_rows = conn.execute(queries.images, {"ids": ids}).all()
+    for t in transition_rows:
         transitions[t.job_id].append(
             {"from": t.from_status, "to": t.to_status, "source": t.source, "at": iso_utc(t.at)}
         )
-    for i in conn.execute(queries.images, {"ids": ids}).all():
+    for i in output_rows:
         output = _output(i)
         outputs[i.job_id].append(output)
         if i.type == "image":
@@ -271,6 +277,14 @@ def job_documents(
     ]
 
 
+@functools.lru_cache(maxsize=16)
+def _with_children(stmt: Select[Any]) -> Select[Any]:
+    """`stmt` with its jobs' transitions and outputs (PostgreSQL). The same object for the same
+    statement: a new one would cost SQLAlchemy a re-match of its result columns on every run."""
+    queries = child_queries(True)
+    return stmt.add_columns(queries.folded_transitions, queries.folded_outputs)
+
+
 DEFAULT_ORDER = [e for e in EVENTS if e in DEFAULT_EVENTS]
 _ONE_JOB = job_select().where(Job.id == bindparam("job_id"))
 _TENANTS_JOB = _ONE_JOB.where(Job.tenant == bindparam("tenant"))
@@ -292,40 +306,6 @@ def job_document(
     )
     docs = job_documents(session, stmt, params, waiting=waiting)
     return docs[0] if docs else None
-
-
-@dataclass(frozen=True)
-class _ChildQueries:
-    transitions: Select[Any]
-    images: Select[Any]
-    notifications: Select[Any]
-
-
-@functools.cache
-def _child_queries(postgresql: bool) -> _ChildQueries:
-    """The rows of a page's jobs, built once per dialect (building a statement costs more CPU than
-    running it). On PostgreSQL the ids are one array parameter; an IN list is rendered anew for
-    each length."""
-    tr, im, no = (cast(Table, model.__table__) for model in (Transition, Image, Notification))
-
-    def among(column: ColumnElement[str]) -> ColumnElement[bool]:
-        return among_ids(column, String(), postgresql=postgresql)
-
-    c = tr.c
-    transitions = select(c.job_id, c.from_status, c.to_status, c.source, c.at)
-    c = im.c
-    images = select(c.job_id, c.index, c.type, c.status, c.source_url, c.s3_bucket, c.s3_key, c.sha256)
-    c = no.c
-    notifications = select(c.job_id, c.event, c.attempts, c.last_status, c.last_error, c.created_at)
-    return _ChildQueries(
-        transitions=transitions.where(among(tr.c.job_id)).order_by(tr.c.id),
-        images=images.add_columns(im.c.bytes, im.c.content_type, im.c.duration, im.c.archived_at)
-        .where(among(im.c.job_id))
-        .order_by(im.c.job_id, im.c.index),
-        notifications=notifications.add_columns(no.c.delivered_at, no.c.next_attempt_at)
-        .where(among(no.c.job_id))
-        .order_by(no.c.id),
-    )
 
 
 # --- downstream events, from the ORM job the worker holds ----------------------------------------

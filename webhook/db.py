@@ -38,11 +38,7 @@ log = logging.getLogger(__name__)
 def init_app(app: Flask, settings: Settings, session_factory: sessionmaker[Session] | None = None) -> None:
     # Engines connect lazily, so an app pointed at a database that is down still starts (and answers 503).
     if session_factory is None:
-        # Custom plans: the API's reads must not keep plans made on small tables (a new
-        # deployment's burst of jobs before autovacuum's ANALYZE, or no autovacuum at all).
-        engine = make_engine(
-            settings.database_url, answer_timeout=DB_ANSWER_TIMEOUT_SECONDS, custom_plans=True
-        )
+        engine = make_engine(settings.database_url, answer_timeout=DB_ANSWER_TIMEOUT_SECONDS)
         session_factory = make_sessionmaker(engine)
     app.extensions[_SESSIONS] = session_factory
     app.extensions[_SETTINGS] = settings
