@@ -22,7 +22,7 @@ PG_CONNECT_TIMEOUT_SECONDS = 5
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 # After five custom plans a prepared statement may switch to a generic plan, made from the
 # statistics of that moment and kept until an ANALYZE: made on a small table, it scans it for good.
-CUSTOM_PLANS = "-c plan_cache_mode=force_custom_plan"
+CUSTOM_PLANS = "SET plan_cache_mode = force_custom_plan"
 
 
 def normalize_url(url: str) -> str:
@@ -43,8 +43,8 @@ def make_engine(url: str, *, answer_timeout: float | None = None, **kwargs: Any)
     if backend == "postgresql":
         connect_timeout = PG_CONNECT_TIMEOUT_SECONDS if answer_timeout is None else math.ceil(answer_timeout)
         connect_args = {"connect_timeout": connect_timeout, **kwargs.pop("connect_args", {})}
-        connect_args["options"] = f"{connect_args.get('options', '')} {CUSTOM_PLANS}".strip()
         engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
+        event.listen(engine, "connect", _plan_each_run)
         if answer_timeout is not None:
             _bound_answers(engine, answer_timeout)
         return engine
@@ -57,6 +57,13 @@ def make_engine(url: str, *, answer_timeout: float | None = None, **kwargs: Any)
         _configure_sqlite(engine)
         return engine
     return create_engine(url, **kwargs)
+
+
+def _plan_each_run(dbapi_connection: Any, _record: Any) -> None:
+    # A SET, not a startup `options` parameter, which connection poolers may refuse.
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute(CUSTOM_PLANS)
+    dbapi_connection.commit()
 
 
 def _bound_answers(engine: Engine, answer_timeout: float) -> None:

@@ -13,10 +13,7 @@ Caddy, a cloud load balancer) in front for TLS and full request buffering (SECUR
 from __future__ import annotations
 
 import gc
-import sys
 from typing import Any
-
-SWITCH_INTERVAL_SECONDS = 0.001
 
 worker_class = "gthread"
 # Requests wait on PostgreSQL and Redis, not CPU: a few threads per process keep it busy.
@@ -44,6 +41,3 @@ def post_worker_init(worker: Any) -> None:
     # collection walks all of them, ~90 ms on a small VM, and every request in flight waits for it.
     # Frozen objects are left out of collections; only what requests allocate is walked.
     gc.freeze()
-    # A thread back from PostgreSQL or Redis waits for the GIL while another request's thread
-    # computes: up to the switch interval (5 ms by default) at every round trip. 1 ms bounds it.
-    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
