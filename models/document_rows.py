@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, cast
 
@@ -29,22 +29,6 @@ class ChildQueries:
     # `_OutputRow` values, columns of the job's own row.
     folded_transitions: Label[Any]
     folded_outputs: Label[Any]
-
-
-_TRANSITION_COLUMNS = ("from_status", "to_status", "source", "at")
-_OUTPUT_COLUMNS = (
-    "index",
-    "type",
-    "status",
-    "source_url",
-    "s3_bucket",
-    "s3_key",
-    "sha256",
-    "bytes",
-    "content_type",
-    "duration",
-    "archived_at",
-)
 
 
 def _json_time(value: str | None) -> datetime | None:
@@ -77,6 +61,11 @@ class _OutputRow:
     archived_at: datetime | None
 
 
+# The JSON arrays' columns, in the rows' field order (each is a column of its table).
+_TRANSITION_COLUMNS = tuple(f.name for f in fields(_TransitionRow))[1:]
+_OUTPUT_COLUMNS = tuple(f.name for f in fields(_OutputRow))[1:]
+
+
 def unfolded(jobs: Sequence[Any]) -> tuple[list[_TransitionRow], list[_OutputRow]]:
     """The child rows of `jobs` read with `folded_transitions` and `folded_outputs`."""
     transitions = [
@@ -89,21 +78,9 @@ def unfolded(jobs: Sequence[Any]) -> tuple[list[_TransitionRow], list[_OutputRow
 
 
 def _output_row(job_id: str, values: list[Any]) -> _OutputRow:
-    index, type_, status, source_url, bucket, key, sha256, size, content_type, duration, archived_at = values
-    return _OutputRow(
-        job_id,
-        index,
-        type_,
-        status,
-        source_url,
-        bucket,
-        key,
-        sha256,
-        size,
-        content_type,
-        duration,
-        _json_time(archived_at),
-    )
+    row = dict(zip(_OUTPUT_COLUMNS, values, strict=True))
+    row["archived_at"] = _json_time(row["archived_at"])
+    return _OutputRow(job_id=job_id, **row)
 
 
 @functools.cache

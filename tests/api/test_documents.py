@@ -6,9 +6,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+from sqlalchemy import select
+
 from models.base import utcnow
 from models.documents import IMAGE_FIELDS, JOB_FIELDS, NOTIFICATION_FIELDS, TRANSITION_FIELDS, iso_utc
-from models.tables import Job, Notification
+from models.tables import Image, Job, Notification, Transition
 from tests.api.conftest import Api, archive_job
 from webhook.openapi import openapi_document
 
@@ -87,3 +89,39 @@ def test_iso_utc_converts_other_zones_to_utc() -> None:
     assert iso_utc(at) == "2026-12-06T05:30:15.250000+00:00"
     assert iso_utc(at.astimezone(UTC)) == "2026-12-06T05:30:15.250000+00:00"
     assert iso_utc(None) is None
+
+
+def test_transitions_and_outputs_show_their_rows_values_to_the_microsecond(
+    api: Api, s3_client: Any, s3_bucket: str
+) -> None:
+    # On PostgreSQL they come folded into the job's row as JSON (models/document_rows.py).
+    job_id = archived_job_with_a_retry_pending(api, s3_client, s3_bucket)
+    (image,) = api.session.scalars(select(Image).where(Image.job_id == job_id))
+    image.duration, image.archived_at = 5.125, datetime(2026, 12, 8, 1, 2, 3, 456789, tzinfo=UTC)
+    api.session.add(Image(job_id=job_id, index=1, type="video", source_url="https://cdn.example/v.mp4"))
+    api.session.commit()
+    shown = api.get(f"/v1/jobs/{job_id}").get_json()
+
+    rows = api.session.scalars(select(Transition).where(Transition.job_id == job_id).order_by(Transition.id))
+    assert shown["transitions"] == [
+        {"from": t.from_status, "to": t.to_status, "source": t.source, "at": iso_utc(t.at)} for t in rows
+    ]
+    outputs = api.session.scalars(select(Image).where(Image.job_id == job_id).order_by(Image.index))
+    assert shown["outputs"] == [
+        {
+            "type": o.type,
+            "index": o.index,
+            "status": o.status,
+            "source_url": o.source_url,
+            "s3_bucket": o.s3_bucket,
+            "s3_key": o.s3_key,
+            "sha256": o.sha256,
+            "bytes": o.bytes,
+            "content_type": o.content_type,
+            "duration": o.duration,
+            "archived_at": iso_utc(o.archived_at),
+        }
+        for o in outputs
+    ]
+    assert shown["outputs"][0]["archived_at"] == "2026-12-08T01:02:03.456789+00:00"
+    assert shown["outputs"][0]["duration"] == 5.125
