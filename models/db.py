@@ -61,9 +61,13 @@ def make_engine(url: str, *, answer_timeout: float | None = None, **kwargs: Any)
 
 def _plan_each_run(dbapi_connection: Any, _record: Any) -> None:
     # A SET, not a startup `options` parameter, which connection poolers may refuse.
-    with dbapi_connection.cursor() as cursor:
-        cursor.execute(CUSTOM_PLANS)
-    dbapi_connection.commit()
+    try:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(CUSTOM_PLANS)
+        dbapi_connection.commit()
+    except Exception:
+        dbapi_connection.close()  # the pool never saw it: nobody else would close it
+        raise
 
 
 def _bound_answers(engine: Engine, answer_timeout: float) -> None:

@@ -80,6 +80,8 @@ def unfolded(jobs: Sequence[Any]) -> tuple[list[_TransitionRow], list[_OutputRow
 def _output_row(job_id: str, values: list[Any]) -> _OutputRow:
     row = dict(zip(_OUTPUT_COLUMNS, values, strict=True))
     row["archived_at"] = _json_time(row["archived_at"])
+    if row["duration"] is not None:  # JSON writes a float8 of 5.0 as 5
+        row["duration"] = float(row["duration"])
     return _OutputRow(job_id=job_id, **row)
 
 

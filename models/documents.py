@@ -7,7 +7,6 @@ from the tuples below, and tests check that the documents have exactly those key
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -277,10 +276,12 @@ def job_documents(
     ]
 
 
-@functools.lru_cache(maxsize=16)
 def _with_children(stmt: Select[Any]) -> Select[Any]:
-    """`stmt` with its jobs' transitions and outputs (PostgreSQL). The same object for the same
-    statement: a new one would cost SQLAlchemy a re-match of its result columns on every run."""
+    """`stmt` with its jobs' transitions and outputs (PostgreSQL). One job's statements are built
+    once: a new statement object costs SQLAlchemy a re-match of its result columns on every run.
+    The subqueries correlate to `jobs`: `stmt` must select from that table (`job_select`)."""
+    if (built := _ONE_JOB_WITH_CHILDREN.get(stmt)) is not None:
+        return built
     queries = child_queries(True)
     return stmt.add_columns(queries.folded_transitions, queries.folded_outputs)
 
@@ -288,6 +289,8 @@ def _with_children(stmt: Select[Any]) -> Select[Any]:
 DEFAULT_ORDER = [e for e in EVENTS if e in DEFAULT_EVENTS]
 _ONE_JOB = job_select().where(Job.id == bindparam("job_id"))
 _TENANTS_JOB = _ONE_JOB.where(Job.tenant == bindparam("tenant"))
+_ONE_JOB_WITH_CHILDREN: dict[Select[Any], Select[Any]] = {}
+_ONE_JOB_WITH_CHILDREN.update((stmt, _with_children(stmt)) for stmt in (_ONE_JOB, _TENANTS_JOB))
 
 
 def job_document(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from models.base import utcnow
 from models.documents import IMAGE_FIELDS, JOB_FIELDS, NOTIFICATION_FIELDS, TRANSITION_FIELDS, iso_utc
@@ -97,9 +97,12 @@ def test_transitions_and_outputs_show_their_rows_values_to_the_microsecond(
     # On PostgreSQL they come folded into the job's row as JSON (models/document_rows.py).
     job_id = archived_job_with_a_retry_pending(api, s3_client, s3_bucket)
     (image,) = api.session.scalars(select(Image).where(Image.job_id == job_id))
-    image.duration, image.archived_at = 5.125, datetime(2026, 12, 8, 1, 2, 3, 456789, tzinfo=UTC)
+    # A whole duration (JSON writes a float8 5.0 as 5), trailing zeros in the microseconds, and a
+    # session time zone other than UTC.
+    image.duration, image.archived_at = 5.0, datetime(2026, 12, 8, 1, 2, 3, 450000, tzinfo=UTC)
     api.session.add(Image(job_id=job_id, index=1, type="video", source_url="https://cdn.example/v.mp4"))
     api.session.commit()
+    api.session.execute(text("SET LOCAL TimeZone = 'Asia/Kolkata'"))
     shown = api.get(f"/v1/jobs/{job_id}").get_json()
 
     rows = api.session.scalars(select(Transition).where(Transition.job_id == job_id).order_by(Transition.id))
@@ -123,5 +126,5 @@ def test_transitions_and_outputs_show_their_rows_values_to_the_microsecond(
         }
         for o in outputs
     ]
-    assert shown["outputs"][0]["archived_at"] == "2026-12-08T01:02:03.456789+00:00"
-    assert shown["outputs"][0]["duration"] == 5.125
+    assert shown["outputs"][0]["archived_at"] == "2026-12-08T01:02:03.450000+00:00"
+    assert isinstance(shown["outputs"][0]["duration"], float)
