@@ -304,7 +304,9 @@ class DemoStack:
             client = redis.Redis.from_url(self.settings.limiter_redis_url, socket_timeout=5)
             client.delete(*keys)
             # The pumps' dispatch marks (worker/dispatch_marks.py) lapse in seconds; none outlives the demo.
-            marks = list(client.scan_iter(match=f"{self.settings.limiter_key_prefix}:dispatched:*"))
+            from worker.dispatch_marks import marks_prefix
+
+            marks = list(client.scan_iter(match=f"{marks_prefix(self.settings.limiter_key_prefix)}:*"))
             if marks:
                 client.delete(*marks)
             client.close()

@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 MARK_SECONDS = 5.0
 
 
+def marks_prefix(limiter_key_prefix: str) -> str:
+    """Where a deployment's marks live: beside its limiter's keys."""
+    return f"{limiter_key_prefix}:dispatched"
+
+
 class DispatchMarks:
     """The marks in Redis, shared by every process: one `SET NX PX` per job dispatched."""
 

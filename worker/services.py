@@ -260,11 +260,11 @@ class Services:
     def dispatch_marks(self) -> DispatchMarks | LocalDispatchMarks:
         """The pump's marks on the jobs it just sent (worker/dispatch_marks.py); in one process
         without Redis (the demo), kept in memory."""
-        from worker.dispatch_marks import DispatchMarks, LocalDispatchMarks
+        from worker.dispatch_marks import DispatchMarks, LocalDispatchMarks, marks_prefix
 
         if "account_gate" in self.__dict__ and not hasattr(self.account_gate, "_redis"):
             return LocalDispatchMarks()
-        return DispatchMarks(self.gate_redis, f"{self.settings.limiter_key_prefix}:dispatched")
+        return DispatchMarks(self.gate_redis, marks_prefix(self.settings.limiter_key_prefix))
 
     @property
     def budgeted(self) -> bool:
